@@ -1,0 +1,698 @@
+//! A streaming HTTP/1.x request parser and a status-line parser.
+//!
+//! The kernel sees a connection's inbound bytes one `read` at a time, in
+//! pieces of any size: a request line split over three reads, five pipelined
+//! requests in one read, a body that arrives in between. So the parser is a
+//! byte-at-a-time state machine whose whole state is a small `#[repr(C)]`
+//! struct stored per connection in a kernel map, plus a fixed queue of
+//! requests that await their response (pipelining). Bodies (Content-Length
+//! and chunked) are skipped in O(1) per piece through [`RequestStream::skippable`].
+//!
+//! Header names are not compared as strings: the parser folds each name,
+//! lowercased, into a 64-bit FNV-1a hash ([`header_hash`]) and compares that
+//! with the hashes of the few names it cares about. This costs one multiply
+//! per byte and needs no per-name state, which keeps the eBPF verifier happy.
+
+use crate::maps::{Method, PENDING_MAX, TENANT_MAX};
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// FNV-1a over the ASCII-lowercased bytes of a header name.
+pub const fn header_hash(name: &[u8]) -> u64 {
+    let mut h = FNV_OFFSET;
+    let mut i = 0;
+    while i < name.len() {
+        h = fnv_step(h, name[i]);
+        i += 1;
+    }
+    h
+}
+
+#[inline(always)]
+const fn fnv_step(h: u64, b: u8) -> u64 {
+    (h ^ (b.to_ascii_lowercase() as u64)).wrapping_mul(FNV_PRIME)
+}
+
+const CONTENT_LENGTH: u64 = header_hash(b"content-length");
+const TRANSFER_ENCODING: u64 = header_hash(b"transfer-encoding");
+const HOST: u64 = header_hash(b"host");
+
+/// Where the tenant of a request comes from.
+pub mod tenant_source {
+    /// No tenant: every request gets the `missing` label.
+    pub const NONE: u8 = 0;
+    /// The value of the header whose name hashes to `tenant_header_hash`.
+    pub const HEADER: u8 = 1;
+    /// The first label of the Host header (`acme` in `acme.shop.example:8080`).
+    pub const HOST_LABEL: u8 = 2;
+    /// The path segment after `path_prefix` (`acme` in `/tenants/acme/cart`).
+    pub const PATH_SEGMENT: u8 = 3;
+}
+
+/// Maximum length of the path prefix before a tenant path segment.
+pub const PATH_PREFIX_MAX: usize = 32;
+
+/// What the parser needs to know from the agent's config.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParserConfig {
+    /// [`header_hash`] of the tenant header's name (for `tenant_source::HEADER`).
+    pub tenant_header_hash: u64,
+    /// One of [`tenant_source`].
+    pub tenant_source: u8,
+    /// Length of `path_prefix` in bytes.
+    pub path_prefix_len: u8,
+    pub _pad: [u8; 6],
+    /// For `tenant_source::PATH_SEGMENT`: the bytes before the tenant segment,
+    /// e.g. `/tenants/`.
+    pub path_prefix: [u8; PATH_PREFIX_MAX],
+}
+
+impl ParserConfig {
+    pub const fn header(name: &[u8]) -> Self {
+        ParserConfig {
+            tenant_header_hash: header_hash(name),
+            tenant_source: tenant_source::HEADER,
+            path_prefix_len: 0,
+            _pad: [0; 6],
+            path_prefix: [0; PATH_PREFIX_MAX],
+        }
+    }
+}
+
+/// A request that has been read and awaits its response.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingRequest {
+    /// `bpf_ktime_get_ns()` when the read holding its first byte returned.
+    pub start_ns: u64,
+    /// A [`Method`] as u8.
+    pub method: u8,
+    pub tenant_len: u8,
+    /// Set when the tenant value was longer than [`TENANT_MAX`] and was cut.
+    pub tenant_truncated: u8,
+    pub _pad: [u8; 5],
+    pub tenant: [u8; TENANT_MAX],
+}
+
+impl PendingRequest {
+    pub const EMPTY: PendingRequest = PendingRequest {
+        start_ns: 0,
+        method: 0,
+        tenant_len: 0,
+        tenant_truncated: 0,
+        _pad: [0; 5],
+        tenant: [0; TENANT_MAX],
+    };
+
+    pub fn tenant(&self) -> &[u8] {
+        &self.tenant[..(self.tenant_len as usize).min(TENANT_MAX)]
+    }
+}
+
+/// Parser states. `u8` constants rather than an enum so a state read back from
+/// a kernel map can never be an invalid enum value.
+pub mod state {
+    /// Waiting for (or inside) a method token. Leading CR/LF is skipped.
+    pub const METHOD: u8 = 0;
+    /// Inside the request target (path).
+    pub const TARGET: u8 = 1;
+    /// Inside the HTTP version, until LF.
+    pub const VERSION: u8 = 2;
+    /// At the first byte of a header line (or of the blank line that ends them).
+    pub const HEADER_LINE_START: u8 = 3;
+    /// Inside a header name, hashing it.
+    pub const HEADER_NAME: u8 = 4;
+    /// After the colon, skipping optional white space.
+    pub const HEADER_VALUE_WS: u8 = 5;
+    /// Inside a header value.
+    pub const HEADER_VALUE: u8 = 6;
+    /// Saw CR of the blank line; expecting LF.
+    pub const HEADERS_END_CR: u8 = 7;
+    /// Inside a Content-Length body: `remaining` bytes to skip.
+    pub const BODY: u8 = 8;
+    /// Inside a chunk-size line (hex digits).
+    pub const CHUNK_SIZE: u8 = 9;
+    /// Inside chunk extensions, until LF.
+    pub const CHUNK_EXT: u8 = 10;
+    /// Inside chunk data: `remaining` bytes to skip, then CRLF.
+    pub const CHUNK_DATA: u8 = 11;
+    /// Skipping the CRLF after chunk data.
+    pub const CHUNK_DATA_END: u8 = 12;
+    /// At the start of a trailer line (after the last chunk).
+    pub const TRAILER_LINE_START: u8 = 13;
+    /// Inside a trailer line, until LF.
+    pub const TRAILER_LINE: u8 = 14;
+    /// The stream is not HTTP/1.x (or we lost sync). Nothing more is parsed on
+    /// this connection until a read starts with a request line again.
+    pub const INVALID: u8 = 15;
+}
+
+/// What one byte did to the stream.
+pub mod event {
+    pub const NONE: u8 = 0;
+    /// A request line's method was recognised: a request was queued.
+    pub const REQUEST_STARTED: u8 = 1;
+    /// A request's headers ended (its tenant is now final).
+    pub const HEADERS_DONE: u8 = 2;
+    /// A request started but the pending queue was full: it is not tracked.
+    pub const QUEUE_FULL: u8 = 3;
+    /// The bytes are not HTTP/1.x; the stream went to `state::INVALID`.
+    pub const INVALID: u8 = 4;
+}
+
+/// Which header value we are inside.
+mod value_kind {
+    pub const OTHER: u8 = 0;
+    pub const TENANT: u8 = 1;
+    pub const CONTENT_LENGTH: u8 = 2;
+    pub const TRANSFER_ENCODING: u8 = 3;
+    pub const HOST_TENANT: u8 = 4;
+}
+
+const CHUNKED: &[u8; 7] = b"chunked";
+/// A method token longer than this is not one we know.
+const METHOD_MAX: u8 = 7;
+/// Reject absurd Content-Length / chunk sizes rather than overflow.
+const BODY_MAX: u64 = 1 << 48;
+
+/// The inbound (request) side of one HTTP/1.x connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestStream {
+    /// One of [`state`].
+    pub state: u8,
+    /// Bytes of the current token seen so far (method, name, value, path).
+    pub token_len: u8,
+    /// The current header value's meaning.
+    pub value_kind: u8,
+    /// `chunked` suffix match progress inside a Transfer-Encoding value.
+    pub chunked_match: u8,
+    /// Whether the current request has `Transfer-Encoding: chunked`.
+    pub is_chunked: u8,
+    /// Path matching progress for `tenant_source::PATH_SEGMENT`:
+    /// 0..=prefix_len matching the prefix, 0xff = no match / done.
+    pub path_match: u8,
+    /// Index of the oldest pending request.
+    pub head: u8,
+    /// Number of pending requests (at most [`PENDING_MAX`]).
+    pub len: u8,
+    /// Set while parsing a request that found the queue full (not tracked).
+    pub untracked: u8,
+    pub _pad: [u8; 7],
+    /// Running hash (header name) or packed method bytes.
+    pub acc: u64,
+    /// Body bytes to skip (Content-Length, chunk data) or the size being parsed.
+    pub remaining: u64,
+    /// Requests awaiting their response, oldest at `head`.
+    pub pending: [PendingRequest; PENDING_MAX],
+}
+
+impl Default for RequestStream {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RequestStream {
+    pub const fn new() -> Self {
+        RequestStream {
+            state: state::METHOD,
+            token_len: 0,
+            value_kind: 0,
+            chunked_match: 0,
+            is_chunked: 0,
+            path_match: 0,
+            head: 0,
+            len: 0,
+            untracked: 0,
+            _pad: [0; 7],
+            acc: 0,
+            remaining: 0,
+            pending: [PendingRequest::EMPTY; PENDING_MAX],
+        }
+    }
+
+    /// Bytes that can be skipped without looking at them (body data).
+    #[inline(always)]
+    pub fn skippable(&self) -> u64 {
+        if self.state == state::BODY || self.state == state::CHUNK_DATA {
+            self.remaining
+        } else {
+            0
+        }
+    }
+
+    /// Skips `n <= skippable()` body bytes.
+    #[inline(always)]
+    pub fn skip(&mut self, n: u64) {
+        let n = if n > self.remaining { self.remaining } else { n };
+        self.remaining -= n;
+        if self.remaining == 0 {
+            if self.state == state::BODY {
+                self.state = state::METHOD;
+                self.token_len = 0;
+                self.acc = 0;
+            } else if self.state == state::CHUNK_DATA {
+                self.state = state::CHUNK_DATA_END;
+                self.token_len = 0;
+            }
+        }
+    }
+
+    /// Called at the start of every read: a stream that lost sync gets one
+    /// chance per read to find a request line at the read's first byte.
+    #[inline(always)]
+    pub fn begin_read(&mut self) {
+        if self.state == state::INVALID {
+            self.state = state::METHOD;
+            self.token_len = 0;
+            self.acc = 0;
+        }
+    }
+
+    /// Whether requests await a response.
+    #[inline(always)]
+    pub fn has_pending(&self) -> bool {
+        self.len > 0
+    }
+
+    /// The oldest request awaiting a response.
+    #[inline(always)]
+    pub fn oldest(&self) -> &PendingRequest {
+        &self.pending[(self.head as usize) % PENDING_MAX]
+    }
+
+    /// Removes the oldest pending request (its response was seen).
+    #[inline(always)]
+    pub fn pop(&mut self) {
+        if self.len > 0 {
+            self.len -= 1;
+            self.head = ((self.head as usize + 1) % PENDING_MAX) as u8;
+        }
+    }
+
+    /// The request being parsed (the newest pending one), if any.
+    #[inline(always)]
+    fn current(&mut self) -> Option<&mut PendingRequest> {
+        if self.len == 0 || self.untracked != 0 {
+            return None;
+        }
+        let idx = (self.head as usize + self.len as usize - 1) % PENDING_MAX;
+        Some(&mut self.pending[idx])
+    }
+
+    fn invalid(&mut self) -> u8 {
+        self.state = state::INVALID;
+        event::INVALID
+    }
+
+    fn start_value(&mut self, kind: u8) {
+        self.value_kind = kind;
+        self.token_len = 0;
+        self.chunked_match = 0;
+        if kind == value_kind::CONTENT_LENGTH {
+            self.remaining = 0;
+        }
+    }
+
+    /// Appends a byte to the current request's tenant.
+    #[inline(always)]
+    fn push_tenant(&mut self, b: u8) {
+        if let Some(req) = self.current() {
+            let len = req.tenant_len as usize;
+            if len < TENANT_MAX {
+                req.tenant[len % TENANT_MAX] = b;
+                req.tenant_len += 1;
+            } else {
+                req.tenant_truncated = 1;
+            }
+        }
+    }
+
+    /// Drops trailing white space from the current request's tenant.
+    fn trim_tenant(&mut self) {
+        if let Some(req) = self.current() {
+            // Bounded loop: at most TENANT_MAX iterations.
+            let mut i = 0;
+            while i < TENANT_MAX && req.tenant_len > 0 {
+                let last = (req.tenant_len as usize - 1) % TENANT_MAX;
+                if req.tenant[last] == b' ' || req.tenant[last] == b'\t' {
+                    req.tenant[last] = 0;
+                    req.tenant_len -= 1;
+                } else {
+                    break;
+                }
+                i += 1;
+            }
+        }
+    }
+
+    /// Headers ended: decide how the body is framed.
+    fn headers_done(&mut self) -> u8 {
+        self.token_len = 0;
+        self.acc = 0;
+        if self.is_chunked != 0 {
+            self.state = state::CHUNK_SIZE;
+            self.remaining = 0;
+        } else if self.remaining > 0 {
+            self.state = state::BODY;
+        } else {
+            self.state = state::METHOD;
+        }
+        event::HEADERS_DONE
+    }
+
+    /// Feeds one byte. `now_ns` stamps a request that starts here.
+    #[inline(always)]
+    pub fn step(&mut self, b: u8, cfg: &ParserConfig, now_ns: u64) -> u8 {
+        match self.state {
+            state::METHOD => self.step_method(b, cfg, now_ns),
+            state::TARGET => self.step_target(b, cfg),
+            state::VERSION => {
+                if b == b'\n' {
+                    self.state = state::HEADER_LINE_START;
+                } else if self.token_len < 8 {
+                    // "HTTP/1.x": check the fixed part, byte by byte.
+                    const V: &[u8; 7] = b"HTTP/1.";
+                    let i = self.token_len as usize;
+                    if i < 7 && b != V[i % 7] {
+                        return self.invalid();
+                    }
+                    self.token_len += 1;
+                }
+                event::NONE
+            }
+            state::HEADER_LINE_START => {
+                if b == b'\r' {
+                    self.state = state::HEADERS_END_CR;
+                    event::NONE
+                } else if b == b'\n' {
+                    self.headers_done()
+                } else if b == b':' || b == b' ' || b == b'\t' {
+                    // Empty names and obsolete line folding: not HTTP we trust.
+                    self.invalid()
+                } else {
+                    self.state = state::HEADER_NAME;
+                    self.acc = fnv_step(FNV_OFFSET, b);
+                    event::NONE
+                }
+            }
+            state::HEADER_NAME => {
+                if b == b':' {
+                    self.state = state::HEADER_VALUE_WS;
+                    let h = self.acc;
+                    let kind = if h == CONTENT_LENGTH {
+                        value_kind::CONTENT_LENGTH
+                    } else if h == TRANSFER_ENCODING {
+                        value_kind::TRANSFER_ENCODING
+                    } else if cfg.tenant_source == crate::http::tenant_source::HEADER
+                        && h == cfg.tenant_header_hash
+                    {
+                        value_kind::TENANT
+                    } else if cfg.tenant_source == crate::http::tenant_source::HOST_LABEL
+                        && h == HOST
+                    {
+                        value_kind::HOST_TENANT
+                    } else {
+                        value_kind::OTHER
+                    };
+                    self.start_value(kind);
+                    event::NONE
+                } else if b == b'\n' || b == b'\r' {
+                    self.invalid()
+                } else {
+                    self.acc = fnv_step(self.acc, b);
+                    event::NONE
+                }
+            }
+            state::HEADER_VALUE_WS => {
+                if b == b' ' || b == b'\t' {
+                    return event::NONE;
+                }
+                self.state = state::HEADER_VALUE;
+                self.step_value(b)
+            }
+            state::HEADER_VALUE => self.step_value(b),
+            state::HEADERS_END_CR => {
+                if b == b'\n' {
+                    self.headers_done()
+                } else {
+                    self.invalid()
+                }
+            }
+            state::BODY | state::CHUNK_DATA => {
+                // Callers normally skip these bytes; handle them anyway.
+                self.skip(1);
+                event::NONE
+            }
+            state::CHUNK_SIZE => {
+                let digit = match b {
+                    b'0'..=b'9' => Some(b - b'0'),
+                    b'a'..=b'f' => Some(b - b'a' + 10),
+                    b'A'..=b'F' => Some(b - b'A' + 10),
+                    _ => None,
+                };
+                if let Some(d) = digit {
+                    self.remaining = (self.remaining << 4) | d as u64;
+                    if self.remaining > BODY_MAX {
+                        return self.invalid();
+                    }
+                    self.token_len = self.token_len.saturating_add(1);
+                    event::NONE
+                } else if self.token_len == 0 {
+                    self.invalid()
+                } else if b == b'\n' {
+                    self.chunk_size_done();
+                    event::NONE
+                } else {
+                    self.state = state::CHUNK_EXT;
+                    event::NONE
+                }
+            }
+            state::CHUNK_EXT => {
+                if b == b'\n' {
+                    self.chunk_size_done();
+                }
+                event::NONE
+            }
+            state::CHUNK_DATA_END => {
+                if b == b'\n' {
+                    self.state = state::CHUNK_SIZE;
+                    self.remaining = 0;
+                    self.token_len = 0;
+                } else if b != b'\r' {
+                    return self.invalid();
+                }
+                event::NONE
+            }
+            state::TRAILER_LINE_START => {
+                if b == b'\n' {
+                    self.state = state::METHOD;
+                    self.token_len = 0;
+                    self.acc = 0;
+                } else if b != b'\r' {
+                    self.state = state::TRAILER_LINE;
+                }
+                event::NONE
+            }
+            state::TRAILER_LINE => {
+                if b == b'\n' {
+                    self.state = state::TRAILER_LINE_START;
+                }
+                event::NONE
+            }
+            _ => event::NONE,
+        }
+    }
+
+    fn chunk_size_done(&mut self) {
+        self.token_len = 0;
+        if self.remaining == 0 {
+            self.state = state::TRAILER_LINE_START;
+        } else {
+            self.state = state::CHUNK_DATA;
+        }
+    }
+
+    #[inline(always)]
+    fn step_method(&mut self, b: u8, cfg: &ParserConfig, now_ns: u64) -> u8 {
+        if b.is_ascii_uppercase() {
+            if self.token_len >= METHOD_MAX {
+                return self.invalid();
+            }
+            self.acc = (self.acc << 8) | b as u64;
+            self.token_len += 1;
+            return event::NONE;
+        }
+        if self.token_len == 0 && (b == b'\r' || b == b'\n') {
+            // RFC 9112 2.2: ignore empty lines before a request line.
+            return event::NONE;
+        }
+        if b != b' ' || self.token_len == 0 {
+            return self.invalid();
+        }
+        let method = Method::from_packed(self.acc);
+        if method == Method::Unknown {
+            return self.invalid();
+        }
+        // A new request: frame state starts clean.
+        self.state = state::TARGET;
+        self.token_len = 0;
+        self.acc = 0;
+        self.remaining = 0;
+        self.is_chunked = 0;
+        self.path_match = if cfg.tenant_source == tenant_source::PATH_SEGMENT {
+            0
+        } else {
+            0xff
+        };
+        if self.len as usize >= PENDING_MAX {
+            self.untracked = 1;
+            return event::QUEUE_FULL;
+        }
+        self.untracked = 0;
+        let idx = (self.head as usize + self.len as usize) % PENDING_MAX;
+        let req = &mut self.pending[idx];
+        *req = PendingRequest::EMPTY;
+        req.start_ns = now_ns;
+        req.method = method as u8;
+        self.len += 1;
+        event::REQUEST_STARTED
+    }
+
+    #[inline(always)]
+    fn step_target(&mut self, b: u8, cfg: &ParserConfig) -> u8 {
+        if b == b' ' {
+            self.state = state::VERSION;
+            self.token_len = 0;
+            return event::NONE;
+        }
+        if b == b'\r' || b == b'\n' {
+            // HTTP/0.9-style request lines are not HTTP/1.x.
+            return self.invalid();
+        }
+        let m = self.path_match;
+        if m != 0xff {
+            let plen = (cfg.path_prefix_len as usize).min(PATH_PREFIX_MAX);
+            if (m as usize) < plen {
+                if b == cfg.path_prefix[(m as usize) % PATH_PREFIX_MAX] {
+                    self.path_match = m + 1;
+                } else {
+                    self.path_match = 0xff;
+                }
+            } else if b == b'/' || b == b'?' || b == b'#' {
+                self.path_match = 0xff;
+            } else {
+                self.push_tenant(b);
+            }
+        }
+        event::NONE
+    }
+
+    #[inline(always)]
+    fn step_value(&mut self, b: u8) -> u8 {
+        if b == b'\n' {
+            self.end_value();
+            self.state = state::HEADER_LINE_START;
+            return event::NONE;
+        }
+        if b == b'\r' {
+            return event::NONE;
+        }
+        match self.value_kind {
+            value_kind::TENANT => self.push_tenant(b),
+            value_kind::HOST_TENANT => {
+                if b == b'.' || b == b':' {
+                    self.value_kind = value_kind::OTHER;
+                } else {
+                    self.push_tenant(b);
+                }
+            }
+            value_kind::CONTENT_LENGTH => {
+                if b.is_ascii_digit() {
+                    self.remaining = self.remaining * 10 + (b - b'0') as u64;
+                    if self.remaining > BODY_MAX {
+                        return self.invalid();
+                    }
+                } else if b != b' ' && b != b'\t' {
+                    return self.invalid();
+                }
+            }
+            value_kind::TRANSFER_ENCODING => {
+                let m = self.chunked_match as usize;
+                if b == b' ' || b == b'\t' {
+                    // trailing white space keeps the match
+                } else if m < CHUNKED.len() && b.to_ascii_lowercase() == CHUNKED[m % 7] {
+                    self.chunked_match += 1;
+                } else if b.to_ascii_lowercase() == b'c' {
+                    self.chunked_match = 1;
+                } else {
+                    self.chunked_match = 0;
+                }
+            }
+            _ => {}
+        }
+        event::NONE
+    }
+
+    fn end_value(&mut self) {
+        match self.value_kind {
+            value_kind::TENANT | value_kind::HOST_TENANT => self.trim_tenant(),
+            value_kind::TRANSFER_ENCODING => {
+                self.is_chunked = (self.chunked_match as usize == CHUNKED.len()) as u8;
+            }
+            _ => {}
+        }
+        self.value_kind = value_kind::OTHER;
+    }
+}
+
+/// Parses the start of a response: `HTTP/1.x NNN`. Returns the status code,
+/// or `None` when the bytes are not a status line. `buf` holds the first
+/// bytes the server wrote (at least 12 are needed).
+#[inline(always)]
+pub fn parse_status_line(buf: &[u8; 16], len: usize) -> Option<u16> {
+    if len < 12 {
+        return None;
+    }
+    if &buf[..7] != b"HTTP/1." || !buf[7].is_ascii_digit() || buf[8] != b' ' {
+        return None;
+    }
+    let (a, b, c) = (buf[9], buf[10], buf[11]);
+    if !(b'1'..=b'5').contains(&a) || !b.is_ascii_digit() || !c.is_ascii_digit() {
+        return None;
+    }
+    if len > 12 && buf[12] != b' ' && buf[12] != b'\r' && buf[12] != b'\n' {
+        return None;
+    }
+    Some((a - b'0') as u16 * 100 + (b - b'0') as u16 * 10 + (c - b'0') as u16)
+}
+
+/// Whether a read starting with these bytes can be the start of a request:
+/// a known method followed by a space. A cheap test made before any
+/// per-connection state exists, so unrelated reads cost almost nothing.
+#[inline(always)]
+pub fn looks_like_request(buf: &[u8; 8], len: usize) -> bool {
+    let mut acc: u64 = 0;
+    let mut i = 0;
+    while i < 8 {
+        if i >= len {
+            return false;
+        }
+        let b = buf[i];
+        if b == b' ' {
+            return i > 0 && Method::from_packed(acc) != Method::Unknown;
+        }
+        if !b.is_ascii_uppercase() {
+            return false;
+        }
+        acc = (acc << 8) | b as u64;
+        i += 1;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests;

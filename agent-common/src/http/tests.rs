@@ -1,0 +1,271 @@
+use super::*;
+use crate::maps::Method;
+
+fn cfg() -> ParserConfig {
+    ParserConfig::header(b"X-Tenant-ID")
+}
+
+/// Feeds `reads` the way the kernel does (skip bodies, step other bytes) and
+/// returns every request that completed its headers, as (method, tenant),
+/// popping them as if each got a response right away.
+fn run(cfg: &ParserConfig, reads: &[&[u8]]) -> (Vec<(Method, String)>, RequestStream, u32) {
+    let mut s = RequestStream::new();
+    let mut done = Vec::new();
+    let mut invalid = 0;
+    for read in reads {
+        s.begin_read();
+        let mut i = 0usize;
+        while i < read.len() {
+            let skip = s.skippable();
+            if skip > 0 {
+                let n = skip.min((read.len() - i) as u64);
+                s.skip(n);
+                i += n as usize;
+                continue;
+            }
+            match s.step(read[i], cfg, 7) {
+                event::HEADERS_DONE => {
+                    if s.has_pending() {
+                        let r = *s.pending_newest();
+                        done.push((
+                            Method::from_u8(r.method),
+                            String::from_utf8_lossy(r.tenant()).into_owned(),
+                        ));
+                    }
+                }
+                event::INVALID => invalid += 1,
+                _ => {}
+            }
+            i += 1;
+        }
+    }
+    (done, s, invalid)
+}
+
+impl RequestStream {
+    fn pending_newest(&self) -> &PendingRequest {
+        &self.pending[(self.head as usize + self.len as usize - 1) % PENDING_MAX]
+    }
+}
+
+const REQ: &[u8] = b"GET /cart HTTP/1.1\r\nHost: shop\r\nx-tenant-id:  acme  \r\nAccept: */*\r\n\r\n";
+
+#[test]
+fn header_hash_is_case_insensitive() {
+    assert_eq!(header_hash(b"X-Tenant-ID"), header_hash(b"x-tenant-id"));
+    assert_ne!(header_hash(b"x-tenant-id"), header_hash(b"x-tenant-i"));
+}
+
+#[test]
+fn simple_request_with_tenant() {
+    let (done, s, inv) = run(&cfg(), &[REQ]);
+    assert_eq!(done, vec![(Method::Get, "acme".to_string())]);
+    assert_eq!(inv, 0);
+    assert_eq!(s.state, state::METHOD);
+    assert_eq!(s.len, 1);
+    assert_eq!(s.oldest().start_ns, 7);
+}
+
+#[test]
+fn every_split_point_gives_the_same_result() {
+    for cut in 1..REQ.len() {
+        let (done, _, inv) = run(&cfg(), &[&REQ[..cut], &REQ[cut..]]);
+        assert_eq!(done, vec![(Method::Get, "acme".to_string())], "cut at {cut}");
+        assert_eq!(inv, 0, "cut at {cut}");
+    }
+    // One byte per read.
+    let reads: Vec<&[u8]> = REQ.chunks(1).collect();
+    let (done, _, _) = run(&cfg(), &reads);
+    assert_eq!(done, vec![(Method::Get, "acme".to_string())]);
+}
+
+#[test]
+fn missing_header_gives_empty_tenant() {
+    let (done, _, _) = run(&cfg(), &[b"POST /x HTTP/1.0\r\nHost: a\r\n\r\n"]);
+    assert_eq!(done, vec![(Method::Post, String::new())]);
+}
+
+#[test]
+fn pipelined_requests_with_bodies() {
+    let stream = b"POST /a HTTP/1.1\r\nContent-Length: 10\r\nX-Tenant-ID: t1\r\n\r\nGET / HTTP\
+PUT /b HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked\r\nX-Tenant-ID: t2\r\n\r\n\
+4;ext=1\r\nGET \r\n0\r\nTrailer: x\r\n\r\n\
+HEAD /c HTTP/1.1\r\nX-Tenant-ID: t3\r\n\r\n";
+    let expect = vec![
+        (Method::Post, "t1".to_string()),
+        (Method::Put, "t2".to_string()),
+        (Method::Head, "t3".to_string()),
+    ];
+    let mut s = RequestStream::new();
+    let cfg = cfg();
+    // All in one read; then at every split point.
+    let (done, end, inv) = run(&cfg, &[stream]);
+    assert_eq!(done, expect);
+    assert_eq!(inv, 0);
+    assert_eq!(end.len, 3);
+    for cut in 1..stream.len() {
+        let (done, _, inv) = run(&cfg, &[&stream[..cut], &stream[cut..]]);
+        assert_eq!(done, expect, "cut at {cut}");
+        assert_eq!(inv, 0);
+    }
+    s.begin_read();
+}
+
+#[test]
+fn queue_full_does_not_touch_other_requests() {
+    let one = b"GET / HTTP/1.1\r\nX-Tenant-ID: a\r\n\r\n";
+    let extra = b"GET / HTTP/1.1\r\nX-Tenant-ID: zzzz\r\n\r\n";
+    let mut stream = Vec::new();
+    for _ in 0..PENDING_MAX {
+        stream.extend_from_slice(one);
+    }
+    stream.extend_from_slice(extra);
+    let mut s = RequestStream::new();
+    let mut full = 0;
+    for &b in &stream {
+        if s.step(b, &cfg(), 1) == event::QUEUE_FULL {
+            full += 1;
+        }
+    }
+    assert_eq!(full, 1);
+    assert_eq!(s.len as usize, PENDING_MAX);
+    for i in 0..PENDING_MAX {
+        assert_eq!(s.pending[i].tenant(), b"a");
+    }
+    // Responses drain the queue in order.
+    for _ in 0..PENDING_MAX {
+        assert!(s.has_pending());
+        s.pop();
+    }
+    assert!(!s.has_pending());
+}
+
+#[test]
+fn long_tenant_is_cut_and_flagged() {
+    let long = "x".repeat(100);
+    let req = format!("GET / HTTP/1.1\r\nX-Tenant-ID: {long}\r\n\r\n");
+    let mut s = RequestStream::new();
+    for &b in req.as_bytes() {
+        s.step(b, &cfg(), 1);
+    }
+    assert_eq!(s.oldest().tenant_len as usize, TENANT_MAX);
+    assert_eq!(s.oldest().tenant_truncated, 1);
+}
+
+#[test]
+fn garbage_and_tls_are_invalid_and_resync_on_next_read() {
+    let tls = [0x16u8, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
+    let (done, s, inv) = run(&cfg(), &[&tls]);
+    assert!(done.is_empty());
+    assert_eq!(inv, 1);
+    assert_eq!(s.state, state::INVALID);
+    let (done, _, _) = run(&cfg(), &[b"FOO / HTTP/1.1\r\n\r\n", b"hello world", REQ]);
+    assert_eq!(done, vec![(Method::Get, "acme".to_string())]);
+    // An unknown method, lowercase method, or HTTP/2 preface is not a request.
+    for bad in [
+        &b"get / HTTP/1.1\r\n\r\n"[..],
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        b"GET / HTTP/2.0\r\n\r\n",
+        b"GETTTTTTTT / HTTP/1.1\r\n\r\n",
+    ] {
+        let (done, _, inv) = run(&cfg(), &[bad]);
+        assert!(done.is_empty(), "{:?}", String::from_utf8_lossy(bad));
+        assert_eq!(inv, 1);
+    }
+}
+
+#[test]
+fn tenant_from_host_label_and_path_segment() {
+    let mut host = ParserConfig::header(b"unused");
+    host.tenant_source = tenant_source::HOST_LABEL;
+    let (done, _, _) = run(&host, &[b"GET / HTTP/1.1\r\nHost: acme.shop.example:8080\r\n\r\n"]);
+    assert_eq!(done, vec![(Method::Get, "acme".to_string())]);
+
+    let mut path = ParserConfig::header(b"unused");
+    path.tenant_source = tenant_source::PATH_SEGMENT;
+    let prefix = b"/tenants/";
+    path.path_prefix[..prefix.len()].copy_from_slice(prefix);
+    path.path_prefix_len = prefix.len() as u8;
+    let (done, _, _) = run(
+        &path,
+        &[b"GET /tenants/globex/cart?x=1 HTTP/1.1\r\n\r\nGET /other/acme HTTP/1.1\r\n\r\n"],
+    );
+    assert_eq!(
+        done,
+        vec![(Method::Get, "globex".to_string()), (Method::Get, String::new())]
+    );
+}
+
+#[test]
+fn status_lines() {
+    fn st(s: &[u8]) -> Option<u16> {
+        let mut buf = [0u8; 16];
+        let n = s.len().min(16);
+        buf[..n].copy_from_slice(&s[..n]);
+        parse_status_line(&buf, n)
+    }
+    assert_eq!(st(b"HTTP/1.1 200 OK\r\n"), Some(200));
+    assert_eq!(st(b"HTTP/1.0 503 Service Unavailable"), Some(503));
+    assert_eq!(st(b"HTTP/1.1 100 Continue\r\n"), Some(100));
+    assert_eq!(st(b"HTTP/1.1 404\r\n"), Some(404));
+    assert_eq!(st(b"HTTP/1.1 204"), Some(204));
+    assert_eq!(st(b"HTTP/1.1 20"), None);
+    assert_eq!(st(b"HTTP/2 200 OK\r\n\r\n"), None);
+    assert_eq!(st(b"HTTP/1.1 600 X\r\n"), None);
+    assert_eq!(st(b"HTTP/1.1 2000 X\r\n"), None);
+    assert_eq!(st(b"<html>HTTP/1.1 200"), None);
+}
+
+#[test]
+fn request_prefix_test() {
+    fn lk(s: &[u8]) -> bool {
+        let mut buf = [0u8; 8];
+        let n = s.len().min(8);
+        buf[..n].copy_from_slice(&s[..n]);
+        looks_like_request(&buf, n)
+    }
+    assert!(lk(b"GET / HTTP/1.1"));
+    assert!(lk(b"OPTIONS * HTTP/1.1"));
+    assert!(lk(b"DELETE /x"));
+    assert!(!lk(b"GET"));
+    assert!(!lk(b"HTTP/1.1 200"));
+    assert!(!lk(b"\x16\x03\x01"));
+    assert!(!lk(b"CONNECTX "));
+    assert!(!lk(b" GET /"));
+}
+
+#[test]
+fn no_input_panics() {
+    // A cheap deterministic fuzz: random bytes, random splits, all tenant
+    // sources. The parser must never panic and the queue must stay bounded.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rnd = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let alphabet = b"GET POST HTTP/1.1\r\n: X-Tenant-ID content-length 12 chunked transfer-encoding 0a;\t";
+    for source in 0..4u8 {
+        let mut c = cfg();
+        c.tenant_source = source;
+        c.path_prefix_len = 200; // hostile: longer than the array
+        let mut s = RequestStream::new();
+        for _ in 0..20_000 {
+            let r = rnd();
+            let b = if r % 3 == 0 { (r >> 8) as u8 } else { alphabet[(r >> 8) as usize % alphabet.len()] };
+            if r % 97 == 0 {
+                s.begin_read();
+            }
+            if r % 11 == 0 && s.skippable() > 0 {
+                s.skip((r >> 16) % 50);
+            }
+            s.step(b, &c, 0);
+            if r % 5 == 0 {
+                s.pop();
+            }
+            assert!(s.len as usize <= PENDING_MAX);
+            assert!(s.oldest().tenant_len as usize <= TENANT_MAX);
+        }
+    }
+}

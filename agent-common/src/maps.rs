@@ -1,0 +1,288 @@
+//! Layouts of the kernel maps, shared by both sides.
+//!
+//! Map names are constants here so the loader and the programs cannot
+//! disagree. Sizes are chosen so the kernel's memory use is fixed and known
+//! at load time (see [`crate::maps::COUNTS_MAX`] and friends).
+
+use crate::http::{ParserConfig, RequestStream};
+use crate::offsets::KernelOffsets;
+
+/// Longest tenant id kept (bytes); longer values are cut and flagged.
+pub const TENANT_MAX: usize = 64;
+/// Requests per connection that may await a response (pipelining depth).
+pub const PENDING_MAX: usize = 4;
+/// Latency histogram buckets; the last one is +Inf.
+pub const LATENCY_BUCKETS: usize = 16;
+
+/// Distinct (service, tenant, method, status) series the kernel can count.
+pub const COUNTS_MAX: u32 = 65_536;
+/// Connections tracked at once (LRU: the least recently used is evicted).
+pub const CONNS_MAX: u32 = 65_536;
+/// Syscalls in flight at once (one per thread at most).
+pub const INFLIGHT_MAX: u32 = 16_384;
+
+/// Map names.
+pub mod names {
+    pub const COUNTS: &str = "COUNTS";
+    pub const CONNS: &str = "CONNS";
+    pub const INFLIGHT: &str = "INFLIGHT";
+    pub const CONFIG: &str = "CONFIG";
+    pub const SERVICE_PORTS: &str = "SERVICE_PORTS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const SCRATCH: &str = "SCRATCH";
+}
+
+/// `service_id` for services found automatically (no configured match): the
+/// agent names them `<comm>:<port>` from the local port.
+pub const SERVICE_AUTO: u32 = u32::MAX;
+
+/// HTTP request methods. `#[repr(u8)]`; 0 is "unknown".
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Method {
+    Unknown = 0,
+    Get = 1,
+    Head = 2,
+    Post = 3,
+    Put = 4,
+    Delete = 5,
+    Connect = 6,
+    Options = 7,
+    Trace = 8,
+    Patch = 9,
+}
+
+const fn pack(s: &[u8]) -> u64 {
+    let mut acc = 0u64;
+    let mut i = 0;
+    while i < s.len() {
+        acc = (acc << 8) | s[i] as u64;
+        i += 1;
+    }
+    acc
+}
+
+impl Method {
+    pub const ALL: [Method; 9] = [
+        Method::Get,
+        Method::Head,
+        Method::Post,
+        Method::Put,
+        Method::Delete,
+        Method::Connect,
+        Method::Options,
+        Method::Trace,
+        Method::Patch,
+    ];
+
+    /// The method whose ASCII bytes, packed big-endian into a u64, are `acc`.
+    #[inline(always)]
+    pub fn from_packed(acc: u64) -> Method {
+        const GET: u64 = pack(b"GET");
+        const HEAD: u64 = pack(b"HEAD");
+        const POST: u64 = pack(b"POST");
+        const PUT: u64 = pack(b"PUT");
+        const DELETE: u64 = pack(b"DELETE");
+        const CONNECT: u64 = pack(b"CONNECT");
+        const OPTIONS: u64 = pack(b"OPTIONS");
+        const TRACE: u64 = pack(b"TRACE");
+        const PATCH: u64 = pack(b"PATCH");
+        match acc {
+            GET => Method::Get,
+            HEAD => Method::Head,
+            POST => Method::Post,
+            PUT => Method::Put,
+            DELETE => Method::Delete,
+            CONNECT => Method::Connect,
+            OPTIONS => Method::Options,
+            TRACE => Method::Trace,
+            PATCH => Method::Patch,
+            _ => Method::Unknown,
+        }
+    }
+
+    pub fn from_u8(v: u8) -> Method {
+        match v {
+            1 => Method::Get,
+            2 => Method::Head,
+            3 => Method::Post,
+            4 => Method::Put,
+            5 => Method::Delete,
+            6 => Method::Connect,
+            7 => Method::Options,
+            8 => Method::Trace,
+            9 => Method::Patch,
+            _ => Method::Unknown,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Unknown => "OTHER",
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+            Method::Connect => "CONNECT",
+            Method::Options => "OPTIONS",
+            Method::Trace => "TRACE",
+            Method::Patch => "PATCH",
+        }
+    }
+}
+
+/// Which side of the connection the watched process is.
+pub mod role {
+    pub const SERVER: u8 = 1;
+    pub const CLIENT: u8 = 2;
+}
+
+/// Key of the `COUNTS` hash map: one series of requests.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RequestKey {
+    /// Index of the configured service, or [`SERVICE_AUTO`].
+    pub service_id: u32,
+    /// Local TCP port of the connection.
+    pub local_port: u16,
+    /// Response status code; 0 when no response came (printed "000").
+    pub status: u16,
+    /// A [`Method`].
+    pub method: u8,
+    /// A [`role`].
+    pub role: u8,
+    pub tenant_len: u8,
+    pub _pad: u8,
+    pub tenant: [u8; TENANT_MAX],
+}
+
+impl RequestKey {
+    pub fn tenant(&self) -> &[u8] {
+        &self.tenant[..(self.tenant_len as usize).min(TENANT_MAX)]
+    }
+}
+
+/// Value of the `COUNTS` map. Counters only grow; userspace turns them into
+/// rates and deltas. Updated with atomic adds (several CPUs share a series).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestStats {
+    pub count: u64,
+    /// Sum of request durations (first request byte read to first response
+    /// byte written), nanoseconds.
+    pub duration_sum_ns: u64,
+    /// Requests per latency bucket (not cumulative); bounds in
+    /// [`AgentConfig::latency_bounds_ns`], the last bucket is +Inf.
+    pub buckets: [u64; LATENCY_BUCKETS],
+}
+
+impl RequestStats {
+    pub const ZERO: RequestStats = RequestStats {
+        count: 0,
+        duration_sum_ns: 0,
+        buckets: [0; LATENCY_BUCKETS],
+    };
+}
+
+/// Per-connection state, in the `CONNS` LRU map keyed by [`conn_key`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnState {
+    pub service_id: u32,
+    pub local_port: u16,
+    /// A [`role`], or 0 for a connection we decided to ignore (not TCP, not
+    /// a watched service): later syscalls on it return at once.
+    pub role: u8,
+    pub _pad: u8,
+    pub requests: RequestStream,
+}
+
+/// Key of a connection: the process (tgid) and the file descriptor.
+#[inline(always)]
+pub const fn conn_key(tgid: u32, fd: u32) -> u64 {
+    ((tgid as u64) << 32) | fd as u64
+}
+
+/// A syscall between its enter and exit tracepoints, in `INFLIGHT` (keyed by
+/// the thread's pid_tgid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InflightRead {
+    pub fd: u32,
+    pub _pad: u32,
+    /// User buffer the kernel fills.
+    pub buf: u64,
+}
+
+/// Flags in [`AgentConfig::flags`].
+pub mod config_flags {
+    /// Count every HTTP server on the node, not only configured services.
+    pub const AUTO_SERVICES: u32 = 1;
+}
+
+/// The single entry of the `CONFIG` array map. Userspace may rewrite it at
+/// any time (config reload) without reloading programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AgentConfig {
+    pub offsets: KernelOffsets,
+    /// [`config_flags`].
+    pub flags: u32,
+    pub _pad: u32,
+    pub parser: ParserConfig,
+    /// Upper bounds (inclusive, ns) of the first `LATENCY_BUCKETS - 1`
+    /// buckets, ascending.
+    pub latency_bounds_ns: [u64; LATENCY_BUCKETS - 1],
+}
+
+/// Indexes of the `COUNTERS` per-CPU array: what the capture could not see.
+pub mod counter {
+    /// A new series could not be added: `COUNTS` is full.
+    pub const COUNTS_FULL: u32 = 0;
+    /// A syscall's arguments could not be stashed: `INFLIGHT` is full.
+    pub const INFLIGHT_FULL: u32 = 1;
+    /// A connection could not be added: `CONNS` update failed.
+    pub const CONNS_FULL: u32 = 2;
+    /// More pipelined requests than [`super::PENDING_MAX`]: not tracked.
+    pub const PIPELINE_OVERFLOW: u32 = 3;
+    /// A response was written with no request pending.
+    pub const UNMATCHED_RESPONSE: u32 = 4;
+    /// Bytes on an HTTP connection stopped parsing as HTTP/1.x.
+    pub const PARSE_INVALID: u32 = 5;
+    /// A read carried more bytes than one syscall may scan; the rest was
+    /// not parsed (the stream may lose sync).
+    pub const SCAN_LIMIT: u32 = 6;
+    /// A tenant value was longer than [`super::TENANT_MAX`] and was cut.
+    pub const TENANT_TRUNCATED: u32 = 7;
+    /// A connection closed with requests still awaiting a response.
+    pub const CLOSED_WITH_PENDING: u32 = 8;
+    /// A user buffer could not be read.
+    pub const READ_FAULT: u32 = 9;
+    pub const COUNT: u32 = 10;
+
+    /// Label value of each counter, indexed by the constants above.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "counts_map_full",
+        "inflight_map_full",
+        "conns_map_full",
+        "pipeline_overflow",
+        "unmatched_response",
+        "parse_invalid",
+        "scan_limit",
+        "tenant_truncated",
+        "closed_with_pending",
+        "read_fault",
+    ];
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all these types are #[repr(C)], Copy, made only of integers and
+    // arrays of integers, and valid for any bit pattern.
+    unsafe impl aya::Pod for super::RequestKey {}
+    unsafe impl aya::Pod for super::RequestStats {}
+    unsafe impl aya::Pod for super::ConnState {}
+    unsafe impl aya::Pod for super::AgentConfig {}
+    unsafe impl aya::Pod for super::InflightRead {}
+}

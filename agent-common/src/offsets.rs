@@ -1,0 +1,40 @@
+//! Kernel struct member offsets, in bytes.
+//!
+//! Rust eBPF cannot emit CO-RE relocations, so the agent reads these from
+//! `/sys/kernel/btf/vmlinux` at start and hands them to the programs through
+//! the config map. With them the kernel walks
+//! `task->files->fdt->fd[fd]->{f_inode->i_mode, private_data->sk}` to learn
+//! whether a file descriptor is a TCP socket and what its ports are.
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `task_struct.files`
+    pub task_files: u32,
+    /// `files_struct.fdt`
+    pub files_fdt: u32,
+    /// `fdtable.max_fds`
+    pub fdt_max_fds: u32,
+    /// `fdtable.fd`
+    pub fdt_fd: u32,
+    /// `file.f_inode`
+    pub file_inode: u32,
+    /// `file.private_data`
+    pub file_private_data: u32,
+    /// `inode.i_mode`
+    pub inode_mode: u32,
+    /// `socket.type`
+    pub socket_type: u32,
+    /// `socket.sk`
+    pub socket_sk: u32,
+    /// `sock_common.skc_family`
+    pub skc_family: u32,
+    /// `sock_common.skc_num` (local port, host order)
+    pub skc_num: u32,
+    /// `sock_common.skc_dport` (remote port, network order)
+    pub skc_dport: u32,
+    /// `sock_common.skc_daddr`
+    pub skc_daddr: u32,
+    /// `sock_common.skc_v6_daddr`
+    pub skc_v6_daddr: u32,
+}
