@@ -92,7 +92,11 @@ pub struct PendingRequest {
     pub tenant_len: u8,
     /// Set when the tenant value was longer than [`TENANT_MAX`] and was cut.
     pub tenant_truncated: u8,
-    pub _pad: [u8; 5],
+    /// Length of the tenant up to its last non-blank byte: trailing blanks
+    /// are dropped when the value ends (bytes past `tenant_len` may be
+    /// non-zero; see [`PendingRequest::tenant`]).
+    pub tenant_end: u8,
+    pub _pad: [u8; 4],
     pub tenant: [u8; TENANT_MAX],
 }
 
@@ -102,7 +106,8 @@ impl PendingRequest {
         method: 0,
         tenant_len: 0,
         tenant_truncated: 0,
-        _pad: [0; 5],
+        tenant_end: 0,
+        _pad: [0; 4],
         tenant: [0; TENANT_MAX],
     };
 
@@ -325,27 +330,21 @@ impl RequestStream {
             if len < TENANT_MAX {
                 req.tenant[len % TENANT_MAX] = b;
                 req.tenant_len += 1;
+                if b != b' ' && b != b'\t' {
+                    req.tenant_end = req.tenant_len;
+                }
             } else {
                 req.tenant_truncated = 1;
             }
         }
     }
 
-    /// Drops trailing white space from the current request's tenant.
+    /// Drops trailing white space from the current request's tenant. No
+    /// loop (the kernel runs this per byte): the length goes back to the
+    /// last non-blank byte; the blanks stay in the array past the length.
     fn trim_tenant(&mut self) {
         if let Some(req) = self.current() {
-            // Bounded loop: at most TENANT_MAX iterations.
-            let mut i = 0;
-            while i < TENANT_MAX && req.tenant_len > 0 {
-                let last = (req.tenant_len as usize - 1) % TENANT_MAX;
-                if req.tenant[last] == b' ' || req.tenant[last] == b'\t' {
-                    req.tenant[last] = 0;
-                    req.tenant_len -= 1;
-                } else {
-                    break;
-                }
-                i += 1;
-            }
+            req.tenant_len = req.tenant_end;
         }
     }
 

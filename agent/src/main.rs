@@ -1,1 +1,97 @@
-fn main() {}
+//! `burnwatch`: the node agent and its command line.
+//!
+//! Data flows one way, one folder per stage:
+//! `config` -> `probe` (kernel maps) -> `attribution` (names) -> `engine`
+//! (series, SLOs) -> `export` / `api` (Prometheus, HTTP).
+
+mod api;
+mod attribution;
+mod config;
+mod engine;
+mod export;
+mod probe;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "burnwatch",
+    version,
+    about = "Per-tenant HTTP SLIs and error-budget burn rates from the traffic the kernel already sees.",
+    long_about = "burnwatch watches HTTP/1.x servers on this node with eBPF (no application \
+change, no sidecar), counts good and bad requests per tenant in kernel maps, and serves them \
+as Prometheus metrics.\n\nStart with `burnwatch run` (as root): it watches every HTTP server \
+on the node and serves metrics on 0.0.0.0:9464/metrics."
+)]
+struct Cli {
+    /// Log filter, e.g. `info`, `debug`, `burnwatch=debug`.
+    #[arg(long, global = true, env = "BURNWATCH_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent: load the eBPF programs and serve metrics (needs root
+    /// or CAP_BPF + CAP_PERFMON).
+    Run {
+        /// Config file (YAML). Without it: every HTTP/1.x server on the node,
+        /// tenant from the X-Tenant-ID header, metrics on 0.0.0.0:9464.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Check a config file and print the effective config.
+    Check {
+        /// Config file (YAML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Run { config } => run::run(config.as_deref()),
+        Command::Check { config } => check(&config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> anyhow::Result<()> {
+    let c = config::Config::load(path)?;
+    println!("{}: ok", path.display());
+    if c.services.is_empty() {
+        println!("services: every HTTP/1.x server on the node, named <comm>:<port>");
+    }
+    for s in &c.services {
+        println!(
+            "service {}: server side, local TCP port {}",
+            s.name,
+            s.matcher.port.unwrap_or(0)
+        );
+    }
+    println!(
+        "tenant: header {} (case-insensitive), {:?} when absent",
+        c.tenant.header, c.tenant.missing
+    );
+    println!("prometheus: http://{}/metrics", c.exporters.prometheus.listen);
+    Ok(())
+}

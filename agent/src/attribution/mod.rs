@@ -1,0 +1,79 @@
+//! Who is who: turns the kernel's numeric service ids and raw tenant bytes
+//! into the label values users see.
+//!
+//! - Configured services are named by config.
+//! - Automatically found servers are named `<comm>:<port>` after the
+//!   process that listens on the port (found once per port through /proc).
+//! - Tenant ids are raw header bytes: made valid UTF-8, control characters
+//!   replaced, empty mapped to the configured `missing` label.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use burnwatch_common::maps::SERVICE_AUTO;
+
+pub mod procfs;
+
+/// Names of services by kernel service id (and local port for automatic ones).
+pub struct ServiceNames {
+    configured: Vec<Arc<str>>,
+    auto: HashMap<u16, Arc<str>>,
+}
+
+impl ServiceNames {
+    pub fn new(configured: impl IntoIterator<Item = String>) -> Self {
+        ServiceNames {
+            configured: configured.into_iter().map(Arc::from).collect(),
+            auto: HashMap::new(),
+        }
+    }
+
+    pub fn name(&mut self, service_id: u32, local_port: u16) -> Arc<str> {
+        if service_id != SERVICE_AUTO {
+            if let Some(n) = self.configured.get(service_id as usize) {
+                return n.clone();
+            }
+        }
+        self.auto
+            .entry(local_port)
+            .or_insert_with(|| {
+                let comm = procfs::listener_comm(local_port).unwrap_or_else(|| "unknown".into());
+                Arc::from(format!("{comm}:{local_port}"))
+            })
+            .clone()
+    }
+}
+
+/// Turns tenant bytes from the wire into a label value.
+pub fn tenant_label(raw: &[u8], missing: &Arc<str>) -> Arc<str> {
+    if raw.is_empty() {
+        return missing.clone();
+    }
+    let s = String::from_utf8_lossy(raw);
+    let clean: String = s
+        .chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect();
+    Arc::from(clean)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_labels() {
+        let missing: Arc<str> = Arc::from("unknown");
+        assert_eq!(&*tenant_label(b"", &missing), "unknown");
+        assert_eq!(&*tenant_label(b"acme", &missing), "acme");
+        assert_eq!(&*tenant_label(b"a\x01b\xff", &missing), "a\u{fffd}b\u{fffd}");
+    }
+
+    #[test]
+    fn configured_names_win() {
+        let mut n = ServiceNames::new(["shop".to_string()]);
+        assert_eq!(&*n.name(0, 8080), "shop");
+        // An unknown id falls back to automatic naming.
+        assert!(n.name(7, 1).ends_with(":1"));
+    }
+}

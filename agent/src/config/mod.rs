@@ -1,0 +1,288 @@
+//! The agent's configuration: the YAML schema, its defaults, and validation
+//! whose errors name the file, the line and the field.
+//!
+//! Parsing is serde with `deny_unknown_fields` everywhere, so a misspelt key
+//! is an error rather than a silently ignored setting.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub const DEFAULT_TENANT_HEADER: &str = "X-Tenant-ID";
+pub const DEFAULT_MISSING_TENANT: &str = "unknown";
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:9464";
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Services to watch. Empty: every HTTP/1.x server on the node, each
+    /// named `<comm>:<port>`.
+    #[serde(default)]
+    pub services: Vec<Service>,
+    #[serde(default)]
+    pub tenant: Tenant,
+    #[serde(default)]
+    pub exporters: Exporters,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// The `service` label value.
+    pub name: String,
+    #[serde(rename = "match")]
+    pub matcher: Match,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Match {
+    /// Server side: the local TCP port the server listens on.
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Tenant {
+    /// Header carrying the tenant id, matched case-insensitively.
+    #[serde(default = "default_tenant_header")]
+    pub header: String,
+    /// Tenant label when the header is absent.
+    #[serde(default = "default_missing")]
+    pub missing: String,
+}
+
+impl Default for Tenant {
+    fn default() -> Self {
+        Tenant {
+            header: default_tenant_header(),
+            missing: default_missing(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Exporters {
+    #[serde(default)]
+    pub prometheus: Prometheus,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Prometheus {
+    /// Address of the HTTP server that serves `/metrics`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for Prometheus {
+    fn default() -> Self {
+        Prometheus {
+            listen: default_listen(),
+        }
+    }
+}
+
+fn default_tenant_header() -> String {
+    DEFAULT_TENANT_HEADER.to_string()
+}
+fn default_missing() -> String {
+    DEFAULT_MISSING_TENANT.to_string()
+}
+fn default_listen() -> SocketAddr {
+    DEFAULT_LISTEN.parse().expect("valid default address")
+}
+
+impl Default for Config {
+    /// The config `burnwatch run` uses without `--config`: every HTTP/1.x
+    /// server on the node, tenant from `X-Tenant-ID`, Prometheus on :9464.
+    fn default() -> Self {
+        Config {
+            services: Vec::new(),
+            tenant: Tenant::default(),
+            exporters: Exporters::default(),
+        }
+    }
+}
+
+/// A config that could not be used, with where and why.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<u32>,
+    pub column: Option<u32>,
+    /// Dotted path of the field, e.g. `services[1].match.port`.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(col) = self.column {
+                write!(f, ":{col}")?;
+            }
+        }
+        write!(f, ": ")?;
+        if let Some(field) = &self.field {
+            write!(f, "{field}: ")?;
+        }
+        write!(f, "{}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            column: None,
+            field: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `file` is only used in errors.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let config: Config = if text.trim().is_empty() {
+            Config::default()
+        } else {
+            serde_saphyr::from_str(text).map_err(|e| {
+                let loc = e.location();
+                ConfigError {
+                    file: file.to_path_buf(),
+                    line: loc.map(|l| l.line() as u32),
+                    column: loc.map(|l| l.column() as u32),
+                    field: None,
+                    message: first_line(&e.to_string()),
+                }
+            })?
+        };
+        config.validate().map_err(|(field, message)| ConfigError {
+            line: locate_field(text, &field),
+            file: file.to_path_buf(),
+            column: None,
+            field: Some(field),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: returns (field path, message).
+    fn validate(&self) -> Result<(), (String, String)> {
+        let mut names = std::collections::HashSet::new();
+        let mut ports = std::collections::HashMap::new();
+        for (i, s) in self.services.iter().enumerate() {
+            let at = |f: &str| format!("services[{i}].{f}");
+            if !valid_label_value(&s.name) {
+                return Err((
+                    at("name"),
+                    format!("{:?} must be 1 to 128 printable characters", s.name),
+                ));
+            }
+            if !names.insert(s.name.as_str()) {
+                return Err((at("name"), format!("duplicate service name {:?}", s.name)));
+            }
+            match s.matcher.port {
+                None => {
+                    return Err((at("match"), "needs at least one of: port".to_string()));
+                }
+                Some(0) => return Err((at("match.port"), "port 0 is not a valid port".into())),
+                Some(p) => {
+                    if let Some(other) = ports.insert(p, s.name.as_str()) {
+                        return Err((
+                            at("match.port"),
+                            format!("port {p} is already matched by service {other:?}"),
+                        ));
+                    }
+                }
+            }
+        }
+        let h = &self.tenant.header;
+        if h.is_empty() || h.len() > 64 || !h.bytes().all(is_token_byte) {
+            return Err((
+                "tenant.header".into(),
+                format!("{h:?} is not a valid HTTP header name"),
+            ));
+        }
+        if !valid_label_value(&self.tenant.missing) {
+            return Err((
+                "tenant.missing".into(),
+                format!("{:?} must be 1 to 128 printable characters", self.tenant.missing),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or(s).to_string()
+}
+
+fn valid_label_value(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 && !s.chars().any(char::is_control)
+}
+
+/// RFC 9110 token characters.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Best-effort line of a validated field: finds the nth list item of the
+/// top-level key and then the field's last key below it. Validation errors
+/// come after parsing, when serde's positions are gone.
+fn locate_field(text: &str, field: &str) -> Option<u32> {
+    let mut parts = field.split('.');
+    let first = parts.next()?;
+    let (key, index) = match first.split_once('[') {
+        Some((k, rest)) => (k, rest.trim_end_matches(']').parse::<usize>().ok()),
+        None => (first, None),
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let mut i = lines
+        .iter()
+        .position(|l| l.starts_with(&format!("{key}:")))?;
+    if let Some(n) = index {
+        let mut seen = 0;
+        i += 1;
+        loop {
+            let l = lines.get(i)?;
+            if l.trim_start().starts_with("- ") || l.trim() == "-" {
+                if seen == n {
+                    break;
+                }
+                seen += 1;
+            } else if !l.starts_with(' ') && !l.trim().is_empty() && !l.starts_with('-') {
+                return None;
+            }
+            i += 1;
+        }
+    }
+    let Some(last) = field.rsplit('.').next().filter(|_| field.contains('.')) else {
+        return Some(i as u32 + 1);
+    };
+    let last = last.split('[').next().unwrap_or(last);
+    let start = i;
+    for (j, l) in lines.iter().enumerate().skip(start) {
+        let t = l.trim_start().trim_start_matches("- ");
+        if t.starts_with(&format!("{last}:")) {
+            return Some(j as u32 + 1);
+        }
+        if j > start && !l.starts_with(' ') && !l.starts_with('-') && !l.trim().is_empty() {
+            break;
+        }
+    }
+    Some(start as u32 + 1)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,23 @@
+//! Turns the kernel's cumulative counts into labelled series, the state the
+//! exporters and the API read. (The SLO windows, burn rates and alerts build
+//! on these series.)
+
+pub mod requests;
+
+use burnwatch_common::maps::counter;
+
+use requests::RequestTable;
+
+/// Everything exporters read, refreshed once per second by the poll loop.
+#[derive(Default)]
+pub struct AgentState {
+    pub requests: RequestTable,
+    /// The capture's own counters (`burnwatch_common::maps::counter`).
+    pub capture_counters: [u64; counter::COUNT as usize],
+    /// Probes attached, e.g. `tracepoint:syscalls:sys_enter_read`.
+    pub probes: Vec<String>,
+    /// Latency bucket upper bounds in seconds (the last bucket is +Inf).
+    pub latency_bounds_s: Vec<f64>,
+    /// Completed kernel reads; 0 until the first one.
+    pub polls: u64,
+}

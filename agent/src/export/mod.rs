@@ -1,0 +1,3 @@
+//! Exporters: how the agent's numbers leave the node.
+
+pub mod prometheus;

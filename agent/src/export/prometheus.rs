@@ -1,0 +1,142 @@
+//! The Prometheus exposition, encoded straight from the agent's state at
+//! scrape time (a `prometheus-client` custom collector): the kernel's
+//! counters are already cumulative, so there is nothing to increment and no
+//! per-request work in userspace.
+
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+use burnwatch_common::maps::counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::engine::AgentState;
+
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Which capture counters are lost data (dropped) and which are anomalies
+/// that make an SLI less complete.
+const DROPPED: &[u32] = &[
+    counter::COUNTS_FULL,
+    counter::INFLIGHT_FULL,
+    counter::CONNS_FULL,
+    counter::READ_FAULT,
+];
+
+struct StateCollector {
+    state: Arc<RwLock<AgentState>>,
+}
+
+impl fmt::Debug for StateCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StateCollector")
+    }
+}
+
+/// A registry with every burnwatch metric family.
+pub fn registry(state: Arc<RwLock<AgentState>>) -> Registry {
+    let mut r = Registry::default();
+    r.register_collector(Box::new(StateCollector { state }));
+    r
+}
+
+/// Encodes the registry in the OpenMetrics text format.
+pub fn encode(registry: &Registry) -> Result<String, fmt::Error> {
+    let mut out = String::with_capacity(64 * 1024);
+    prometheus_client::encoding::text::encode(&mut out, registry)?;
+    Ok(out)
+}
+
+impl Collector for StateCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+
+        let mut m = enc.encode_descriptor(
+            "burnwatch_build",
+            "Build information about the running agent.",
+            None,
+            MetricType::Info,
+        )?;
+        m.encode_info(&[("version", env!("CARGO_PKG_VERSION"))])?;
+
+        let mut m = enc.encode_descriptor(
+            "burnwatch_http_requests",
+            "HTTP requests seen by the kernel, by service, tenant, method and status code (000: no response).",
+            None,
+            MetricType::Counter,
+        )?;
+        let mut status = String::with_capacity(3);
+        for s in &state.requests.series {
+            status.clear();
+            use std::fmt::Write;
+            write!(status, "{:03}", s.labels.status)?;
+            let labels = [
+                ("service", &*s.labels.service),
+                ("tenant", &*s.labels.tenant),
+                ("method", s.labels.method),
+                ("status_code", status.as_str()),
+            ];
+            m.encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(&s.stats.count, None)?;
+        }
+
+        let mut m = enc.encode_descriptor(
+            "burnwatch_http_request_duration_seconds",
+            "Time from the first byte of a request read to the first byte of its response written.",
+            None,
+            MetricType::Histogram,
+        )?;
+        let bounds = &state.latency_bounds_s;
+        let mut buckets: Vec<(f64, u64)> = Vec::with_capacity(bounds.len() + 1);
+        for l in &state.requests.latency {
+            buckets.clear();
+            for (i, n) in l.buckets.iter().enumerate() {
+                let bound = bounds.get(i).copied().unwrap_or(f64::MAX);
+                buckets.push((bound, *n));
+            }
+            let labels = [("service", &*l.service), ("tenant", &*l.tenant)];
+            m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+                l.sum_ns as f64 / 1e9,
+                l.count,
+                &buckets,
+                None,
+            )?;
+        }
+
+        let mut m = enc.encode_descriptor(
+            "burnwatch_dropped_events",
+            "Events the capture lost (a full kernel map, an unreadable buffer): counts may be low by this much.",
+            None,
+            MetricType::Counter,
+        )?;
+        for &i in DROPPED {
+            m.encode_family(&[("reason", counter::NAMES[i as usize])])?
+                .encode_counter::<NoLabelSet, _, u64>(&state.capture_counters[i as usize], None)?;
+        }
+
+        let mut m = enc.encode_descriptor(
+            "burnwatch_capture_anomalies",
+            "What the capture could not see or match: responses without a request, requests never answered, unparsable streams.",
+            None,
+            MetricType::Counter,
+        )?;
+        for i in 0..counter::COUNT {
+            if DROPPED.contains(&i) {
+                continue;
+            }
+            m.encode_family(&[("kind", counter::NAMES[i as usize])])?
+                .encode_counter::<NoLabelSet, _, u64>(&state.capture_counters[i as usize], None)?;
+        }
+
+        let mut m = enc.encode_descriptor(
+            "burnwatch_probes_attached",
+            "eBPF programs attached on this node.",
+            None,
+            MetricType::Gauge,
+        )?;
+        m.encode_gauge(&(state.probes.len() as i64))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,143 @@
+//! The kernel side, seen from userspace: check the kernel, load and attach
+//! the eBPF programs, hand them the config, and read their maps.
+//!
+//! Everything the rest of the agent knows about the kernel comes through
+//! [`Probe::read_counts`] and [`Probe::read_counters`].
+
+pub mod btf;
+pub mod preflight;
+
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
+    programs::TracePoint,
+};
+use burnwatch_common::maps::{AgentConfig, RequestKey, RequestStats, counter, names};
+use tracing::{info, warn};
+
+/// The eBPF object, built by build.rs through aya-build.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/burnwatch"));
+
+/// Loaded and attached programs, and handles on the maps userspace reads.
+pub struct Probe {
+    // Keeps the programs and links alive: dropping it detaches everything.
+    _ebpf: Ebpf,
+    counts: BpfHashMap<MapData, RequestKey, RequestStats>,
+    counters: PerCpuArray<MapData, u64>,
+    config: Array<MapData, AgentConfig>,
+    service_ports: BpfHashMap<MapData, u16, u32>,
+    pub attached: Vec<String>,
+}
+
+impl Probe {
+    /// Checks the kernel, loads the programs with `config`, attaches them.
+    pub fn load(config: &AgentConfig, service_ports: &[(u16, u32)]) -> Result<Probe> {
+        preflight::run()?;
+        // Kernel memory for maps is charged to the memory cgroup on 5.11+;
+        // a failed raise (no CAP_SYS_RESOURCE) is not fatal.
+        raise_memlock();
+
+        let mut ebpf = EbpfLoader::new()
+            .load(EBPF_OBJECT)
+            .context("loading the eBPF object")?;
+
+        let mut attached = Vec::new();
+        for (category, name) in preflight::TRACEPOINTS {
+            let prog: &mut TracePoint = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("the kernel verifier rejected program {name}"))?;
+            prog.attach(category, name)
+                .with_context(|| format!("attaching {name} to tracepoint {category}:{name}"))?;
+            attached.push(format!("tracepoint:{category}:{name}"));
+        }
+
+        let mut cfg_map: Array<MapData, AgentConfig> =
+            Array::try_from(ebpf.take_map(names::CONFIG).ok_or_else(|| anyhow!("no CONFIG map"))?)?;
+        cfg_map.set(0, config, 0).context("writing the CONFIG map")?;
+        let mut ports: BpfHashMap<MapData, u16, u32> = BpfHashMap::try_from(
+            ebpf.take_map(names::SERVICE_PORTS)
+                .ok_or_else(|| anyhow!("no SERVICE_PORTS map"))?,
+        )?;
+        for (port, id) in service_ports {
+            ports.insert(port, id, 0).context("writing SERVICE_PORTS")?;
+        }
+        let counts = BpfHashMap::try_from(
+            ebpf.take_map(names::COUNTS).ok_or_else(|| anyhow!("no COUNTS map"))?,
+        )?;
+        let counters = PerCpuArray::try_from(
+            ebpf.take_map(names::COUNTERS).ok_or_else(|| anyhow!("no COUNTERS map"))?,
+        )?;
+        info!(probes = ?attached, "eBPF programs attached");
+        Ok(Probe {
+            _ebpf: ebpf,
+            counts,
+            counters,
+            config: cfg_map,
+            service_ports: ports,
+            attached,
+        })
+    }
+
+    /// Replaces the config the programs see (no reload of programs needed).
+    pub fn update_config(&mut self, config: &AgentConfig, service_ports: &[(u16, u32)]) -> Result<()> {
+        self.config.set(0, config, 0)?;
+        let old: Vec<u16> = self.service_ports.keys().filter_map(|k| k.ok()).collect();
+        for k in old {
+            let _ = self.service_ports.remove(&k);
+        }
+        for (port, id) in service_ports {
+            self.service_ports.insert(port, id, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with every request series the kernel has counted. The
+    /// values are cumulative since the map was created.
+    pub fn read_counts(&self, mut f: impl FnMut(&RequestKey, &RequestStats)) -> Result<()> {
+        for item in self.counts.iter() {
+            match item {
+                Ok((k, v)) => f(&k, &v),
+                // A key deleted between get_next_key and lookup: skip it.
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// The capture's own counters (see `burnwatch_common::maps::counter`),
+    /// summed over CPUs.
+    pub fn read_counters(&self) -> Result<[u64; counter::COUNT as usize]> {
+        let mut out = [0u64; counter::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let per_cpu = self.counters.get(&(i as u32), 0)?;
+            *slot = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
+}
+
+fn raise_memlock() {
+    let lim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } != 0 {
+        warn!(
+            "could not raise RLIMIT_MEMLOCK ({}); fine on kernels that charge BPF memory to the cgroup",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Resolves kernel struct offsets from the running kernel's BTF.
+pub fn kernel_offsets() -> Result<burnwatch_common::offsets::KernelOffsets> {
+    btf::Btf::from_file(Path::new(preflight::BTF_PATH))?.kernel_offsets()
+}

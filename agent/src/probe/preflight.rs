@@ -1,0 +1,142 @@
+//! Startup checks: say plainly what the kernel or the process lacks before
+//! anything fails in an obscure way, and fix what can be fixed (mounting
+//! tracefs when it is missing).
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use tracing::{info, warn};
+
+pub const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+const TRACEFS: &str = "/sys/kernel/tracing";
+const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// The tracepoints the programs attach to, as (category, name).
+pub const TRACEPOINTS: &[(&str, &str)] = &[
+    ("syscalls", "sys_enter_read"),
+    ("syscalls", "sys_exit_read"),
+    ("syscalls", "sys_enter_recvfrom"),
+    ("syscalls", "sys_exit_recvfrom"),
+    ("syscalls", "sys_enter_write"),
+    ("syscalls", "sys_enter_sendto"),
+    ("syscalls", "sys_enter_writev"),
+    ("syscalls", "sys_enter_close"),
+];
+
+/// What the checks found.
+#[derive(Debug)]
+pub struct Preflight {
+    pub tracefs: PathBuf,
+}
+
+/// Runs every check; the error lists everything that is missing at once.
+pub fn run() -> Result<Preflight> {
+    let mut missing = Vec::new();
+
+    match effective_caps() {
+        Some(caps) => {
+            let has = |c: u32| caps & (1u64 << c) != 0;
+            if !(has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))) {
+                missing.push(
+                    "privileges: run as root, or grant CAP_BPF and CAP_PERFMON \
+                     (CAP_SYS_ADMIN on kernels older than 5.8)"
+                        .to_string(),
+                );
+            }
+        }
+        None => warn!("could not read capabilities from /proc/self/status"),
+    }
+
+    if !Path::new(BTF_PATH).exists() {
+        missing.push(format!(
+            "kernel BTF: {BTF_PATH} is missing (a kernel built with CONFIG_DEBUG_INFO_BTF=y is required)"
+        ));
+    }
+
+    let tracefs = match ensure_tracefs() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            missing.push(format!("tracefs: {e:#}"));
+            None
+        }
+    };
+
+    if let Some(tracefs) = &tracefs {
+        for (cat, name) in TRACEPOINTS {
+            let p = tracefs.join("events").join(cat).join(name);
+            if !p.exists() {
+                missing.push(format!(
+                    "tracepoint {cat}:{name} not found under {} (CONFIG_FTRACE_SYSCALLS?)",
+                    tracefs.join("events").display()
+                ));
+            }
+        }
+    }
+
+    match aya::sys::is_program_supported(aya::programs::ProgramType::TracePoint) {
+        Ok(true) => {}
+        Ok(false) => missing.push("program type tracepoint is not supported by this kernel".into()),
+        Err(e) => warn!("could not probe the tracepoint program type: {e}"),
+    }
+
+    if !missing.is_empty() {
+        bail!(
+            "this node cannot run burnwatch:\n  - {}",
+            missing.join("\n  - ")
+        );
+    }
+    let tracefs = tracefs.expect("checked above");
+    info!(tracefs = %tracefs.display(), btf = BTF_PATH, "kernel checks passed");
+    Ok(Preflight { tracefs })
+}
+
+fn effective_caps() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
+    u64::from_str_radix(line.trim_start_matches("CapEff:").trim(), 16).ok()
+}
+
+/// Finds tracefs, mounting it at /sys/kernel/tracing when no mount exists
+/// (many machines boot without it; tracepoint attach needs it).
+fn ensure_tracefs() -> Result<PathBuf> {
+    for p in [TRACEFS, DEBUGFS_TRACING] {
+        if Path::new(p).join("events").is_dir() {
+            return Ok(PathBuf::from(p));
+        }
+    }
+    mount("tracefs", TRACEFS, "tracefs")?;
+    info!("mounted tracefs at {TRACEFS}");
+    if Path::new(TRACEFS).join("events").is_dir() {
+        Ok(PathBuf::from(TRACEFS))
+    } else {
+        bail!("mounted tracefs at {TRACEFS} but it has no events/ directory")
+    }
+}
+
+/// mount(2) without a dependency on the `mount` binary (the image has no shell).
+pub fn mount(source: &str, target: &str, fstype: &str) -> Result<()> {
+    let c = |s: &str| CString::new(s).expect("no NUL in mount arguments");
+    let (src, tgt, fs) = (c(source), c(target), c(fstype));
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            tgt.as_ptr(),
+            fs.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        bail!(
+            "mount -t {fstype} {source} {target} failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}

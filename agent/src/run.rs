@@ -1,0 +1,133 @@
+//! `burnwatch run`: wires the stages together and runs until SIGINT/SIGTERM.
+
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use burnwatch_common::http::{ParserConfig, header_hash, tenant_source};
+use burnwatch_common::maps::{AgentConfig, LATENCY_BUCKETS, config_flags};
+use tracing::{info, warn};
+
+use crate::attribution::ServiceNames;
+use crate::config::Config;
+use crate::engine::AgentState;
+use crate::probe::{self, Probe};
+
+/// Latency bucket bounds in seconds (the kernel classifies each request).
+pub const LATENCY_BOUNDS_S: [f64; LATENCY_BUCKETS - 1] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// How often the kernel maps are read.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+pub fn run(config_path: Option<&Path>) -> Result<()> {
+    let config = match config_path {
+        Some(p) => Config::load(p)?,
+        None => {
+            info!("no --config given: watching every HTTP/1.x server on the node");
+            Config::default()
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(run_async(config))
+}
+
+/// What the kernel needs to know from the config.
+pub fn kernel_config(config: &Config) -> Result<(AgentConfig, Vec<(u16, u32)>)> {
+    let offsets = probe::kernel_offsets().context("reading kernel struct offsets from BTF")?;
+    let mut parser = ParserConfig::header(config.tenant.header.as_bytes());
+    parser.tenant_header_hash = header_hash(config.tenant.header.as_bytes());
+    parser.tenant_source = tenant_source::HEADER;
+    let mut bounds = [0u64; LATENCY_BUCKETS - 1];
+    for (b, s) in bounds.iter_mut().zip(LATENCY_BOUNDS_S) {
+        *b = (s * 1e9) as u64;
+    }
+    let flags = if config.services.is_empty() {
+        config_flags::AUTO_SERVICES
+    } else {
+        0
+    };
+    let ports = config
+        .services
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| s.matcher.port.map(|p| (p, i as u32)))
+        .collect();
+    Ok((
+        AgentConfig {
+            offsets,
+            flags,
+            _pad: 0,
+            parser,
+            latency_bounds_ns: bounds,
+        },
+        ports,
+    ))
+}
+
+async fn run_async(config: Config) -> Result<()> {
+    // Bind first: a taken port is reported before any program is loaded.
+    let listener = crate::api::bind(config.exporters.prometheus.listen).await?;
+    let (kcfg, ports) = kernel_config(&config)?;
+    let probe = Probe::load(&kcfg, &ports)?;
+
+    let state = Arc::new(RwLock::new(AgentState {
+        probes: probe.attached.clone(),
+        latency_bounds_s: LATENCY_BOUNDS_S.to_vec(),
+        ..Default::default()
+    }));
+    info!(
+        listen = %config.exporters.prometheus.listen,
+        "serving /metrics"
+    );
+    let server = tokio::spawn(crate::api::serve(listener, crate::api::router(state.clone())));
+
+    let mut names = ServiceNames::new(config.services.iter().map(|s| s.name.clone()));
+    let missing: Arc<str> = Arc::from(config.tenant.missing.as_str());
+    let mut tick = tokio::time::interval(POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = poll(&probe, &state, &mut names, &missing) {
+                    warn!("reading kernel maps: {e:#}");
+                }
+            }
+            _ = tokio::signal::ctrl_c() => { info!("SIGINT: stopping"); break; }
+            _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
+            r = &mut Box::pin(async { server.is_finished() }) , if server.is_finished() => {
+                let _ = r;
+                anyhow::bail!("HTTP server stopped");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One read of the kernel maps into the shared state.
+fn poll(
+    probe: &Probe,
+    state: &RwLock<AgentState>,
+    names: &mut ServiceNames,
+    missing: &Arc<str>,
+) -> Result<()> {
+    let counters = probe.read_counters()?;
+    let mut st = state.write().unwrap_or_else(|e| e.into_inner());
+    st.requests.begin_update();
+    let mut result = Ok(());
+    {
+        let requests = &mut st.requests;
+        if let Err(e) = probe.read_counts(|k, v| requests.add(k, v, names, missing)) {
+            result = Err(e);
+        }
+    }
+    st.capture_counters = counters;
+    st.polls += 1;
+    result
+}
