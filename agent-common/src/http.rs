@@ -252,7 +252,11 @@ impl RequestStream {
     /// Skips `n <= skippable()` body bytes.
     #[inline(always)]
     pub fn skip(&mut self, n: u64) {
-        let n = if n > self.remaining { self.remaining } else { n };
+        let n = if n > self.remaining {
+            self.remaining
+        } else {
+            n
+        };
         self.remaining -= n;
         if self.remaining == 0 {
             if self.state == state::BODY {
@@ -625,7 +629,7 @@ impl RequestStream {
                     // trailing white space keeps the match
                 } else if m < CHUNKED.len() && b.to_ascii_lowercase() == CHUNKED[m % 7] {
                     self.chunked_match += 1;
-                } else if b.to_ascii_lowercase() == b'c' {
+                } else if b.eq_ignore_ascii_case(&b'c') {
                     self.chunked_match = 1;
                 } else {
                     self.chunked_match = 0;

@@ -20,9 +20,12 @@
 // lowers to the BPF atomic add instruction.
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
+// Map keys and values are passed by reference on purpose: by value they
+// would be copied onto the 512-byte eBPF stack first.
+#![allow(clippy::needless_borrows_for_generic_args)]
 
 use core::ffi::c_void;
-use core::intrinsics::{atomic_xadd, AtomicOrdering};
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     helpers::{
@@ -34,10 +37,10 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use burnwatch_common::{
-    http::{event, looks_like_request, parse_status_line, RequestStream},
+    http::{RequestStream, event, looks_like_request, parse_status_line},
     maps::{
-        conn_key, config_flags, counter, role, AgentConfig, ConnState, InflightRead, RequestKey,
-        RequestStats, CONNS_MAX, COUNTS_MAX, TENANT_MAX, INFLIGHT_MAX, LATENCY_BUCKETS, SERVICE_AUTO,
+        AgentConfig, CONNS_MAX, COUNTS_MAX, ConnState, INFLIGHT_MAX, InflightRead, LATENCY_BUCKETS,
+        RequestKey, RequestStats, SERVICE_AUTO, TENANT_MAX, config_flags, conn_key, counter, role,
     },
     offsets::KernelOffsets,
 };
@@ -147,10 +150,10 @@ fn stash_read(ctx: &TracePointContext) {
     let id = bpf_get_current_pid_tgid();
     let fd = arg_u64(ctx, 0) as u32;
     let key = conn_key((id >> 32) as u32, fd);
-    if let Some(conn) = unsafe { CONNS.get(&key) } {
-        if conn.role == 0 {
-            return; // known not to be ours
-        }
+    if let Some(conn) = unsafe { CONNS.get(&key) }
+        && conn.role == 0
+    {
+        return; // known not to be ours
     }
     let args = InflightRead {
         fd,
@@ -201,8 +204,13 @@ fn new_connection(
 ) -> Option<*mut ConnState> {
     let mut head = [0u8; 8];
     let n = if len < 8 { len } else { 8 };
-    if unsafe { bpf_probe_read_user(head.as_mut_ptr() as *mut c_void, n as u32, buf as *const c_void) }
-        != 0
+    if unsafe {
+        bpf_probe_read_user(
+            head.as_mut_ptr() as *mut c_void,
+            n as u32,
+            buf as *const c_void,
+        )
+    } != 0
     {
         return None;
     }
@@ -290,7 +298,9 @@ struct ParseCtx {
 
 #[inline(always)]
 fn parse_read(conn: *mut ConnState, cfg: &AgentConfig, buf: u64, len: u64) {
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
     unsafe { (*conn).requests.begin_read() };
     unsafe {
         (*scratch).off = 0;
@@ -333,7 +343,11 @@ extern "C" fn parse_chunk(_index: u64, ctx: *mut c_void) -> i64 {
         scratch.off += n;
         return 0;
     }
-    let n = if rest < CHUNK as u64 { rest } else { CHUNK as u64 };
+    let n = if rest < CHUNK as u64 {
+        rest
+    } else {
+        CHUNK as u64
+    };
     let src = pc.buf + scratch.off;
     // Always a constant-size read: a size derived from `off` would make the
     // verifier track `off` precisely, and the callback's states would never
@@ -415,9 +429,8 @@ pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let mut first = [0u64; 2]; // struct iovec { base, len }
-    if unsafe {
-        bpf_probe_read_user(first.as_mut_ptr() as *mut c_void, 16, iov as *const c_void)
-    } != 0
+    if unsafe { bpf_probe_read_user(first.as_mut_ptr() as *mut c_void, 16, iov as *const c_void) }
+        != 0
     {
         return 0;
     }
@@ -432,19 +445,28 @@ fn on_write(fd: u32, buf: u64, len: u64) {
     }
     let id = bpf_get_current_pid_tgid();
     let key = conn_key((id >> 32) as u32, fd);
-    let Some(conn) = CONNS.get_ptr_mut(&key) else { return };
+    let Some(conn) = CONNS.get_ptr_mut(&key) else {
+        return;
+    };
     let conn = unsafe { &mut *conn };
     if conn.role != role::SERVER {
         return;
     }
     let mut head = [0u8; 16];
     let n = if len < 16 { len } else { 16 };
-    if unsafe { bpf_probe_read_user(head.as_mut_ptr() as *mut c_void, n as u32, buf as *const c_void) }
-        != 0
+    if unsafe {
+        bpf_probe_read_user(
+            head.as_mut_ptr() as *mut c_void,
+            n as u32,
+            buf as *const c_void,
+        )
+    } != 0
     {
         return;
     }
-    let Some(status) = parse_status_line(&head, n as usize) else { return };
+    let Some(status) = parse_status_line(&head, n as usize) else {
+        return;
+    };
     if !conn.requests.has_pending() {
         bump(counter::UNMATCHED_RESPONSE);
         return;
@@ -465,7 +487,9 @@ fn on_write(fd: u32, buf: u64, len: u64) {
 
 #[inline(always)]
 fn count_response(conn: &ConnState, cfg: &AgentConfig, status: u16) {
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else { return };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
     let scratch = unsafe { &mut *scratch };
     let req = conn.requests.oldest();
     if req.tenant_truncated != 0 {
@@ -522,7 +546,9 @@ fn count_response(conn: &ConnState, cfg: &AgentConfig, status: u16) {
 
 #[inline(always)]
 fn add_stats(key: &RequestKey, dur: u64, bucket: usize) -> bool {
-    let Some(v) = COUNTS.get_ptr_mut(key) else { return false };
+    let Some(v) = COUNTS.get_ptr_mut(key) else {
+        return false;
+    };
     unsafe {
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut (*v).count, 1);
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&mut (*v).duration_sum_ns, dur);

@@ -92,6 +92,9 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
         "tenant: header {} (case-insensitive), {:?} when absent",
         c.tenant.header, c.tenant.missing
     );
-    println!("prometheus: http://{}/metrics", c.exporters.prometheus.listen);
+    println!(
+        "prometheus: http://{}/metrics",
+        c.exporters.prometheus.listen
+    );
     Ok(())
 }

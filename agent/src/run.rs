@@ -85,7 +85,10 @@ async fn run_async(config: Config) -> Result<()> {
         listen = %config.exporters.prometheus.listen,
         "serving /metrics"
     );
-    let server = tokio::spawn(crate::api::serve(listener, crate::api::router(state.clone())));
+    let server = tokio::spawn(crate::api::serve(
+        listener,
+        crate::api::router(state.clone()),
+    ));
 
     let mut names = ServiceNames::new(config.services.iter().map(|s| s.name.clone()));
     let missing: Arc<str> = Arc::from(config.tenant.missing.as_str());

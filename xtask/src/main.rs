@@ -1,1 +1,277 @@
-fn main() {}
+//! `cargo xtask`: one-command setup, build, run and test for burnwatch.
+//!
+//! Every command first runs `setup`, which installs what is missing and
+//! does nothing when everything is there, so a fresh machine needs no
+//! manual step:
+//! - the nightly toolchain's `rust-src` (for `-Z build-std=core` on
+//!   bpfel-unknown-none);
+//! - `bpf-linker`, built from crates.io against the LLVM that ships inside
+//!   the nightly toolchain (no prebuilt download exists here);
+//! - Debian packages the tests drive: nginx, curl.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const APT_PACKAGES: &[&str] = &["nginx-light", "curl", "ca-certificates"];
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test burnwatch")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need (idempotent).
+    Setup,
+    /// Build the agent (release) with its embedded eBPF object.
+    Build,
+    /// Build and run the agent as root; arguments go to `burnwatch run`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the whole test suite: format, lints, unit tests, end-to-end tests
+    /// with real eBPF and real servers.
+    Test,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match cli.command {
+        Cmd::Setup => setup(),
+        Cmd::Build => {
+            setup()?;
+            build()
+        }
+        Cmd::Run { args } => {
+            setup()?;
+            build()?;
+            let bin = root.join("target/release/burnwatch");
+            step(&format!("running {} run {}", bin.display(), args.join(" ")));
+            let status = Command::new(&bin).arg("run").args(&args).status()?;
+            if !status.success() {
+                bail!("burnwatch exited with {status}");
+            }
+            Ok(())
+        }
+        Cmd::Test => {
+            setup()?;
+            test()
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn step(msg: &str) {
+    eprintln!("\x1b[1m==> {msg}\x1b[0m");
+}
+
+fn cmd(program: &str, args: &[&str]) -> Result<()> {
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .with_context(|| format!("starting {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn is_root() -> bool {
+    output("id", &["-u"]).is_some_and(|s| s.trim() == "0")
+}
+
+fn setup() -> Result<()> {
+    setup_rust()?;
+    setup_bpf_linker()?;
+    setup_apt()?;
+    Ok(())
+}
+
+fn setup_rust() -> Result<()> {
+    let toolchains = output("rustup", &["toolchain", "list"]).unwrap_or_default();
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        step("installing the nightly toolchain (builds the eBPF programs)");
+        cmd(
+            "rustup",
+            &["toolchain", "install", "nightly", "--profile", "minimal"],
+        )?;
+    }
+    let components = output(
+        "rustup",
+        &["component", "list", "--installed", "--toolchain", "nightly"],
+    )
+    .unwrap_or_default();
+    if !components.lines().any(|l| l.starts_with("rust-src")) {
+        step("adding rust-src to nightly (for -Z build-std=core)");
+        cmd(
+            "rustup",
+            &["component", "add", "rust-src", "--toolchain", "nightly"],
+        )?;
+    }
+    Ok(())
+}
+
+/// bpf-linker must link against the same LLVM major version as the nightly
+/// rustc that emits the bitcode. The nightly toolchain ships its LLVM as a
+/// shared library; bpf-linker's build finds it through LLVM_PREFIX/lib.
+fn setup_bpf_linker() -> Result<()> {
+    if output("bpf-linker", &["--version"]).is_some_and(|v| v.contains(BPF_LINKER_VERSION)) {
+        return Ok(());
+    }
+    let sysroot = output("rustc", &["+nightly", "--print", "sysroot"])
+        .context("rustc +nightly")?
+        .trim()
+        .to_string();
+    let verbose = output("rustc", &["+nightly", "-vV"]).context("rustc +nightly -vV")?;
+    let llvm_major = verbose
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("no LLVM version in rustc -vV")?
+        .to_string();
+    let libdir = Path::new(&sysroot).join("lib");
+    let libllvm = std::fs::read_dir(&libdir)?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM.so.") || (n.starts_with("libLLVM-") && n.ends_with(".so")))
+        .with_context(|| format!("no libLLVM in {}", libdir.display()))?;
+    let prefix = std::env::temp_dir().join(format!("burnwatch-llvm-{llvm_major}"));
+    let lib = prefix.join("lib");
+    std::fs::create_dir_all(&lib)?;
+    for name in ["libLLVM.so".to_string(), libllvm.clone()] {
+        let link = lib.join(&name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(libdir.join(&libllvm), &link)?;
+    }
+    step(&format!(
+        "building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {llvm_major} (takes a few minutes, once)"
+    ));
+    let status = Command::new("cargo")
+        .args([
+            "install",
+            "bpf-linker",
+            "--locked",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{llvm_major}"),
+        ])
+        .env("LLVM_PREFIX", &prefix)
+        .status()?;
+    if !status.success() {
+        bail!("building bpf-linker failed ({status})");
+    }
+    Ok(())
+}
+
+fn setup_apt() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !output("dpkg-query", &["-W", "-f=${Status}", p])
+                .is_some_and(|s| s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("missing Debian packages {missing:?}; run as root or install them");
+    }
+    step(&format!(
+        "installing Debian packages: {}",
+        missing.join(" ")
+    ));
+    cmd("apt-get", &["update", "-q"])?;
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend(&missing);
+    let status = Command::new("apt-get")
+        .args(&args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()?;
+    if !status.success() {
+        bail!("apt-get install failed ({status})");
+    }
+    Ok(())
+}
+
+fn build() -> Result<()> {
+    step("cargo build --release");
+    cmd("cargo", &["build", "--release", "--package", "burnwatch"])
+}
+
+fn test() -> Result<()> {
+    if !is_root() {
+        bail!("the test suite loads eBPF programs: run it as root");
+    }
+    step("cargo fmt --check");
+    cmd("cargo", &["fmt", "--all", "--check"])?;
+    step("cargo clippy (host crates)");
+    cmd(
+        "cargo",
+        &[
+            "clippy",
+            "--release",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    step("cargo clippy (eBPF crate, bpfel-unknown-none)");
+    cmd(
+        "cargo",
+        &[
+            "+nightly",
+            "clippy",
+            "--release",
+            "--package",
+            "burnwatch-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--bins",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    step("cargo test (unit and end-to-end, real eBPF)");
+    // Release: the end-to-end tests run the release agent binary, and one
+    // profile means one build.
+    cmd("cargo", &["test", "--release", "--workspace"])
+}

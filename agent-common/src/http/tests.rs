@@ -24,14 +24,12 @@ fn run(cfg: &ParserConfig, reads: &[&[u8]]) -> (Vec<(Method, String)>, RequestSt
                 continue;
             }
             match s.step(read[i], cfg, 7) {
-                event::HEADERS_DONE => {
-                    if s.has_pending() {
-                        let r = *s.pending_newest();
-                        done.push((
-                            Method::from_u8(r.method),
-                            String::from_utf8_lossy(r.tenant()).into_owned(),
-                        ));
-                    }
+                event::HEADERS_DONE if s.has_pending() => {
+                    let r = *s.pending_newest();
+                    done.push((
+                        Method::from_u8(r.method),
+                        String::from_utf8_lossy(r.tenant()).into_owned(),
+                    ));
                 }
                 event::INVALID => invalid += 1,
                 _ => {}
@@ -48,7 +46,8 @@ impl RequestStream {
     }
 }
 
-const REQ: &[u8] = b"GET /cart HTTP/1.1\r\nHost: shop\r\nx-tenant-id:  acme  \r\nAccept: */*\r\n\r\n";
+const REQ: &[u8] =
+    b"GET /cart HTTP/1.1\r\nHost: shop\r\nx-tenant-id:  acme  \r\nAccept: */*\r\n\r\n";
 
 #[test]
 fn header_hash_is_case_insensitive() {
@@ -70,7 +69,11 @@ fn simple_request_with_tenant() {
 fn every_split_point_gives_the_same_result() {
     for cut in 1..REQ.len() {
         let (done, _, inv) = run(&cfg(), &[&REQ[..cut], &REQ[cut..]]);
-        assert_eq!(done, vec![(Method::Get, "acme".to_string())], "cut at {cut}");
+        assert_eq!(
+            done,
+            vec![(Method::Get, "acme".to_string())],
+            "cut at {cut}"
+        );
         assert_eq!(inv, 0, "cut at {cut}");
     }
     // One byte per read.
@@ -154,7 +157,9 @@ fn long_tenant_is_cut_and_flagged() {
 
 #[test]
 fn garbage_and_tls_are_invalid_and_resync_on_next_read() {
-    let tls = [0x16u8, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
+    let tls = [
+        0x16u8, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
     let (done, s, inv) = run(&cfg(), &[&tls]);
     assert!(done.is_empty());
     assert_eq!(inv, 1);
@@ -178,7 +183,10 @@ fn garbage_and_tls_are_invalid_and_resync_on_next_read() {
 fn tenant_from_host_label_and_path_segment() {
     let mut host = ParserConfig::header(b"unused");
     host.tenant_source = tenant_source::HOST_LABEL;
-    let (done, _, _) = run(&host, &[b"GET / HTTP/1.1\r\nHost: acme.shop.example:8080\r\n\r\n"]);
+    let (done, _, _) = run(
+        &host,
+        &[b"GET / HTTP/1.1\r\nHost: acme.shop.example:8080\r\n\r\n"],
+    );
     assert_eq!(done, vec![(Method::Get, "acme".to_string())]);
 
     let mut path = ParserConfig::header(b"unused");
@@ -192,7 +200,10 @@ fn tenant_from_host_label_and_path_segment() {
     );
     assert_eq!(
         done,
-        vec![(Method::Get, "globex".to_string()), (Method::Get, String::new())]
+        vec![
+            (Method::Get, "globex".to_string()),
+            (Method::Get, String::new())
+        ]
     );
 }
 
@@ -245,7 +256,8 @@ fn no_input_panics() {
         x ^= x << 17;
         x
     };
-    let alphabet = b"GET POST HTTP/1.1\r\n: X-Tenant-ID content-length 12 chunked transfer-encoding 0a;\t";
+    let alphabet =
+        b"GET POST HTTP/1.1\r\n: X-Tenant-ID content-length 12 chunked transfer-encoding 0a;\t";
     for source in 0..4u8 {
         let mut c = cfg();
         c.tenant_source = source;
@@ -253,7 +265,11 @@ fn no_input_panics() {
         let mut s = RequestStream::new();
         for _ in 0..20_000 {
             let r = rnd();
-            let b = if r % 3 == 0 { (r >> 8) as u8 } else { alphabet[(r >> 8) as usize % alphabet.len()] };
+            let b = if r % 3 == 0 {
+                (r >> 8) as u8
+            } else {
+                alphabet[(r >> 8) as usize % alphabet.len()]
+            };
             if r % 97 == 0 {
                 s.begin_read();
             }

@@ -29,10 +29,10 @@ impl ServiceNames {
     }
 
     pub fn name(&mut self, service_id: u32, local_port: u16) -> Arc<str> {
-        if service_id != SERVICE_AUTO {
-            if let Some(n) = self.configured.get(service_id as usize) {
-                return n.clone();
-            }
+        if service_id != SERVICE_AUTO
+            && let Some(n) = self.configured.get(service_id as usize)
+        {
+            return n.clone();
         }
         self.auto
             .entry(local_port)
@@ -66,7 +66,10 @@ mod tests {
         let missing: Arc<str> = Arc::from("unknown");
         assert_eq!(&*tenant_label(b"", &missing), "unknown");
         assert_eq!(&*tenant_label(b"acme", &missing), "acme");
-        assert_eq!(&*tenant_label(b"a\x01b\xff", &missing), "a\u{fffd}b\u{fffd}");
+        assert_eq!(
+            &*tenant_label(b"a\x01b\xff", &missing),
+            "a\u{fffd}b\u{fffd}"
+        );
     }
 
     #[test]

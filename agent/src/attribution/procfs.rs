@@ -10,21 +10,27 @@ pub fn listener_comm(port: u16) -> Option<String> {
     }
     for entry in fs::read_dir("/proc").ok()?.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().filter(|s| s.bytes().all(|b| b.is_ascii_digit())) else {
+        let Some(pid) = name
+            .to_str()
+            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+        else {
             continue;
         };
-        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
         for fd in fds.flatten() {
-            let Ok(target) = fs::read_link(fd.path()) else { continue };
+            let Ok(target) = fs::read_link(fd.path()) else {
+                continue;
+            };
             let target = target.to_string_lossy();
             if let Some(inode) = target
                 .strip_prefix("socket:[")
                 .and_then(|s| s.strip_suffix(']'))
+                && inodes.iter().any(|i| i == inode)
             {
-                if inodes.iter().any(|i| i == inode) {
-                    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-                    return Some(comm.trim().to_string());
-                }
+                let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+                return Some(comm.trim().to_string());
             }
         }
     }
@@ -35,14 +41,18 @@ pub fn listener_comm(port: u16) -> Option<String> {
 fn listening_inodes(port: u16) -> Vec<String> {
     let mut out = Vec::new();
     for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = fs::read_to_string(file) else { continue };
+        let Ok(text) = fs::read_to_string(file) else {
+            continue;
+        };
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
             // sl local_address rem_address st ... inode (index 9)
             if f.len() < 10 || f[3] != "0A" {
                 continue;
             }
-            let Some((_, p)) = f[1].rsplit_once(':') else { continue };
+            let Some((_, p)) = f[1].rsplit_once(':') else {
+                continue;
+            };
             if u16::from_str_radix(p, 16).ok() == Some(port) {
                 out.push(f[9].to_string());
             }

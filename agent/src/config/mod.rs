@@ -217,7 +217,10 @@ impl Config {
         if !valid_label_value(&self.tenant.missing) {
             return Err((
                 "tenant.missing".into(),
-                format!("{:?} must be 1 to 128 printable characters", self.tenant.missing),
+                format!(
+                    "{:?} must be 1 to 128 printable characters",
+                    self.tenant.missing
+                ),
             ));
         }
         Ok(())

@@ -60,13 +60,17 @@ pub struct Btf {
 
 fn u16_at(d: &[u8], o: usize) -> Result<u16> {
     Ok(u16::from_le_bytes(
-        d.get(o..o + 2).ok_or_else(|| anyhow!("BTF truncated at {o}"))?.try_into()?,
+        d.get(o..o + 2)
+            .ok_or_else(|| anyhow!("BTF truncated at {o}"))?
+            .try_into()?,
     ))
 }
 
 fn u32_at(d: &[u8], o: usize) -> Result<u32> {
     Ok(u32::from_le_bytes(
-        d.get(o..o + 4).ok_or_else(|| anyhow!("BTF truncated at {o}"))?.try_into()?,
+        d.get(o..o + 4)
+            .ok_or_else(|| anyhow!("BTF truncated at {o}"))?
+            .try_into()?,
     ))
 }
 
@@ -124,8 +128,8 @@ impl Btf {
                 }
                 KIND_ENUM | KIND_FUNC_PROTO => o += vlen * 8,
                 KIND_DATASEC | KIND_ENUM64 => o += vlen * 12,
-                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST
-                | KIND_RESTRICT | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => {}
+                KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
+                | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => {}
                 other => bail!("unknown BTF kind {other}"),
             }
             types.push(Type {
@@ -198,10 +202,10 @@ impl Btf {
         for m in &t.members {
             if m.name == 0 {
                 let inner = self.resolve(m.ty)?;
-                if inner.kind == KIND_STRUCT || inner.kind == KIND_UNION {
-                    if let Some(off) = self.find_member(inner, member, depth + 1) {
-                        return Some(m.bit_offset + off);
-                    }
+                if (inner.kind == KIND_STRUCT || inner.kind == KIND_UNION)
+                    && let Some(off) = self.find_member(inner, member, depth + 1)
+                {
+                    return Some(m.bit_offset + off);
                 }
             }
         }
@@ -257,11 +261,27 @@ mod tests {
         // 3: anonymous union { int b; struct 2; }
         push(&[0, (KIND_UNION << 24) | 2, 8, s("b"), 1, 0, 0, 2, 0]);
         // 4: struct outer { int a; union 3 at 64 bits }
-        push(&[s("outer"), (KIND_STRUCT << 24) | 2, 16, s("a"), 1, 0, 0, 3, 64]);
+        push(&[
+            s("outer"),
+            (KIND_STRUCT << 24) | 2,
+            16,
+            s("a"),
+            1,
+            0,
+            0,
+            3,
+            64,
+        ]);
         let mut d = Vec::new();
         d.extend_from_slice(&BTF_MAGIC.to_le_bytes());
         d.extend_from_slice(&[1, 0]);
-        for w in [24u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+        for w in [
+            24u32,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
             d.extend_from_slice(&w.to_le_bytes());
         }
         d.extend_from_slice(&types);

@@ -27,8 +27,6 @@ pub struct Probe {
     _ebpf: Ebpf,
     counts: BpfHashMap<MapData, RequestKey, RequestStats>,
     counters: PerCpuArray<MapData, u64>,
-    config: Array<MapData, AgentConfig>,
-    service_ports: BpfHashMap<MapData, u16, u32>,
     pub attached: Vec<String>,
 }
 
@@ -57,9 +55,13 @@ impl Probe {
             attached.push(format!("tracepoint:{category}:{name}"));
         }
 
-        let mut cfg_map: Array<MapData, AgentConfig> =
-            Array::try_from(ebpf.take_map(names::CONFIG).ok_or_else(|| anyhow!("no CONFIG map"))?)?;
-        cfg_map.set(0, config, 0).context("writing the CONFIG map")?;
+        let mut cfg_map: Array<MapData, AgentConfig> = Array::try_from(
+            ebpf.take_map(names::CONFIG)
+                .ok_or_else(|| anyhow!("no CONFIG map"))?,
+        )?;
+        cfg_map
+            .set(0, config, 0)
+            .context("writing the CONFIG map")?;
         let mut ports: BpfHashMap<MapData, u16, u32> = BpfHashMap::try_from(
             ebpf.take_map(names::SERVICE_PORTS)
                 .ok_or_else(|| anyhow!("no SERVICE_PORTS map"))?,
@@ -68,33 +70,20 @@ impl Probe {
             ports.insert(port, id, 0).context("writing SERVICE_PORTS")?;
         }
         let counts = BpfHashMap::try_from(
-            ebpf.take_map(names::COUNTS).ok_or_else(|| anyhow!("no COUNTS map"))?,
+            ebpf.take_map(names::COUNTS)
+                .ok_or_else(|| anyhow!("no COUNTS map"))?,
         )?;
         let counters = PerCpuArray::try_from(
-            ebpf.take_map(names::COUNTERS).ok_or_else(|| anyhow!("no COUNTERS map"))?,
+            ebpf.take_map(names::COUNTERS)
+                .ok_or_else(|| anyhow!("no COUNTERS map"))?,
         )?;
         info!(probes = ?attached, "eBPF programs attached");
         Ok(Probe {
             _ebpf: ebpf,
             counts,
             counters,
-            config: cfg_map,
-            service_ports: ports,
             attached,
         })
-    }
-
-    /// Replaces the config the programs see (no reload of programs needed).
-    pub fn update_config(&mut self, config: &AgentConfig, service_ports: &[(u16, u32)]) -> Result<()> {
-        self.config.set(0, config, 0)?;
-        let old: Vec<u16> = self.service_ports.keys().filter_map(|k| k.ok()).collect();
-        for k in old {
-            let _ = self.service_ports.remove(&k);
-        }
-        for (port, id) in service_ports {
-            self.service_ports.insert(port, id, 0)?;
-        }
-        Ok(())
     }
 
     /// Calls `f` with every request series the kernel has counted. The

@@ -28,14 +28,8 @@ pub const TRACEPOINTS: &[(&str, &str)] = &[
     ("syscalls", "sys_enter_close"),
 ];
 
-/// What the checks found.
-#[derive(Debug)]
-pub struct Preflight {
-    pub tracefs: PathBuf,
-}
-
 /// Runs every check; the error lists everything that is missing at once.
-pub fn run() -> Result<Preflight> {
+pub fn run() -> Result<()> {
     let mut missing = Vec::new();
 
     match effective_caps() {
@@ -92,7 +86,7 @@ pub fn run() -> Result<Preflight> {
     }
     let tracefs = tracefs.expect("checked above");
     info!(tracefs = %tracefs.display(), btf = BTF_PATH, "kernel checks passed");
-    Ok(Preflight { tracefs })
+    Ok(())
 }
 
 fn effective_caps() -> Option<u64> {
@@ -123,15 +117,7 @@ pub fn mount(source: &str, target: &str, fstype: &str) -> Result<()> {
     let c = |s: &str| CString::new(s).expect("no NUL in mount arguments");
     let (src, tgt, fs) = (c(source), c(target), c(fstype));
     // SAFETY: valid NUL-terminated strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            tgt.as_ptr(),
-            fs.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
+    let rc = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
         bail!(
             "mount -t {fstype} {source} {target} failed: {}",
