@@ -281,6 +281,19 @@ impl RequestStream {
         }
     }
 
+    /// Whether the parser is inside a request line or header block.
+    #[inline(always)]
+    pub fn in_headers(&self) -> bool {
+        self.state >= state::TARGET && self.state <= state::HEADERS_END_CR
+    }
+
+    /// Bytes were missed: wait for the next read that starts with a request
+    /// line. Queued requests keep waiting for their responses.
+    #[inline(always)]
+    pub fn lose_sync(&mut self) {
+        self.state = state::INVALID;
+    }
+
     /// Whether requests await a response.
     #[inline(always)]
     pub fn has_pending(&self) -> bool {

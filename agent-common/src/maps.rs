@@ -30,7 +30,13 @@ pub mod names {
     pub const SERVICE_PORTS: &str = "SERVICE_PORTS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const SCRATCH: &str = "SCRATCH";
+    pub const CONN_EVENTS: &str = "CONN_EVENTS";
+    pub const SERVER_PORTS: &str = "SERVER_PORTS";
+    pub const SERIES: &str = "SERIES";
 }
+
+/// Distinct (service, port, kind) connection-event series.
+pub const CONN_EVENTS_MAX: u32 = 8_192;
 
 /// `service_id` for services found automatically (no configured match): the
 /// agent names them `<comm>:<port>` from the local port.
@@ -154,6 +160,12 @@ pub struct RequestKey {
     pub role: u8,
     pub tenant_len: u8,
     pub _pad: u8,
+    /// Client side: the upstream's TCP port (0 on the server side).
+    pub peer_port: u16,
+    pub _pad2: u16,
+    /// Client side: the upstream's address, IPv4-mapped IPv6 for IPv4
+    /// (zero on the server side).
+    pub peer_addr: [u8; 16],
     pub tenant: [u8; TENANT_MAX],
 }
 
@@ -195,6 +207,10 @@ pub struct ConnState {
     /// a watched service): later syscalls on it return at once.
     pub role: u8,
     pub _pad: u8,
+    /// Client side: the upstream (see [`RequestKey::peer_addr`]).
+    pub peer_port: u16,
+    pub _pad2: [u8; 6],
+    pub peer_addr: [u8; 16],
     pub requests: RequestStream,
 }
 
@@ -210,9 +226,82 @@ pub const fn conn_key(tgid: u32, fd: u32) -> u64 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InflightRead {
     pub fd: u32,
-    pub _pad: u32,
-    /// User buffer the kernel fills.
+    /// An [`inflight_kind`]: how to find the bytes.
+    pub kind: u32,
+    /// `read`/`recvfrom`: the buffer. `readv`: the iovec array. `recvmsg`:
+    /// the msghdr.
     pub buf: u64,
+    /// `readv`: the number of iovecs.
+    pub vlen: u64,
+}
+
+/// How an [`InflightRead`] names its buffer.
+pub mod inflight_kind {
+    pub const BUF: u32 = 0;
+    pub const IOVEC: u32 = 1;
+    pub const MSGHDR: u32 = 2;
+}
+
+/// Key of the `CONN_EVENTS` map: per-service counts of connection-level
+/// events, anomalies and TCP failures alike.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnEventKey {
+    pub service_id: u32,
+    pub local_port: u16,
+    /// A [`conn_event`].
+    pub kind: u16,
+}
+
+/// Kinds of [`ConnEventKey`].
+pub mod conn_event {
+    // Capture anomalies: what the capture could not see or match.
+    /// A response was written with no request pending.
+    pub const UNMATCHED_RESPONSE: u16 = 0;
+    /// Requests were still awaiting a response when the connection closed
+    /// (each is also counted with status 000).
+    pub const OPEN_AT_CLOSE: u16 = 1;
+    /// The tenant header was not found in the scanned bytes.
+    pub const TENANT_NOT_FOUND: u16 = 2;
+    /// More pipelined requests than the per-connection queue holds.
+    pub const PIPELINE_OVERFLOW: u16 = 3;
+    /// Bytes on an HTTP connection stopped parsing as HTTP/1.x.
+    pub const PARSE_INVALID: u16 = 5;
+    /// A read was longer than one syscall may scan; the rest was not parsed.
+    pub const SCAN_LIMIT: u16 = 6;
+    /// A tenant value longer than the kept length was cut.
+    pub const TENANT_TRUNCATED: u16 = 7;
+    // TCP failures the application never reports.
+    /// The server reset an established connection.
+    pub const FAIL_RESET: u16 = 16;
+    /// A connection to the service's port was refused (no listener).
+    pub const FAIL_REFUSED: u16 = 17;
+    /// A connection closed while requests awaited a response.
+    pub const FAIL_CLOSED_WITHOUT_RESPONSE: u16 = 18;
+
+    /// Label value of an anomaly kind, if it is one.
+    pub fn anomaly_name(kind: u16) -> Option<&'static str> {
+        Some(match kind {
+            UNMATCHED_RESPONSE => "response_without_request",
+            OPEN_AT_CLOSE => "request_open_at_close",
+            TENANT_NOT_FOUND => "tenant_not_found",
+            PIPELINE_OVERFLOW => "pipeline_overflow",
+            PARSE_INVALID => "not_http",
+            SCAN_LIMIT => "scan_limit",
+            TENANT_TRUNCATED => "tenant_truncated",
+            _ => return None,
+        })
+    }
+
+    /// Label value of a TCP failure kind, if it is one.
+    pub fn failure_name(kind: u16) -> Option<&'static str> {
+        Some(match kind {
+            FAIL_RESET => "reset",
+            FAIL_REFUSED => "refused",
+            FAIL_CLOSED_WITHOUT_RESPONSE => "closed_without_response",
+            _ => return None,
+        })
+    }
 }
 
 /// Flags in [`AgentConfig::flags`].
@@ -229,14 +318,16 @@ pub struct AgentConfig {
     pub offsets: KernelOffsets,
     /// [`config_flags`].
     pub flags: u32,
-    pub _pad: u32,
+    /// New series of one service past this many go to tenant `__overflow__`.
+    pub max_series_per_service: u32,
     pub parser: ParserConfig,
     /// Upper bounds (inclusive, ns) of the first `LATENCY_BUCKETS - 1`
     /// buckets, ascending.
     pub latency_bounds_ns: [u64; LATENCY_BUCKETS - 1],
 }
 
-/// Indexes of the `COUNTERS` per-CPU array: what the capture could not see.
+/// Indexes of the `COUNTERS` per-CPU array: events lost before they could
+/// be attributed to a service.
 pub mod counter {
     /// A new series could not be added: `COUNTS` is full.
     pub const COUNTS_FULL: u32 = 0;
@@ -244,35 +335,19 @@ pub mod counter {
     pub const INFLIGHT_FULL: u32 = 1;
     /// A connection could not be added: `CONNS` update failed.
     pub const CONNS_FULL: u32 = 2;
-    /// More pipelined requests than [`super::PENDING_MAX`]: not tracked.
-    pub const PIPELINE_OVERFLOW: u32 = 3;
-    /// A response was written with no request pending.
-    pub const UNMATCHED_RESPONSE: u32 = 4;
-    /// Bytes on an HTTP connection stopped parsing as HTTP/1.x.
-    pub const PARSE_INVALID: u32 = 5;
-    /// A read carried more bytes than one syscall may scan; the rest was
-    /// not parsed (the stream may lose sync).
-    pub const SCAN_LIMIT: u32 = 6;
-    /// A tenant value was longer than [`super::TENANT_MAX`] and was cut.
-    pub const TENANT_TRUNCATED: u32 = 7;
-    /// A connection closed with requests still awaiting a response.
-    pub const CLOSED_WITH_PENDING: u32 = 8;
     /// A user buffer could not be read.
-    pub const READ_FAULT: u32 = 9;
-    pub const COUNT: u32 = 10;
+    pub const READ_FAULT: u32 = 3;
+    /// A connection event could not be counted: `CONN_EVENTS` is full.
+    pub const CONN_EVENTS_FULL: u32 = 4;
+    pub const COUNT: u32 = 5;
 
     /// Label value of each counter, indexed by the constants above.
     pub const NAMES: [&str; COUNT as usize] = [
         "counts_map_full",
         "inflight_map_full",
         "conns_map_full",
-        "pipeline_overflow",
-        "unmatched_response",
-        "parse_invalid",
-        "scan_limit",
-        "tenant_truncated",
-        "closed_with_pending",
         "read_fault",
+        "conn_events_map_full",
     ];
 }
 
@@ -285,4 +360,5 @@ mod pod {
     unsafe impl aya::Pod for super::ConnState {}
     unsafe impl aya::Pod for super::AgentConfig {}
     unsafe impl aya::Pod for super::InflightRead {}
+    unsafe impl aya::Pod for super::ConnEventKey {}
 }

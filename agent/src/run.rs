@@ -5,12 +5,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use burnwatch_common::http::{ParserConfig, header_hash, tenant_source};
+use burnwatch_common::http::{PATH_PREFIX_MAX, ParserConfig, header_hash, tenant_source};
 use burnwatch_common::maps::{AgentConfig, LATENCY_BUCKETS, config_flags};
 use tracing::{info, warn};
 
 use crate::attribution::ServiceNames;
-use crate::config::Config;
+use crate::config::{Config, TenantFrom};
 use crate::engine::AgentState;
 use crate::probe::{self, Probe};
 
@@ -42,7 +42,17 @@ pub fn kernel_config(config: &Config) -> Result<(AgentConfig, Vec<(u16, u32)>)> 
     let offsets = probe::kernel_offsets().context("reading kernel struct offsets from BTF")?;
     let mut parser = ParserConfig::header(config.tenant.header.as_bytes());
     parser.tenant_header_hash = header_hash(config.tenant.header.as_bytes());
-    parser.tenant_source = tenant_source::HEADER;
+    parser.tenant_source = match config.tenant.from {
+        TenantFrom::Header => tenant_source::HEADER,
+        TenantFrom::Host => tenant_source::HOST_LABEL,
+        TenantFrom::Path => tenant_source::PATH_SEGMENT,
+        TenantFrom::None => tenant_source::NONE,
+    };
+    if let Some(prefix) = &config.tenant.path_prefix {
+        let n = prefix.len().min(PATH_PREFIX_MAX);
+        parser.path_prefix[..n].copy_from_slice(&prefix.as_bytes()[..n]);
+        parser.path_prefix_len = n as u8;
+    }
     let mut bounds = [0u64; LATENCY_BUCKETS - 1];
     for (b, s) in bounds.iter_mut().zip(LATENCY_BOUNDS_S) {
         *b = (s * 1e9) as u64;
@@ -62,7 +72,9 @@ pub fn kernel_config(config: &Config) -> Result<(AgentConfig, Vec<(u16, u32)>)> 
         AgentConfig {
             offsets,
             flags,
-            _pad: 0,
+            // A tenant has a few series (methods x statuses); the kernel's cap
+            // only stops floods, the exact cap is applied in userspace.
+            max_series_per_service: config.tenant.max_per_service.saturating_mul(16),
             parser,
             latency_bounds_ns: bounds,
         },
@@ -76,11 +88,11 @@ async fn run_async(config: Config) -> Result<()> {
     let (kcfg, ports) = kernel_config(&config)?;
     let probe = Probe::load(&kcfg, &ports)?;
 
-    let state = Arc::new(RwLock::new(AgentState {
-        probes: probe.attached.clone(),
-        latency_bounds_s: LATENCY_BOUNDS_S.to_vec(),
-        ..Default::default()
-    }));
+    let state = Arc::new(RwLock::new(AgentState::new(
+        config.tenant.max_per_service,
+        probe.attached.clone(),
+        LATENCY_BOUNDS_S.to_vec(),
+    )));
     info!(
         listen = %config.exporters.prometheus.listen,
         "serving /metrics"
@@ -127,6 +139,13 @@ fn poll(
     {
         let requests = &mut st.requests;
         if let Err(e) = probe.read_counts(|k, v| requests.add(k, v, names, missing)) {
+            result = Err(e);
+        }
+    }
+    st.conn_events.begin_update();
+    {
+        let events = &mut st.conn_events;
+        if let Err(e) = probe.read_conn_events(|k, v| events.add(k, v, names)) {
             result = Err(e);
         }
     }

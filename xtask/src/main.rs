@@ -270,6 +270,9 @@ fn test() -> Result<()> {
             "warnings",
         ],
     )?;
+    // The end-to-end tests run target/release/burnwatch, which `cargo test`
+    // does not build (it builds test harnesses, not the binary itself).
+    build()?;
     step("cargo test (unit and end-to-end, real eBPF)");
     // Release: the end-to-end tests run the release agent binary, and one
     // profile means one build.

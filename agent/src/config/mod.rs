@@ -46,22 +46,53 @@ pub struct Match {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Tenant {
-    /// Header carrying the tenant id, matched case-insensitively.
+    /// Where the tenant id comes from.
+    #[serde(default)]
+    pub from: TenantFrom,
+    /// Header carrying the tenant id (`from: header`), matched
+    /// case-insensitively.
     #[serde(default = "default_tenant_header")]
     pub header: String,
-    /// Tenant label when the header is absent.
+    /// `from: path`: the path bytes before the tenant segment, e.g.
+    /// `/tenants/` for `/tenants/{tenant}/...`.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// Tenant label when the request carries none.
     #[serde(default = "default_missing")]
     pub missing: String,
+    /// Distinct tenants kept per service; more go to `__overflow__`.
+    #[serde(default = "default_max_per_service")]
+    pub max_per_service: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantFrom {
+    /// A request header (`tenant.header`).
+    #[default]
+    Header,
+    /// The first label of the Host header (`acme` in `acme.shop.example`).
+    Host,
+    /// The path segment after `tenant.path_prefix`.
+    Path,
+    /// No tenant: every request gets the `missing` label.
+    None,
 }
 
 impl Default for Tenant {
     fn default() -> Self {
         Tenant {
+            from: TenantFrom::Header,
             header: default_tenant_header(),
+            path_prefix: None,
             missing: default_missing(),
+            max_per_service: default_max_per_service(),
         }
     }
 }
+
+/// The label of requests from tenants past `tenant.max_per_service`.
+pub const OVERFLOW_TENANT: &str = "__overflow__";
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -91,6 +122,9 @@ fn default_tenant_header() -> String {
 }
 fn default_missing() -> String {
     DEFAULT_MISSING_TENANT.to_string()
+}
+fn default_max_per_service() -> u32 {
+    1000
 }
 fn default_listen() -> SocketAddr {
     DEFAULT_LISTEN.parse().expect("valid default address")
@@ -212,6 +246,32 @@ impl Config {
             return Err((
                 "tenant.header".into(),
                 format!("{h:?} is not a valid HTTP header name"),
+            ));
+        }
+        if self.tenant.from == TenantFrom::Path {
+            match &self.tenant.path_prefix {
+                None => {
+                    return Err((
+                        "tenant.path_prefix".into(),
+                        "required with `from: path` (e.g. /tenants/)".into(),
+                    ));
+                }
+                Some(p) if !p.starts_with('/') || p.len() > 32 => {
+                    return Err((
+                        "tenant.path_prefix".into(),
+                        format!("{p:?} must start with / and be at most 32 bytes"),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        if !(1..=100_000).contains(&self.tenant.max_per_service) {
+            return Err((
+                "tenant.max_per_service".into(),
+                format!(
+                    "{} must be between 1 and 100000",
+                    self.tenant.max_per_service
+                ),
             ));
         }
         if !valid_label_value(&self.tenant.missing) {

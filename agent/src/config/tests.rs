@@ -59,3 +59,16 @@ fn validation_errors_name_field_and_line() {
     assert_eq!(e.field.as_deref(), Some("tenant.header"));
     assert_eq!(e.line, Some(2));
 }
+
+#[test]
+fn tenant_sources() {
+    let c = parse("tenant:\n  from: path\n  path_prefix: /tenants/\n").unwrap();
+    assert_eq!(c.tenant.from, TenantFrom::Path);
+    let e = parse("tenant:\n  from: path\n").unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("tenant.path_prefix"));
+    let e = parse("tenant:\n  from: cookie\n").unwrap_err();
+    assert!(e.to_string().starts_with("burnwatch.yaml:2"), "{e}");
+    let e = parse("tenant:\n  max_per_service: 0\n").unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("tenant.max_per_service"));
+    assert_eq!(e.line, Some(2));
+}

@@ -6,12 +6,12 @@ pub mod requests;
 
 use burnwatch_common::maps::counter;
 
-use requests::RequestTable;
+use requests::{ConnEventTable, RequestTable};
 
 /// Everything exporters read, refreshed once per second by the poll loop.
-#[derive(Default)]
 pub struct AgentState {
     pub requests: RequestTable,
+    pub conn_events: ConnEventTable,
     /// The capture's own counters (`burnwatch_common::maps::counter`).
     pub capture_counters: [u64; counter::COUNT as usize],
     /// Probes attached, e.g. `tracepoint:syscalls:sys_enter_read`.
@@ -20,4 +20,21 @@ pub struct AgentState {
     pub latency_bounds_s: Vec<f64>,
     /// Completed kernel reads; 0 until the first one.
     pub polls: u64,
+}
+
+impl AgentState {
+    pub fn new(
+        max_tenants_per_service: u32,
+        probes: Vec<String>,
+        latency_bounds_s: Vec<f64>,
+    ) -> Self {
+        AgentState {
+            requests: RequestTable::new(max_tenants_per_service),
+            conn_events: ConnEventTable::default(),
+            capture_counters: [0; counter::COUNT as usize],
+            probes,
+            latency_bounds_s,
+            polls: 0,
+        }
+    }
 }

@@ -4,12 +4,13 @@
 //! Work is per series, never per request; a series' labels are resolved
 //! once, the first time its kernel key is seen.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use burnwatch_common::maps::{LATENCY_BUCKETS, Method, RequestKey, RequestStats};
+use burnwatch_common::maps::{ConnEventKey, LATENCY_BUCKETS, Method, RequestKey, RequestStats};
 
 use crate::attribution::{ServiceNames, tenant_label};
+use crate::config::OVERFLOW_TENANT;
 
 /// Labels of one `burnwatch_http_requests_total` series.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -38,7 +39,6 @@ pub struct LatencySeries {
     pub buckets: [u64; LATENCY_BUCKETS],
 }
 
-#[derive(Default)]
 pub struct RequestTable {
     /// Kernel key -> (index in `series`, index in `latency`).
     by_key: HashMap<RequestKey, (usize, usize)>,
@@ -46,9 +46,55 @@ pub struct RequestTable {
     by_service_tenant: HashMap<(Arc<str>, Arc<str>), usize>,
     pub series: Vec<Series>,
     pub latency: Vec<LatencySeries>,
+    /// Distinct tenants kept per service (at most `max_tenants`).
+    tenants: HashMap<Arc<str>, HashSet<Arc<str>>>,
+    /// Tenants folded into `__overflow__`, per service.
+    folded: HashMap<Arc<str>, HashSet<Arc<str>>>,
+    max_tenants: usize,
+    overflow_label: Arc<str>,
 }
 
 impl RequestTable {
+    pub fn new(max_tenants_per_service: u32) -> Self {
+        RequestTable {
+            by_key: HashMap::new(),
+            by_labels: HashMap::new(),
+            by_service_tenant: HashMap::new(),
+            series: Vec::new(),
+            latency: Vec::new(),
+            tenants: HashMap::new(),
+            folded: HashMap::new(),
+            max_tenants: max_tenants_per_service as usize,
+            overflow_label: Arc::from(OVERFLOW_TENANT),
+        }
+    }
+
+    /// Tenants folded into `__overflow__`, per service.
+    pub fn tenant_overflow(&self) -> impl Iterator<Item = (&Arc<str>, usize)> {
+        self.folded.iter().map(|(s, t)| (s, t.len()))
+    }
+
+    /// The tenant label for a new series: itself while the service has room,
+    /// `__overflow__` after.
+    fn admit(&mut self, service: &Arc<str>, tenant: Arc<str>) -> Arc<str> {
+        if *tenant == *OVERFLOW_TENANT {
+            return self.overflow_label.clone();
+        }
+        let kept = self.tenants.entry(service.clone()).or_default();
+        if kept.contains(&tenant) {
+            return tenant;
+        }
+        if kept.len() < self.max_tenants {
+            kept.insert(tenant.clone());
+            return tenant;
+        }
+        self.folded
+            .entry(service.clone())
+            .or_default()
+            .insert(tenant);
+        self.overflow_label.clone()
+    }
+
     /// Starts a refresh: counts are re-summed from the kernel's values.
     pub fn begin_update(&mut self) {
         for s in &mut self.series {
@@ -73,7 +119,7 @@ impl RequestTable {
             Some(&idx) => idx,
             None => {
                 let service = names.name(key.service_id, key.local_port);
-                let tenant = tenant_label(key.tenant(), missing_tenant);
+                let tenant = self.admit(&service, tenant_label(key.tenant(), missing_tenant));
                 let labels = RequestLabels {
                     service: service.clone(),
                     tenant: tenant.clone(),
@@ -119,6 +165,43 @@ impl RequestTable {
     }
 }
 
+/// Per-service connection events (anomalies and TCP failures), summed per
+/// (service, kind) from the kernel's `CONN_EVENTS`.
+#[derive(Default)]
+pub struct ConnEventTable {
+    by_key: HashMap<ConnEventKey, usize>,
+    by_labels: HashMap<(Arc<str>, u16), usize>,
+    /// (service, kind, cumulative count).
+    pub series: Vec<(Arc<str>, u16, u64)>,
+}
+
+impl ConnEventTable {
+    pub fn begin_update(&mut self) {
+        for s in &mut self.series {
+            s.2 = 0;
+        }
+    }
+
+    pub fn add(&mut self, key: &ConnEventKey, value: u64, names: &mut ServiceNames) {
+        let i = match self.by_key.get(key) {
+            Some(&i) => i,
+            None => {
+                let service = names.name(key.service_id, key.local_port);
+                let i = *self
+                    .by_labels
+                    .entry((service.clone(), key.kind))
+                    .or_insert_with(|| {
+                        self.series.push((service, key.kind, 0));
+                        self.series.len() - 1
+                    });
+                self.by_key.insert(*key, i);
+                i
+            }
+        };
+        self.series[i].2 += value;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +218,9 @@ mod tests {
             role: 1,
             tenant_len: tenant.len() as u8,
             _pad: 0,
+            peer_port: 0,
+            _pad2: 0,
+            peer_addr: [0; 16],
             tenant: t,
         }
     }
@@ -150,7 +236,7 @@ mod tests {
     fn keys_with_same_labels_are_summed_and_refresh_is_idempotent() {
         let mut names = ServiceNames::new(["shop".to_string()]);
         let missing: Arc<str> = Arc::from("unknown");
-        let mut t = RequestTable::default();
+        let mut t = RequestTable::new(1000);
         for _ in 0..3 {
             t.begin_update();
             // Two invalid-UTF-8 tenants that map to the same label.
@@ -163,5 +249,35 @@ mod tests {
         assert_eq!(&*t.series[1].labels.tenant, "unknown");
         assert_eq!(t.latency.len(), 2);
         assert_eq!(t.latency[0].count, 5);
+    }
+    #[test]
+    fn tenants_past_the_cap_fold_into_overflow() {
+        let mut names = ServiceNames::new(["shop".to_string()]);
+        let missing: Arc<str> = Arc::from("unknown");
+        let mut t = RequestTable::new(2);
+        t.begin_update();
+        for (tenant, n) in [(&b"a"[..], 1), (b"b", 2), (b"c", 3), (b"d", 4), (b"a", 5)] {
+            t.add(
+                &key(tenant, if n == 5 { 500 } else { 200 }),
+                &stats(n),
+                &mut names,
+                &missing,
+            );
+        }
+        let by: HashMap<(String, u16), u64> = t
+            .series
+            .iter()
+            .map(|s| {
+                (
+                    (s.labels.tenant.to_string(), s.labels.status),
+                    s.stats.count,
+                )
+            })
+            .collect();
+        assert_eq!(by[&("a".to_string(), 200)], 1);
+        assert_eq!(by[&("a".to_string(), 500)], 5);
+        assert_eq!(by[&("b".to_string(), 200)], 2);
+        assert_eq!(by[&(OVERFLOW_TENANT.to_string(), 200)], 7);
+        assert_eq!(t.tenant_overflow().map(|(_, n)| n).sum::<usize>(), 2);
     }
 }

@@ -6,7 +6,7 @@
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
-use burnwatch_common::maps::counter;
+use burnwatch_common::maps::{conn_event, counter};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -15,15 +15,6 @@ use prometheus_client::registry::Registry;
 use crate::engine::AgentState;
 
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// Which capture counters are lost data (dropped) and which are anomalies
-/// that make an SLI less complete.
-const DROPPED: &[u32] = &[
-    counter::COUNTS_FULL,
-    counter::INFLIGHT_FULL,
-    counter::CONNS_FULL,
-    counter::READ_FAULT,
-];
 
 struct StateCollector {
     state: Arc<RwLock<AgentState>>,
@@ -107,27 +98,50 @@ impl Collector for StateCollector {
 
         let mut m = enc.encode_descriptor(
             "burnwatch_dropped_events",
-            "Events the capture lost (a full kernel map, an unreadable buffer): counts may be low by this much.",
+            "Events the capture lost before attributing them (a full kernel map, an unreadable buffer): counts may be low by this much.",
             None,
             MetricType::Counter,
         )?;
-        for &i in DROPPED {
-            m.encode_family(&[("reason", counter::NAMES[i as usize])])?
-                .encode_counter::<NoLabelSet, _, u64>(&state.capture_counters[i as usize], None)?;
+        for (i, name) in counter::NAMES.iter().enumerate() {
+            m.encode_family(&[("reason", *name)])?
+                .encode_counter::<NoLabelSet, _, u64>(&state.capture_counters[i], None)?;
         }
 
         let mut m = enc.encode_descriptor(
             "burnwatch_capture_anomalies",
-            "What the capture could not see or match: responses without a request, requests never answered, unparsable streams.",
+            "What the capture could not see or match, per service: how complete each SLI is.",
             None,
             MetricType::Counter,
         )?;
-        for i in 0..counter::COUNT {
-            if DROPPED.contains(&i) {
-                continue;
+        for (service, kind, n) in &state.conn_events.series {
+            if let Some(name) = conn_event::anomaly_name(*kind) {
+                m.encode_family(&[("service", &**service), ("kind", name)])?
+                    .encode_counter::<NoLabelSet, _, u64>(n, None)?;
             }
-            m.encode_family(&[("kind", counter::NAMES[i as usize])])?
-                .encode_counter::<NoLabelSet, _, u64>(&state.capture_counters[i as usize], None)?;
+        }
+
+        let mut m = enc.encode_descriptor(
+            "burnwatch_tcp_failures",
+            "TCP failures the application never reports: resets and refusals on the service's port, connections closed with requests unanswered.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (service, kind, n) in &state.conn_events.series {
+            if let Some(name) = conn_event::failure_name(*kind) {
+                m.encode_family(&[("service", &**service), ("kind", name)])?
+                    .encode_counter::<NoLabelSet, _, u64>(n, None)?;
+            }
+        }
+
+        let mut m = enc.encode_descriptor(
+            "burnwatch_tenant_overflow",
+            "Distinct tenants counted under tenant=\"__overflow__\" because the service reached tenant.max_per_service.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (service, n) in state.requests.tenant_overflow() {
+            m.encode_family(&[("service", &**service)])?
+                .encode_counter::<NoLabelSet, _, u64>(&(n as u64), None)?;
         }
 
         let mut m = enc.encode_descriptor(

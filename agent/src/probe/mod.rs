@@ -15,7 +15,7 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
     programs::TracePoint,
 };
-use burnwatch_common::maps::{AgentConfig, RequestKey, RequestStats, counter, names};
+use burnwatch_common::maps::{AgentConfig, ConnEventKey, RequestKey, RequestStats, counter, names};
 use tracing::{info, warn};
 
 /// The eBPF object, built by build.rs through aya-build.
@@ -27,6 +27,7 @@ pub struct Probe {
     _ebpf: Ebpf,
     counts: BpfHashMap<MapData, RequestKey, RequestStats>,
     counters: PerCpuArray<MapData, u64>,
+    conn_events: BpfHashMap<MapData, ConnEventKey, u64>,
     pub attached: Vec<String>,
 }
 
@@ -42,14 +43,22 @@ impl Probe {
             .load(EBPF_OBJECT)
             .context("loading the eBPF object")?;
 
-        let mut attached = Vec::new();
-        for (category, name) in preflight::TRACEPOINTS {
+        // Verify every program first (seconds), then attach them all in one
+        // quick pass: connections are never seen by half the probes.
+        for (_, name) in preflight::TRACEPOINTS {
             let prog: &mut TracePoint = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
                 .try_into()?;
             prog.load()
                 .with_context(|| format!("the kernel verifier rejected program {name}"))?;
+        }
+        let mut attached = Vec::new();
+        for (category, name) in preflight::TRACEPOINTS {
+            let prog: &mut TracePoint = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing"))?
+                .try_into()?;
             prog.attach(category, name)
                 .with_context(|| format!("attaching {name} to tracepoint {category}:{name}"))?;
             attached.push(format!("tracepoint:{category}:{name}"));
@@ -77,11 +86,16 @@ impl Probe {
             ebpf.take_map(names::COUNTERS)
                 .ok_or_else(|| anyhow!("no COUNTERS map"))?,
         )?;
+        let conn_events = BpfHashMap::try_from(
+            ebpf.take_map(names::CONN_EVENTS)
+                .ok_or_else(|| anyhow!("no CONN_EVENTS map"))?,
+        )?;
         info!(probes = ?attached, "eBPF programs attached");
         Ok(Probe {
             _ebpf: ebpf,
             counts,
             counters,
+            conn_events,
             attached,
         })
     }
@@ -93,6 +107,18 @@ impl Probe {
             match item {
                 Ok((k, v)) => f(&k, &v),
                 // A key deleted between get_next_key and lookup: skip it.
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with every per-service connection event count (cumulative).
+    pub fn read_conn_events(&self, mut f: impl FnMut(&ConnEventKey, u64)) -> Result<()> {
+        for item in self.conn_events.iter() {
+            match item {
+                Ok((k, v)) => f(&k, v),
                 Err(aya::maps::MapError::KeyNotFound) => continue,
                 Err(e) => return Err(e.into()),
             }

@@ -17,15 +17,25 @@ const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 /// The tracepoints the programs attach to, as (category, name).
+/// Attached in this order: lifecycle first, so no connection state is
+/// created before the probes that clean it up are in place.
 pub const TRACEPOINTS: &[(&str, &str)] = &[
+    ("syscalls", "sys_enter_close"),
+    ("syscalls", "sys_exit_accept4"),
+    ("syscalls", "sys_exit_accept"),
+    ("tcp", "tcp_send_reset"),
+    ("syscalls", "sys_enter_write"),
+    ("syscalls", "sys_enter_sendto"),
+    ("syscalls", "sys_enter_writev"),
+    ("syscalls", "sys_enter_sendmsg"),
     ("syscalls", "sys_enter_read"),
     ("syscalls", "sys_exit_read"),
     ("syscalls", "sys_enter_recvfrom"),
     ("syscalls", "sys_exit_recvfrom"),
-    ("syscalls", "sys_enter_write"),
-    ("syscalls", "sys_enter_sendto"),
-    ("syscalls", "sys_enter_writev"),
-    ("syscalls", "sys_enter_close"),
+    ("syscalls", "sys_enter_readv"),
+    ("syscalls", "sys_exit_readv"),
+    ("syscalls", "sys_enter_recvmsg"),
+    ("syscalls", "sys_exit_recvmsg"),
 ];
 
 /// Runs every check; the error lists everything that is missing at once.

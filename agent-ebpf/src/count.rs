@@ -1,0 +1,194 @@
+//! Counting: a request answered (or abandoned) becomes +1 on its series in
+//! `COUNTS`; connection-level events become +1 in `CONN_EVENTS`.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::HashMap};
+use burnwatch_common::{
+    http::PendingRequest,
+    maps::{
+        AgentConfig, ConnEventKey, ConnState, LATENCY_BUCKETS, PENDING_MAX, RequestStats,
+        TENANT_MAX, counter,
+    },
+};
+
+use crate::maps::{CONN_EVENTS, COUNTS, SCRATCH, SERIES, bump};
+
+const BPF_NOEXIST: u64 = 1;
+const EEXIST: i32 = 17;
+
+/// The tenant label of series folded away by the per-service series cap.
+const OVERFLOW_TENANT: &[u8; 12] = b"__overflow__";
+
+#[inline(always)]
+fn xadd(p: *mut u64, v: u64) {
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, v) };
+}
+
+/// +1 on a per-service connection event.
+#[inline(always)]
+pub fn conn_event(service_id: u32, local_port: u16, kind: u16) {
+    let key = ConnEventKey {
+        service_id,
+        local_port,
+        kind,
+    };
+    add_or_insert(&CONN_EVENTS, &key);
+}
+
+#[inline(always)]
+fn add_or_insert(map: &HashMap<ConnEventKey, u64>, key: &ConnEventKey) {
+    if let Some(v) = map.get_ptr_mut(key) {
+        xadd(v, 1);
+        return;
+    }
+    match map.insert(key, &1, BPF_NOEXIST) {
+        Ok(()) => {}
+        Err(e) if e == -EEXIST => {
+            if let Some(v) = map.get_ptr_mut(key) {
+                xadd(v, 1);
+            }
+        }
+        Err(_) => bump(counter::CONN_EVENTS_FULL),
+    }
+}
+
+/// Counts the oldest pending request of `conn` with `status` (0: none).
+#[inline(always)]
+pub fn count_request(conn: &ConnState, req: &PendingRequest, cfg: &AgentConfig, status: u16) {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let scratch = unsafe { &mut *scratch };
+    if req.tenant_truncated != 0 {
+        conn_event(
+            conn.service_id,
+            conn.local_port,
+            burnwatch_common::maps::conn_event::TENANT_TRUNCATED,
+        );
+    }
+    let key = &mut scratch.key;
+    key.service_id = conn.service_id;
+    key.local_port = conn.local_port;
+    key.status = status;
+    key.method = req.method;
+    key.role = conn.role;
+    key.tenant_len = req.tenant_len;
+    key._pad = 0;
+    key.peer_port = conn.peer_port;
+    key._pad2 = 0;
+    key.peer_addr = conn.peer_addr;
+    key.tenant = req.tenant;
+    // Bytes past the length may hold trimmed blanks: zero them so equal
+    // tenants make equal keys.
+    let len = req.tenant_len as usize;
+    let mut j = 0usize;
+    while j < TENANT_MAX {
+        if j >= len {
+            key.tenant[j] = 0;
+        }
+        j += 1;
+    }
+
+    let now = unsafe { bpf_ktime_get_ns() };
+    let dur = if status == 0 {
+        0
+    } else {
+        now.saturating_sub(req.start_ns)
+    };
+    let mut bucket = LATENCY_BUCKETS - 1;
+    let mut i = 0;
+    while i < LATENCY_BUCKETS - 1 {
+        if dur <= cfg.latency_bounds_ns[i] {
+            bucket = i;
+            break;
+        }
+        i += 1;
+    }
+    if add_stats(&scratch.key, dur, bucket) {
+        return;
+    }
+    // A new series. Past the service's cap, fold it into __overflow__ so one
+    // service's tenant flood cannot fill the map for everyone.
+    let series_key = ((conn.service_id as u64) << 16) | conn.local_port as u64;
+    let n = match SERIES.get_ptr_mut(&series_key) {
+        Some(p) => unsafe { *p },
+        None => {
+            let _ = SERIES.insert(&series_key, &0, BPF_NOEXIST);
+            0
+        }
+    };
+    if n >= cfg.max_series_per_service as u64 {
+        let key = &mut scratch.key;
+        key.tenant = [0; TENANT_MAX];
+        let mut k = 0;
+        while k < OVERFLOW_TENANT.len() {
+            key.tenant[k] = OVERFLOW_TENANT[k];
+            k += 1;
+        }
+        key.tenant_len = OVERFLOW_TENANT.len() as u8;
+        if add_stats(&scratch.key, dur, bucket) {
+            return;
+        }
+    }
+    let stats = &mut scratch.stats;
+    *stats = RequestStats::ZERO;
+    stats.count = 1;
+    stats.duration_sum_ns = dur;
+    stats.buckets[bucket] = 1;
+    match COUNTS.insert(&scratch.key, stats, BPF_NOEXIST) {
+        Ok(()) => {
+            if let Some(p) = SERIES.get_ptr_mut(&series_key) {
+                xadd(p, 1);
+            }
+        }
+        // Another CPU created the series first: add to it.
+        Err(e) if e == -EEXIST => {
+            add_stats(&scratch.key, dur, bucket);
+        }
+        Err(_) => bump(counter::COUNTS_FULL),
+    }
+}
+
+#[inline(always)]
+fn add_stats(key: &burnwatch_common::maps::RequestKey, dur: u64, bucket: usize) -> bool {
+    let Some(v) = COUNTS.get_ptr_mut(key) else {
+        return false;
+    };
+    unsafe {
+        xadd(&mut (*v).count, 1);
+        xadd(&mut (*v).duration_sum_ns, dur);
+        xadd(&mut (*v).buckets[bucket % LATENCY_BUCKETS], 1);
+    }
+    true
+}
+
+/// A connection closes with requests still pending: each is counted with
+/// status 000 (the client never got an answer), and the close is a
+/// `closed_without_response` failure.
+#[inline(always)]
+pub fn count_abandoned(conn: &mut ConnState, cfg: &AgentConfig) {
+    if !conn.requests.has_pending() {
+        return;
+    }
+    conn_event(
+        conn.service_id,
+        conn.local_port,
+        burnwatch_common::maps::conn_event::FAIL_CLOSED_WITHOUT_RESPONSE,
+    );
+    let mut i = 0;
+    while i < PENDING_MAX {
+        if !conn.requests.has_pending() {
+            break;
+        }
+        let req = *conn.requests.oldest();
+        count_request(conn, &req, cfg, 0);
+        conn.requests.pop();
+        conn_event(
+            conn.service_id,
+            conn.local_port,
+            burnwatch_common::maps::conn_event::OPEN_AT_CLOSE,
+        );
+        i += 1;
+    }
+}

@@ -1,0 +1,91 @@
+//! Every map the programs use. Layouts are in `burnwatch_common::maps`;
+//! userspace opens the same maps by these names.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use burnwatch_common::maps::{
+    AgentConfig, CONN_EVENTS_MAX, CONNS_MAX, COUNTS_MAX, ConnEventKey, ConnState, INFLIGHT_MAX,
+    InflightRead, RequestKey, RequestStats, counter,
+};
+
+/// Requests per (service, tenant, method, status): the product.
+#[map(name = "COUNTS")]
+pub static COUNTS: HashMap<RequestKey, RequestStats> = HashMap::with_max_entries(COUNTS_MAX, 0);
+
+/// Per-connection state, keyed by (tgid, fd). LRU: a full map evicts the
+/// least recently used connection rather than refusing new ones.
+#[map(name = "CONNS")]
+pub static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(CONNS_MAX, 0);
+
+/// Read syscalls between their enter and exit tracepoints, by pid_tgid.
+#[map(name = "INFLIGHT")]
+pub static INFLIGHT: HashMap<u64, InflightRead> = HashMap::with_max_entries(INFLIGHT_MAX, 0);
+
+/// The agent's config (one entry), rewritten by userspace on reload.
+#[map(name = "CONFIG")]
+pub static CONFIG: Array<AgentConfig> = Array::with_max_entries(1, 0);
+
+/// Local TCP port -> configured service index (server side).
+#[map(name = "SERVICE_PORTS")]
+pub static SERVICE_PORTS: HashMap<u16, u32> = HashMap::with_max_entries(1024, 0);
+
+/// Local TCP port -> service id of every port seen serving HTTP, so TCP
+/// failures on the port (resets, refusals) are attributed to the service.
+#[map(name = "SERVER_PORTS")]
+pub static SERVER_PORTS: HashMap<u16, u32> = HashMap::with_max_entries(4096, 0);
+
+/// (service id << 16 | local port) -> series in `COUNTS`, for the
+/// per-service series cap.
+#[map(name = "SERIES")]
+pub static SERIES: HashMap<u64, u64> = HashMap::with_max_entries(4096, 0);
+
+/// Events lost before attribution (`counter::*`), per CPU.
+#[map(name = "COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Per-service connection events: anomalies and TCP failures.
+#[map(name = "CONN_EVENTS")]
+pub static CONN_EVENTS: HashMap<ConnEventKey, u64> = HashMap::with_max_entries(CONN_EVENTS_MAX, 0);
+
+/// Bytes scanned per `bpf_loop` iteration. The verifier explores every
+/// branch of the parser per byte of a chunk; 64 exceeds its 8192-branch limit.
+pub const CHUNK: usize = 16;
+/// Chunks scanned per syscall at most: 16 KiB of headers per read.
+pub const MAX_CHUNKS: u32 = 1024;
+/// iovecs of one readv/recvmsg that are parsed.
+pub const MAX_IOV: usize = 4;
+
+/// Per-CPU working memory: the eBPF stack is 512 bytes, too small for a
+/// connection's state or a map value.
+#[repr(C)]
+pub struct Scratch {
+    /// The `bpf_loop` cursor: the iovec being scanned, bytes of it consumed.
+    /// Kept in map memory, not on the stack, so the verifier sees unknown
+    /// values rather than 0, 16, 32... and the loop's states converge.
+    pub iov_idx: u64,
+    pub off: u64,
+    pub iov_cnt: u64,
+    pub iov_base: [u64; MAX_IOV],
+    pub iov_len: [u64; MAX_IOV],
+    pub conn: ConnState,
+    pub key: RequestKey,
+    pub stats: RequestStats,
+    pub buf: [u8; CHUNK],
+}
+
+#[map(name = "SCRATCH")]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn bump(idx: u32) {
+    if let Some(v) = COUNTERS.get_ptr_mut(idx) {
+        unsafe { *v += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn config() -> Option<&'static AgentConfig> {
+    CONFIG.get(0)
+}

@@ -1,0 +1,157 @@
+//! Feeding the bytes of one read (or one readv/recvmsg, up to `MAX_IOV`
+//! iovecs) to the connection's request parser, `CHUNK` bytes per
+//! `bpf_loop` iteration. Bodies are skipped without being read.
+
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::{
+    bpf_ktime_get_ns,
+    generated::{bpf_loop, bpf_probe_read_user},
+};
+use burnwatch_common::{
+    http::event,
+    maps::{AgentConfig, ConnState, conn_event, counter},
+};
+
+use crate::count;
+use crate::maps::{CHUNK, MAX_CHUNKS, MAX_IOV, Scratch, bump};
+
+/// Set as `iov_idx` when parsing stopped on purpose (stream not HTTP).
+const STOPPED: u64 = u64::MAX;
+
+/// Shared with the `bpf_loop` callback (lives on the caller's stack).
+#[repr(C)]
+struct ParseCtx {
+    conn: *mut ConnState,
+    cfg: *const AgentConfig,
+    scratch: *mut Scratch,
+    now: u64,
+}
+
+/// Parses the iovecs in `scratch` (`iov_base`, `iov_len`, `iov_cnt`).
+#[inline(always)]
+pub fn parse_inbound(conn: *mut ConnState, cfg: &AgentConfig, scratch: *mut Scratch) {
+    unsafe {
+        (*conn).requests.begin_read();
+        (*scratch).iov_idx = 0;
+        (*scratch).off = 0;
+    }
+    let mut pc = ParseCtx {
+        conn,
+        cfg,
+        scratch,
+        now: unsafe { bpf_ktime_get_ns() },
+    };
+    unsafe {
+        bpf_loop(
+            MAX_CHUNKS,
+            parse_chunk as *mut c_void,
+            &mut pc as *mut ParseCtx as *mut c_void,
+            0,
+        );
+    }
+    let (idx, cnt) = unsafe { ((*scratch).iov_idx, (*scratch).iov_cnt) };
+    if idx < cnt {
+        // More bytes than one syscall may scan: the rest is unseen, so the
+        // stream waits for the next request line to resynchronise.
+        let c = unsafe { &mut *conn };
+        count::conn_event(c.service_id, c.local_port, conn_event::SCAN_LIMIT);
+        if c.requests.in_headers() {
+            count::conn_event(c.service_id, c.local_port, conn_event::TENANT_NOT_FOUND);
+        }
+        c.requests.lose_sync();
+    }
+}
+
+/// One `bpf_loop` iteration: skip body bytes, or scan up to `CHUNK` bytes.
+/// Returns 1 to stop the loop.
+extern "C" fn parse_chunk(_index: u64, ctx: *mut c_void) -> i64 {
+    let pc = unsafe { &mut *(ctx as *mut ParseCtx) };
+    let scratch = unsafe { &mut *pc.scratch };
+    let idx = scratch.iov_idx;
+    if idx >= scratch.iov_cnt || idx >= MAX_IOV as u64 {
+        return 1;
+    }
+    let base = scratch.iov_base[idx as usize % MAX_IOV];
+    let len = scratch.iov_len[idx as usize % MAX_IOV];
+    if scratch.off >= len {
+        scratch.iov_idx += 1;
+        scratch.off = 0;
+        return 0;
+    }
+    let conn = unsafe { &mut *pc.conn };
+    let stream = &mut conn.requests;
+    let rest = len - scratch.off;
+    let skip = stream.skippable();
+    if skip > 0 {
+        let n = if skip < rest { skip } else { rest };
+        stream.skip(n);
+        scratch.off += n;
+        return 0;
+    }
+    let n = if rest < CHUNK as u64 {
+        rest
+    } else {
+        CHUNK as u64
+    };
+    let src = base + scratch.off;
+    // Always a constant-size read: a size derived from `off` would make the
+    // verifier track `off` precisely, and the callback's states would never
+    // converge. Near the end of a buffer (at a page edge) the full read can
+    // fault; then read the bytes one at a time.
+    if unsafe {
+        bpf_probe_read_user(
+            scratch.buf.as_mut_ptr() as *mut c_void,
+            CHUNK as u32,
+            src as *const c_void,
+        )
+    } != 0
+    {
+        let mut j = 0usize;
+        while j < CHUNK {
+            if j as u64 >= n {
+                break;
+            }
+            if unsafe {
+                bpf_probe_read_user(
+                    scratch.buf.as_mut_ptr().add(j) as *mut c_void,
+                    1,
+                    (src + j as u64) as *const c_void,
+                )
+            } != 0
+            {
+                bump(counter::READ_FAULT);
+                scratch.iov_idx = STOPPED;
+                return 1;
+            }
+            j += 1;
+        }
+    }
+    let cfg = unsafe { &(*pc.cfg).parser };
+    let mut i = 0usize;
+    while i < CHUNK {
+        if i as u64 >= n {
+            break;
+        }
+        // A body starts inside this chunk: let the next iteration skip it.
+        if stream.skippable() > 0 {
+            break;
+        }
+        match stream.step(scratch.buf[i], cfg, pc.now) {
+            event::QUEUE_FULL => count::conn_event(
+                conn.service_id,
+                conn.local_port,
+                conn_event::PIPELINE_OVERFLOW,
+            ),
+            event::INVALID => {
+                count::conn_event(conn.service_id, conn.local_port, conn_event::PARSE_INVALID);
+                scratch.iov_idx = STOPPED;
+                return 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    scratch.off += i as u64;
+    0
+}

@@ -1,0 +1,58 @@
+//! From a file descriptor to its TCP socket, by walking kernel structs with
+//! the offsets userspace read from BTF (Rust eBPF has no CO-RE).
+
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use burnwatch_common::offsets::KernelOffsets;
+
+const S_IFMT: u16 = 0o170000;
+const S_IFSOCK: u16 = 0o140000;
+const SOCK_STREAM: u16 = 1;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+/// The TCP socket behind a descriptor.
+pub struct TcpSocket {
+    pub local_port: u16,
+}
+
+#[inline(always)]
+unsafe fn read_kernel<T>(base: *const u8, offset: u32) -> Option<T> {
+    if base.is_null() {
+        return None;
+    }
+    unsafe { bpf_probe_read_kernel(base.add(offset as usize) as *const T).ok() }
+}
+
+/// Walks `task->files->fdt->fd[fd]` to the socket when `fd` is an IPv4 or
+/// IPv6 stream socket of the current process.
+#[inline(always)]
+pub fn tcp_socket(off: &KernelOffsets, fd: u32) -> Option<TcpSocket> {
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let files: *const u8 = read_kernel(task, off.task_files)?;
+        let fdt: *const u8 = read_kernel(files, off.files_fdt)?;
+        let max_fds: u32 = read_kernel(fdt, off.fdt_max_fds)?;
+        if fd >= max_fds {
+            return None;
+        }
+        let fd_array: *const *const u8 = read_kernel(fdt, off.fdt_fd)?;
+        let file: *const u8 = bpf_probe_read_kernel(fd_array.add(fd as usize)).ok()?;
+        let inode: *const u8 = read_kernel(file, off.file_inode)?;
+        let mode: u16 = read_kernel(inode, off.inode_mode)?;
+        if mode & S_IFMT != S_IFSOCK {
+            return None;
+        }
+        let socket: *const u8 = read_kernel(file, off.file_private_data)?;
+        let ty: u16 = read_kernel(socket, off.socket_type)?;
+        if ty != SOCK_STREAM {
+            return None;
+        }
+        let sk: *const u8 = read_kernel(socket, off.socket_sk)?;
+        let family: u16 = read_kernel(sk, off.skc_family)?;
+        if family != AF_INET && family != AF_INET6 {
+            return None;
+        }
+        let local_port: u16 = read_kernel(sk, off.skc_num)?;
+        Some(TcpSocket { local_port })
+    }
+}
