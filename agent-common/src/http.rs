@@ -665,6 +665,80 @@ impl RequestStream {
     }
 }
 
+/// Index (0..8) of the lowest byte of `x` that is zero, or 8.
+/// Bytes must not be preceded by a zero byte that was masked away: callers
+/// make unwanted low bytes non-zero first, so the classic borrow false
+/// positive (a 0x01 byte above a zero) cannot be the lowest hit.
+#[inline(always)]
+fn first_zero_byte(x: u64) -> usize {
+    let m = x.wrapping_sub(0x0101_0101_0101_0101) & !x & 0x8080_8080_8080_8080;
+    if m == 0 {
+        return 8;
+    }
+    // Index of the lowest set bit's byte, without a ctz instruction (BPF
+    // has none): binary search on the isolated bit.
+    let b = m & m.wrapping_neg();
+    let mut idx = 0usize;
+    if b >> 32 != 0 {
+        idx += 4;
+    }
+    if (b >> (idx * 8)) >> 16 != 0 {
+        idx += 2;
+    }
+    if (b >> (idx * 8)) >> 8 != 0 {
+        idx += 1;
+    }
+    idx
+}
+
+/// Bytes `0..k` set (k < 8).
+#[inline(always)]
+fn low_bytes(k: usize) -> u64 {
+    if k == 0 {
+        0
+    } else {
+        (1u64 << (8 * (k & 7))) - 1
+    }
+}
+
+/// Position of the first `needle` in `buf[from..to]`, or `to` when there is
+/// none: two 8-byte words at a time, for skipping header values the parser
+/// does not care about.
+#[inline(always)]
+pub fn find_byte(buf: &[u8; 16], from: usize, to: usize, needle: u8) -> usize {
+    if from >= to || from >= 16 {
+        return to;
+    }
+    let pat = 0x0101_0101_0101_0101u64.wrapping_mul(needle as u64);
+    let mut lo = u64::from_le_bytes([
+        buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7],
+    ]) ^ pat;
+    let mut hi = u64::from_le_bytes([
+        buf[8], buf[9], buf[10], buf[11], buf[12], buf[13], buf[14], buf[15],
+    ]) ^ pat;
+    // Bytes before `from` must not match: make them non-zero.
+    if from >= 8 {
+        lo = u64::MAX;
+        hi |= low_bytes(from - 8);
+    } else {
+        lo |= low_bytes(from);
+    }
+    let p = first_zero_byte(lo);
+    let pos = if p < 8 { p } else { 8 + first_zero_byte(hi) };
+    if pos < to { pos } else { to }
+}
+
+impl RequestStream {
+    /// Whether the next bytes up to a line feed carry nothing the parser
+    /// uses, so [`find_byte`] may skip them.
+    #[inline(always)]
+    pub fn skips_to_newline(&self) -> bool {
+        (self.state == state::HEADER_VALUE && self.value_kind == value_kind::OTHER)
+            || self.state == state::TRAILER_LINE
+            || self.state == state::CHUNK_EXT
+    }
+}
+
 /// Parses the start of a response: `HTTP/1.x NNN`. Returns the status code,
 /// or `None` when the bytes are not a status line. `buf` holds the first
 /// bytes the server wrote (at least 12 are needed).

@@ -80,14 +80,19 @@ pub fn count_request(conn: &ConnState, req: &PendingRequest, cfg: &AgentConfig, 
     key.peer_addr = conn.peer_addr;
     key.tenant = req.tenant;
     // Bytes past the length may hold trimmed blanks: zero them so equal
-    // tenants make equal keys.
+    // tenants make equal keys. Word by word: 8 steps, not 64.
     let len = req.tenant_len as usize;
-    let mut j = 0usize;
-    while j < TENANT_MAX {
-        if j >= len {
-            key.tenant[j] = 0;
+    let words = unsafe { &mut *(key.tenant.as_mut_ptr() as *mut [u64; TENANT_MAX / 8]) };
+    let mut w = 0usize;
+    while w < TENANT_MAX / 8 {
+        let start = w * 8;
+        if start >= len {
+            words[w] = 0;
+        } else if start + 8 > len {
+            // Little-endian: keep the low (len - start) bytes.
+            words[w] &= (1u64 << (8 * (len - start))) - 1;
         }
-        j += 1;
+        w += 1;
     }
 
     let now = unsafe { bpf_ktime_get_ns() };

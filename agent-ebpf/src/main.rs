@@ -11,8 +11,8 @@
 //!   method, status) with its latency bucket (`sendfile` carries only
 //!   bodies, after the status line, so it needs no probe);
 //! - `close` enter: requests still queued are counted with status 000;
-//! - `accept`/`accept4` exit: a new socket; stale state for its descriptor
-//!   number (left by an fd closed without `close`) is dropped;
+//! - `accept`/`accept4` exit, `connect` enter: a new socket; stale state for
+//!   its descriptor number (left by an fd closed without `close`) is dropped;
 //! - `tcp:tcp_send_reset`: resets and refused connections on a service port.
 //!
 //! A connection is recognised the first time a read returns a request line,
@@ -254,7 +254,11 @@ fn new_connection(
         // rare (byte-dribbling clients) and resync on the next request.
         return None;
     }
-    if !looks_like_request(&head, 8) {
+    let is_request = looks_like_request(&head, 8);
+    // A read that starts with a status line is the client side of an HTTP
+    // connection: remember to ignore it (until close/accept/connect), so
+    // its later syscalls cost one lookup instead of a stash and a peek.
+    if !is_request && &head[..7] != b"HTTP/1." {
         return None;
     }
     let scratch = SCRATCH.get_ptr_mut(0)?;
@@ -267,7 +271,7 @@ fn new_connection(
     conn._pad2 = [0; 6];
     conn.peer_addr = [0; 16];
     conn.requests = RequestStream::new();
-    if let Some(sock) = socket::tcp_socket(&cfg.offsets, fd) {
+    if is_request && let Some(sock) = socket::tcp_socket(&cfg.offsets, fd) {
         if let Some(id) = unsafe { SERVICE_PORTS.get(&sock.local_port) } {
             conn.service_id = *id;
             conn.role = role::SERVER;
@@ -406,6 +410,14 @@ pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
     forget_fd(&ctx);
+    0
+}
+
+/// `connect(fd, ...)` makes `fd` a new connection too.
+#[tracepoint]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let _ = CONNS.remove(&conn_key((id >> 32) as u32, arg_u64(&ctx, 0) as u32));
     0
 }
 

@@ -9,7 +9,7 @@ use aya_ebpf::helpers::{
     generated::{bpf_loop, bpf_probe_read_user},
 };
 use burnwatch_common::{
-    http::event,
+    http::{event, find_byte},
     maps::{AgentConfig, ConnState, conn_event, counter},
 };
 
@@ -137,7 +137,26 @@ extern "C" fn parse_chunk(_index: u64, ctx: *mut c_void) -> i64 {
         if stream.skippable() > 0 {
             break;
         }
-        match stream.step(scratch.buf[i], cfg, pc.now) {
+        // Header values nobody asked for: jump to the line feed.
+        if stream.skips_to_newline() {
+            // The 16-byte window holding `i` (find_byte works on one).
+            let base = (i & !15) % CHUNK;
+            let win = unsafe { &*(scratch.buf.as_ptr().add(base) as *const [u8; 16]) };
+            let lim = if (n as usize) < base + 16 {
+                n as usize
+            } else {
+                base + 16
+            };
+            let j = base + find_byte(win, i - base, lim - base, b'\n');
+            // Only forward (the verifier cannot see find_byte never goes back).
+            if j > i {
+                i = j;
+            }
+            if i >= n as usize || i >= CHUNK {
+                break;
+            }
+        }
+        match stream.step(scratch.buf[i % CHUNK], cfg, pc.now) {
             event::QUEUE_FULL => count::conn_event(
                 conn.service_id,
                 conn.local_port,

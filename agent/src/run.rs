@@ -133,6 +133,7 @@ fn poll(
     missing: &Arc<str>,
 ) -> Result<()> {
     let counters = probe.read_counters()?;
+    let bpf_stats = probe.bpf_stats();
     let mut st = state.write().unwrap_or_else(|e| e.into_inner());
     st.requests.begin_update();
     let mut result = Ok(());
@@ -150,6 +151,7 @@ fn poll(
         }
     }
     st.capture_counters = counters;
+    st.bpf_stats = bpf_stats;
     st.polls += 1;
     result
 }

@@ -9,6 +9,8 @@
 //!   the nightly toolchain (no prebuilt download exists here);
 //! - Debian packages the tests drive: nginx, curl.
 
+mod bench;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
@@ -16,7 +18,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
-const APT_PACKAGES: &[&str] = &["nginx-light", "curl", "ca-certificates"];
+const APT_PACKAGES: &[&str] = &["nginx-light", "curl", "ca-certificates", "wrk"];
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Build, run and test burnwatch")]
@@ -39,6 +41,8 @@ enum Cmd {
     /// Run the whole test suite: format, lints, unit tests, end-to-end tests
     /// with real eBPF and real servers.
     Test,
+    /// Measure the agent's overhead and write BENCHMARKS.md (as root).
+    Bench,
 }
 
 fn main() -> ExitCode {
@@ -74,6 +78,11 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Test => {
             setup()?;
             test()
+        }
+        Cmd::Bench => {
+            setup()?;
+            build()?;
+            bench::bench(&root)
         }
     }
 }

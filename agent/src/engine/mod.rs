@@ -20,6 +20,9 @@ pub struct AgentState {
     pub latency_bounds_s: Vec<f64>,
     /// Completed kernel reads; 0 until the first one.
     pub polls: u64,
+    /// Per eBPF program: (name, runs, run time ns), when the kernel keeps
+    /// BPF statistics (`kernel.bpf_stats_enabled=1`).
+    pub bpf_stats: Vec<(&'static str, u64, u64)>,
 }
 
 impl AgentState {
@@ -35,6 +38,7 @@ impl AgentState {
             probes,
             latency_bounds_s,
             polls: 0,
+            bpf_stats: Vec::new(),
         }
     }
 }

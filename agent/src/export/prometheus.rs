@@ -145,6 +145,27 @@ impl Collector for StateCollector {
         }
 
         let mut m = enc.encode_descriptor(
+            "burnwatch_bpf_program_runs",
+            "Runs of each eBPF program (counted while kernel.bpf_stats_enabled=1).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (name, runs, _) in &state.bpf_stats {
+            m.encode_family(&[("program", *name)])?
+                .encode_counter::<NoLabelSet, _, u64>(runs, None)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "burnwatch_bpf_program_run_seconds",
+            "Time spent in each eBPF program (counted while kernel.bpf_stats_enabled=1).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (name, _, ns) in &state.bpf_stats {
+            m.encode_family(&[("program", *name)])?
+                .encode_counter::<NoLabelSet, _, f64>(&(*ns as f64 / 1e9), None)?;
+        }
+
+        let mut m = enc.encode_descriptor(
             "burnwatch_probes_attached",
             "eBPF programs attached on this node.",
             None,

@@ -24,7 +24,7 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// Loaded and attached programs, and handles on the maps userspace reads.
 pub struct Probe {
     // Keeps the programs and links alive: dropping it detaches everything.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     counts: BpfHashMap<MapData, RequestKey, RequestStats>,
     counters: PerCpuArray<MapData, u64>,
     conn_events: BpfHashMap<MapData, ConnEventKey, u64>,
@@ -92,7 +92,7 @@ impl Probe {
         )?;
         info!(probes = ?attached, "eBPF programs attached");
         Ok(Probe {
-            _ebpf: ebpf,
+            ebpf,
             counts,
             counters,
             conn_events,
@@ -124,6 +124,18 @@ impl Probe {
             }
         }
         Ok(())
+    }
+
+    /// Per program: (name, runs, run time in ns) since load. Zero unless
+    /// `kernel.bpf_stats_enabled` is 1 (the kernel only times programs then).
+    pub fn bpf_stats(&self) -> Vec<(&'static str, u64, u64)> {
+        preflight::TRACEPOINTS
+            .iter()
+            .filter_map(|(_, name)| {
+                let info = self.ebpf.program(name)?.info().ok()?;
+                Some((*name, info.run_count(), info.run_time().as_nanos() as u64))
+            })
+            .collect()
     }
 
     /// The capture's own counters (see `burnwatch_common::maps::counter`),

@@ -23,6 +23,7 @@ pub const TRACEPOINTS: &[(&str, &str)] = &[
     ("syscalls", "sys_enter_close"),
     ("syscalls", "sys_exit_accept4"),
     ("syscalls", "sys_exit_accept"),
+    ("syscalls", "sys_enter_connect"),
     ("tcp", "tcp_send_reset"),
     ("syscalls", "sys_enter_write"),
     ("syscalls", "sys_enter_sendto"),
