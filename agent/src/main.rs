@@ -51,6 +51,20 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run the SLO engine on a virtual clock over a traffic scenario and
+    /// print the alert timeline and the budget left: check alert policy
+    /// against the math before production does.
+    Simulate {
+        /// Config file with the SLOs (YAML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Scenario (YAML): phases of {tenant, rate, error_ratio, latency_ms, duration}.
+        #[arg(long, short)]
+        scenario: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -65,6 +79,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => run::run(config.as_deref()),
         Command::Check { config } => check(&config),
+        Command::Simulate {
+            config,
+            scenario,
+            json,
+        } => simulate(&config, &scenario, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -96,5 +115,25 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
         "prometheus: http://{}/metrics",
         c.exporters.prometheus.listen
     );
+    Ok(())
+}
+
+fn simulate(
+    config: &std::path::Path,
+    scenario: &std::path::Path,
+    json: bool,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let c = config::Config::load(config)?;
+    let text = std::fs::read_to_string(scenario)
+        .with_context(|| format!("reading {}", scenario.display()))?;
+    let scenario: engine::simulate::Scenario = serde_saphyr::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", scenario.display()))?;
+    let report = engine::simulate::simulate(&c.slo_set(), &scenario)?;
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_text());
+    }
     Ok(())
 }

@@ -7,11 +7,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use burnwatch_common::http::{PATH_PREFIX_MAX, ParserConfig, header_hash, tenant_source};
 use burnwatch_common::maps::{AgentConfig, LATENCY_BUCKETS, config_flags};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::attribution::ServiceNames;
 use crate::config::{Config, TenantFrom};
-use crate::engine::AgentState;
+use crate::engine::state::AgentState;
+use crate::engine::{Sli, StateStore, TransitionKind};
 use crate::probe::{self, Probe};
 
 /// Latency bucket bounds in seconds (the kernel classifies each request).
@@ -54,8 +55,8 @@ pub fn kernel_config(config: &Config) -> Result<(AgentConfig, Vec<(u16, u32)>)> 
         parser.path_prefix_len = n as u8;
     }
     let mut bounds = [0u64; LATENCY_BUCKETS - 1];
-    for (b, s) in bounds.iter_mut().zip(LATENCY_BOUNDS_S) {
-        *b = (s * 1e9) as u64;
+    for (b, s) in bounds.iter_mut().zip(latency_bounds(config)) {
+        *b = (s * 1e9).round() as u64;
     }
     let flags = if config.services.is_empty() {
         config_flags::AUTO_SERVICES
@@ -82,6 +83,73 @@ pub fn kernel_config(config: &Config) -> Result<(AgentConfig, Vec<(u16, u32)>)> 
     ))
 }
 
+/// Latency bucket bounds (seconds): the defaults with every latency SLO's
+/// threshold added, so the kernel classifies requests exactly at the
+/// threshold. Defaults are dropped from the top to stay within the kernel's
+/// bucket count.
+pub fn latency_bounds(config: &Config) -> Vec<f64> {
+    let thresholds: Vec<f64> = config
+        .slo_set()
+        .iter()
+        .filter_map(|s| match &s.sli {
+            Sli::Latency { threshold } => Some(threshold.as_secs_f64()),
+            _ => None,
+        })
+        .collect();
+    let mut bounds: Vec<f64> = LATENCY_BOUNDS_S.to_vec();
+    for t in &thresholds {
+        if !bounds.iter().any(|b| (b - t).abs() < 1e-9) {
+            bounds.push(*t);
+        }
+    }
+    bounds.sort_by(f64::total_cmp);
+    while bounds.len() > LATENCY_BUCKETS - 1 {
+        let drop = bounds
+            .iter()
+            .rposition(|b| !thresholds.iter().any(|t| (b - t).abs() < 1e-9))
+            .unwrap_or(bounds.len() - 1);
+        bounds.remove(drop);
+    }
+    bounds
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Opens the state store and restores the engine; failures are logged and
+/// the agent runs without checkpoints rather than not at all.
+fn open_store(config: &Config, state: &RwLock<AgentState>) -> Option<Arc<StateStore>> {
+    let dir = &config.state.dir;
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        error!(dir = %dir.display(), "cannot create the state directory, SLO windows will not survive a restart: {e}");
+        return None;
+    }
+    let store = match StateStore::open(dir) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            error!(dir = %dir.display(), "cannot open the state store, SLO windows will not survive a restart: {e}");
+            return None;
+        }
+    };
+    let mut st = state.write().unwrap_or_else(|e| e.into_inner());
+    match store.restore(&mut st.engine, unix_now()) {
+        Ok(report) => info!(?report, "restored SLO state"),
+        Err(e) => warn!("could not restore SLO state: {e}"),
+    }
+    Some(store)
+}
+
+fn checkpoint(store: &StateStore, state: &RwLock<AgentState>) {
+    let st = state.read().unwrap_or_else(|e| e.into_inner());
+    if let Err(e) = store.save(&st.engine, unix_now()) {
+        warn!("SLO checkpoint failed: {e}");
+    }
+}
+
 async fn run_async(config: Config) -> Result<()> {
     // Bind first: a taken port is reported before any program is loaded.
     let listener = crate::api::bind(config.exporters.prometheus.listen).await?;
@@ -91,8 +159,13 @@ async fn run_async(config: Config) -> Result<()> {
     let state = Arc::new(RwLock::new(AgentState::new(
         config.tenant.max_per_service,
         probe.attached.clone(),
-        LATENCY_BOUNDS_S.to_vec(),
+        latency_bounds(&config),
+        config.slo_set(),
     )));
+    let store = open_store(&config, &state);
+    let mut checkpoint_tick =
+        tokio::time::interval(Duration::from_secs(config.state.checkpoint_interval_secs));
+    checkpoint_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(
         listen = %config.exporters.prometheus.listen,
         "serving /metrics"
@@ -114,6 +187,11 @@ async fn run_async(config: Config) -> Result<()> {
                     warn!("reading kernel maps: {e:#}");
                 }
             }
+            _ = checkpoint_tick.tick(), if store.is_some() => {
+                let (store, state) = (store.clone().expect("checked"), state.clone());
+                // Saving walks every series: off the async workers.
+                let _ = tokio::task::spawn_blocking(move || checkpoint(&store, &state)).await;
+            }
             _ = tokio::signal::ctrl_c() => { info!("SIGINT: stopping"); break; }
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
             r = &mut Box::pin(async { server.is_finished() }) , if server.is_finished() => {
@@ -121,6 +199,10 @@ async fn run_async(config: Config) -> Result<()> {
                 anyhow::bail!("HTTP server stopped");
             }
         }
+    }
+    if let Some(store) = &store {
+        checkpoint(store, &state);
+        info!("SLO state saved");
     }
     Ok(())
 }
@@ -152,6 +234,24 @@ fn poll(
     }
     st.capture_counters = counters;
     st.bpf_stats = bpf_stats;
+    let now = unix_now();
+    st.feed_engine(now);
+    for t in st.engine.evaluate(now) {
+        let what = match t.kind {
+            TransitionKind::Fired => "fired",
+            TransitionKind::Resolved => "resolved",
+            TransitionKind::Escalated => "escalated",
+            TransitionKind::Deescalated => "de-escalated",
+        };
+        info!(
+            slo = %t.slo_name,
+            tenant = %t.tenant,
+            tier = %t.tier,
+            long_burn = t.long_burn,
+            short_burn = t.short_burn,
+            "SLO alert {what}"
+        );
+    }
     st.polls += 1;
     result
 }

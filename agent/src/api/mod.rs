@@ -6,8 +6,8 @@ use std::sync::{Arc, RwLock};
 
 use anyhow::{Context, Result};
 use axum::{
-    Router,
-    extract::State,
+    Json, Router,
+    extract::{Query, State},
     http::{StatusCode, header},
     response::IntoResponse,
     routing::get,
@@ -15,7 +15,8 @@ use axum::{
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use crate::engine::AgentState;
+use crate::engine::Risk;
+use crate::engine::state::AgentState;
 use crate::export::prometheus;
 
 #[derive(Clone)]
@@ -33,6 +34,7 @@ pub fn router(state: Arc<RwLock<AgentState>>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/v1/gate", get(gate))
         .with_state(ctx)
 }
 
@@ -66,5 +68,38 @@ async fn ready(State(ctx): State<Ctx>) -> impl IntoResponse {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct GateQuery {
+    slo: String,
+    tenant: String,
+    #[serde(default = "default_risk")]
+    risk: Risk,
+}
+
+fn default_risk() -> Risk {
+    Risk::Medium
+}
+
+/// The release gate: may a change of this risk ship for this (slo, tenant)?
+/// `GET /v1/gate?slo=S&tenant=T&risk=low|medium|high` -> JSON decision.
+async fn gate(State(ctx): State<Ctx>, Query(q): Query<GateQuery>) -> impl IntoResponse {
+    let st = ctx.state.read().unwrap_or_else(|e| e.into_inner());
+    let Some(id) = st.engine.slo_id(&q.slo) else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({"error": format!("no SLO named {:?}", q.slo)})),
+        )
+            .into_response();
+    };
+    match st.engine.gate(st.now, id, &q.tenant, q.risk) {
+        Ok(d) => Json(d).into_response(),
+        Err(e) => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({"error": e.to_string()})),
+        )
+            .into_response(),
     }
 }

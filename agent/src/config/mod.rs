@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::engine::budget::BudgetPolicy;
+use crate::engine::spec::{AlertingSpec, SloSpec};
+use crate::engine::{SloConfig, SloSet};
+
 pub const DEFAULT_TENANT_HEADER: &str = "X-Tenant-ID";
 pub const DEFAULT_MISSING_TENANT: &str = "unknown";
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9464";
@@ -25,6 +29,43 @@ pub struct Config {
     pub tenant: Tenant,
     #[serde(default)]
     pub exporters: Exporters,
+    /// SLOs as code (see `engine::spec`).
+    #[serde(default)]
+    pub slos: Vec<SloSpec>,
+    #[serde(default)]
+    pub alerting: AlertingSpec,
+    #[serde(default)]
+    pub budget_policy: BudgetPolicy,
+    #[serde(default)]
+    pub state: State,
+}
+
+/// Durable state: where the SLO windows are checkpointed.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    /// Directory of the state store.
+    #[serde(default = "default_state_dir")]
+    pub dir: PathBuf,
+    /// Seconds between checkpoints (also written on shutdown).
+    #[serde(default = "default_checkpoint_secs")]
+    pub checkpoint_interval_secs: u64,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            dir: default_state_dir(),
+            checkpoint_interval_secs: default_checkpoint_secs(),
+        }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/burnwatch")
+}
+fn default_checkpoint_secs() -> u64 {
+    10
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -138,6 +179,10 @@ impl Default for Config {
             services: Vec::new(),
             tenant: Tenant::default(),
             exporters: Exporters::default(),
+            slos: Vec::new(),
+            alerting: AlertingSpec::default(),
+            budget_policy: BudgetPolicy::default(),
+            state: State::default(),
         }
     }
 }
@@ -211,8 +256,53 @@ impl Config {
         Ok(config)
     }
 
+    /// The SLO part of the config, for the engine.
+    pub fn slo_config(&self) -> SloConfig {
+        SloConfig {
+            slos: self.slos.clone(),
+            alerting: self.alerting.clone(),
+            budget_policy: self.budget_policy,
+        }
+    }
+
+    /// The compiled SLOs (the config was validated when loaded).
+    pub fn slo_set(&self) -> SloSet {
+        self.slo_config()
+            .validate()
+            .expect("SLOs were validated when the config was loaded")
+    }
+
     /// Checks what serde cannot: returns (field path, message).
     fn validate(&self) -> Result<(), (String, String)> {
+        if let Err(errors) = self.slo_config().validate()
+            && let Some(e) = errors.0.first()
+        {
+            return Err((e.path.clone(), e.message.clone()));
+        }
+        if !self.services.is_empty() {
+            for (i, slo) in self.slos.iter().enumerate() {
+                if !self.services.iter().any(|s| s.name == slo.service) {
+                    return Err((
+                        format!("slos[{i}].service"),
+                        format!(
+                            "no service named {:?} (services: {})",
+                            slo.service,
+                            self.services
+                                .iter()
+                                .map(|s| s.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        if self.state.checkpoint_interval_secs == 0 {
+            return Err((
+                "state.checkpoint_interval_secs".into(),
+                "must be at least 1".into(),
+            ));
+        }
         let mut names = std::collections::HashSet::new();
         let mut ports = std::collections::HashMap::new();
         for (i, s) in self.services.iter().enumerate() {

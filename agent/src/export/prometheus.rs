@@ -12,7 +12,9 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::engine::AgentState;
+use crate::engine::budget::BudgetStatus;
+use crate::engine::state::AgentState;
+use crate::engine::window::Window;
 
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -144,6 +146,8 @@ impl Collector for StateCollector {
                 .encode_counter::<NoLabelSet, _, u64>(&(n as u64), None)?;
         }
 
+        encode_slos(&state, &mut enc)?;
+
         let mut m = enc.encode_descriptor(
             "burnwatch_bpf_program_runs",
             "Runs of each eBPF program (counted while kernel.bpf_stats_enabled=1).",
@@ -174,4 +178,148 @@ impl Collector for StateCollector {
         m.encode_gauge(&(state.probes.len() as i64))?;
         Ok(())
     }
+}
+
+const STATUSES: [(BudgetStatus, &str); 5] = [
+    (BudgetStatus::Healthy, "healthy"),
+    (BudgetStatus::Attention, "attention"),
+    (BudgetStatus::Warning, "warning"),
+    (BudgetStatus::Critical, "critical"),
+    (BudgetStatus::Exhausted, "exhausted"),
+];
+
+/// The SLO families, from the engine's snapshots at the last evaluation.
+fn encode_slos(state: &AgentState, enc: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
+    let now = state.now;
+    let engine = &state.engine;
+
+    let mut m = enc.encode_descriptor(
+        "burnwatch_slo_series",
+        "Active (slo, tenant) series in the SLO engine.",
+        None,
+        MetricType::Gauge,
+    )?;
+    m.encode_gauge(&(engine.series_count() as i64))?;
+    let mut m = enc.encode_descriptor(
+        "burnwatch_slo_engine_memory_bytes",
+        "Approximate memory held by the SLO engine's windows.",
+        None,
+        MetricType::Gauge,
+    )?;
+    m.encode_gauge(&(engine.approx_memory_bytes() as i64))?;
+
+    let mut m = enc.encode_descriptor(
+        "burnwatch_slo_objective_ratio",
+        "The SLO's objective as a ratio (0.999 for 99.9%).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for slo in engine.slos().iter() {
+        m.encode_family(&[("slo", &*slo.name)])?
+            .encode_gauge(&(slo.objective / 100.0))?;
+    }
+
+    let mut m = enc.encode_descriptor(
+        "burnwatch_slo_events",
+        "Events classified by the SLO's SLI since the agent started, by outcome.",
+        None,
+        MetricType::Counter,
+    )?;
+    for ((id, tenant), (good, bad)) in &state.slo_events {
+        let Some(slo) = engine.slos().get(*id) else {
+            continue;
+        };
+        for (outcome, n) in [("good", good), ("bad", bad)] {
+            m.encode_family(&[
+                ("slo", &*slo.name),
+                ("tenant", &**tenant),
+                ("outcome", outcome),
+            ])?
+            .encode_counter::<NoLabelSet, _, u64>(n, None)?;
+        }
+    }
+
+    let mut m = enc.encode_descriptor(
+        "burnwatch_slo_burn_rate",
+        "Error-budget burn rate over each window (1 = spending exactly the budget over the period).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for snap in engine.snapshots(now) {
+        for (w, stats) in Window::ALL.iter().zip(snap.windows.iter()) {
+            m.encode_family(&[
+                ("slo", snap.slo_name),
+                ("tenant", snap.tenant),
+                ("window", w.label()),
+            ])?
+            .encode_gauge(&stats.burn_rate)?;
+        }
+        m.encode_family(&[
+            ("slo", snap.slo_name),
+            ("tenant", snap.tenant),
+            ("window", "period"),
+        ])?
+        .encode_gauge(&snap.period.burn_rate)?;
+    }
+
+    let mut m = enc.encode_descriptor(
+        "burnwatch_slo_error_budget_remaining_ratio",
+        "Share of the period's error budget left (negative when overspent).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for snap in engine.snapshots(now) {
+        m.encode_family(&[("slo", snap.slo_name), ("tenant", snap.tenant)])?
+            .encode_gauge(&snap.budget_remaining)?;
+    }
+
+    let mut m = enc.encode_descriptor(
+        "burnwatch_slo_time_to_exhaustion_seconds",
+        "Time until the error budget is spent at the last hour's burn rate (absent when not burning).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for snap in engine.snapshots(now) {
+        if let Some(t) = snap.time_to_exhaustion_secs {
+            m.encode_family(&[("slo", snap.slo_name), ("tenant", snap.tenant)])?
+                .encode_gauge(&t)?;
+        }
+    }
+
+    let mut m = enc.encode_descriptor(
+        "burnwatch_slo_alert_firing",
+        "1 for the highest multiwindow burn-rate alert tier firing for the (slo, tenant).",
+        None,
+        MetricType::Gauge,
+    )?;
+    for snap in engine.snapshots(now) {
+        if let Some(f) = &snap.firing {
+            m.encode_family(&[
+                ("slo", snap.slo_name),
+                ("tenant", snap.tenant),
+                ("severity", f.tier.severity.as_str()),
+                ("long_window", f.tier.long.label()),
+                ("short_window", f.tier.short.label()),
+            ])?
+            .encode_gauge(&1i64)?;
+        }
+    }
+
+    let mut m = enc.encode_descriptor(
+        "burnwatch_slo_budget_status",
+        "Budget policy status of the (slo, tenant), as a state set: the current status is 1, the others 0.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for snap in engine.snapshots(now) {
+        for (status, name) in STATUSES {
+            m.encode_family(&[
+                ("slo", snap.slo_name),
+                ("tenant", snap.tenant),
+                ("status", name),
+            ])?
+            .encode_gauge(&i64::from(snap.status == status))?;
+        }
+    }
+    Ok(())
 }
