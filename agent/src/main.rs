@@ -51,6 +51,12 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Measure the SLO engine at scale (used by `cargo xtask bench`).
+    #[command(hide = true)]
+    BenchEngine {
+        #[arg(long, default_value_t = 100_000)]
+        series: usize,
+    },
     /// Run the SLO engine on a virtual clock over a traffic scenario and
     /// print the alert timeline and the budget left: check alert policy
     /// against the math before production does.
@@ -79,6 +85,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => run::run(config.as_deref()),
         Command::Check { config } => check(&config),
+        Command::BenchEngine { series } => engine::bench::run(series),
         Command::Simulate {
             config,
             scenario,

@@ -422,6 +422,24 @@ the client's syscalls included, divided by requests. Agent CPU is the agent proc
             w.bpf_ns as f64 / w.wrk.requests as f64
         )?;
     }
+    writeln!(md, "\n## SLO engine at 100,000 (slo, tenant) series\n")?;
+    writeln!(
+        md,
+        "Method: `burnwatch bench-engine --series 100000` (release build): 100,000 series with an hour of \
+per-minute traffic, then one evaluation (first: every window rolls), the next second's evaluation \
+(steady state, what the agent does every second), one snapshot pass (what a scrape reads), a \
+checkpoint save and a restore. One core.\n"
+    )?;
+    let out = sh(
+        &bin.display().to_string(),
+        &["bench-engine", "--series", "100000"],
+    )?;
+    writeln!(md, "| measure | value |\n|---|---|")?;
+    for line in out.lines() {
+        if let Some((k, v)) = line.split_once('=') {
+            writeln!(md, "| {k} | {v} |")?;
+        }
+    }
     std::fs::write(root.join("BENCHMARKS.md"), &md)?;
     print!("{md}");
     Ok(())

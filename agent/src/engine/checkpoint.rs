@@ -161,7 +161,6 @@ impl StateStore {
         })
     }
 
-
     /// Writes every series, the format version and the config fingerprints in one
     /// atomic transaction (replacing the previous state).
     pub fn save(&self, engine: &Engine, now: u64) -> Result<(), CheckpointError> {
@@ -738,60 +737,5 @@ mod tests {
             .count();
         assert_eq!(aside, 0);
         drop(first);
-    }
-}
-
-#[cfg(test)]
-mod scale_tests {
-    use super::*;
-    use crate::engine::SloId;
-    use crate::engine::spec::SloConfig;
-    use std::time::Instant;
-
-    #[test]
-    #[ignore = "writes a large state file; run with --ignored to measure"]
-    fn save_and_restore_100k_series() {
-        let yaml =
-            "slos:\n  - { name: a, service: s, objective: 99.9, sli: { availability: {} } }\n";
-        let config: SloConfig = serde_saphyr::from_str(yaml).expect("yaml");
-        let slos = config.validate().expect("valid");
-        let mut engine = Engine::new(slos.clone());
-        let start = 1_700_000_000;
-        let tenants: Vec<String> = (0..100_000).map(|i| format!("tenant-{i}")).collect();
-        // One hour of per-minute traffic, so every ring has non-zero buckets.
-        for minute in 0..60 {
-            for (i, t) in tenants.iter().enumerate() {
-                let bad = u64::from((i + minute) % 13 == 0);
-                engine
-                    .record(start + minute as u64 * 60, SloId(0), t, 6_000, bad)
-                    .expect("known");
-            }
-        }
-        let now = start + 3_600;
-        let dir = std::env::temp_dir().join(format!("engine-dev-{}-scale", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        let store = StateStore::open(&dir).expect("open");
-        let mut blob = Vec::new();
-        let slo = engine.slos().get(SloId(0)).expect("slo");
-        codec::encode(&engine.all_series()[0], slo, &mut blob);
-        println!("one series record: {} bytes", blob.len());
-        let t = Instant::now();
-        store.save(&engine, now).expect("save");
-        let save = t.elapsed();
-        let file = fs::metadata(dir.join(FILE_NAME))
-            .map(|m| m.len())
-            .unwrap_or(0);
-        let mut restored = Engine::new(slos);
-        let t = Instant::now();
-        let report = store.restore(&mut restored, now + 60).expect("restore");
-        let restore = t.elapsed();
-        println!(
-            "100k series: save {save:?}, restore {restore:?}, file {:.1} MiB, {} restored",
-            file as f64 / 1_048_576.0,
-            report.restored_series
-        );
-        assert_eq!(report.restored_series, 100_000);
-        drop(store);
-        let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -19,6 +19,7 @@
 //! `snapshot` (exporter view), `codec` + `checkpoint` (durable state), `simulate`.
 
 pub mod alert;
+pub mod bench;
 pub mod budget;
 pub mod checkpoint;
 mod codec;

@@ -198,7 +198,7 @@ pub(crate) fn allowed_error_ratio(objective_percent: f64) -> f64 {
 impl Series {
     /// Memory of one series: inline part plus its slot arrays (the tenant name, shared
     /// with the index, and allocator overhead come on top).
-        pub const BYTES: usize = std::mem::size_of::<Series>()
+    pub const BYTES: usize = std::mem::size_of::<Series>()
         + Ring10s::HEAP_BYTES
         + Ring1m::HEAP_BYTES
         + Ring5m::HEAP_BYTES
