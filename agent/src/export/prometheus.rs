@@ -306,6 +306,17 @@ fn encode_slos(state: &AgentState, enc: &mut DescriptorEncoder) -> Result<(), fm
     }
 
     let mut m = enc.encode_descriptor(
+        "burnwatch_slo_low_traffic",
+        "1 when the whole period's error budget is less than one event at the observed rate: one failure spends it all, alerts are unreliable.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for snap in engine.snapshots(now) {
+        m.encode_family(&[("slo", snap.slo_name), ("tenant", snap.tenant)])?
+            .encode_gauge(&i64::from(snap.low_traffic))?;
+    }
+
+    let mut m = enc.encode_descriptor(
         "burnwatch_slo_budget_status",
         "Budget policy status of the (slo, tenant), as a state set: the current status is 1, the others 0.",
         None,
