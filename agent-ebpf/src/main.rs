@@ -80,14 +80,9 @@ fn read_user<T: Copy>(addr: u64, out: &mut T) -> bool {
 
 // ---------------------------------------------------------------- reads
 
+/// Attached to read and recvfrom (fd and buffer are their first two args).
 #[tracepoint]
 pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
-    stash_read(&ctx, inflight_kind::BUF);
-    0
-}
-
-#[tracepoint]
-pub fn sys_enter_recvfrom(ctx: TracePointContext) -> u32 {
     stash_read(&ctx, inflight_kind::BUF);
     0
 }
@@ -104,26 +99,11 @@ pub fn sys_enter_recvmsg(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Attached to the exits of read, recvfrom, readv and recvmsg: the exit
+/// layout is the same (`ret`), and one program is verified once, not four
+/// times (verifying the parser is most of the agent's start-up time).
 #[tracepoint]
 pub fn sys_exit_read(ctx: TracePointContext) -> u32 {
-    finish_read(&ctx);
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_recvfrom(ctx: TracePointContext) -> u32 {
-    finish_read(&ctx);
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_readv(ctx: TracePointContext) -> u32 {
-    finish_read(&ctx);
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_recvmsg(ctx: TracePointContext) -> u32 {
     finish_read(&ctx);
     0
 }
@@ -295,14 +275,9 @@ fn new_connection(
 
 // --------------------------------------------------------------- writes
 
+/// Attached to write and sendto (fd, buffer, length are their first args).
 #[tracepoint]
 pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
-    on_write(arg_u64(&ctx, 0) as u32, arg_u64(&ctx, 1), arg_u64(&ctx, 2));
-    0
-}
-
-#[tracepoint]
-pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
     on_write(arg_u64(&ctx, 0) as u32, arg_u64(&ctx, 1), arg_u64(&ctx, 2));
     0
 }
@@ -401,14 +376,9 @@ fn forget_fd(ctx: &TracePointContext) {
     let _ = CONNS.remove(&conn_key((id >> 32) as u32, fd as u32));
 }
 
+/// Attached to the exits of accept and accept4.
 #[tracepoint]
 pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
-    forget_fd(&ctx);
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
     forget_fd(&ctx);
     0
 }

@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::servers::{Counts, MethodCounts};
 use crate::{exposition::Exposition, free_port, wait_for, workspace_root};
+
+/// The metric the tests compare with the servers' logs.
+pub const REQUESTS: &str = "burnwatch_http_requests_total";
 
 pub struct Agent {
     child: Child,
@@ -27,16 +31,25 @@ impl Agent {
     /// on a free port, and waits until it has attached and read the kernel
     /// maps once.
     pub fn start(config_body: &str) -> Agent {
+        Agent::start_with_state(config_body, None)
+    }
+
+    /// Like [`Agent::start`], with the SLO state store in `state_dir` (to
+    /// restart an agent on the state a previous one left).
+    pub fn start_with_state(config_body: &str, state_dir: Option<&std::path::Path>) -> Agent {
         let dir = tempfile::tempdir().unwrap();
+        let state_dir = state_dir
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_else(|| dir.path().join("state"));
         let metrics_port = free_port();
         let config = dir.path().join("burnwatch.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "{config_body}\nexporters:\n  prometheus:\n    listen: 127.0.0.1:{metrics_port}\n"
-            ),
-        )
-        .unwrap();
+        let mut body = format!(
+            "{config_body}\nexporters:\n  prometheus:\n    listen: 127.0.0.1:{metrics_port}\n"
+        );
+        if knows_state_section() {
+            body.push_str(&format!("state:\n  dir: {}\n", state_dir.display()));
+        }
+        std::fs::write(&config, body).unwrap();
         let log_path = dir.path().join("agent.log");
         let log = std::fs::File::create(&log_path).unwrap();
         let bin = binary();
@@ -90,6 +103,82 @@ impl Agent {
         std::thread::sleep(Duration::from_millis(2500));
         self.scrape()
     }
+
+    /// Settles, then `burnwatch_http_requests_total` of `service` per
+    /// (tenant, status code).
+    pub fn counts(&self, service: &str) -> Counts {
+        counts_of(&self.settle_and_scrape(), service)
+    }
+
+    /// Settles, then `burnwatch_http_requests_total` of `service` per
+    /// (tenant, method, status code).
+    pub fn method_counts(&self, service: &str) -> MethodCounts {
+        method_counts_of(&self.settle_and_scrape(), service)
+    }
+}
+
+/// One capture self-metric (`burnwatch_capture_anomalies_total{kind}` or
+/// `burnwatch_dropped_events_total{reason}`) by its label value.
+pub fn capture_counter(e: &Exposition, name: &str) -> u64 {
+    (e.sum("burnwatch_capture_anomalies_total", &[("kind", name)])
+        + e.sum("burnwatch_dropped_events_total", &[("reason", name)])) as u64
+}
+
+/// `burnwatch_http_requests_total` of `service` per (tenant, status code).
+pub fn counts_of(e: &Exposition, service: &str) -> Counts {
+    let mut out = Counts::new();
+    for s in e.find(REQUESTS, &[("service", service)]) {
+        let key = (s.labels["tenant"].clone(), s.labels["status_code"].clone());
+        *out.entry(key).or_insert(0) += s.value as u64;
+    }
+    out.retain(|_, n| *n > 0);
+    out
+}
+
+/// `burnwatch_http_requests_total` of `service` per (tenant, method, status).
+pub fn method_counts_of(e: &Exposition, service: &str) -> MethodCounts {
+    let mut out = MethodCounts::new();
+    for s in e.find(REQUESTS, &[("service", service)]) {
+        let key = (
+            s.labels["tenant"].clone(),
+            s.labels["method"].clone(),
+            s.labels["status_code"].clone(),
+        );
+        *out.entry(key).or_insert(0) += s.value as u64;
+    }
+    out.retain(|_, n| *n > 0);
+    out
+}
+
+/// Whether the binary under test knows the `state:` config section (agents
+/// built before the SLO state store reject it as an unknown field; the
+/// accuracy tests also run against such a frozen binary via BURNWATCH_BIN).
+fn knows_state_section() -> bool {
+    static KNOWS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *KNOWS.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("probe.yaml");
+        std::fs::write(
+            &config,
+            format!("state:\n  dir: {}\n", dir.path().join("state").display()),
+        )
+        .unwrap();
+        let out = Command::new(binary())
+            .args(["check", "--config"])
+            .arg(&config)
+            .output();
+        !out.is_ok_and(|o| String::from_utf8_lossy(&o.stderr).contains("unknown field `state`"))
+    })
+}
+
+impl Agent {
+    /// Stops the agent with SIGTERM (a clean shutdown) and waits for it.
+    pub fn stop(mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Agent {
@@ -97,4 +186,24 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A config watching `services` (name, local port), tenant from
+/// `X-Tenant-ID`, `unknown` when missing.
+pub fn config(services: &[(&str, u16)]) -> String {
+    config_with_tenant(services, "  header: X-Tenant-ID\n  missing: unknown\n")
+}
+
+/// A config watching `services` (name, local port) with `tenant_block` as
+/// the body of the `tenant:` section (indented by two spaces per line).
+pub fn config_with_tenant(services: &[(&str, u16)], tenant_block: &str) -> String {
+    let mut c = String::from("services:\n");
+    for (name, port) in services {
+        c.push_str(&format!(
+            "  - name: {name}\n    match:\n      port: {port}\n"
+        ));
+    }
+    c.push_str("tenant:\n");
+    c.push_str(tenant_block);
+    c
 }

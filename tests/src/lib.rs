@@ -1,4 +1,5 @@
-//! Harness for end-to-end tests: start real servers (nginx), the real
+//! Harness for end-to-end tests: start real servers (nginx, Python, Node,
+//! Go: [`servers`]), real clients ([`client`]: raw sockets, curl, wrk), the real
 //! agent binary with real eBPF, drive real HTTP traffic, and read back both
 //! sides: the server's own access log and the agent's `/metrics`.
 //!
@@ -9,6 +10,7 @@ pub mod agent;
 pub mod client;
 pub mod exposition;
 pub mod nginx;
+pub mod servers;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -58,4 +60,49 @@ pub fn require_root() {
         uid, "0",
         "end-to-end tests load eBPF programs and must run as root (cargo xtask test)"
     );
+}
+
+/// The keys on which the agent's counts (`got`) and a server's log (`want`)
+/// differ, one per line, or `None` when they are equal.
+pub fn count_diff<K: Ord + std::fmt::Debug>(
+    got: &std::collections::BTreeMap<K, u64>,
+    want: &std::collections::BTreeMap<K, u64>,
+) -> Option<String> {
+    if got == want {
+        return None;
+    }
+    let keys: std::collections::BTreeSet<&K> = got.keys().chain(want.keys()).collect();
+    let mut diff = String::new();
+    for k in keys {
+        let (g, w) = (got.get(k).copied(), want.get(k).copied());
+        if g != w {
+            diff.push_str(&format!(
+                "  {k:?}: agent {} / server log {}\n",
+                g.unwrap_or(0),
+                w.unwrap_or(0)
+            ));
+        }
+    }
+    Some(format!(
+        "differences:\n{diff}agent ({} requests): {got:?}\nserver log ({} requests): {want:?}\n",
+        got.values().sum::<u64>(),
+        want.values().sum::<u64>(),
+    ))
+}
+
+/// Asserts that the agent's counts (`got`) equal a server's log (`want`),
+/// key for key; on failure prints the keys that differ, both maps, and the
+/// agent's log.
+pub fn assert_same_counts<K: Ord + std::fmt::Debug>(
+    what: &str,
+    got: &std::collections::BTreeMap<K, u64>,
+    want: &std::collections::BTreeMap<K, u64>,
+    agent: &agent::Agent,
+) {
+    if let Some(diff) = count_diff(got, want) {
+        panic!(
+            "{what}: the agent's counts differ from the server's own log\n{diff}agent log:\n{}",
+            agent.log()
+        );
+    }
 }

@@ -1,6 +1,13 @@
 //! A real nginx on loopback, unprivileged (`nginx -p DIR -c FILE`), with
 //! locations that answer fixed status codes and an access log whose format
 //! the tests parse: `<status> <tenant header or -> <method> <uri>`.
+//!
+//! Locations: `/ok`, `/created`, `/missing`, `/error`, `/unavailable`, `/`;
+//! `/status/<code>` for the codes in [`STATUS_CODES`]; `/big`, a 1 MiB static
+//! file (written in several writes: sendfile is off); `/chunked`, a static
+//! file gzipped on the fly, so chunked when the request has
+//! `Accept-Encoding: gzip`; `/close` closes the connection without an
+//! answer (`return 444`: logged as 444).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,6 +15,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::{free_port, wait_for};
+
+/// Codes `/status/<code>` answers (nginx's `return` needs a literal code).
+pub const STATUS_CODES: &[u16] = &[
+    200, 201, 202, 204, 301, 302, 304, 400, 401, 403, 404, 409, 418, 429, 500, 502, 503, 504,
+];
 
 pub struct Nginx {
     pub port: u16,
@@ -19,6 +31,15 @@ impl Nginx {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let d = dir.path().display();
+        let status_locations: String = STATUS_CODES
+            .iter()
+            .map(|c| format!("    location = /status/{c} {{ return {c} \"status {c}\\n\"; }}\n"))
+            .collect();
+        std::fs::write(dir.path().join("big.txt"), vec![b'x'; 1 << 20]).unwrap();
+        let chunked: String = (0..4000)
+            .map(|i| format!("line {i} of the chunked body\n"))
+            .collect();
+        std::fs::write(dir.path().join("chunked.txt"), chunked).unwrap();
         let conf = format!(
             r#"
 worker_processes 1;
@@ -35,6 +56,8 @@ http {{
   uwsgi_temp_path {d}/uwsgi;
   scgi_temp_path {d}/scgi;
   keepalive_requests 100000;
+  keepalive_timeout 60s;
+  sendfile off;
   server {{
     listen 127.0.0.1:{port};
     location = /ok {{ return 200 "ok\n"; }}
@@ -43,6 +66,16 @@ http {{
     location = /error {{ return 500 "error\n"; }}
     location = /unavailable {{ return 503 "unavailable\n"; }}
     location / {{ return 200 "root\n"; }}
+    location = /close {{ return 444; }}
+{status_locations}
+    location = /big {{ default_type text/plain; alias {d}/big.txt; }}
+    location = /chunked {{
+      default_type text/plain;
+      alias {d}/chunked.txt;
+      gzip on;
+      gzip_types text/plain;
+      gzip_min_length 1;
+    }}
   }}
 }}
 "#
@@ -66,6 +99,11 @@ http {{
 
     pub fn access_log_path(&self) -> PathBuf {
         self.dir.path().join("access.log")
+    }
+
+    /// nginx's error log, for failure messages.
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
     }
 
     /// Lines of the access log.
@@ -109,6 +147,14 @@ http {{
 impl Drop for Nginx {
     fn drop(&mut self) {
         let pid = std::fs::read_to_string(self.dir.path().join("nginx.pid")).unwrap_or_default();
+        if std::thread::panicking() {
+            eprintln!(
+                "nginx on port {} (pid {}), error log:\n{}",
+                self.port,
+                pid.trim(),
+                self.error_log()
+            );
+        }
         if let Ok(pid) = pid.trim().parse::<i32>() {
             let _ = Command::new("kill").arg(pid.to_string()).status();
             let _ = wait_for(Duration::from_secs(5), || {

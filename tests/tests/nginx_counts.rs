@@ -2,23 +2,10 @@
 //! a known mix of requests; the agent's counts per (tenant, status code)
 //! must equal nginx's own access log, exactly.
 
-use std::collections::BTreeMap;
-
 use burnwatch_e2e::{agent::Agent, client::Conn, nginx::Nginx, require_root};
 
 const TENANTS: &[Option<&str>] = &[Some("acme"), Some("globex"), Some("initech"), None];
 const PATHS: &[&str] = &["/ok", "/missing", "/error", "/unavailable", "/created"];
-
-/// The agent's `burnwatch_http_requests_total` for `service`, per (tenant, status).
-fn agent_counts(agent: &Agent, service: &str) -> BTreeMap<(String, String), u64> {
-    let e = agent.settle_and_scrape();
-    let mut out = BTreeMap::new();
-    for s in e.find("burnwatch_http_requests_total", &[("service", service)]) {
-        let key = (s.labels["tenant"].clone(), s.labels["status_code"].clone());
-        *out.entry(key).or_insert(0) += s.value as u64;
-    }
-    out
-}
 
 #[test]
 fn counts_equal_nginx_access_log() {
@@ -70,7 +57,7 @@ fn counts_equal_nginx_access_log() {
     nginx.wait_for_log_lines(sent);
     let expected = nginx.counts("unknown");
     assert_eq!(expected.values().sum::<u64>(), sent as u64);
-    let got = agent_counts(&agent, "shop");
+    let got = agent.counts("shop");
     assert_eq!(
         got,
         expected,

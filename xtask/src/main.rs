@@ -18,7 +18,17 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
-const APT_PACKAGES: &[&str] = &["nginx-light", "curl", "ca-certificates", "wrk"];
+/// nginx, Python, Node and Go are the real servers of the accuracy suite;
+/// curl and wrk its real clients.
+const APT_PACKAGES: &[&str] = &[
+    "nginx-light",
+    "curl",
+    "ca-certificates",
+    "wrk",
+    "python3",
+    "nodejs",
+    "golang-go",
+];
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Build, run and test burnwatch")]

@@ -45,23 +45,27 @@ impl Probe {
 
         // Verify every program first (seconds), then attach them all in one
         // quick pass: connections are never seen by half the probes.
-        for (_, name) in preflight::TRACEPOINTS {
+        for (_, _, name) in preflight::TRACEPOINTS {
             let prog: &mut TracePoint = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
                 .try_into()?;
+            if prog.fd().is_ok() {
+                continue; // shared by several tracepoints, already loaded
+            }
             prog.load()
                 .with_context(|| format!("the kernel verifier rejected program {name}"))?;
         }
         let mut attached = Vec::new();
-        for (category, name) in preflight::TRACEPOINTS {
+        for (category, tracepoint, name) in preflight::TRACEPOINTS {
             let prog: &mut TracePoint = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing"))?
                 .try_into()?;
-            prog.attach(category, name)
-                .with_context(|| format!("attaching {name} to tracepoint {category}:{name}"))?;
-            attached.push(format!("tracepoint:{category}:{name}"));
+            prog.attach(category, tracepoint).with_context(|| {
+                format!("attaching {name} to tracepoint {category}:{tracepoint}")
+            })?;
+            attached.push(format!("tracepoint:{category}:{tracepoint}"));
         }
 
         let mut cfg_map: Array<MapData, AgentConfig> = Array::try_from(
@@ -129,11 +133,13 @@ impl Probe {
     /// Per program: (name, runs, run time in ns) since load. Zero unless
     /// `kernel.bpf_stats_enabled` is 1 (the kernel only times programs then).
     pub fn bpf_stats(&self) -> Vec<(&'static str, u64, u64)> {
-        preflight::TRACEPOINTS
-            .iter()
-            .filter_map(|(_, name)| {
+        let mut names: Vec<&'static str> = preflight::TRACEPOINTS.iter().map(|t| t.2).collect();
+        names.dedup();
+        names
+            .into_iter()
+            .filter_map(|name| {
                 let info = self.ebpf.program(name)?.info().ok()?;
-                Some((*name, info.run_count(), info.run_time().as_nanos() as u64))
+                Some((name, info.run_count(), info.run_time().as_nanos() as u64))
             })
             .collect()
     }

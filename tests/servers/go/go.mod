@@ -1,0 +1,3 @@
+module burnwatch-e2e/server
+
+go 1.19

@@ -1,0 +1,194 @@
+"""A minimal HTTP/1.1 server whose read and write syscalls are chosen on the
+command line, for burnwatch's end-to-end tests of each syscall path.
+
+Usage: python3 syscall_server.py PORT LOG_PATH READ WRITE
+
+READ, how request bytes come in:
+  read      os.read
+  recvfrom  socket.recv (glibc recv() is the recvfrom syscall)
+  readv     os.readv into buffers of 64, 4096 and 65536 bytes (a request
+            spans several iovecs)
+  recvmsg   socket.recvmsg_into into buffers of 64, 4096 and 65536 bytes
+WRITE, how a response goes out:
+  write     os.write: the head, then the body
+  sendto    socket.send: the head, then the body
+  writev    os.writev([head, body])
+  sendmsg   socket.sendmsg([head, body])
+  sendfile  os.write for the head, os.sendfile for the body (from a file)
+  writev_fields
+            one writev whose iovecs are the status line's fields, as
+            Varnish writes them: "HTTP/1.1", " ", "200", " ", "OK", "\\r\\n",
+            then the headers and the body
+
+One log line per answered request, flushed, written just before the
+response: `<status> <X-Tenant-ID or -> <method> <path>`. Paths:
+/status/<code> answers <code>; /big 200 with a 1 MiB body; else 200.
+Keep-alive and pipelining; Content-Length and chunked request bodies.
+"""
+
+import os
+import socket
+import sys
+import tempfile
+import threading
+
+LOG_LOCK = threading.Lock()
+REASONS = {200: "OK", 201: "Created", 204: "No Content", 404: "Not Found",
+           429: "Too Many Requests", 500: "Internal Server Error",
+           503: "Service Unavailable"}
+BIG = b"x" * (1 << 20)
+
+
+class Conn:
+    def __init__(self, sock, mode_read, mode_write, log, body_dir):
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.mode_read = mode_read
+        self.mode_write = mode_write
+        self.log = log
+        self.body_dir = body_dir
+        self.buf = b""
+
+    # ------------------------------------------------------------ reading
+    def fill(self):
+        m = self.mode_read
+        if m == "read":
+            data = os.read(self.fd, 65536)
+        elif m == "recvfrom":
+            data = self.sock.recv(65536)
+        elif m in ("readv", "recvmsg"):
+            bufs = [bytearray(64), bytearray(4096), bytearray(65536)]
+            if m == "readv":
+                n = os.readv(self.fd, bufs)
+            else:
+                n = self.sock.recvmsg_into(bufs)[0]
+            data = b"".join(bytes(b) for b in bufs)[:n]
+        else:
+            raise SystemExit(f"unknown READ mode {m}")
+        if not data:
+            raise EOFError
+        self.buf += data
+
+    def read_until(self, marker):
+        while marker not in self.buf:
+            self.fill()
+        i = self.buf.index(marker) + len(marker)
+        out, self.buf = self.buf[:i], self.buf[i:]
+        return out
+
+    def read_exact(self, n):
+        while len(self.buf) < n:
+            self.fill()
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    # ------------------------------------------------------------ writing
+    def write_all(self, data, how):
+        view = memoryview(data)
+        while view:
+            n = how(view)
+            view = view[n:]
+
+    def respond(self, status, body, head_only):
+        reason = REASONS.get(status, "Status")
+        fields = [b"HTTP/1.1", b" ", str(status).encode(), b" ",
+                  reason.encode(), b"\r\n"]
+        headers = b"Content-Type: text/plain\r\n"
+        if status != 204:
+            headers += b"Content-Length: %d\r\n" % len(body)
+        headers += b"\r\n"
+        head = b"".join(fields) + headers
+        if head_only or status == 204:
+            body = b""
+        m = self.mode_write
+        if m == "write":
+            self.write_all(head, lambda v: os.write(self.fd, v))
+            self.write_all(body, lambda v: os.write(self.fd, v))
+        elif m == "sendto":
+            self.write_all(head, self.sock.send)
+            self.write_all(body, self.sock.send)
+        elif m in ("writev", "sendmsg", "writev_fields"):
+            parts = (fields + [headers] if m == "writev_fields" else [head])
+            if body:
+                parts.append(body)
+            total = sum(len(p) for p in parts)
+            if m == "sendmsg":
+                n = self.sock.sendmsg(parts)
+            else:
+                n = os.writev(self.fd, parts)
+            rest = b"".join(parts)[n:]
+            self.write_all(rest, lambda v: os.write(self.fd, v))
+            assert n <= total
+        elif m == "sendfile":
+            self.write_all(head, lambda v: os.write(self.fd, v))
+            if body:
+                with tempfile.TemporaryFile(dir=self.body_dir) as f:
+                    f.write(body)
+                    f.flush()
+                    off = 0
+                    while off < len(body):
+                        off += os.sendfile(self.fd, f.fileno(), off, len(body) - off)
+        else:
+            raise SystemExit(f"unknown WRITE mode {m}")
+
+    # ------------------------------------------------------------ serving
+    def serve(self):
+        while True:
+            head = self.read_until(b"\r\n\r\n").decode("latin-1")
+            lines = head.split("\r\n")
+            method, target, _version = lines[0].split(" ", 2)
+            headers = {}
+            for line in lines[1:]:
+                if ":" in line:
+                    name, value = line.split(":", 1)
+                    headers.setdefault(name.strip().lower(), value.strip())
+            if "chunked" in headers.get("transfer-encoding", "").lower():
+                while True:
+                    size = int(self.read_until(b"\r\n").split(b";")[0].strip(), 16)
+                    if size == 0:
+                        while self.read_until(b"\r\n") != b"\r\n":
+                            pass
+                        break
+                    self.read_exact(size + 2)
+            else:
+                self.read_exact(int(headers.get("content-length", "0")))
+            path = target.split("?")[0]
+            tenant = headers.get("x-tenant-id", "") or "-"
+            status, body = 200, b"ok\n"
+            if path.startswith("/status/"):
+                status = int(path[len("/status/"):])
+                body = b"status %d\n" % status
+            elif path == "/big":
+                body = BIG
+            with LOG_LOCK:
+                self.log.write(f"{status} {tenant} {method} {path}\n")
+                self.log.flush()
+            self.respond(status, body, method == "HEAD")
+
+
+def handle(sock, mode_read, mode_write, log, body_dir):
+    try:
+        Conn(sock, mode_read, mode_write, log, body_dir).serve()
+    except (EOFError, ConnectionError, ValueError):
+        pass
+    finally:
+        sock.close()
+
+
+def main():
+    port, log_path, mode_read, mode_write = sys.argv[1:5]
+    log = open(log_path, "a", buffering=1)
+    body_dir = os.path.dirname(os.path.abspath(log_path))
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", int(port)))
+    srv.listen(128)
+    while True:
+        sock, _ = srv.accept()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        threading.Thread(target=handle, args=(sock, mode_read, mode_write, log, body_dir),
+                         daemon=True).start()
+
+
+if __name__ == "__main__":
+    main()
