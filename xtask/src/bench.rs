@@ -26,8 +26,13 @@ struct WrkResult {
     p99_us: f64,
 }
 
+/// Per eBPF program: (name, runs, ns).
+type ProgramStats = Vec<(String, u64, u64)>;
+
 struct AgentRun {
     wrk: WrkResult,
+    /// Per program, over the run.
+    programs: ProgramStats,
     bpf_ns: u64,
     bpf_runs: u64,
     agent_cpu_ns: u64,
@@ -209,24 +214,40 @@ impl Agent {
         )
     }
 
-    /// (BPF ns, BPF runs, requests counted) from the agent's own metrics.
-    fn stats(&self) -> Result<(u64, u64, u64)> {
+    /// (BPF ns, BPF runs, requests counted, per program (name, runs, ns))
+    /// from the agent's own metrics.
+    fn stats(&self) -> Result<(u64, u64, u64, ProgramStats)> {
         let text = self.get("/metrics")?;
         let (mut ns, mut runs, mut counted) = (0.0, 0.0, 0.0);
+        let mut programs: ProgramStats = Vec::new();
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let Some((name, value)) = line.rsplit_once(' ') else {
                 continue;
             };
             let v: f64 = value.parse().unwrap_or(0.0);
+            let program = name
+                .split("program=\"")
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+                .unwrap_or("")
+                .to_string();
             if name.starts_with("burnwatch_bpf_program_run_seconds_total") {
                 ns += v * 1e9;
+                match programs.iter_mut().find(|p| p.0 == program) {
+                    Some(p) => p.2 = (v * 1e9) as u64,
+                    None => programs.push((program, 0, (v * 1e9) as u64)),
+                }
             } else if name.starts_with("burnwatch_bpf_program_runs_total") {
                 runs += v;
+                match programs.iter_mut().find(|p| p.0 == program) {
+                    Some(p) => p.1 = v as u64,
+                    None => programs.push((program, v as u64, 0)),
+                }
             } else if name.starts_with("burnwatch_http_requests_total{service=\"bench\"") {
                 counted += v;
             }
         }
-        Ok((ns as u64, runs as u64, counted as u64))
+        Ok((ns as u64, runs as u64, counted as u64, programs))
     }
 
     /// utime + stime of the agent process, in ns.
@@ -282,14 +303,26 @@ pub fn bench(root: &Path) -> Result<()> {
             base.push(run_wrk(port)?);
             eprintln!("bench round {}/{ROUNDS}: with agent", round + 1);
             let agent = Agent::start(&bin, port)?;
-            let (ns0, runs0, c0) = agent.stats()?;
+            let (ns0, runs0, c0, p0) = agent.stats()?;
             let cpu0 = agent.cpu_ns()?;
             let wrk = run_wrk(port)?;
             // Two poll intervals so the last requests reach /metrics.
             std::thread::sleep(Duration::from_millis(2200));
-            let (ns1, runs1, c1) = agent.stats()?;
+            let (ns1, runs1, c1, p1) = agent.stats()?;
+            let programs = p1
+                .iter()
+                .map(|(name, r, n)| {
+                    let (r0, n0) = p0
+                        .iter()
+                        .find(|p| &p.0 == name)
+                        .map(|p| (p.1, p.2))
+                        .unwrap_or((0, 0));
+                    (name.clone(), r - r0, n - n0)
+                })
+                .collect();
             with.push(AgentRun {
                 wrk,
+                programs,
                 bpf_ns: ns1 - ns0,
                 bpf_runs: runs1 - runs0,
                 agent_cpu_ns: agent.cpu_ns()? - cpu0,
@@ -421,6 +454,27 @@ the client's syscalls included, divided by requests. Agent CPU is the agent proc
             w.counted,
             w.bpf_ns as f64 / w.wrk.requests as f64
         )?;
+    }
+    if let Some(last) = with.last() {
+        writeln!(
+            md,
+            "\nWhere the BPF time goes (last round; runs and time per request; nginx and wrk syscalls both):\n"
+        )?;
+        writeln!(md, "| program | runs / request | ns / run | ns / request |")?;
+        writeln!(md, "|---|---|---|---|")?;
+        let reqs = last.wrk.requests.max(1) as f64;
+        for (name, runs, ns) in &last.programs {
+            if *runs == 0 {
+                continue;
+            }
+            writeln!(
+                md,
+                "| {name} | {:.2} | {:.0} | {:.0} |",
+                *runs as f64 / reqs,
+                *ns as f64 / *runs as f64,
+                *ns as f64 / reqs
+            )?;
+        }
     }
     writeln!(md, "\n## SLO engine at 100,000 (slo, tenant) series\n")?;
     writeln!(
