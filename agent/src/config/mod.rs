@@ -38,6 +38,10 @@ pub struct Config {
     pub budget_policy: BudgetPolicy,
     #[serde(default)]
     pub state: State,
+    /// OpenSLO v1 files whose SLOs are added to `slos` (paths relative to
+    /// this config file).
+    #[serde(default)]
+    pub openslo: Vec<PathBuf>,
 }
 
 /// Durable state: where the SLO windows are checkpointed.
@@ -183,6 +187,7 @@ impl Default for Config {
             alerting: AlertingSpec::default(),
             budget_policy: BudgetPolicy::default(),
             state: State::default(),
+            openslo: Vec::new(),
         }
     }
 }
@@ -232,7 +237,7 @@ impl Config {
 
     /// Parses and validates config text; `file` is only used in errors.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
-        let config: Config = if text.trim().is_empty() {
+        let mut config: Config = if text.trim().is_empty() {
             Config::default()
         } else {
             serde_saphyr::from_str(text).map_err(|e| {
@@ -246,6 +251,21 @@ impl Config {
                 }
             })?
         };
+        for (i, rel) in config.openslo.clone().iter().enumerate() {
+            let path = file.parent().unwrap_or(Path::new(".")).join(rel);
+            let specs = openslo::load(&path).map_err(|(field, message)| ConfigError {
+                line: locate_field(text, &format!("openslo[{i}]")),
+                file: file.to_path_buf(),
+                column: None,
+                field: Some(if field.is_empty() {
+                    format!("openslo[{i}]")
+                } else {
+                    format!("openslo[{i}] ({}): {field}", path.display())
+                }),
+                message,
+            })?;
+            config.slos.extend(specs);
+        }
         config.validate().map_err(|(field, message)| ConfigError {
             line: locate_field(text, &field),
             file: file.to_path_buf(),
@@ -437,5 +457,6 @@ fn locate_field(text: &str, field: &str) -> Option<u32> {
     Some(start as u32 + 1)
 }
 
+pub mod openslo;
 #[cfg(test)]
 mod tests;

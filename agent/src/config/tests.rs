@@ -72,3 +72,24 @@ fn tenant_sources() {
     assert_eq!(e.field.as_deref(), Some("tenant.max_per_service"));
     assert_eq!(e.line, Some(2));
 }
+
+#[test]
+fn openslo_files_add_slos() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("slos.yaml"),
+        "apiVersion: openslo/v1\nkind: SLO\nmetadata:\n  name: from-openslo\nspec:\n  service: shop\n  indicator:\n    metadata: {name: i}\n    spec:\n      ratioMetric:\n        bad:\n          metricSource: {type: burnwatch, spec: {availability: {}}}\n        total:\n          metricSource: {type: burnwatch, spec: {}}\n  timeWindow: [{duration: 7d, isRolling: true}]\n  budgetingMethod: Occurrences\n  objectives: [{target: 0.99}]\n",
+    )
+    .unwrap();
+    let cfg = dir.path().join("burnwatch.yaml");
+    std::fs::write(&cfg, "openslo: [slos.yaml]\n").unwrap();
+    let c = Config::load(&cfg).unwrap();
+    assert_eq!(c.slos.len(), 1);
+    assert_eq!(c.slos[0].name, "from-openslo");
+    assert_eq!(c.slo_set().iter().count(), 1);
+
+    std::fs::write(&cfg, "openslo:\n  - missing.yaml\n").unwrap();
+    let e = Config::load(&cfg).unwrap_err();
+    assert_eq!(e.line, Some(2), "{e}");
+    assert!(e.to_string().contains("missing.yaml"), "{e}");
+}
