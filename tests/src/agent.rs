@@ -46,9 +46,11 @@ impl Agent {
         let mut body = format!(
             "{config_body}\nexporters:\n  prometheus:\n    listen: 127.0.0.1:{metrics_port}\n"
         );
-        if knows_state_section() {
-            body.push_str(&format!("state:\n  dir: {}\n", state_dir.display()));
-        }
+        // Checkpoints every 2 s, so restart tests need not wait long.
+        body.push_str(&format!(
+            "state:\n  dir: {}\n  checkpoint_interval_secs: 2\n",
+            state_dir.display()
+        ));
         std::fs::write(&config, body).unwrap();
         let log_path = dir.path().join("agent.log");
         let log = std::fs::File::create(&log_path).unwrap();
@@ -148,27 +150,6 @@ pub fn method_counts_of(e: &Exposition, service: &str) -> MethodCounts {
     }
     out.retain(|_, n| *n > 0);
     out
-}
-
-/// Whether the binary under test knows the `state:` config section (agents
-/// built before the SLO state store reject it as an unknown field; the
-/// accuracy tests also run against such a frozen binary via BURNWATCH_BIN).
-fn knows_state_section() -> bool {
-    static KNOWS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *KNOWS.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("probe.yaml");
-        std::fs::write(
-            &config,
-            format!("state:\n  dir: {}\n", dir.path().join("state").display()),
-        )
-        .unwrap();
-        let out = Command::new(binary())
-            .args(["check", "--config"])
-            .arg(&config)
-            .output();
-        !out.is_ok_and(|o| String::from_utf8_lossy(&o.stderr).contains("unknown field `state`"))
-    })
 }
 
 impl Agent {

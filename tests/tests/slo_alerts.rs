@@ -131,3 +131,51 @@ fn errors_page_the_burning_tenant_only_and_survive_restart() {
         agent.log()
     );
 }
+
+/// `kill -9` in the middle of an outage: the restarted agent resumes from
+/// the last checkpoint (every 2 s here), so the windows still hold the
+/// errors and the page is still firing.
+#[test]
+fn kill_9_loses_at_most_one_checkpoint_interval() {
+    require_root();
+    let nginx = Nginx::start();
+    let state = tempfile::tempdir().unwrap();
+    let agent = Agent::start_with_state(&config(nginx.port), Some(state.path()));
+    let mut c = Conn::open(nginx.port);
+    for _ in 0..20 {
+        assert_eq!(c.request("GET", "/error", Some("acme")).status, 500);
+    }
+    nginx.wait_for_log_lines(20);
+    let e = agent.settle_and_scrape();
+    let slo = ("slo", "shop-availability");
+    assert_eq!(
+        e.sum(
+            "burnwatch_slo_events_total",
+            &[slo, ("tenant", "acme"), ("outcome", "bad")]
+        ),
+        20.0
+    );
+    // One checkpoint interval after the engine saw the errors.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    drop(agent); // SIGKILL: no shutdown checkpoint
+
+    let agent = Agent::start_with_state(&config(nginx.port), Some(state.path()));
+    let e = agent.settle_and_scrape();
+    let burn_5m = e.sum(
+        "burnwatch_slo_burn_rate",
+        &[slo, ("tenant", "acme"), ("window", "5m")],
+    );
+    assert!(
+        (burn_5m - 1000.0).abs() < 1.0,
+        "5m burn after kill -9: {burn_5m}; log:\n{}",
+        agent.log()
+    );
+    assert_eq!(
+        e.find(
+            "burnwatch_slo_alert_firing",
+            &[slo, ("tenant", "acme"), ("severity", "page")]
+        )
+        .count(),
+        1
+    );
+}
