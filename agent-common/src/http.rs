@@ -339,6 +339,16 @@ impl RequestStream {
         }
     }
 
+    /// Whether the request being parsed already has a tenant value.
+    #[inline(always)]
+    fn has_tenant(&self) -> bool {
+        if self.len == 0 || self.untracked != 0 {
+            return false;
+        }
+        let idx = (self.head as usize + self.len as usize - 1) % PENDING_MAX;
+        self.pending[idx].tenant_len > 0
+    }
+
     /// Appends a byte to the current request's tenant.
     #[inline(always)]
     fn push_tenant(&mut self, b: u8) {
@@ -425,7 +435,10 @@ impl RequestStream {
                         value_kind::TRANSFER_ENCODING
                     } else if cfg.tenant_source == crate::http::tenant_source::HEADER
                         && h == cfg.tenant_header_hash
+                        && !self.has_tenant()
                     {
+                        // The first tenant header wins, as servers read it
+                        // (a repeated header is not appended).
                         value_kind::TENANT
                     } else if cfg.tenant_source == crate::http::tenant_source::HOST_LABEL
                         && h == HOST

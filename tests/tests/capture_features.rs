@@ -446,3 +446,23 @@ fn many_small_chunks_keep_the_stream_in_sync() {
     }
     assert!(failures.is_empty(), "{failures}agent log:\n{}", agent.log());
 }
+
+/// Regression (was a bug: the values were concatenated into `twoone`):
+/// `X-Tenant-ID: two` then `X-Tenant-ID: one` in one request. Python (and
+/// Go) take the first value; the agent must agree with Python's log.
+#[test]
+fn repeated_tenant_headers_first_wins() {
+    require_root();
+    let py = servers::start("python");
+    let agent = Agent::start(&agent::config(&[("py", py.port())]));
+    let mut c = Conn::open(py.port());
+    let r = c.send_req(
+        &Req::get("/status/200")
+            .header("X-Tenant-ID: two")
+            .tenant(Some("one")),
+    );
+    assert_eq!(r.status, 200);
+    py.wait_for_log_lines(1);
+    let want = py.method_counts("unknown");
+    assert_same_counts("py", &agent.method_counts("py"), &want, &agent);
+}

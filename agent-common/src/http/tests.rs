@@ -326,3 +326,12 @@ fn find_byte_matches_a_naive_search() {
         );
     }
 }
+
+#[test]
+fn first_tenant_header_wins() {
+    let (done, _, _) = run(
+        &cfg(),
+        &[b"GET / HTTP/1.1\r\nX-Tenant-ID: two\r\nHost: a\r\nx-tenant-id: one\r\n\r\n"],
+    );
+    assert_eq!(done, vec![(Method::Get, "two".to_string())]);
+}
