@@ -5,7 +5,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use burnwatch_common::http::{PATH_PREFIX_MAX, ParserConfig, header_hash, tenant_source};
+use burnwatch_common::http::{PATH_PREFIX_MAX, ParserConfig, tenant_source};
 use burnwatch_common::maps::{AgentConfig, LATENCY_BUCKETS, config_flags};
 use tracing::{error, info, warn};
 
@@ -42,7 +42,6 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
 pub fn kernel_config(config: &Config) -> Result<(AgentConfig, Vec<(u16, u32)>)> {
     let offsets = probe::kernel_offsets().context("reading kernel struct offsets from BTF")?;
     let mut parser = ParserConfig::header(config.tenant.header.as_bytes());
-    parser.tenant_header_hash = header_hash(config.tenant.header.as_bytes());
     parser.tenant_source = match config.tenant.from {
         TenantFrom::Header => tenant_source::HEADER,
         TenantFrom::Host => tenant_source::HOST_LABEL,
