@@ -177,8 +177,17 @@ mod value_kind {
 }
 
 const CHUNKED: &[u8; 7] = b"chunked";
-/// A method token longer than this is not one we know.
-const METHOD_MAX: u8 = 7;
+/// A method token longer than this is not a method (the longest registered
+/// one, `UPDATEREDIRECTREF`, has 17 bytes).
+const METHOD_MAX: u8 = 20;
+
+/// A byte of a method token. RFC 9110 allows any tchar; registered methods
+/// use only uppercase letters, `-` and `_`, and so does everything here,
+/// which keeps lowercase text protocols from looking like HTTP.
+#[inline(always)]
+fn is_method_byte(b: u8) -> bool {
+    b.is_ascii_uppercase() || b == b'-' || b == b'_'
+}
 /// Reject absurd Content-Length / chunk sizes rather than overflow.
 const BODY_MAX: u64 = 1 << 48;
 
@@ -326,6 +335,14 @@ impl RequestStream {
     }
 
     fn invalid(&mut self) -> u8 {
+        // A line that started like a request but is not one (`EHLO host`,
+        // `USER name`): its queued request was never a request.
+        if (self.state == state::TARGET || self.state == state::VERSION)
+            && self.untracked == 0
+            && self.len > 0
+        {
+            self.len -= 1;
+        }
         self.state = state::INVALID;
         event::INVALID
     }
@@ -547,7 +564,7 @@ impl RequestStream {
 
     #[inline(always)]
     fn step_method(&mut self, b: u8, cfg: &ParserConfig, now_ns: u64) -> u8 {
-        if b.is_ascii_uppercase() {
+        if is_method_byte(b) {
             if self.token_len >= METHOD_MAX {
                 return self.invalid();
             }
@@ -562,10 +579,9 @@ impl RequestStream {
         if b != b' ' || self.token_len == 0 {
             return self.invalid();
         }
+        // Methods outside the nine standard ones (PURGE, PROPFIND, ...) are
+        // requests too, counted as method OTHER.
         let method = Method::from_packed(self.acc);
-        if method == Method::Unknown {
-            return self.invalid();
-        }
         // A new request: frame state starts clean.
         self.state = state::TARGET;
         self.token_len = 0;
@@ -773,28 +789,28 @@ pub fn parse_status_line(buf: &[u8; 16], len: usize) -> Option<u16> {
     Some((a - b'0') as u16 * 100 + (b - b'0') as u16 * 10 + (c - b'0') as u16)
 }
 
-/// Whether a read starting with these bytes can be the start of a request:
-/// a known method followed by a space. A cheap test made before any
+/// Whether a read starting with these bytes (`len` of them, at most 8 seen)
+/// can be the start of a request: a method token followed by a space, or
+/// only method bytes (a longer method, or a first read cut short by a
+/// client that dribbles bytes). A cheap test made before any
 /// per-connection state exists, so unrelated reads cost almost nothing.
 #[inline(always)]
 pub fn looks_like_request(buf: &[u8; 8], len: usize) -> bool {
-    let mut acc: u64 = 0;
     let mut i = 0;
     while i < 8 {
         if i >= len {
-            return false;
+            return i > 0;
         }
         let b = buf[i];
         if b == b' ' {
-            return i > 0 && Method::from_packed(acc) != Method::Unknown;
+            return i > 0;
         }
-        if !b.is_ascii_uppercase() {
+        if !is_method_byte(b) {
             return false;
         }
-        acc = (acc << 8) | b as u64;
         i += 1;
     }
-    false
+    true
 }
 
 #[cfg(test)]

@@ -18,14 +18,11 @@ pub const LATENCY_BUCKETS: usize = 16;
 pub const COUNTS_MAX: u32 = 65_536;
 /// Connections tracked at once (LRU: the least recently used is evicted).
 pub const CONNS_MAX: u32 = 65_536;
-/// Syscalls in flight at once (one per thread at most).
-pub const INFLIGHT_MAX: u32 = 16_384;
 
 /// Map names.
 pub mod names {
     pub const COUNTS: &str = "COUNTS";
     pub const CONNS: &str = "CONNS";
-    pub const INFLIGHT: &str = "INFLIGHT";
     pub const CONFIG: &str = "CONFIG";
     pub const SERVICE_PORTS: &str = "SERVICE_PORTS";
     pub const COUNTERS: &str = "COUNTERS";
@@ -33,7 +30,13 @@ pub mod names {
     pub const CONN_EVENTS: &str = "CONN_EVENTS";
     pub const SERVER_PORTS: &str = "SERVER_PORTS";
     pub const SERIES: &str = "SERIES";
+    pub const MATCHES: &str = "MATCHES";
+    pub const TAIL_CALLS: &str = "TAIL_CALLS";
 }
+
+/// Entries of the `MATCHES` map (process, cgroup, comm and client-port
+/// matchers).
+pub const MATCHES_MAX: u32 = 16_384;
 
 /// Distinct (service, port, kind) connection-event series.
 pub const CONN_EVENTS_MAX: u32 = 8_192;
@@ -41,6 +44,54 @@ pub const CONN_EVENTS_MAX: u32 = 8_192;
 /// `service_id` for services found automatically (no configured match): the
 /// agent names them `<comm>:<port>` from the local port.
 pub const SERVICE_AUTO: u32 = u32::MAX;
+
+/// Ids of configured clients (`clients:` in the config) start here, so a
+/// client and a service never share an id in `COUNTS` or `CONN_EVENTS`.
+pub const CLIENT_ID_BASE: u32 = 0x4000_0000;
+
+/// Key of the `MATCHES` map: "a process with this attribute, on this port,
+/// in this role, belongs to service (or client) N". Userspace writes one
+/// entry per configured matcher and process attribute; the kernel looks a
+/// new connection up by its process's attributes, with the connection's
+/// port and then with port 0 (any port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MatchKey {
+    /// A [`match_kind`].
+    pub kind: u8,
+    /// A [`role`].
+    pub role: u8,
+    /// Server: the local port. Client: the upstream's port. 0: any.
+    pub port: u16,
+    pub _pad: u32,
+    /// The attribute, zero-padded: tgid (u32, little-endian), cgroup v2 id
+    /// (u64, little-endian), comm (16 bytes), nothing for `PORT`.
+    pub attr: [u8; 16],
+}
+
+/// Kinds of [`MatchKey`].
+pub mod match_kind {
+    /// A process, by tgid (exe and combined matchers, resolved in userspace
+    /// from /proc).
+    pub const TGID: u8 = 1;
+    /// Every process of a cgroup (v2 id): containers, systemd units.
+    pub const CGROUP: u8 = 2;
+    /// Every process whose thread name (`comm`) is this.
+    pub const COMM: u8 = 3;
+    /// Client side: any process calling this upstream port.
+    pub const PORT: u8 = 4;
+}
+
+/// Why a connection in `CONNS` is ignored ([`ConnState::ignored`]).
+pub mod ignored {
+    /// Not ignored: a server or client connection.
+    pub const NO: u8 = 0;
+    /// Not a watched TCP server connection.
+    pub const NOT_OURS: u8 = 1;
+    /// A read started with a status line: the client side of an HTTP
+    /// connection; a watched client adopts it at its next request.
+    pub const HTTP_CLIENT: u8 = 2;
+}
 
 /// HTTP request methods. `#[repr(u8)]`; 0 is "unknown".
 #[repr(u8)]
@@ -206,10 +257,15 @@ pub struct ConnState {
     /// A [`role`], or 0 for a connection we decided to ignore (not TCP, not
     /// a watched service): later syscalls on it return at once.
     pub role: u8,
-    pub _pad: u8,
+    /// With role 0: an [`ignored`] reason.
+    pub ignored: u8,
     /// Client side: the upstream (see [`RequestKey::peer_addr`]).
     pub peer_port: u16,
-    pub _pad2: [u8; 6],
+    pub _pad2: u16,
+    /// With role 0: the [`AgentConfig::match_generation`] the decision was
+    /// made under. When userspace learns of new matching processes it bumps
+    /// the generation, and ignored connections are looked at again.
+    pub generation: u32,
     pub peer_addr: [u8; 16],
     pub requests: RequestStream,
 }
@@ -220,13 +276,13 @@ pub const fn conn_key(tgid: u32, fd: u32) -> u64 {
     ((tgid as u64) << 32) | fd as u64
 }
 
-/// A syscall between its enter and exit tracepoints, in `INFLIGHT` (keyed by
-/// the thread's pid_tgid).
+/// The arguments of a finished read syscall, taken from the thread's saved
+/// user registers at the syscall's exit.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct InflightRead {
+pub struct ReadArgs {
     pub fd: u32,
-    /// An [`inflight_kind`]: how to find the bytes.
+    /// A [`read_kind`]: how to find the bytes.
     pub kind: u32,
     /// `read`/`recvfrom`: the buffer. `readv`: the iovec array. `recvmsg`:
     /// the msghdr.
@@ -235,8 +291,8 @@ pub struct InflightRead {
     pub vlen: u64,
 }
 
-/// How an [`InflightRead`] names its buffer.
-pub mod inflight_kind {
+/// How a [`ReadArgs`] names its buffer.
+pub mod read_kind {
     pub const BUF: u32 = 0;
     pub const IOVEC: u32 = 1;
     pub const MSGHDR: u32 = 2;
@@ -308,6 +364,15 @@ pub mod conn_event {
 pub mod config_flags {
     /// Count every HTTP server on the node, not only configured services.
     pub const AUTO_SERVICES: u32 = 1;
+    /// Clients are configured: requests written on unknown sockets are
+    /// looked at.
+    pub const CLIENTS: u32 = 2;
+    /// `MATCHES` holds entries of this [`super::match_kind`] (lookups of
+    /// absent kinds are skipped).
+    pub const MATCH_TGID: u32 = 4;
+    pub const MATCH_CGROUP: u32 = 8;
+    pub const MATCH_COMM: u32 = 16;
+    pub const MATCH_PORT: u32 = 32;
 }
 
 /// The single entry of the `CONFIG` array map. Userspace may rewrite it at
@@ -324,6 +389,10 @@ pub struct AgentConfig {
     /// Upper bounds (inclusive, ns) of the first `LATENCY_BUCKETS - 1`
     /// buckets, ascending.
     pub latency_bounds_ns: [u64; LATENCY_BUCKETS - 1],
+    /// Bumped by userspace when `MATCHES` gains entries (see
+    /// [`ConnState::generation`]).
+    pub match_generation: u32,
+    pub _pad: u32,
 }
 
 /// Indexes of the `COUNTERS` per-CPU array: events lost before they could
@@ -331,20 +400,17 @@ pub struct AgentConfig {
 pub mod counter {
     /// A new series could not be added: `COUNTS` is full.
     pub const COUNTS_FULL: u32 = 0;
-    /// A syscall's arguments could not be stashed: `INFLIGHT` is full.
-    pub const INFLIGHT_FULL: u32 = 1;
     /// A connection could not be added: `CONNS` update failed.
-    pub const CONNS_FULL: u32 = 2;
+    pub const CONNS_FULL: u32 = 1;
     /// A user buffer could not be read.
-    pub const READ_FAULT: u32 = 3;
+    pub const READ_FAULT: u32 = 2;
     /// A connection event could not be counted: `CONN_EVENTS` is full.
-    pub const CONN_EVENTS_FULL: u32 = 4;
-    pub const COUNT: u32 = 5;
+    pub const CONN_EVENTS_FULL: u32 = 3;
+    pub const COUNT: u32 = 4;
 
     /// Label value of each counter, indexed by the constants above.
     pub const NAMES: [&str; COUNT as usize] = [
         "counts_map_full",
-        "inflight_map_full",
         "conns_map_full",
         "read_fault",
         "conn_events_map_full",
@@ -359,6 +425,7 @@ mod pod {
     unsafe impl aya::Pod for super::RequestStats {}
     unsafe impl aya::Pod for super::ConnState {}
     unsafe impl aya::Pod for super::AgentConfig {}
-    unsafe impl aya::Pod for super::InflightRead {}
+    unsafe impl aya::Pod for super::ReadArgs {}
     unsafe impl aya::Pod for super::ConnEventKey {}
+    unsafe impl aya::Pod for super::MatchKey {}
 }

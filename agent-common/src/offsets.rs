@@ -37,4 +37,14 @@ pub struct KernelOffsets {
     pub skc_daddr: u32,
     /// `sock_common.skc_v6_daddr`
     pub skc_v6_daddr: u32,
+    /// Offsets in `struct pt_regs` of a syscall's first three arguments as
+    /// the user passed them (x86_64: `di`, `si`, `dx`). Read at a syscall's
+    /// exit from the thread's saved registers, so no enter probe has to
+    /// stash them (and a thread already blocked in `read` when the agent
+    /// started is seen when it returns).
+    pub regs_arg: [u32; 3],
+    /// Syscall numbers of this architecture: the exit programs shared by
+    /// several syscalls tell them apart by number.
+    pub nr_readv: u32,
+    pub nr_recvmsg: u32,
 }

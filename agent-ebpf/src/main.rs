@@ -40,19 +40,28 @@ mod socket;
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_user},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid,
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_current_task_btf, bpf_probe_read_kernel,
+            bpf_probe_read_user, bpf_task_pt_regs,
+        },
+    },
     macros::tracepoint,
     programs::TracePointContext,
 };
 use burnwatch_common::{
     http::{RequestStream, looks_like_request, parse_status_line},
     maps::{
-        AgentConfig, ConnState, InflightRead, SERVICE_AUTO, config_flags, conn_event, conn_key,
-        counter, inflight_kind, role,
+        AgentConfig, ConnState, MatchKey, ReadArgs, SERVICE_AUTO, config_flags, conn_event,
+        conn_key, counter, ignored, match_kind, read_kind, role,
     },
 };
 
-use maps::{CONNS, INFLIGHT, MAX_IOV, SCRATCH, SERVER_PORTS, SERVICE_PORTS, Scratch, bump, config};
+use maps::{
+    CONNS, MATCHES, MAX_IOV, SCRATCH, SERVER_PORTS, SERVICE_PORTS, Scratch, TAIL_CALLS,
+    TAIL_PARSE_WRITE, bump, config,
+};
 
 const BPF_NOEXIST: u64 = 1;
 
@@ -80,67 +89,77 @@ fn read_user<T: Copy>(addr: u64, out: &mut T) -> bool {
 
 // ---------------------------------------------------------------- reads
 
-/// Attached to read and recvfrom (fd and buffer are their first two args).
-#[tracepoint]
-pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
-    stash_read(&ctx, inflight_kind::BUF);
-    0
-}
-
-#[tracepoint]
-pub fn sys_enter_readv(ctx: TracePointContext) -> u32 {
-    stash_read(&ctx, inflight_kind::IOVEC);
-    0
-}
-
-#[tracepoint]
-pub fn sys_enter_recvmsg(ctx: TracePointContext) -> u32 {
-    stash_read(&ctx, inflight_kind::MSGHDR);
-    0
-}
-
 /// Attached to the exits of read, recvfrom, readv and recvmsg: the exit
 /// layout is the same (`ret`), and one program is verified once, not four
 /// times (verifying the parser is most of the agent's start-up time).
+///
+/// The arguments (fd, buffer) come from the thread's saved user registers,
+/// not from an enter probe: one program per read instead of two and no
+/// map of syscalls in flight, and a read that was already blocked when the
+/// agent started is seen when it returns.
 #[tracepoint]
 pub fn sys_exit_read(ctx: TracePointContext) -> u32 {
     finish_read(&ctx);
     0
 }
 
+/// The arguments of the current thread's read syscall, at its exit.
 #[inline(always)]
-fn stash_read(ctx: &TracePointContext, kind: u32) {
-    let id = bpf_get_current_pid_tgid();
-    let fd = arg_u64(ctx, 0) as u32;
-    let key = conn_key((id >> 32) as u32, fd);
-    if let Some(conn) = unsafe { CONNS.get(&key) }
-        && conn.role == 0
-    {
-        return; // known not to be ours
+fn read_args(ctx: &TracePointContext, cfg: &AgentConfig) -> Option<ReadArgs> {
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    let off = &cfg.offsets;
+    let mut fd = 0u64;
+    let mut buf = 0u64;
+    let mut vlen = 0u64;
+    unsafe {
+        if bpf_probe_read_kernel(
+            &mut fd as *mut u64 as *mut c_void,
+            8,
+            (regs + off.regs_arg[0] as u64) as *const c_void,
+        ) != 0
+            || bpf_probe_read_kernel(
+                &mut buf as *mut u64 as *mut c_void,
+                8,
+                (regs + off.regs_arg[1] as u64) as *const c_void,
+            ) != 0
+            || bpf_probe_read_kernel(
+                &mut vlen as *mut u64 as *mut c_void,
+                8,
+                (regs + off.regs_arg[2] as u64) as *const c_void,
+            ) != 0
+        {
+            return None;
+        }
     }
-    let args = InflightRead {
-        fd,
-        kind,
-        buf: arg_u64(ctx, 1),
-        vlen: arg_u64(ctx, 2),
+    // Syscall tracepoints: 8 bytes of common fields, then the number (int).
+    let nr = unsafe { ctx.read_at::<i32>(8).unwrap_or(-1) } as i64;
+    let kind = if nr == off.nr_readv as i64 {
+        read_kind::IOVEC
+    } else if nr == off.nr_recvmsg as i64 {
+        read_kind::MSGHDR
+    } else {
+        read_kind::BUF
     };
-    if INFLIGHT.insert(&id, &args, 0).is_err() {
-        bump(counter::INFLIGHT_FULL);
-    }
+    Some(ReadArgs {
+        fd: fd as u32,
+        kind,
+        buf,
+        vlen,
+    })
 }
 
 /// Fills `scratch.iov_*` with the buffers of a read that returned `ret`
 /// bytes, each length cut so they add up to `ret`.
 #[inline(always)]
-fn fill_iovecs(scratch: &mut Scratch, args: &InflightRead, ret: u64) -> bool {
+fn fill_iovecs(scratch: &mut Scratch, args: &ReadArgs, ret: u64) -> bool {
     let (iov_addr, vlen) = match args.kind {
-        inflight_kind::BUF => {
+        read_kind::BUF => {
             scratch.iov_base[0] = args.buf;
             scratch.iov_len[0] = ret;
             scratch.iov_cnt = 1;
             return true;
         }
-        inflight_kind::IOVEC => (args.buf, args.vlen),
+        read_kind::IOVEC => (args.buf, args.vlen),
         _ => {
             // struct user_msghdr { name, namelen, iov @16, iovlen @24, ... }
             let mut hdr = [0u64; 4];
@@ -185,25 +204,35 @@ fn fill_iovecs(scratch: &mut Scratch, args: &InflightRead, ret: u64) -> bool {
 
 #[inline(always)]
 fn finish_read(ctx: &TracePointContext) {
-    let id = bpf_get_current_pid_tgid();
-    let args = match unsafe { INFLIGHT.get(&id) } {
-        Some(a) => *a,
-        None => return,
-    };
-    let _ = INFLIGHT.remove(&id);
     let ret = exit_ret(ctx);
     if ret <= 0 {
         return;
     }
     let Some(cfg) = config() else { return };
+    let Some(args) = read_args(ctx, cfg) else {
+        return;
+    };
+    let id = bpf_get_current_pid_tgid();
+    let key = conn_key((id >> 32) as u32, args.fd);
+    let mut known = CONNS.get_ptr_mut(&key);
+    if let Some(c) = known
+        && unsafe { (*c).role } == 0
+    {
+        if unsafe { (*c).generation } == cfg.match_generation {
+            return; // known not to be ours
+        }
+        // Decided before userspace knew of new matching processes: look
+        // again.
+        let _ = CONNS.remove(&key);
+        known = None;
+    }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
     if !fill_iovecs(unsafe { &mut *scratch }, &args, ret as u64) {
         return;
     }
-    let key = conn_key((id >> 32) as u32, args.fd);
-    let conn = match CONNS.get_ptr_mut(&key) {
+    let conn = match known {
         Some(c) => c,
         None => {
             let (buf, len) = unsafe { ((*scratch).iov_base[0], (*scratch).iov_len[0]) };
@@ -213,9 +242,88 @@ fn finish_read(ctx: &TracePointContext) {
             }
         }
     };
-    if unsafe { (*conn).role } == role::SERVER {
+    let conn = unsafe { &mut *conn };
+    if conn.role == role::SERVER {
         parse::parse_inbound(conn, cfg, scratch);
+    } else if conn.role == role::CLIENT {
+        // A watched client reads its response: the status line answers the
+        // oldest request it wrote.
+        let (buf, len) = unsafe { ((*scratch).iov_base[0], (*scratch).iov_len[0]) };
+        let mut head = [0u8; 2 * HEAD];
+        if len >= 12 && read_user(buf, &mut head) {
+            on_response_head(
+                conn,
+                &head,
+                if len < HEAD as u64 {
+                    len as usize
+                } else {
+                    HEAD
+                },
+            );
+        }
     }
+}
+
+/// The service (or client) that a connection of the current process on
+/// `port` belongs to by its process attributes (tgid, cgroup, comm), with
+/// that port or any.
+#[inline(always)]
+fn match_process(cfg: &AgentConfig, role: u8, port: u16) -> Option<u32> {
+    let flags = cfg.flags;
+    let mut key = MatchKey {
+        kind: 0,
+        role,
+        port,
+        _pad: 0,
+        attr: [0; 16],
+    };
+    if flags & config_flags::MATCH_TGID != 0 {
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        key.kind = match_kind::TGID;
+        key.attr[..4].copy_from_slice(&tgid.to_le_bytes());
+        if let Some(id) = lookup_any_port(&mut key) {
+            return Some(id);
+        }
+    }
+    if flags & config_flags::MATCH_CGROUP != 0 {
+        let cg = unsafe { bpf_get_current_cgroup_id() };
+        key.kind = match_kind::CGROUP;
+        key.attr = [0; 16];
+        key.attr[..8].copy_from_slice(&cg.to_le_bytes());
+        if let Some(id) = lookup_any_port(&mut key) {
+            return Some(id);
+        }
+    }
+    if flags & config_flags::MATCH_COMM != 0 {
+        key.kind = match_kind::COMM;
+        key.attr = bpf_get_current_comm().unwrap_or([0; 16]);
+        if let Some(id) = lookup_any_port(&mut key) {
+            return Some(id);
+        }
+    }
+    if role == role::CLIENT && flags & config_flags::MATCH_PORT != 0 {
+        key.kind = match_kind::PORT;
+        key.attr = [0; 16];
+        key.port = port;
+        if let Some(id) = unsafe { MATCHES.get(&key) } {
+            return Some(*id);
+        }
+    }
+    None
+}
+
+/// Looks `key` up with its port, then with port 0 (any). Leaves the port
+/// as it found it.
+#[inline(always)]
+fn lookup_any_port(key: &mut MatchKey) -> Option<u32> {
+    if let Some(id) = unsafe { MATCHES.get(&*key) } {
+        return Some(*id);
+    }
+    let port = key.port;
+    key.port = 0;
+    let found = unsafe { MATCHES.get(&*key) }.copied();
+    key.port = port;
+    found
 }
 
 /// A read on a descriptor we have no state for. When it starts with a
@@ -229,31 +337,31 @@ fn new_connection(
     len: u64,
 ) -> Option<*mut ConnState> {
     let mut head = [0u8; 8];
-    if len < 8 || !read_user(buf, &mut head) {
-        // A request line is longer than 8 bytes; shorter first reads are
-        // rare (byte-dribbling clients) and resync on the next request.
+    if !read_user(buf, &mut head) {
         return None;
     }
-    let is_request = looks_like_request(&head, 8);
+    // A first read shorter than 8 bytes (a client dribbling its request)
+    // is judged on the bytes it has: a method's first letters will do.
+    let n = if len < 8 { len as usize } else { 8 };
+    let is_request = looks_like_request(&head, n);
     // A read that starts with a status line is the client side of an HTTP
     // connection: remember to ignore it (until close/accept/connect), so
-    // its later syscalls cost one lookup instead of a stash and a peek.
-    if !is_request && &head[..7] != b"HTTP/1." {
+    // its later reads cost one lookup instead of a peek.
+    if !is_request && (n < 7 || &head[..7] != b"HTTP/1.") {
         return None;
     }
-    let scratch = SCRATCH.get_ptr_mut(0)?;
-    let conn = unsafe { &mut (*scratch).conn };
-    conn.service_id = 0;
-    conn.local_port = 0;
-    conn.role = 0;
-    conn._pad = 0;
-    conn.peer_port = 0;
-    conn._pad2 = [0; 6];
-    conn.peer_addr = [0; 16];
-    conn.requests = RequestStream::new();
+    let conn = blank_conn(cfg)?;
+    conn.ignored = if is_request {
+        ignored::NOT_OURS
+    } else {
+        ignored::HTTP_CLIENT
+    };
     if is_request && let Some(sock) = socket::tcp_socket(&cfg.offsets, fd) {
         if let Some(id) = unsafe { SERVICE_PORTS.get(&sock.local_port) } {
             conn.service_id = *id;
+            conn.role = role::SERVER;
+        } else if let Some(id) = match_process(cfg, role::SERVER, sock.local_port) {
+            conn.service_id = id;
             conn.role = role::SERVER;
         } else if cfg.flags & config_flags::AUTO_SERVICES != 0 {
             conn.service_id = SERVICE_AUTO;
@@ -261,11 +369,36 @@ fn new_connection(
         }
         conn.local_port = sock.local_port;
         if conn.role == role::SERVER {
+            conn.ignored = ignored::NO;
             // Remember the port serves HTTP, for resets and refusals.
             let _ = SERVER_PORTS.insert(&sock.local_port, &conn.service_id, BPF_NOEXIST);
         }
     }
-    // Ignored connections are stored too (role 0) so later reads skip them.
+    store_conn(key, conn)
+}
+
+/// The per-CPU scratch connection, reset: role 0 (ignored) under the
+/// current match generation, until the caller decides otherwise.
+#[inline(always)]
+fn blank_conn(cfg: &AgentConfig) -> Option<&'static mut ConnState> {
+    let scratch = SCRATCH.get_ptr_mut(0)?;
+    let conn = unsafe { &mut (*scratch).conn };
+    conn.service_id = 0;
+    conn.local_port = 0;
+    conn.role = 0;
+    conn.ignored = ignored::NOT_OURS;
+    conn.peer_port = 0;
+    conn._pad2 = 0;
+    conn.generation = cfg.match_generation;
+    conn.peer_addr = [0; 16];
+    conn.requests = RequestStream::new();
+    Some(conn)
+}
+
+/// Stores `conn` as the state of `key` (ignored connections too, so later
+/// syscalls skip them) and returns the stored copy.
+#[inline(always)]
+fn store_conn(key: u64, conn: &ConnState) -> Option<*mut ConnState> {
     if CONNS.insert(&key, conn, 0).is_err() {
         bump(counter::CONNS_FULL);
         return None;
@@ -278,19 +411,39 @@ fn new_connection(
 /// Attached to write and sendto (fd, buffer, length are their first args).
 #[tracepoint]
 pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
-    on_write(arg_u64(&ctx, 0) as u32, arg_u64(&ctx, 1), arg_u64(&ctx, 2));
+    let fd = arg_u64(&ctx, 0) as u32;
+    let (buf, len) = (arg_u64(&ctx, 1), arg_u64(&ctx, 2));
+    match write_conn(fd, buf, len) {
+        Some(Writer::Server(conn)) => {
+            let mut head = [0u8; 2 * HEAD];
+            let n = if len < HEAD as u64 { len } else { HEAD as u64 };
+            if n > 0
+                && unsafe {
+                    bpf_probe_read_user(
+                        head.as_mut_ptr() as *mut c_void,
+                        n as u32,
+                        buf as *const c_void,
+                    )
+                } == 0
+            {
+                on_response_head(conn, &head, n as usize);
+            }
+        }
+        Some(Writer::Client(key)) => client_write(&ctx, key, read_kind::BUF, buf, len),
+        None => {}
+    }
     0
 }
 
-/// `writev(fd, iov, iovcnt)`: the status line starts the first iovec.
+/// `writev(fd, iov, iovcnt)`: the status line starts the first iovec (and
+/// may go on in the next ones).
 #[tracepoint]
 pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
-    if arg_u64(&ctx, 2) == 0 {
-        return 0;
-    }
-    let mut first = [0u64; 2]; // struct iovec { base, len }
-    if read_user(arg_u64(&ctx, 1), &mut first) {
-        on_write(arg_u64(&ctx, 0) as u32, first[0], first[1]);
+    let (iov, cnt) = (arg_u64(&ctx, 1), arg_u64(&ctx, 2));
+    match write_conn(arg_u64(&ctx, 0) as u32, first_iov_base(iov, cnt), 8) {
+        Some(Writer::Server(conn)) => iov_response_head(conn, iov, cnt),
+        Some(Writer::Client(key)) => client_write(&ctx, key, read_kind::IOVEC, iov, cnt),
+        None => {}
     }
     0
 }
@@ -298,44 +451,205 @@ pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
 /// `sendmsg(fd, msg, flags)`: the status line starts the first iovec.
 #[tracepoint]
 pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
+    let msg = arg_u64(&ctx, 1);
     let mut hdr = [0u64; 4]; // user_msghdr: name, namelen, iov, iovlen
-    if !read_user(arg_u64(&ctx, 1), &mut hdr) || hdr[3] == 0 {
+    if !read_user(msg, &mut hdr) {
         return 0;
     }
-    let mut first = [0u64; 2];
-    if read_user(hdr[2], &mut first) {
-        on_write(arg_u64(&ctx, 0) as u32, first[0], first[1]);
+    match write_conn(arg_u64(&ctx, 0) as u32, first_iov_base(hdr[2], hdr[3]), 8) {
+        Some(Writer::Server(conn)) => iov_response_head(conn, hdr[2], hdr[3]),
+        Some(Writer::Client(key)) => client_write(&ctx, key, read_kind::MSGHDR, msg, 0),
+        None => {}
     }
     0
 }
 
+/// The base of the first iovec of an array (0 if unreadable).
 #[inline(always)]
-fn on_write(fd: u32, buf: u64, len: u64) {
-    if len == 0 {
-        return;
+fn first_iov_base(iov: u64, cnt: u64) -> u64 {
+    let mut first = [0u64; 2];
+    if cnt == 0 || !read_user(iov, &mut first) {
+        return 0;
     }
+    first[0]
+}
+
+/// Who writes on a descriptor: a watched server (its responses), or a
+/// watched client (its requests, by connection key).
+enum Writer {
+    Server(&'static mut ConnState),
+    Client(u64),
+}
+
+/// The connection a write on `fd` of the current process belongs to.
+/// `head` is the start of the bytes written (`len` of them at least), looked
+/// at only when clients are watched and the socket is new to us.
+#[inline(always)]
+fn write_conn(fd: u32, head: u64, len: u64) -> Option<Writer> {
     let id = bpf_get_current_pid_tgid();
     let key = conn_key((id >> 32) as u32, fd);
-    let Some(conn) = CONNS.get_ptr_mut(&key) else {
+    if let Some(conn) = CONNS.get_ptr_mut(&key) {
+        let conn = unsafe { &mut *conn };
+        if conn.role == role::SERVER {
+            return Some(Writer::Server(conn));
+        }
+        if conn.role == role::CLIENT {
+            return Some(Writer::Client(key));
+        }
+    }
+    let cfg = config()?;
+    if cfg.flags & config_flags::CLIENTS == 0 {
+        return None;
+    }
+    new_client(cfg, key, fd, head, len)
+}
+
+/// A write on a socket we have no client state for (or one ignored under
+/// an older match generation, or seen only reading responses). When it
+/// starts a request to a watched upstream from a watched process, the
+/// socket becomes a client connection.
+#[inline(always)]
+fn new_client(cfg: &AgentConfig, key: u64, fd: u32, buf: u64, len: u64) -> Option<Writer> {
+    if let Some(c) = unsafe { CONNS.get(&key) }
+        && c.ignored != ignored::HTTP_CLIENT
+        && c.generation == cfg.match_generation
+    {
+        return None;
+    }
+    let mut head = [0u8; 8];
+    if len == 0 || !read_user(buf, &mut head) {
+        return None;
+    }
+    if !looks_like_request(&head, if len < 8 { len as usize } else { 8 }) {
+        return None;
+    }
+    let sock = socket::tcp_socket(&cfg.offsets, fd)?;
+    let conn = blank_conn(cfg)?;
+    let port = sock.peer(&cfg.offsets, &mut conn.peer_addr)?;
+    match match_process(cfg, role::CLIENT, port) {
+        Some(id) => {
+            conn.service_id = id;
+            conn.role = role::CLIENT;
+            conn.ignored = ignored::NO;
+            conn.local_port = port;
+            conn.peer_port = port;
+            store_conn(key, conn)?;
+            Some(Writer::Client(key))
+        }
+        None => {
+            // Not watched: remember, so later writes cost one lookup.
+            store_conn(key, conn);
+            None
+        }
+    }
+}
+
+/// A watched client writes (part of) requests: hand the bytes to the
+/// request parser, in the tail-called `parse_client_write` program.
+#[inline(always)]
+fn client_write(ctx: &TracePointContext, key: u64, kind: u32, buf: u64, vlen: u64) {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
-    let conn = unsafe { &mut *conn };
-    if conn.role != role::SERVER {
+    let scratch = unsafe { &mut *scratch };
+    let args = ReadArgs {
+        fd: 0,
+        kind,
+        buf,
+        vlen,
+    };
+    // A write's buffers are taken whole (the kernel may accept fewer bytes;
+    // a short write's rest comes again in the next one, which the parser
+    // sees as more bytes of the same stream: rare, and what it costs is a
+    // resync on the next request).
+    let total = if kind == read_kind::BUF {
+        vlen
+    } else {
+        u64::MAX
+    };
+    if !fill_iovecs(scratch, &args, total) {
         return;
     }
-    let mut head = [0u8; 16];
-    let n = if len < 16 { len } else { 16 };
-    if unsafe {
-        bpf_probe_read_user(
-            head.as_mut_ptr() as *mut c_void,
-            n as u32,
-            buf as *const c_void,
-        )
-    } != 0
-    {
+    scratch.conn_key = key;
+    unsafe {
+        TAIL_CALLS.tail_call(ctx, TAIL_PARSE_WRITE);
+    }
+}
+
+/// Tail-called by the write programs: parses a watched client's write (in
+/// `SCRATCH`) as requests.
+#[tracepoint]
+pub fn parse_client_write(_ctx: TracePointContext) -> u32 {
+    let Some(cfg) = config() else { return 0 };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    let key = unsafe { (*scratch).conn_key };
+    if let Some(conn) = CONNS.get_ptr_mut(&key) {
+        parse::parse_inbound(conn, cfg, scratch);
+    }
+    0
+}
+
+/// Bytes of a write's start that are looked at for a status line.
+const HEAD: usize = 16;
+
+/// Gathers the first `HEAD` bytes of an iovec array (a status line split
+/// over iovecs, as Varnish writes it, is whole again) and looks at them.
+#[inline(always)]
+fn iov_response_head(conn: &mut ConnState, iov_addr: u64, cnt: u64) {
+    if cnt == 0 {
         return;
     }
-    let Some(status) = parse_status_line(&head, n as usize) else {
+    let mut iov = [0u64; 2 * MAX_IOV]; // struct iovec { base, len } x MAX_IOV
+    if !read_user(iov_addr, &mut iov) {
+        // A short array at a page end: the first iovec alone.
+        let mut first = [0u64; 2];
+        if !read_user(iov_addr, &mut first) {
+            return;
+        }
+        iov[0] = first[0];
+        iov[1] = first[1];
+        iov[3] = 0;
+    }
+    // Twice HEAD: the verifier sees `n < HEAD` plus `take <= HEAD` fit.
+    let mut head = [0u8; 2 * HEAD];
+    let mut n = 0usize;
+    let mut i = 0;
+    while i < MAX_IOV {
+        if i as u64 >= cnt || n >= HEAD {
+            break;
+        }
+        // `get`, not indexing: a bounds check would link a panic path the
+        // verifier rejects.
+        let (Some(&base), Some(&len)) = (iov.get(2 * i), iov.get(2 * i + 1)) else {
+            break;
+        };
+        let want = (HEAD - n) as u64;
+        let take = if len < want { len } else { want };
+        if take > 0
+            && unsafe {
+                bpf_probe_read_user(
+                    head.as_mut_ptr().add(n % HEAD) as *mut c_void,
+                    (take as u32) % (HEAD as u32 + 1),
+                    base as *const c_void,
+                )
+            } != 0
+        {
+            return;
+        }
+        n += take as usize;
+        i += 1;
+    }
+    on_response_head(conn, &head, n);
+}
+
+/// The first `n` bytes of a response (written by a watched server, or read
+/// by a watched client): a status line answers the oldest queued request.
+#[inline(always)]
+fn on_response_head(conn: &mut ConnState, buf: &[u8; 2 * HEAD], n: usize) {
+    let head = unsafe { &*(buf.as_ptr() as *const [u8; HEAD]) };
+    let Some(status) = parse_status_line(head, if n < HEAD { n } else { HEAD }) else {
         return;
     };
     if !conn.requests.has_pending() {
@@ -399,7 +713,8 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let key = conn_key((id >> 32) as u32, arg_u64(&ctx, 0) as u32);
     if let Some(conn) = CONNS.get_ptr_mut(&key) {
         let conn = unsafe { &mut *conn };
-        if conn.role == role::SERVER
+        // Requests still waiting (server or client side) never got an answer.
+        if conn.role != 0
             && let Some(cfg) = config()
         {
             count::count_abandoned(conn, cfg);

@@ -3,11 +3,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use burnwatch_common::maps::{
-    AgentConfig, CONN_EVENTS_MAX, CONNS_MAX, COUNTS_MAX, ConnEventKey, ConnState, INFLIGHT_MAX,
-    InflightRead, RequestKey, RequestStats, counter,
+    AgentConfig, CONN_EVENTS_MAX, CONNS_MAX, COUNTS_MAX, ConnEventKey, ConnState, MATCHES_MAX,
+    MatchKey, RequestKey, RequestStats, counter,
 };
 
 /// Requests per (service, tenant, method, status): the product.
@@ -18,10 +18,6 @@ pub static COUNTS: HashMap<RequestKey, RequestStats> = HashMap::with_max_entries
 /// least recently used connection rather than refusing new ones.
 #[map(name = "CONNS")]
 pub static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(CONNS_MAX, 0);
-
-/// Read syscalls between their enter and exit tracepoints, by pid_tgid.
-#[map(name = "INFLIGHT")]
-pub static INFLIGHT: HashMap<u64, InflightRead> = HashMap::with_max_entries(INFLIGHT_MAX, 0);
 
 /// The agent's config (one entry), rewritten by userspace on reload.
 #[map(name = "CONFIG")]
@@ -35,6 +31,17 @@ pub static SERVICE_PORTS: HashMap<u16, u32> = HashMap::with_max_entries(1024, 0)
 /// failures on the port (resets, refusals) are attributed to the service.
 #[map(name = "SERVER_PORTS")]
 pub static SERVER_PORTS: HashMap<u16, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Process matchers: (kind, role, port, attribute) -> service or client id.
+#[map(name = "MATCHES")]
+pub static MATCHES: HashMap<MatchKey, u32> = HashMap::with_max_entries(MATCHES_MAX, 0);
+
+/// Programs reached by tail call. Slot [`TAIL_PARSE_WRITE`]: the request
+/// parser run on a watched client's writes, in its own program so the
+/// parser is verified once more, not once per write program.
+#[map(name = "TAIL_CALLS")]
+pub static TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+pub const TAIL_PARSE_WRITE: u32 = 0;
 
 /// (service id << 16 | local port) -> series in `COUNTS`, for the
 /// per-service series cap.
@@ -52,8 +59,10 @@ pub static CONN_EVENTS: HashMap<ConnEventKey, u64> = HashMap::with_max_entries(C
 /// Bytes scanned per `bpf_loop` iteration. The verifier explores every
 /// branch of the parser per byte of a chunk; 64 exceeds its 8192-branch limit.
 pub const CHUNK: usize = 16;
-/// Chunks scanned per syscall at most: 16 KiB of headers per read.
-pub const MAX_CHUNKS: u32 = 1024;
+/// Chunks scanned per syscall at most: 64 KiB of headers (or of chunk-size
+/// lines) per read. Reads with bodies cost little more: body bytes are
+/// skipped, not scanned.
+pub const MAX_CHUNKS: u32 = 4096;
 /// iovecs of one readv/recvmsg that are parsed.
 pub const MAX_IOV: usize = 4;
 
@@ -70,6 +79,8 @@ pub struct Scratch {
     pub iov_base: [u64; MAX_IOV],
     pub iov_len: [u64; MAX_IOV],
     pub conn: ConnState,
+    /// The connection whose write the tail-called parser scans.
+    pub conn_key: u64,
     pub key: RequestKey,
     pub stats: RequestStats,
     pub buf: [u8; CHUNK],

@@ -13,6 +13,32 @@ const AF_INET6: u16 = 10;
 /// The TCP socket behind a descriptor.
 pub struct TcpSocket {
     pub local_port: u16,
+    family: u16,
+    sk: *const u8,
+}
+
+impl TcpSocket {
+    /// The remote end: port (host order) and address (IPv4 as IPv4-mapped
+    /// IPv6, `::ffff:a.b.c.d`). Only the client side needs it.
+    #[inline(always)]
+    pub fn peer(&self, off: &KernelOffsets, addr: &mut [u8; 16]) -> Option<u16> {
+        unsafe {
+            let port_be: u16 = read_kernel(self.sk, off.skc_dport)?;
+            if self.family == AF_INET {
+                let v4: [u8; 4] = read_kernel(self.sk, off.skc_daddr)?;
+                *addr = [0; 16];
+                addr[10] = 0xff;
+                addr[11] = 0xff;
+                addr[12] = v4[0];
+                addr[13] = v4[1];
+                addr[14] = v4[2];
+                addr[15] = v4[3];
+            } else {
+                *addr = read_kernel(self.sk, off.skc_v6_daddr)?;
+            }
+            Some(u16::from_be(port_be))
+        }
+    }
 }
 
 #[inline(always)]
@@ -53,6 +79,10 @@ pub fn tcp_socket(off: &KernelOffsets, fd: u32) -> Option<TcpSocket> {
             return None;
         }
         let local_port: u16 = read_kernel(sk, off.skc_num)?;
-        Some(TcpSocket { local_port })
+        Some(TcpSocket {
+            local_port,
+            family,
+            sk,
+        })
     }
 }

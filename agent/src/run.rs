@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use burnwatch_common::http::{PATH_PREFIX_MAX, ParserConfig, tenant_source};
-use burnwatch_common::maps::{AgentConfig, LATENCY_BUCKETS, config_flags};
+use burnwatch_common::maps::{AgentConfig, LATENCY_BUCKETS, config_flags, role};
 use tracing::{error, info, warn};
 
 use crate::attribution::ServiceNames;
+use crate::attribution::processes::ProcessMatcher;
 use crate::config::{Config, TenantFrom};
 use crate::engine::state::AgentState;
 use crate::engine::{Sli, StateStore, TransitionKind};
@@ -57,15 +58,19 @@ pub fn kernel_config(config: &Config) -> Result<(AgentConfig, Vec<(u16, u32)>)> 
     for (b, s) in bounds.iter_mut().zip(latency_bounds(config)) {
         *b = (s * 1e9).round() as u64;
     }
-    let flags = if config.services.is_empty() {
-        config_flags::AUTO_SERVICES
-    } else {
-        0
-    };
+    let mut flags = ProcessMatcher::new(config).flags();
+    if config.services.is_empty() {
+        flags |= config_flags::AUTO_SERVICES;
+    }
+    if !config.clients.is_empty() {
+        flags |= config_flags::CLIENTS;
+    }
+    // Services matched by port alone; the others go through `MATCHES`.
     let ports = config
         .services
         .iter()
         .enumerate()
+        .filter(|(_, s)| s.matcher.is_port_only())
         .filter_map(|(i, s)| s.matcher.port.map(|p| (p, i as u32)))
         .collect();
     Ok((
@@ -77,6 +82,8 @@ pub fn kernel_config(config: &Config) -> Result<(AgentConfig, Vec<(u16, u32)>)> 
             max_series_per_service: config.tenant.max_per_service.saturating_mul(16),
             parser,
             latency_bounds_ns: bounds,
+            match_generation: 0,
+            _pad: 0,
         },
         ports,
     ))
@@ -153,7 +160,11 @@ async fn run_async(config: Config) -> Result<()> {
     // Bind first: a taken port is reported before any program is loaded.
     let listener = crate::api::bind(config.exporters.prometheus.listen).await?;
     let (kcfg, ports) = kernel_config(&config)?;
-    let probe = Probe::load(&kcfg, &ports)?;
+    let mut probe = Probe::load(&kcfg, &ports)?;
+    let mut matcher = ProcessMatcher::new(&config);
+    if let Err(e) = probe.sync_matches(&matcher.entries()) {
+        warn!("writing process matchers: {e:#}");
+    }
 
     let state = Arc::new(RwLock::new(AgentState::new(
         config.tenant.max_per_service,
@@ -174,7 +185,8 @@ async fn run_async(config: Config) -> Result<()> {
         crate::api::router(state.clone()),
     ));
 
-    let mut names = ServiceNames::new(config.services.iter().map(|s| s.name.clone()));
+    let mut names = ServiceNames::new(config.services.iter().map(|s| s.name.clone()))
+        .with_clients(config.clients.iter().map(|s| s.name.clone()));
     let missing: Arc<str> = Arc::from(config.tenant.missing.as_str());
     let mut tick = tokio::time::interval(POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -182,6 +194,11 @@ async fn run_async(config: Config) -> Result<()> {
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                if matcher.is_dynamic()
+                    && let Err(e) = probe.sync_matches(&matcher.entries())
+                {
+                    warn!("writing process matchers: {e:#}");
+                }
                 if let Err(e) = poll(&probe, &state, &mut names, &missing) {
                     warn!("reading kernel maps: {e:#}");
                 }
@@ -217,10 +234,19 @@ fn poll(
     let bpf_stats = probe.bpf_stats();
     let mut st = state.write().unwrap_or_else(|e| e.into_inner());
     st.requests.begin_update();
+    st.clients.begin_update();
     let mut result = Ok(());
     {
-        let requests = &mut st.requests;
-        if let Err(e) = probe.read_counts(|k, v| requests.add(k, v, names, missing)) {
+        let AgentState {
+            requests, clients, ..
+        } = &mut *st;
+        if let Err(e) = probe.read_counts(|k, v| {
+            if k.role == role::CLIENT {
+                clients.add(k, v, names, missing);
+            } else {
+                requests.add(k, v, names, missing);
+            }
+        }) {
             result = Err(e);
         }
     }

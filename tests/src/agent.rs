@@ -73,7 +73,9 @@ impl Agent {
             log_path,
             _dir: dir,
         };
-        let ready = wait_for(Duration::from_secs(60), || {
+        // Verifying the programs takes ~5 s on an idle machine; several
+        // agents verifying at once on 2 busy cores take much longer.
+        let ready = wait_for(Duration::from_secs(180), || {
             if let Ok(Some(status)) = agent.child.try_wait() {
                 panic!("agent exited with {status}:\n{}", agent.log());
             }
@@ -81,7 +83,11 @@ impl Agent {
                 .filter(|s| *s == 200)
                 .map(|_| ())
         });
-        assert!(ready.is_some(), "agent not ready in 60 s:\n{}", agent.log());
+        assert!(
+            ready.is_some(),
+            "agent not ready in 180 s:\n{}",
+            agent.log()
+        );
         agent
     }
 

@@ -239,6 +239,11 @@ fn go_server_binary() -> PathBuf {
 }
 
 impl ScriptServer {
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts a server of `kind` on a free port.
     pub fn start(kind: Kind) -> ScriptServer {
         Self::start_on(kind, free_port())

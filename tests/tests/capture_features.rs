@@ -465,3 +465,191 @@ fn repeated_tenant_headers_first_wins() {
     let want = py.method_counts("unknown");
     assert_same_counts("py", &agent.method_counts("py"), &want, &agent);
 }
+
+/// A request is counted when its connection's first read is shorter than
+/// the method and a space (a client dribbling bytes).
+///
+/// Once a bug: a request is lost when its connection's first read is shorter than
+/// the method and a space. Minimal reproduction: on a new connection to a
+/// watched nginx, write `G`, `E`, `T`, ` `, `/`... one byte per write (2 ms
+/// apart), the whole request `GET /status/404 HTTP/1.1\r\nHost:
+/// localhost\r\nX-Tenant-ID: drib\r\n\r\n`. nginx answers 404 and logs it;
+/// the agent counts nothing (no anomaly either): `new_connection` needs a
+/// request line's start in the first read. The next request on the
+/// connection is counted.
+#[test]
+fn first_request_dribbled_on_a_new_connection_is_counted() {
+    require_root();
+    let nginx = servers::start("nginx");
+    let agent = Agent::start(&agent::config(&[("shop", nginx.port())]));
+    let mut c = Conn::open(nginx.port());
+    c.dribble(
+        &Req::get("/status/404").tenant(Some("drib")).bytes(),
+        Duration::from_millis(2),
+    );
+    assert_eq!(c.read_final(false).status, 404);
+    let r = c.send_req(&Req::get("/status/200").tenant(Some("next")));
+    assert_eq!(r.status, 200);
+    // Also a first read of exactly "GET" (then the rest).
+    let mut c = Conn::open(nginx.port());
+    let bytes = Req::get("/status/500").tenant(Some("three-bytes")).bytes();
+    c.send(&bytes[..3]);
+    std::thread::sleep(Duration::from_millis(50));
+    c.send(&bytes[3..]);
+    assert_eq!(c.read_final(false).status, 500);
+    nginx.wait_for_log_lines(3);
+    let want = nginx.method_counts("unknown");
+    assert_same_counts("shop", &agent.method_counts("shop"), &want, &agent);
+}
+
+/// A status line split over iovecs is seen (the first 16 bytes are gathered
+/// over the iovecs).
+///
+/// Once a bug: a status line split over iovecs is not seen. Varnish writes a
+/// response with one writev whose iovecs are the status line's fields:
+/// `["HTTP/1.1", " ", "200", " ", "OK", "\r\n", headers, body]`. The agent
+/// parses only the first iovec (8 bytes here, too short for a status line):
+/// nothing is counted, and no anomaly says so.
+#[test]
+fn status_line_split_over_iovecs_is_counted() {
+    require_root();
+    let s = ScriptServer::start(Kind::Syscalls("read", "writev_fields"));
+    let agent = Agent::start(&agent::config(&[("varnish-like", s.port)]));
+    let mut c = Conn::open(s.port);
+    for (i, code) in [200, 404, 500, 503].into_iter().enumerate() {
+        let r = c.send_req(&Req::get(&status_path(code)).tenant(TENANTS[i]));
+        assert_eq!(r.status, code);
+    }
+    s.wait_for_log_lines(4);
+    let want = s.method_counts("unknown");
+    assert_same_counts(
+        "varnish-like",
+        &agent.method_counts("varnish-like"),
+        &want,
+        &agent,
+    );
+}
+
+/// Reads of up to 64 KiB of header bytes are scanned whole.
+///
+/// Once a bug: the 16 KiB scan limit is per read, not per request. Four pipelined
+/// requests with 5 KiB header blocks each (tenant header last), written at
+/// once to Node (which reads 64 KiB at a time): the fourth request's tenant
+/// lies past 16 KiB of the read and counts as `unknown`, and the parser,
+/// stopped mid-header, eats the next request: the GET after the batch is
+/// lost.
+#[test]
+fn large_pipelined_header_blocks_in_one_read_are_parsed() {
+    require_root();
+    let node = servers::start("node");
+    let agent = Agent::start(&agent::config(&[("node", node.port())]));
+    let mut c = Conn::open(node.port());
+    assert_eq!(
+        c.send_req(&Req::get("/status/200").tenant(Some("first")))
+            .status,
+        200
+    );
+    let reqs: Vec<Req> = (0..4)
+        .map(|i| {
+            Req::get("/status/404")
+                .tenant(Some(&format!("t{i}")))
+                .padding(5000)
+        })
+        .collect();
+    for r in c.pipeline(&reqs) {
+        assert_eq!(r.status, 404);
+    }
+    for (t, code) in [("after", 500), ("after2", 503)] {
+        assert_eq!(
+            c.send_req(&Req::get(&status_path(code)).tenant(Some(t)))
+                .status,
+            code
+        );
+    }
+    node.wait_for_log_lines(7);
+    let want = node.method_counts("unknown");
+    assert_same_counts("node", &agent.method_counts("node"), &want, &agent);
+}
+
+/// Methods outside the standard nine are counted as OTHER and keep pipelining in sync.
+///
+/// Once a bug: requests with a method outside the nine the parser knows (PURGE,
+/// PROPFIND, MKCOL, REPORT: real methods nginx answers) are not counted,
+/// although the exporter has a method label `OTHER` for them; a GET
+/// pipelined after a PURGE in the same write is lost too. Expected: each
+/// counted with method `OTHER`, and the GET as GET.
+#[test]
+fn unknown_methods_are_counted_as_other() {
+    require_root();
+    let nginx = servers::start("nginx");
+    let agent = Agent::start(&agent::config(&[("shop", nginx.port())]));
+    let mut c = Conn::open(nginx.port());
+    assert_eq!(c.send_req(&Req::get("/status/200")).status, 200);
+    for m in ["PURGE", "PROPFIND", "MKCOL", "REPORT"] {
+        let r = c.send_req(&Req::new(m, "/status/200").tenant(Some(&m.to_lowercase())));
+        assert_eq!(r.status, 200);
+    }
+    let reqs = vec![
+        Req::new("PURGE", "/status/404").tenant(Some("piped-purge")),
+        Req::get("/status/201").tenant(Some("piped-get")),
+    ];
+    let statuses: Vec<u16> = c.pipeline(&reqs).iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [404, 201]);
+    let mut fresh = Conn::open(nginx.port());
+    let r = fresh.send_req(&Req::new("PURGE", "/status/500").tenant(Some("fresh-purge")));
+    assert_eq!(r.status, 500);
+    nginx.wait_for_log_lines(8);
+    let known = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    let mut want = MethodCounts::new();
+    for ((t, m, s), n) in nginx.method_counts("unknown") {
+        let m = if known.contains(&m.as_str()) {
+            m
+        } else {
+            "OTHER".to_string()
+        };
+        *want.entry((t, m, s)).or_insert(0) += n;
+    }
+    assert_same_counts("shop", &agent.method_counts("shop"), &want, &agent);
+}
+
+/// A thread blocked in read() when the agent starts: its request is counted
+/// (the exit probe takes the arguments from the saved registers).
+///
+/// Once a bug: "keep-alive connections opened before the agent
+/// started are counted from their next request" does not hold when the
+/// server's thread sits in a blocking read when the agent attaches (Python's
+/// ThreadingHTTPServer, any thread-per-connection server): that read's
+/// entry was never seen, so the request it returns is lost; the one after
+/// is counted. Either the agent or the README should change (if the README,
+/// this test should expect one lost request per such connection).
+#[test]
+fn blocked_reader_from_before_the_agent_counts_its_next_request() {
+    require_root();
+    let py = servers::start("python");
+    let mut conns: Vec<Conn> = (0..3).map(|_| Conn::open(py.port())).collect();
+    for c in &mut conns {
+        assert_eq!(
+            c.send_req(&Req::get("/status/200").tenant(Some("before")))
+                .status,
+            200
+        );
+    }
+    py.wait_for_log_lines(3);
+    let agent = Agent::start(&agent::config(&[("py", py.port())]));
+    for (i, c) in conns.iter_mut().enumerate() {
+        for j in 0..3 {
+            let code = CODES[(i + j) % CODES.len()];
+            assert_eq!(
+                c.send_req(&Req::get(&status_path(code)).tenant(TENANTS[j]))
+                    .status,
+                code
+            );
+        }
+    }
+    py.wait_for_log_lines(12);
+    let after: Vec<String> = py.log_lines().into_iter().skip(3).collect();
+    let want = servers::parse_log(&after, "unknown");
+    assert_same_counts("py", &agent.method_counts("py"), &want, &agent);
+}

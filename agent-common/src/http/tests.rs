@@ -176,14 +176,14 @@ fn garbage_and_tls_are_invalid_and_resync_on_next_read() {
     assert!(done.is_empty());
     assert_eq!(inv, 1);
     assert_eq!(s.state, state::INVALID);
-    let (done, _, _) = run(&cfg(), &[b"FOO / HTTP/1.1\r\n\r\n", b"hello world", REQ]);
+    let (done, _, _) = run(&cfg(), &[b"hello world", REQ]);
     assert_eq!(done, vec![(Method::Get, "acme".to_string())]);
-    // An unknown method, lowercase method, or HTTP/2 preface is not a request.
+    // A lowercase or over-long method, or the HTTP/2 preface, is not a request.
     for bad in [
         &b"get / HTTP/1.1\r\n\r\n"[..],
         b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
         b"GET / HTTP/2.0\r\n\r\n",
-        b"GETTTTTTTT / HTTP/1.1\r\n\r\n",
+        b"GETTTTTTTTTTTTTTTTTTTTTT / HTTP/1.1\r\n\r\n",
     ] {
         let (done, _, inv) = run(&cfg(), &[bad]);
         assert!(done.is_empty(), "{:?}", String::from_utf8_lossy(bad));
@@ -250,11 +250,60 @@ fn request_prefix_test() {
     assert!(lk(b"GET / HTTP/1.1"));
     assert!(lk(b"OPTIONS * HTTP/1.1"));
     assert!(lk(b"DELETE /x"));
-    assert!(!lk(b"GET"));
+    // Methods outside the standard nine, also longer than the peek.
+    assert!(lk(b"PURGE /x"));
+    assert!(lk(b"PROPFIND /dav"));
+    assert!(lk(b"M-SEARCH * HTTP/1.1"));
+    // A first read cut short by a dribbling client.
+    assert!(lk(b"G"));
+    assert!(lk(b"GET"));
+    assert!(!lk(b""));
     assert!(!lk(b"HTTP/1.1 200"));
     assert!(!lk(b"\x16\x03\x01"));
-    assert!(!lk(b"CONNECTX "));
     assert!(!lk(b" GET /"));
+    assert!(!lk(b"get / HTTP/1.1"));
+    assert!(!lk(b"*1\r\n$4\r\n"));
+}
+
+#[test]
+fn unknown_methods_are_requests_and_keep_pipelining() {
+    let (done, _, inv) = run(
+        &cfg(),
+        &[b"PURGE /a HTTP/1.1\r\nX-Tenant-ID: t1\r\n\r\n\
+PROPFIND /b HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc\
+GET /c HTTP/1.1\r\nX-Tenant-ID: t3\r\n\r\n"],
+    );
+    assert_eq!(inv, 0);
+    assert_eq!(
+        done,
+        vec![
+            (Method::Unknown, "t1".to_string()),
+            (Method::Unknown, String::new()),
+            (Method::Get, "t3".to_string()),
+        ]
+    );
+}
+
+#[test]
+fn a_line_that_is_not_a_request_line_is_not_queued() {
+    let cfg = ParserConfig::header(b"X-Tenant-ID");
+    for line in [
+        &b"EHLO mail.example\r\n"[..],
+        b"USER anonymous\r\n",
+        b"GET /\r\n",
+    ] {
+        let mut s = RequestStream::new();
+        s.begin_read();
+        let mut invalid = false;
+        for &b in line {
+            if s.step(b, &cfg, 1) == event::INVALID {
+                invalid = true;
+                break;
+            }
+        }
+        assert!(invalid, "{:?}", String::from_utf8_lossy(line));
+        assert!(!s.has_pending(), "{:?}", String::from_utf8_lossy(line));
+    }
 }
 
 #[test]

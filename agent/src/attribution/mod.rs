@@ -10,13 +10,16 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use burnwatch_common::maps::SERVICE_AUTO;
+use burnwatch_common::maps::{CLIENT_ID_BASE, SERVICE_AUTO};
 
+pub mod processes;
 pub mod procfs;
 
-/// Names of services by kernel service id (and local port for automatic ones).
+/// Names of services by kernel service id (and local port for automatic
+/// ones), and of clients by client id.
 pub struct ServiceNames {
     configured: Vec<Arc<str>>,
+    clients: Vec<Arc<str>>,
     auto: HashMap<u16, Arc<str>>,
 }
 
@@ -24,11 +27,24 @@ impl ServiceNames {
     pub fn new(configured: impl IntoIterator<Item = String>) -> Self {
         ServiceNames {
             configured: configured.into_iter().map(Arc::from).collect(),
+            clients: Vec::new(),
             auto: HashMap::new(),
         }
     }
 
+    /// Adds the names of configured clients (ids from `CLIENT_ID_BASE`).
+    pub fn with_clients(mut self, clients: impl IntoIterator<Item = String>) -> Self {
+        self.clients = clients.into_iter().map(Arc::from).collect();
+        self
+    }
+
     pub fn name(&mut self, service_id: u32, local_port: u16) -> Arc<str> {
+        if service_id != SERVICE_AUTO
+            && service_id >= CLIENT_ID_BASE
+            && let Some(n) = self.clients.get((service_id - CLIENT_ID_BASE) as usize)
+        {
+            return n.clone();
+        }
         if service_id != SERVICE_AUTO
             && let Some(n) = self.configured.get(service_id as usize)
         {
@@ -41,6 +57,16 @@ impl ServiceNames {
                 Arc::from(format!("{comm}:{local_port}"))
             })
             .clone()
+    }
+}
+
+/// The `upstream` label of a client series: `ip:port` (`[ip]:port` for
+/// IPv6; IPv4-mapped addresses print as IPv4).
+pub fn upstream_label(addr: &[u8; 16], port: u16) -> String {
+    let ip = std::net::Ipv6Addr::from(*addr);
+    match ip.to_ipv4_mapped() {
+        Some(v4) => format!("{v4}:{port}"),
+        None => format!("[{ip}]:{port}"),
     }
 }
 
@@ -70,6 +96,24 @@ mod tests {
             &*tenant_label(b"a\x01b\xff", &missing),
             "a\u{fffd}b\u{fffd}"
         );
+    }
+
+    #[test]
+    fn upstream_labels() {
+        let mut v4 = [0u8; 16];
+        v4[10] = 0xff;
+        v4[11] = 0xff;
+        v4[12..].copy_from_slice(&[10, 0, 0, 7]);
+        assert_eq!(upstream_label(&v4, 443), "10.0.0.7:443");
+        let v6 = std::net::Ipv6Addr::LOCALHOST.octets();
+        assert_eq!(upstream_label(&v6, 8080), "[::1]:8080");
+    }
+
+    #[test]
+    fn client_ids_name_clients() {
+        let mut n = ServiceNames::new(["shop".to_string()]).with_clients(["pay".to_string()]);
+        assert_eq!(&*n.name(CLIENT_ID_BASE, 443), "pay");
+        assert_eq!(&*n.name(0, 443), "shop");
     }
 
     #[test]

@@ -25,6 +25,10 @@ pub struct Config {
     /// named `<comm>:<port>`.
     #[serde(default)]
     pub services: Vec<Service>,
+    /// Client side: outgoing HTTP/1.x requests of matching processes (or to
+    /// a matching upstream port), counted per upstream.
+    #[serde(default)]
+    pub clients: Vec<Service>,
     #[serde(default)]
     pub tenant: Tenant,
     #[serde(default)]
@@ -81,11 +85,29 @@ pub struct Service {
     pub matcher: Match,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// Which processes (and ports) a service or client is. Every field given
+/// must match.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Match {
-    /// Server side: the local TCP port the server listens on.
+    /// Services: the local TCP port the server listens on. Clients: the
+    /// upstream's port.
     pub port: Option<u16>,
+    /// The process name (`/proc/<pid>/comm`, at most 15 bytes), exactly.
+    pub comm: Option<String>,
+    /// The executable's absolute path (`/proc/<pid>/exe`), exactly.
+    pub exe: Option<PathBuf>,
+    /// A cgroup v2 path prefix (as in `/proc/<pid>/cgroup`), e.g.
+    /// `/system.slice/nginx.service` or `/kubepods.slice/`: containers and
+    /// systemd units.
+    pub cgroup: Option<String>,
+}
+
+impl Match {
+    /// Only a port: matched by the kernel from the port alone.
+    pub fn is_port_only(&self) -> bool {
+        self.port.is_some() && self.comm.is_none() && self.exe.is_none() && self.cgroup.is_none()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -181,6 +203,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             services: Vec::new(),
+            clients: Vec::new(),
             tenant: Tenant::default(),
             exporters: Exporters::default(),
             slos: Vec::new(),
@@ -323,31 +346,29 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
-        let mut names = std::collections::HashSet::new();
-        let mut ports = std::collections::HashMap::new();
-        for (i, s) in self.services.iter().enumerate() {
-            let at = |f: &str| format!("services[{i}].{f}");
-            if !valid_label_value(&s.name) {
-                return Err((
-                    at("name"),
-                    format!("{:?} must be 1 to 128 printable characters", s.name),
-                ));
-            }
-            if !names.insert(s.name.as_str()) {
-                return Err((at("name"), format!("duplicate service name {:?}", s.name)));
-            }
-            match s.matcher.port {
-                None => {
-                    return Err((at("match"), "needs at least one of: port".to_string()));
+        for (list, what) in [(&self.services, "services"), (&self.clients, "clients")] {
+            let mut names = std::collections::HashSet::new();
+            let mut ports = std::collections::HashMap::new();
+            for (i, s) in list.iter().enumerate() {
+                let at = |f: &str| format!("{what}[{i}].{f}");
+                if !valid_label_value(&s.name) {
+                    return Err((
+                        at("name"),
+                        format!("{:?} must be 1 to 128 printable characters", s.name),
+                    ));
                 }
-                Some(0) => return Err((at("match.port"), "port 0 is not a valid port".into())),
-                Some(p) => {
-                    if let Some(other) = ports.insert(p, s.name.as_str()) {
-                        return Err((
-                            at("match.port"),
-                            format!("port {p} is already matched by service {other:?}"),
-                        ));
-                    }
+                if !names.insert(s.name.as_str()) {
+                    return Err((at("name"), format!("duplicate name {:?}", s.name)));
+                }
+                validate_match(&s.matcher, &at)?;
+                if let Some(p) = s.matcher.port
+                    && s.matcher.is_port_only()
+                    && let Some(other) = ports.insert(p, s.name.as_str())
+                {
+                    return Err((
+                        at("match.port"),
+                        format!("port {p} is already matched by {other:?}"),
+                    ));
                 }
             }
         }
@@ -395,6 +416,44 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A matcher's own checks: (field path, message) on error.
+fn validate_match(m: &Match, at: &dyn Fn(&str) -> String) -> Result<(), (String, String)> {
+    if m.port.is_none() && m.comm.is_none() && m.exe.is_none() && m.cgroup.is_none() {
+        return Err((
+            at("match"),
+            "needs at least one of: port, comm, exe, cgroup".to_string(),
+        ));
+    }
+    if m.port == Some(0) {
+        return Err((at("match.port"), "port 0 is not a valid port".into()));
+    }
+    if let Some(c) = &m.comm
+        && (c.is_empty() || c.len() > 15 || c.contains('/'))
+    {
+        return Err((
+            at("match.comm"),
+            format!("{c:?} must be a process name of 1 to 15 bytes (the kernel keeps 15)"),
+        ));
+    }
+    if let Some(e) = &m.exe
+        && !e.is_absolute()
+    {
+        return Err((
+            at("match.exe"),
+            format!("{:?} must be an absolute path", e.display()),
+        ));
+    }
+    if let Some(c) = &m.cgroup
+        && !c.starts_with('/')
+    {
+        return Err((
+            at("match.cgroup"),
+            format!("{c:?} must be a cgroup path starting with / (as in /proc/<pid>/cgroup)"),
+        ));
+    }
+    Ok(())
 }
 
 fn first_line(s: &str) -> String {

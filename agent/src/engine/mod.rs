@@ -22,6 +22,7 @@ pub mod alert;
 pub mod bench;
 pub mod budget;
 pub mod checkpoint;
+pub mod client_requests;
 mod codec;
 pub mod duration;
 pub mod period;

@@ -6,16 +6,19 @@ use std::sync::Arc;
 
 use burnwatch_common::maps::counter;
 
+use super::client_requests::ClientTable;
 use super::requests::{ConnEventTable, RequestTable};
 use super::{Engine, Sli, SloId, SloSet};
 
 /// Everything exporters read, refreshed once per second by the poll loop.
 pub struct AgentState {
     pub requests: RequestTable,
+    /// Requests of watched clients to their upstreams.
+    pub clients: ClientTable,
     pub conn_events: ConnEventTable,
     /// The capture's own counters (`burnwatch_common::maps::counter`).
     pub capture_counters: [u64; counter::COUNT as usize],
-    /// Probes attached, e.g. `tracepoint:syscalls:sys_enter_read`.
+    /// Probes attached, e.g. `tracepoint:syscalls:sys_exit_read`.
     pub probes: Vec<String>,
     /// Latency bucket upper bounds in seconds (the last bucket is +Inf).
     pub latency_bounds_s: Vec<f64>,
@@ -40,6 +43,7 @@ impl AgentState {
     ) -> Self {
         AgentState {
             requests: RequestTable::new(max_tenants_per_service),
+            clients: ClientTable::default(),
             conn_events: ConnEventTable::default(),
             capture_counters: [0; counter::COUNT as usize],
             probes,

@@ -76,6 +76,27 @@ impl Collector for StateCollector {
         }
 
         let mut m = enc.encode_descriptor(
+            "burnwatch_http_client_requests",
+            "HTTP requests watched clients made, by client, upstream (ip:port), tenant, method and status code (000: no response).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (l, n) in &state.clients.series {
+            status.clear();
+            use std::fmt::Write;
+            write!(status, "{:03}", l.status)?;
+            let labels = [
+                ("service", &*l.service),
+                ("upstream", &*l.upstream),
+                ("tenant", &*l.tenant),
+                ("method", l.method),
+                ("status_code", status.as_str()),
+            ];
+            m.encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(n, None)?;
+        }
+
+        let mut m = enc.encode_descriptor(
             "burnwatch_http_request_duration_seconds",
             "Time from the first byte of a request read to the first byte of its response written.",
             None,

@@ -229,7 +229,29 @@ impl Btf {
             skc_dport: self.member_offset("sock_common", "skc_dport")?,
             skc_daddr: self.member_offset("sock_common", "skc_daddr")?,
             skc_v6_daddr: self.member_offset("sock_common", "skc_v6_daddr")?,
+            regs_arg: self.syscall_arg_regs()?,
+            nr_readv: libc::SYS_readv as u32,
+            nr_recvmsg: libc::SYS_recvmsg as u32,
         })
+    }
+
+    /// Where a syscall's first three arguments sit in `struct pt_regs`.
+    fn syscall_arg_regs(&self) -> Result<[u32; 3]> {
+        if let (Ok(a), Ok(b), Ok(c)) = (
+            self.member_offset("pt_regs", "di"),
+            self.member_offset("pt_regs", "si"),
+            self.member_offset("pt_regs", "dx"),
+        ) {
+            return Ok([a, b, c]); // x86_64
+        }
+        // arm64: x0 is overwritten by the return value; the kernel keeps the
+        // first argument in orig_x0. x1, x2 are regs[1], regs[2].
+        let regs = self.member_offset("pt_regs", "regs")?;
+        Ok([
+            self.member_offset("pt_regs", "orig_x0")?,
+            regs + 8,
+            regs + 16,
+        ])
     }
 }
 

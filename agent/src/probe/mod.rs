@@ -12,10 +12,12 @@ use std::path::Path;
 use anyhow::{Context, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, ProgramArray},
     programs::TracePoint,
 };
-use burnwatch_common::maps::{AgentConfig, ConnEventKey, RequestKey, RequestStats, counter, names};
+use burnwatch_common::maps::{
+    AgentConfig, ConnEventKey, MatchKey, RequestKey, RequestStats, counter, names,
+};
 use tracing::{info, warn};
 
 /// The eBPF object, built by build.rs through aya-build.
@@ -28,8 +30,20 @@ pub struct Probe {
     counts: BpfHashMap<MapData, RequestKey, RequestStats>,
     counters: PerCpuArray<MapData, u64>,
     conn_events: BpfHashMap<MapData, ConnEventKey, u64>,
+    config_map: Array<MapData, AgentConfig>,
+    /// The config last written to the kernel.
+    config: AgentConfig,
+    matches: BpfHashMap<MapData, MatchKey, u32>,
+    /// What `matches` holds.
+    matches_now: std::collections::BTreeMap<MatchKey, u32>,
+    // Held open: the kernel empties a program array when the last user
+    // handle on it closes.
+    _tail_calls: ProgramArray<MapData>,
     pub attached: Vec<String>,
 }
+
+/// Programs reached only by tail call (loaded, never attached), by slot.
+const TAIL_CALLED: &[(u32, &str)] = &[(0, "parse_client_write")];
 
 impl Probe {
     /// Checks the kernel, loads the programs with `config`, attaches them.
@@ -55,6 +69,21 @@ impl Probe {
             }
             prog.load()
                 .with_context(|| format!("the kernel verifier rejected program {name}"))?;
+        }
+        let mut tail_calls: ProgramArray<MapData> = ProgramArray::try_from(
+            ebpf.take_map(names::TAIL_CALLS)
+                .ok_or_else(|| anyhow!("no TAIL_CALLS map"))?,
+        )?;
+        for (slot, name) in TAIL_CALLED {
+            let prog: &mut TracePoint = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("the kernel verifier rejected program {name}"))?;
+            tail_calls
+                .set(*slot, prog.fd()?, 0)
+                .with_context(|| format!("registering {name} for tail calls"))?;
         }
         let mut attached = Vec::new();
         for (category, tracepoint, name) in preflight::TRACEPOINTS {
@@ -94,14 +123,53 @@ impl Probe {
             ebpf.take_map(names::CONN_EVENTS)
                 .ok_or_else(|| anyhow!("no CONN_EVENTS map"))?,
         )?;
+        let matches = BpfHashMap::try_from(
+            ebpf.take_map(names::MATCHES)
+                .ok_or_else(|| anyhow!("no MATCHES map"))?,
+        )?;
         info!(probes = ?attached, "eBPF programs attached");
         Ok(Probe {
             ebpf,
             counts,
             counters,
             conn_events,
+            config_map: cfg_map,
+            config: *config,
+            matches,
+            matches_now: Default::default(),
+            _tail_calls: tail_calls,
             attached,
         })
+    }
+
+    /// Makes the kernel's process matchers equal `want`. When entries were
+    /// added, bumps the config's match generation so connections the kernel
+    /// ignored before are looked at again.
+    pub fn sync_matches(&mut self, want: &std::collections::BTreeMap<MatchKey, u32>) -> Result<()> {
+        let mut added = false;
+        for (k, v) in want {
+            if self.matches_now.get(k) != Some(v) {
+                self.matches.insert(k, v, 0).context("writing MATCHES")?;
+                added = true;
+            }
+        }
+        let stale: Vec<MatchKey> = self
+            .matches_now
+            .keys()
+            .filter(|k| !want.contains_key(k))
+            .copied()
+            .collect();
+        for k in &stale {
+            let _ = self.matches.remove(k);
+        }
+        self.matches_now = want.clone();
+        if added {
+            self.config.match_generation = self.config.match_generation.wrapping_add(1);
+            self.config_map
+                .set(0, self.config, 0)
+                .context("writing the CONFIG map")?;
+        }
+        Ok(())
     }
 
     /// Calls `f` with every request series the kernel has counted. The
@@ -173,4 +241,25 @@ fn raise_memlock() {
 /// Resolves kernel struct offsets from the running kernel's BTF.
 pub fn kernel_offsets() -> Result<burnwatch_common::offsets::KernelOffsets> {
     btf::Btf::from_file(Path::new(preflight::BTF_PATH))?.kernel_offsets()
+}
+
+#[cfg(test)]
+mod tests {
+    /// A bounds check or `unwrap` in the eBPF code links `core::panicking`
+    /// into the object, and the verifier then rejects the program with
+    /// "last insn is not an exit or jmp". Caught here, on the host, with the
+    /// symbol names in the error, rather than at load time.
+    #[test]
+    fn ebpf_object_has_no_panic_paths() {
+        let obj = super::EBPF_OBJECT;
+        // The mangled symbol of any core::panicking function.
+        let needle = b"4core9panicking";
+        assert!(
+            !obj.windows(needle.len()).any(|w| w == needle),
+            "the eBPF object references core::panicking (an index out of a \
+             checked range, an unwrap, an overflow check): find the call with \
+             `llvm-objdump -d -r target/release/build/burnwatch-*/out/burnwatch \
+             | grep -B40 text.unlikely`"
+        );
+    }
 }

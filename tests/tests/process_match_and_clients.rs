@@ -1,0 +1,194 @@
+//! Services matched by process (comm, executable, cgroup) rather than port,
+//! and the client side: outgoing requests of watched clients, per upstream.
+//! Real servers, real clients (curl, wrk, raw sockets), real eBPF; counts
+//! compared with the servers' own logs.
+
+use std::path::PathBuf;
+
+use burnwatch_e2e::agent::Agent;
+use burnwatch_e2e::client::{self, Conn, Req};
+use burnwatch_e2e::exposition::Exposition;
+use burnwatch_e2e::servers::{Kind, MethodCounts, ScriptServer, Server};
+use burnwatch_e2e::{assert_same_counts, require_root};
+
+const TENANTS: &[Option<&str>] = &[Some("acme"), Some("globex"), None];
+const CODES: &[u16] = &[200, 201, 404, 500, 503];
+
+/// Keep-alive and fresh-connection requests to `port`; returns how many.
+fn drive(port: u16, n: usize) -> usize {
+    let mut c = Conn::open(port);
+    for i in 0..n {
+        let code = CODES[i % CODES.len()];
+        let req = Req::new(["GET", "POST"][i % 2], &format!("/status/{code}"))
+            .tenant(TENANTS[i % TENANTS.len()]);
+        assert_eq!(c.send_req(&req).status, code);
+    }
+    let r = Conn::open(port).send_req(&Req::get("/status/503").tenant(Some("fresh")));
+    assert_eq!(r.status, 503);
+    n + 1
+}
+
+/// A cgroup v2 directory of the test's own, removed (after moving its
+/// processes back to the root) on drop.
+struct TestCgroup {
+    root: PathBuf,
+    dir: PathBuf,
+}
+
+impl TestCgroup {
+    fn new() -> TestCgroup {
+        let unified = PathBuf::from("/sys/fs/cgroup");
+        let root = if unified.join("cgroup.controllers").exists() {
+            unified
+        } else {
+            unified.join("unified")
+        };
+        assert!(
+            root.join("cgroup.procs").exists(),
+            "no cgroup v2 hierarchy at {} (the test needs one)",
+            root.display()
+        );
+        let dir = root.join(format!("burnwatch-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("create cgroup {}: {e}", dir.display()));
+        TestCgroup { root, dir }
+    }
+
+    /// The cgroup's path as `/proc/<pid>/cgroup` shows it.
+    fn path(&self) -> String {
+        format!("/{}", self.dir.strip_prefix(&self.root).unwrap().display())
+    }
+
+    fn adopt(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())
+            .unwrap_or_else(|e| panic!("move {pid} into {}: {e}", self.dir.display()));
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        if let Ok(pids) = std::fs::read_to_string(self.dir.join("cgroup.procs")) {
+            for pid in pids.lines() {
+                let _ = std::fs::write(self.root.join("cgroup.procs"), pid);
+            }
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Services matched by comm (a server started after the agent, too), by
+/// executable path, and by cgroup: each counts exactly its server's log,
+/// and a server that matches none of them is not counted.
+#[test]
+fn services_match_by_comm_exe_and_cgroup() {
+    require_root();
+    let node = ScriptServer::start(Kind::Node);
+    let go = ScriptServer::start(Kind::Go);
+    let other = ScriptServer::start(Kind::Go);
+    let cgroup = TestCgroup::new();
+    cgroup.adopt(go.pid());
+    let node_exe = std::fs::read_link(format!("/proc/{}/exe", node.pid())).unwrap();
+    // The Python server starts after the agent: matched by its comm, which
+    // the kernel checks itself. Its port is fixed now so the config can
+    // name it (other tests' Python servers must not match).
+    let py_port = burnwatch_e2e::free_port();
+    let config = format!(
+        "services:\n\
+         \x20 - name: by-comm\n    match: {{comm: python3, port: {py_port}}}\n\
+         \x20 - name: by-exe\n    match: {{exe: {}, port: {}}}\n\
+         \x20 - name: by-cgroup\n    match: {{cgroup: {}}}\n\
+         tenant:\n  header: X-Tenant-ID\n  missing: unknown\n",
+        node_exe.display(),
+        node.port,
+        cgroup.path(),
+    );
+    let agent = Agent::start(&config);
+    let py = ScriptServer::start_on(Kind::Python, py_port);
+    let mut sent = [0usize; 3];
+    for _ in 0..2 {
+        sent[0] += drive(py.port, 7);
+        sent[1] += drive(node.port, 7);
+        sent[2] += drive(go.port, 7);
+        drive(other.port, 3);
+    }
+    py.wait_for_log_lines(sent[0]);
+    node.wait_for_log_lines(sent[1]);
+    go.wait_for_log_lines(sent[2]);
+    let e = agent.settle_and_scrape();
+    for (name, server) in [("by-comm", &py), ("by-exe", &node), ("by-cgroup", &go)] {
+        let got = burnwatch_e2e::agent::method_counts_of(&e, name);
+        assert_same_counts(name, &got, &server.method_counts("unknown"), &agent);
+    }
+    let services: Vec<String> = e
+        .find(burnwatch_e2e::agent::REQUESTS, &[])
+        .map(|s| s.labels["service"].clone())
+        .collect();
+    assert!(
+        services
+            .iter()
+            .all(|s| ["by-comm", "by-exe", "by-cgroup"].contains(&s.as_str())),
+        "only configured services are counted: {services:?}"
+    );
+}
+
+/// `burnwatch_http_client_requests_total` of `client` per (tenant, method,
+/// status), and the upstreams seen.
+fn client_counts(e: &Exposition, client: &str) -> (MethodCounts, Vec<String>) {
+    let mut out = MethodCounts::new();
+    let mut upstreams = Vec::new();
+    for s in e.find(
+        "burnwatch_http_client_requests_total",
+        &[("service", client)],
+    ) {
+        let key = (
+            s.labels["tenant"].clone(),
+            s.labels["method"].clone(),
+            s.labels["status_code"].clone(),
+        );
+        *out.entry(key).or_insert(0) += s.value as u64;
+        if !upstreams.contains(&s.labels["upstream"]) {
+            upstreams.push(s.labels["upstream"].clone());
+        }
+    }
+    out.retain(|_, n| *n > 0);
+    (out, upstreams)
+}
+
+/// The client side: curl and a raw-socket client (keep-alive, pipelined)
+/// call a Go server (wrk is left out: it closes connections with requests
+/// in flight when its time is up, which a client rightly counts as 000); the agent, watching clients to that
+/// upstream port, counts per tenant, method and status exactly what the
+/// server logs, labelled with the upstream's address.
+#[test]
+fn client_requests_match_the_upstream_log() {
+    require_root();
+    let go = ScriptServer::start(Kind::Go);
+    let port = go.port;
+    let agent = Agent::start(&format!(
+        "services:\n  - name: unrelated\n    match: {{port: 1}}\n\
+         clients:\n  - name: upstream\n    match: {{port: {port}}}\n\
+         tenant:\n  header: X-Tenant-ID\n  missing: unknown\n"
+    ));
+    let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
+    let mut sent = 0;
+    for (tenant, codes) in [("acme", [200, 404, 500]), ("globex", [201, 503, 200])] {
+        let header = format!("X-Tenant-ID: {tenant}");
+        let urls: Vec<String> = codes.iter().map(|c| url(&format!("/status/{c}"))).collect();
+        assert_eq!(client::curl(&["-H", &header], &urls), codes.to_vec());
+        sent += codes.len();
+    }
+    sent += drive(port, 9);
+    let mut c = Conn::open(port);
+    let reqs: Vec<Req> = (0..3)
+        .map(|i| Req::get(&format!("/status/{}", CODES[i])).tenant(TENANTS[i]))
+        .collect();
+    for (i, r) in c.pipeline(&reqs).into_iter().enumerate() {
+        assert_eq!(r.status, CODES[i]);
+    }
+    sent += 3;
+    go.wait_for_log_lines(sent);
+    let want = go.method_counts("unknown");
+    let (got, upstreams) = client_counts(&agent.settle_and_scrape(), "upstream");
+    assert_same_counts("upstream (client side)", &got, &want, &agent);
+    assert_eq!(upstreams, vec![format!("127.0.0.1:{port}")]);
+}
