@@ -71,6 +71,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print Prometheus recording and alerting rules that compute the SLOs'
+    /// windows, burn rates, budget and alerts cluster-wide, per tenant, from
+    /// every node's burnwatch_slo_events_total (Sloth's names and labels).
+    Rules {
+        /// Config file with the SLOs (YAML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// `rules`: a Prometheus rule file; `prometheusrule`: a
+        /// prometheus-operator PrometheusRule resource.
+        #[arg(long, value_enum, default_value = "rules")]
+        format: export::rules::Format,
+        /// metadata.name of the PrometheusRule.
+        #[arg(long, default_value = "burnwatch-slos")]
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -91,6 +106,13 @@ fn main() -> ExitCode {
             scenario,
             json,
         } => simulate(&config, &scenario, json),
+        Command::Rules {
+            config,
+            format,
+            name,
+        } => config::Config::load(&config)
+            .map(|c| print!("{}", export::rules::render(&c.slo_set(), format, &name)))
+            .map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use burnwatch_common::maps::SERVICE_AUTO;
 
 pub mod procfs;
+pub mod tenant_hash;
 
 /// Names of services by kernel service id (and local port for automatic ones).
 pub struct ServiceNames {
