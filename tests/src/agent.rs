@@ -84,7 +84,8 @@ impl Agent {
             log_path,
             _dir: dir,
         };
-        let ready = wait_for(Duration::from_secs(60), || {
+        // Generous: program verification takes seconds, much more on a loaded machine.
+        let ready = wait_for(Duration::from_secs(180), || {
             if let Ok(Some(status)) = agent.child.try_wait() {
                 panic!("agent exited with {status}:\n{}", agent.log());
             }
@@ -92,7 +93,7 @@ impl Agent {
                 .filter(|s| *s == 200)
                 .map(|_| ())
         });
-        assert!(ready.is_some(), "agent not ready in 60 s:\n{}", agent.log());
+        assert!(ready.is_some(), "agent not ready in 180 s:\n{}", agent.log());
         agent
     }
 
