@@ -111,8 +111,10 @@ fn main() -> ExitCode {
             format,
             name,
         } => config::Config::load(&config)
-            .map(|c| print!("{}", export::rules::render(&c.slo_set(), format, &name)))
-            .map_err(Into::into),
+            .map_err(Into::into)
+            // With tenant.hash, per-tenant overrides are matched by pseudonym.
+            .and_then(export::tenant_hashing)
+            .map(|(c, _)| print!("{}", export::rules::render(&c.slo_set(), format, &name))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
