@@ -146,6 +146,18 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
         "prometheus: http://{}/metrics",
         c.exporters.prometheus.listen
     );
+    if let Some(o) = &c.exporters.otlp {
+        println!(
+            "otlp: {:?} to {} every {}",
+            o.protocol, o.endpoint, o.interval
+        );
+    }
+    if let Some(a) = &c.exporters.alertmanager {
+        println!("alertmanager: {}", a.url);
+    }
+    if c.tenant.hash.is_some() {
+        println!("tenant labels: HMAC-SHA256 pseudonyms");
+    }
     Ok(())
 }
 

@@ -93,7 +93,11 @@ impl Agent {
                 .filter(|s| *s == 200)
                 .map(|_| ())
         });
-        assert!(ready.is_some(), "agent not ready in 180 s:\n{}", agent.log());
+        assert!(
+            ready.is_some(),
+            "agent not ready in 180 s:\n{}",
+            agent.log()
+        );
         agent
     }
 

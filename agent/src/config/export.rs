@@ -236,6 +236,77 @@ pub fn read_hash_key(path: &std::path::Path) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+
+    fn error(yaml: &str) -> String {
+        Config::parse(yaml, std::path::Path::new("burnwatch.yaml"))
+            .expect_err(yaml)
+            .to_string()
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        assert_eq!(
+            error("exporters:\n  otlp:\n    endpoint: collector:4317\n"),
+            "burnwatch.yaml:3: exporters.otlp.endpoint: \"collector:4317\" must start with http:// or https://"
+        );
+        let e = error("exporters:\n  otlp:\n    endpoint: http://c:4317\n    protocol: udp\n");
+        assert!(e.starts_with("burnwatch.yaml:4"), "{e}");
+        let e = error("exporters:\n  labels:\n    node: ${BURNWATCH_SURELY_UNSET_VAR}\n");
+        assert_eq!(
+            e,
+            "burnwatch.yaml:3: exporters.labels.node: environment variable BURNWATCH_SURELY_UNSET_VAR is not set"
+        );
+        let e = error("exporters:\n  labels:\n    zone: a\n");
+        assert!(
+            e.starts_with("burnwatch.yaml:3") && e.contains("zone"),
+            "{e}"
+        );
+        let e = error("exporters:\n  alertmanager:\n    url: am:9093\n");
+        assert!(
+            e.starts_with("burnwatch.yaml:3: exporters.alertmanager.url"),
+            "{e}"
+        );
+        let e = error("tenant:\n  hash: hmac-sha256\n");
+        assert_eq!(
+            e,
+            "burnwatch.yaml:1: tenant.hash_key_file: required with `hash` (a file holding a secret key)"
+        );
+        let e = error("tenant:\n  hash: md5\n");
+        assert!(e.starts_with("burnwatch.yaml:2"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let short = dir.path().join("key");
+        std::fs::write(&short, "tiny\n").unwrap();
+        let e = error(&format!(
+            "tenant:\n  hash: hmac-sha256\n  hash_key_file: {}\n",
+            short.display()
+        ));
+        assert!(e.contains("at least 16 bytes"), "{e}");
+    }
+
+    #[test]
+    fn full_section_parses_with_defaults() {
+        let c = Config::parse(
+            "exporters:\n  labels: { environment: prod, cluster: eu-1 }\n  otlp: { endpoint: \"http://c:4318\", protocol: http, temporality: delta }\n  alertmanager: { url: \"http://am:9093\" }\n",
+            std::path::Path::new("b.yaml"),
+        )
+        .unwrap();
+        let o = c.exporters.otlp.unwrap();
+        assert_eq!(o.protocol, OtlpProtocol::Http);
+        assert_eq!(o.temporality, Temporality::Delta);
+        assert_eq!(o.interval.as_secs(), 10);
+        assert_eq!(
+            c.exporters.alertmanager.unwrap().resend_interval.as_secs(),
+            60
+        );
+        assert_eq!(
+            c.exporters.labels.pairs(),
+            vec![
+                ("environment", "prod".to_string()),
+                ("cluster", "eu-1".to_string())
+            ]
+        );
+    }
 
     #[test]
     fn expands_environment_variables() {

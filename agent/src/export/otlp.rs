@@ -60,6 +60,7 @@ use crate::engine::window::Window;
 const EVENT_CHANNEL: usize = 1024;
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
 
 pub struct Handle {
     events: mpsc::Sender<AlertEvent>,
@@ -192,6 +193,8 @@ enum Export {
     Logs(ExportLogsServiceRequest, u64),
 }
 
+// One per agent, never moved in a hot loop: the size difference is moot.
+#[allow(clippy::large_enum_variant)]
 enum Transport {
     Grpc {
         metrics: MetricsServiceClient<tonic::transport::Channel>,
@@ -371,13 +374,16 @@ impl Exporter {
                 _ = &mut stopped => break,
             }
         }
-        // One last try for what is queued (alert events first matter most),
-        // each bounded by the transport's timeout.
-        while !self.queue.is_empty() {
-            if !self.send_head().await {
-                break;
+        // One last try for what is queued, stopping at the first failure and
+        // bounded in total so a slow collector cannot hold up shutdown.
+        let flush = async {
+            while !self.queue.is_empty() {
+                if !self.send_head().await {
+                    break;
+                }
             }
-        }
+        };
+        let _ = tokio::time::timeout(SHUTDOWN_FLUSH, flush).await;
     }
 
     fn counters(&self, export: &Export) -> &super::ExportCounters {
