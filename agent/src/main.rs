@@ -71,6 +71,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print Prometheus recording and alerting rules that compute the SLOs'
+    /// windows, burn rates, budget and alerts cluster-wide, per tenant, from
+    /// every node's burnwatch_slo_events_total (Sloth's names and labels).
+    Rules {
+        /// Config file with the SLOs (YAML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// `rules`: a Prometheus rule file; `prometheusrule`: a
+        /// prometheus-operator PrometheusRule resource.
+        #[arg(long, value_enum, default_value = "rules")]
+        format: export::rules::Format,
+        /// metadata.name of the PrometheusRule.
+        #[arg(long, default_value = "burnwatch-slos")]
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -91,6 +106,15 @@ fn main() -> ExitCode {
             scenario,
             json,
         } => simulate(&config, &scenario, json),
+        Command::Rules {
+            config,
+            format,
+            name,
+        } => config::Config::load(&config)
+            .map_err(Into::into)
+            // With tenant.hash, per-tenant overrides are matched by pseudonym.
+            .and_then(export::tenant_hashing)
+            .map(|(c, _)| print!("{}", export::rules::render(&c.slo_set(), format, &name))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -122,6 +146,18 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
         "prometheus: http://{}/metrics",
         c.exporters.prometheus.listen
     );
+    if let Some(o) = &c.exporters.otlp {
+        println!(
+            "otlp: {:?} to {} every {}",
+            o.protocol, o.endpoint, o.interval
+        );
+    }
+    if let Some(a) = &c.exporters.alertmanager {
+        println!("alertmanager: {}", a.url);
+    }
+    if c.tenant.hash.is_some() {
+        println!("tenant labels: HMAC-SHA256 pseudonyms");
+    }
     Ok(())
 }
 

@@ -119,7 +119,7 @@ pub fn latency_bounds(config: &Config) -> Vec<f64> {
     bounds
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -159,6 +159,7 @@ fn checkpoint(store: &StateStore, state: &RwLock<AgentState>) {
 async fn run_async(config: Config) -> Result<()> {
     // Bind first: a taken port is reported before any program is loaded.
     let listener = crate::api::bind(config.exporters.prometheus.listen).await?;
+    let (config, hasher) = crate::export::tenant_hashing(config)?;
     let (kcfg, ports) = kernel_config(&config)?;
     let mut probe = Probe::load(&kcfg, &ports)?;
     let mut matcher = ProcessMatcher::new(&config);
@@ -172,6 +173,12 @@ async fn run_async(config: Config) -> Result<()> {
         latency_bounds(&config),
         config.slo_set(),
     )));
+    if let Some(h) = hasher {
+        let mut st = state.write().unwrap_or_else(|e| e.into_inner());
+        st.requests.set_tenant_hasher(h);
+    }
+    let stats = Arc::new(crate::export::SelfStats::default());
+    let sinks = crate::export::AlertSinks::start(&config, &state, &stats)?;
     let store = open_store(&config, &state);
     let mut checkpoint_tick =
         tokio::time::interval(Duration::from_secs(config.state.checkpoint_interval_secs));
@@ -182,7 +189,11 @@ async fn run_async(config: Config) -> Result<()> {
     );
     let server = tokio::spawn(crate::api::serve(
         listener,
-        crate::api::router(state.clone()),
+        crate::api::router(
+            state.clone(),
+            stats.clone(),
+            config.exporters.labels.pairs(),
+        ),
     ));
 
     let mut names = ServiceNames::new(config.services.iter().map(|s| s.name.clone()))
@@ -199,9 +210,12 @@ async fn run_async(config: Config) -> Result<()> {
                 {
                     warn!("writing process matchers: {e:#}");
                 }
-                if let Err(e) = poll(&probe, &state, &mut names, &missing) {
-                    warn!("reading kernel maps: {e:#}");
+                let started = std::time::Instant::now();
+                match poll(&probe, &state, &mut names, &missing, &stats) {
+                    Ok(transitions) => sinks.send(&state, &transitions),
+                    Err(e) => warn!("reading kernel maps: {e:#}"),
                 }
+                stats.poll_ns.store(started.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
             }
             _ = checkpoint_tick.tick(), if store.is_some() => {
                 let (store, state) = (store.clone().expect("checked"), state.clone());
@@ -220,6 +234,7 @@ async fn run_async(config: Config) -> Result<()> {
         checkpoint(store, &state);
         info!("SLO state saved");
     }
+    sinks.shutdown().await;
     Ok(())
 }
 
@@ -229,7 +244,9 @@ fn poll(
     state: &RwLock<AgentState>,
     names: &mut ServiceNames,
     missing: &Arc<str>,
-) -> Result<()> {
+    stats: &crate::export::SelfStats,
+) -> Result<Vec<crate::engine::AlertTransition>> {
+    use std::sync::atomic::Ordering::Relaxed;
     let counters = probe.read_counters()?;
     let bpf_stats = probe.bpf_stats();
     let mut st = state.write().unwrap_or_else(|e| e.into_inner());
@@ -240,7 +257,9 @@ fn poll(
         let AgentState {
             requests, clients, ..
         } = &mut *st;
+        let mut entries = 0;
         if let Err(e) = probe.read_counts(|k, v| {
+            entries += 1;
             if k.role == role::CLIENT {
                 clients.add(k, v, names, missing);
             } else {
@@ -249,19 +268,30 @@ fn poll(
         }) {
             result = Err(e);
         }
+        stats.counts_entries.store(entries, Relaxed);
     }
     st.conn_events.begin_update();
     {
         let events = &mut st.conn_events;
-        if let Err(e) = probe.read_conn_events(|k, v| events.add(k, v, names)) {
+        let mut entries = 0;
+        if let Err(e) = probe.read_conn_events(|k, v| {
+            entries += 1;
+            events.add(k, v, names)
+        }) {
             result = Err(e);
         }
+        stats.conn_events_entries.store(entries, Relaxed);
     }
     st.capture_counters = counters;
     st.bpf_stats = bpf_stats;
     let now = unix_now();
+    let evaluation = std::time::Instant::now();
     st.feed_engine(now);
-    for t in st.engine.evaluate(now) {
+    let transitions = st.engine.evaluate(now);
+    stats
+        .evaluation_ns
+        .store(evaluation.elapsed().as_nanos() as u64, Relaxed);
+    for t in &transitions {
         let what = match t.kind {
             TransitionKind::Fired => "fired",
             TransitionKind::Resolved => "resolved",
@@ -278,5 +308,5 @@ fn poll(
         );
     }
     st.polls += 1;
-    result
+    result.map(|()| transitions)
 }

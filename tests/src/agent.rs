@@ -37,6 +37,17 @@ impl Agent {
     /// Like [`Agent::start`], with the SLO state store in `state_dir` (to
     /// restart an agent on the state a previous one left).
     pub fn start_with_state(config_body: &str, state_dir: Option<&std::path::Path>) -> Agent {
+        Agent::start_with_exporters(config_body, state_dir, "")
+    }
+
+    /// Like [`Agent::start_with_state`], with `exporters` (YAML lines
+    /// indented by two spaces, e.g. `  otlp: {...}\n`) added to the
+    /// `exporters:` section beside the Prometheus listener.
+    pub fn start_with_exporters(
+        config_body: &str,
+        state_dir: Option<&std::path::Path>,
+        exporters: &str,
+    ) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let state_dir = state_dir
             .map(std::path::Path::to_path_buf)
@@ -44,7 +55,7 @@ impl Agent {
         let metrics_port = free_port();
         let config = dir.path().join("burnwatch.yaml");
         let mut body = format!(
-            "{config_body}\nexporters:\n  prometheus:\n    listen: 127.0.0.1:{metrics_port}\n"
+            "{config_body}\nexporters:\n  prometheus:\n    listen: 127.0.0.1:{metrics_port}\n{exporters}"
         );
         // Checkpoints every 2 s, so restart tests need not wait long.
         body.push_str(&format!(

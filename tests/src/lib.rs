@@ -10,6 +10,7 @@ pub mod agent;
 pub mod client;
 pub mod exposition;
 pub mod nginx;
+pub mod peers;
 pub mod servers;
 
 use std::net::TcpListener;

@@ -7,7 +7,8 @@
 //!   bpfel-unknown-none);
 //! - `bpf-linker`, built from crates.io against the LLVM that ships inside
 //!   the nightly toolchain (no prebuilt download exists here);
-//! - Debian packages the tests drive: nginx, curl.
+//! - Debian packages the tests drive: nginx, curl, prometheus, alertmanager...;
+//! - PyPI `rotel` (an OTLP collector for the exporter tests).
 
 mod bench;
 
@@ -28,7 +29,15 @@ const APT_PACKAGES: &[&str] = &[
     "python3",
     "nodejs",
     "golang-go",
+    // Exporter tests: a real Prometheus (and promtool), a real Alertmanager,
+    // pip for the OTLP collector (see ROTEL_VERSION).
+    "prometheus",
+    "prometheus-alertmanager",
+    "python3-pip",
 ];
+/// PyPI `rotel` ships `rotel-agent`, the OTLP collector the exporter tests
+/// send to (its debug log prints what it receives).
+const ROTEL_VERSION: &str = "0.0.1a15";
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Build, run and test burnwatch")]
@@ -134,7 +143,34 @@ fn setup() -> Result<()> {
     setup_rust()?;
     setup_bpf_linker()?;
     setup_apt()?;
+    setup_rotel()?;
     Ok(())
+}
+
+/// `pip install rotel==ROTEL_VERSION` unless that version is importable.
+fn setup_rotel() -> Result<()> {
+    let installed = output(
+        "python3",
+        &["-c", "import rotel.__about__ as a; print(a.__version__)"],
+    );
+    if installed.is_some_and(|v| v.trim() == ROTEL_VERSION) {
+        return Ok(());
+    }
+    step(&format!(
+        "installing rotel {ROTEL_VERSION} (OTLP collector for the tests)"
+    ));
+    cmd(
+        "python3",
+        &[
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            // Debian's Python is "externally managed"; this is a test tool.
+            "--break-system-packages",
+            &format!("rotel=={ROTEL_VERSION}"),
+        ],
+    )
 }
 
 fn setup_rust() -> Result<()> {

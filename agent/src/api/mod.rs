@@ -2,13 +2,14 @@
 //! `/readyz` for probes. One port, one server.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
 use anyhow::{Context, Result};
 use axum::{
     Json, Router,
     extract::{Query, State},
-    http::{StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     response::IntoResponse,
     routing::get,
 };
@@ -17,18 +18,25 @@ use tokio::net::TcpListener;
 
 use crate::engine::Risk;
 use crate::engine::state::AgentState;
-use crate::export::prometheus;
+use crate::export::{SelfStats, prometheus};
 
 #[derive(Clone)]
 struct Ctx {
     registry: Arc<Registry>,
     state: Arc<RwLock<AgentState>>,
+    stats: Arc<SelfStats>,
 }
 
-pub fn router(state: Arc<RwLock<AgentState>>) -> Router {
+/// `labels`: the config's `exporters.labels`, added to every series.
+pub fn router(
+    state: Arc<RwLock<AgentState>>,
+    stats: Arc<SelfStats>,
+    labels: Vec<(&'static str, String)>,
+) -> Router {
     let ctx = Ctx {
-        registry: Arc::new(prometheus::registry(state.clone())),
+        registry: Arc::new(prometheus::registry(state.clone(), stats.clone(), labels)),
         state,
+        stats,
     };
     Router::new()
         .route("/metrics", get(metrics))
@@ -49,14 +57,32 @@ pub async fn serve(listener: TcpListener, router: Router) -> Result<()> {
     axum::serve(listener, router).await.context("HTTP server")
 }
 
-async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
-    match prometheus::encode(&ctx.registry) {
-        Ok(body) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, prometheus::CONTENT_TYPE)],
-            body,
-        )
-            .into_response(),
+/// OpenMetrics when the scraper asks for it, the classic text format
+/// otherwise.
+async fn metrics(State(ctx): State<Ctx>, headers: HeaderMap) -> impl IntoResponse {
+    let started = std::time::Instant::now();
+    let openmetrics =
+        prometheus::wants_openmetrics(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    let encoded = prometheus::encode(&ctx.registry).map(|body| {
+        if openmetrics {
+            (prometheus::CONTENT_TYPE, body)
+        } else {
+            (
+                prometheus::CONTENT_TYPE_TEXT,
+                prometheus::to_text_format(&body),
+            )
+        }
+    });
+    match encoded {
+        Ok((content_type, body)) => {
+            ctx.stats
+                .scrape_ns
+                .store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            ctx.stats
+                .scrape_bytes
+                .store(body.len() as u64, Ordering::Relaxed);
+            (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response()
+        }
         Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n").into_response(),
     }
 }

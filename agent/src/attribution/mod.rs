@@ -14,6 +14,7 @@ use burnwatch_common::maps::{CLIENT_ID_BASE, SERVICE_AUTO};
 
 pub mod processes;
 pub mod procfs;
+pub mod tenant_hash;
 
 /// Names of services by kernel service id (and local port for automatic
 /// ones), and of clients by client id.

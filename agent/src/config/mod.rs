@@ -130,6 +130,12 @@ pub struct Tenant {
     /// Distinct tenants kept per service; more go to `__overflow__`.
     #[serde(default = "default_max_per_service")]
     pub max_per_service: u32,
+    /// Pseudonymise tenant ids (HMAC with `hash_key_file`) before they become
+    /// labels: raw ids never leave the node.
+    #[serde(default)]
+    pub hash: Option<export::TenantHash>,
+    #[serde(default)]
+    pub hash_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -154,6 +160,8 @@ impl Default for Tenant {
             path_prefix: None,
             missing: default_missing(),
             max_per_service: default_max_per_service(),
+            hash: None,
+            hash_key_file: None,
         }
     }
 }
@@ -166,6 +174,13 @@ pub const OVERFLOW_TENANT: &str = "__overflow__";
 pub struct Exporters {
     #[serde(default)]
     pub prometheus: Prometheus,
+    /// `environment`, `cluster`, `node` labels on every series and alert.
+    #[serde(default)]
+    pub labels: export::ExportLabels,
+    #[serde(default)]
+    pub otlp: Option<export::Otlp>,
+    #[serde(default)]
+    pub alertmanager: Option<export::Alertmanager>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -289,13 +304,18 @@ impl Config {
             })?;
             config.slos.extend(specs);
         }
-        config.validate().map_err(|(field, message)| ConfigError {
-            line: locate_field(text, &field),
-            file: file.to_path_buf(),
-            column: None,
-            field: Some(field),
-            message,
-        })?;
+        config
+            .exporters
+            .labels
+            .expand_env()
+            .and_then(|()| config.validate())
+            .map_err(|(field, message)| ConfigError {
+                line: locate_field(text, &field),
+                file: file.to_path_buf(),
+                column: None,
+                field: Some(field),
+                message,
+            })?;
         Ok(config)
     }
 
@@ -404,6 +424,27 @@ impl Config {
                     self.tenant.max_per_service
                 ),
             ));
+        }
+        if let Some(o) = &self.exporters.otlp {
+            export::validate_otlp(o)?;
+        }
+        if let Some(a) = &self.exporters.alertmanager {
+            export::validate_alertmanager(a)?;
+        }
+        match (&self.tenant.hash, &self.tenant.hash_key_file) {
+            (Some(_), None) => {
+                return Err((
+                    "tenant.hash_key_file".into(),
+                    "required with `hash` (a file holding a secret key)".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(("tenant.hash".into(), "missing: hmac-sha256".into()));
+            }
+            (Some(_), Some(f)) => {
+                export::read_hash_key(f).map_err(|m| ("tenant.hash_key_file".to_string(), m))?;
+            }
+            (None, None) => {}
         }
         if !valid_label_value(&self.tenant.missing) {
             return Err((
@@ -516,6 +557,7 @@ fn locate_field(text: &str, field: &str) -> Option<u32> {
     Some(start as u32 + 1)
 }
 
+pub mod export;
 pub mod openslo;
 #[cfg(test)]
 mod tests;

@@ -52,6 +52,8 @@ pub struct RequestTable {
     folded: HashMap<Arc<str>, HashSet<Arc<str>>>,
     max_tenants: usize,
     overflow_label: Arc<str>,
+    /// `tenant.hash`: pseudonymises tenants as their labels are made.
+    hasher: Option<crate::attribution::tenant_hash::TenantHasher>,
 }
 
 impl RequestTable {
@@ -66,7 +68,13 @@ impl RequestTable {
             folded: HashMap::new(),
             max_tenants: max_tenants_per_service as usize,
             overflow_label: Arc::from(OVERFLOW_TENANT),
+            hasher: None,
         }
+    }
+
+    /// Pseudonymise tenant ids from now on (`tenant.hash`).
+    pub fn set_tenant_hasher(&mut self, hasher: crate::attribution::tenant_hash::TenantHasher) {
+        self.hasher = Some(hasher);
     }
 
     /// Tenants folded into `__overflow__`, per service.
@@ -119,7 +127,14 @@ impl RequestTable {
             Some(&idx) => idx,
             None => {
                 let service = names.name(key.service_id, key.local_port);
-                let tenant = self.admit(&service, tenant_label(key.tenant(), missing_tenant));
+                let mut tenant = tenant_label(key.tenant(), missing_tenant);
+                if let Some(h) = &self.hasher
+                    && !Arc::ptr_eq(&tenant, missing_tenant)
+                    && *tenant != *OVERFLOW_TENANT
+                {
+                    tenant = h.pseudonym(&tenant);
+                }
+                let tenant = self.admit(&service, tenant);
                 let labels = RequestLabels {
                     service: service.clone(),
                     tenant: tenant.clone(),

@@ -104,6 +104,11 @@ impl Slo {
             .copied()
             .unwrap_or(self.objective)
     }
+
+    /// Per-tenant objective overrides (percent), for the rule generator.
+    pub fn tenant_objectives(&self) -> &BTreeMap<String, f64> {
+        &self.tenant_objectives
+    }
 }
 
 /// The validated SLO config.

@@ -3,7 +3,9 @@
 //! counters are already cumulative, so there is nothing to increment and no
 //! per-request work in userspace.
 
+use std::borrow::Cow;
 use std::fmt;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
 use burnwatch_common::maps::{conn_event, counter};
@@ -15,11 +17,16 @@ use prometheus_client::registry::Registry;
 use crate::engine::budget::BudgetStatus;
 use crate::engine::state::AgentState;
 use crate::engine::window::Window;
+use crate::export::SelfStats;
 
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The classic Prometheus text format, for scrapers that do not ask for
+/// OpenMetrics (older Prometheus, many agents, curl).
+pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 struct StateCollector {
     state: Arc<RwLock<AgentState>>,
+    stats: Arc<SelfStats>,
 }
 
 impl fmt::Debug for StateCollector {
@@ -28,10 +35,19 @@ impl fmt::Debug for StateCollector {
     }
 }
 
-/// A registry with every burnwatch metric family.
-pub fn registry(state: Arc<RwLock<AgentState>>) -> Registry {
-    let mut r = Registry::default();
-    r.register_collector(Box::new(StateCollector { state }));
+/// A registry with every burnwatch metric family; `labels` (the config's
+/// `environment`, `cluster`, `node`) are added to every series.
+pub fn registry(
+    state: Arc<RwLock<AgentState>>,
+    stats: Arc<SelfStats>,
+    labels: Vec<(&'static str, String)>,
+) -> Registry {
+    let mut r = Registry::with_labels(
+        labels
+            .into_iter()
+            .map(|(k, v)| (Cow::Borrowed(k), Cow::Owned(v))),
+    );
+    r.register_collector(Box::new(StateCollector { state, stats }));
     r
 }
 
@@ -40,6 +56,68 @@ pub fn encode(registry: &Registry) -> Result<String, fmt::Error> {
     let mut out = String::with_capacity(64 * 1024);
     prometheus_client::encoding::text::encode(&mut out, registry)?;
     Ok(out)
+}
+
+/// True when an `Accept` header asks for OpenMetrics (Prometheus does by
+/// default); anything else gets the classic text format.
+pub fn wants_openmetrics(accept: Option<&str>) -> bool {
+    accept.is_some_and(|a| a.contains("application/openmetrics-text"))
+}
+
+/// Rewrites OpenMetrics text (as `prometheus-client` writes it) into the
+/// classic Prometheus text format 0.0.4.
+///
+/// Why by hand: `prometheus-client` only encodes OpenMetrics, and keeping a
+/// second encoder of every family (or a second metrics crate) would double
+/// the exposition code. For the metric types burnwatch uses (counter, gauge,
+/// histogram, info; no exemplars, no created timestamps) the two formats
+/// differ only in framing lines: OpenMetrics names a counter family without
+/// `_total` and an info family without `_info` in `# HELP`/`# TYPE` (0.0.4
+/// names them like their samples; info becomes a gauge), has `# UNIT` lines
+/// and ends with `# EOF`. Sample lines are identical and copied through.
+/// One pass, one output buffer.
+pub fn to_text_format(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    // `# HELP` comes before the `# TYPE` that says how to rename it.
+    let mut help: Option<&str> = None;
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = Some(rest);
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.rsplit_once(' ').unwrap_or((rest, "untyped"));
+            let (suffix, kind) = match kind {
+                "counter" => ("_total", "counter"),
+                "info" => ("_info", "gauge"),
+                "stateset" | "gaugehistogram" | "unknown" => ("", "untyped"),
+                other => ("", other),
+            };
+            if let Some(h) = help.take() {
+                let text = h.strip_prefix(name).unwrap_or(h);
+                out.push_str("# HELP ");
+                out.push_str(name);
+                out.push_str(suffix);
+                out.push_str(text);
+                out.push('\n');
+            }
+            out.push_str("# TYPE ");
+            out.push_str(name);
+            out.push_str(suffix);
+            out.push(' ');
+            out.push_str(kind);
+            out.push('\n');
+        } else if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        } else {
+            if let Some(h) = help.take() {
+                out.push_str("# HELP ");
+                out.push_str(h);
+                out.push('\n');
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 impl Collector for StateCollector {
@@ -197,8 +275,90 @@ impl Collector for StateCollector {
             MetricType::Gauge,
         )?;
         m.encode_gauge(&(state.probes.len() as i64))?;
-        Ok(())
+        drop(state);
+        encode_self_stats(&self.stats, &mut enc)
     }
+}
+
+/// The agent's own costs and the push exporters' health.
+fn encode_self_stats(s: &SelfStats, enc: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
+    let secs = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64 / 1e9;
+    for (name, help, value) in [
+        (
+            "burnwatch_scrape_duration_seconds",
+            "Time the previous /metrics answer took to encode.",
+            secs(&s.scrape_ns),
+        ),
+        (
+            "burnwatch_scrape_size_bytes",
+            "Size of the previous /metrics answer.",
+            s.scrape_bytes.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "burnwatch_poll_duration_seconds",
+            "Time of the last read of the kernel maps into series, SLO evaluation included.",
+            secs(&s.poll_ns),
+        ),
+        (
+            "burnwatch_evaluation_duration_seconds",
+            "Time of the last SLO evaluation (classification, windows, alert state machines).",
+            secs(&s.evaluation_ns),
+        ),
+    ] {
+        enc.encode_descriptor(name, help, None, MetricType::Gauge)?
+            .encode_gauge(&value)?;
+    }
+    let mut m = enc.encode_descriptor(
+        "burnwatch_map_entries",
+        "Entries in each kernel map at the last read; new series are lost when a map is full.",
+        None,
+        MetricType::Gauge,
+    )?;
+    m.encode_family(&[("map", "COUNTS")])?
+        .encode_gauge(&(s.counts_entries.load(Ordering::Relaxed) as i64))?;
+    m.encode_family(&[("map", "CONN_EVENTS")])?
+        .encode_gauge(&(s.conn_events_entries.load(Ordering::Relaxed) as i64))?;
+    let mut m = enc.encode_descriptor(
+        "burnwatch_map_capacity",
+        "Maximum entries of each kernel map.",
+        None,
+        MetricType::Gauge,
+    )?;
+    m.encode_family(&[("map", "COUNTS")])?
+        .encode_gauge(&i64::from(burnwatch_common::maps::COUNTS_MAX))?;
+    m.encode_family(&[("map", "CONN_EVENTS")])?
+        .encode_gauge(&i64::from(burnwatch_common::maps::CONN_EVENTS_MAX))?;
+
+    let sinks = [
+        ("otlp", "metrics", &s.otlp_metrics),
+        ("otlp", "logs", &s.otlp_logs),
+        ("alertmanager", "alerts", &s.alertmanager),
+    ];
+    for (name, help, pick) in [
+        (
+            "burnwatch_export_requests",
+            "Export requests the peer accepted, per push exporter and signal.",
+            0,
+        ),
+        (
+            "burnwatch_export_failures",
+            "Export attempts that failed (each retry counts).",
+            1,
+        ),
+        (
+            "burnwatch_export_dropped",
+            "Items a push exporter gave up on: queue full while the peer was down or slow, or retries exhausted.",
+            2,
+        ),
+    ] {
+        let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (exporter, signal, c) in sinks {
+            let v = [&c.sent, &c.failed, &c.dropped][pick].load(Ordering::Relaxed);
+            m.encode_family(&[("exporter", exporter), ("signal", signal)])?
+                .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+        }
+    }
+    Ok(())
 }
 
 const STATUSES: [(BudgetStatus, &str); 5] = [
@@ -354,4 +514,55 @@ fn encode_slos(state: &AgentState, enc: &mut DescriptorEncoder) -> Result<(), fm
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_format_renames_counter_and_info_families() {
+        let om = "# HELP a_requests Requests.\n# TYPE a_requests counter\na_requests_total{x=\"1\"} 3\n\
+# HELP a_build Build.\n# TYPE a_build info\na_build_info{version=\"1\"} 1\n\
+# HELP a_g G.\n# TYPE a_g gauge\n# UNIT a_g seconds\na_g 1.5\n# EOF\n";
+        assert_eq!(
+            to_text_format(om),
+            "# HELP a_requests_total Requests.\n# TYPE a_requests_total counter\na_requests_total{x=\"1\"} 3\n\
+# HELP a_build_info Build.\n# TYPE a_build_info gauge\na_build_info{version=\"1\"} 1\n\
+# HELP a_g G.\n# TYPE a_g gauge\na_g 1.5\n"
+        );
+    }
+
+    #[test]
+    fn accept_header_negotiation() {
+        assert!(wants_openmetrics(Some(
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+        )));
+        assert!(!wants_openmetrics(Some("text/plain")));
+        assert!(!wants_openmetrics(None));
+    }
+
+    #[test]
+    fn config_labels_are_on_every_series() {
+        let state = Arc::new(RwLock::new(AgentState::new(
+            10,
+            vec!["p".into()],
+            vec![0.1],
+            crate::engine::SloConfig::default().validate().unwrap(),
+        )));
+        let r = registry(
+            state,
+            Arc::default(),
+            vec![("cluster", "eu-1".into()), ("node", "n1".into())],
+        );
+        let text = encode(&r).unwrap();
+        let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert!(samples.len() > 10, "{text}");
+        for l in samples {
+            assert!(
+                l.contains("cluster=\"eu-1\"") && l.contains("node=\"n1\""),
+                "{l}"
+            );
+        }
+    }
 }

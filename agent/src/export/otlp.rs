@@ -1,0 +1,763 @@
+//! OTLP export: the Prometheus instruments as OTLP metrics every
+//! `interval`, and alert transitions as OTLP log records, over gRPC or
+//! HTTP/protobuf.
+//!
+//! Why not `opentelemetry-otlp`'s exporters with the OpenTelemetry SDK: they
+//! only take the SDK's aggregated data, whose types have crate-private
+//! constructors, and the SDK has no instrument that accepts pre-aggregated
+//! histogram buckets; burnwatch's histograms are bucketed by the kernel,
+//! so the SDK would need one `record` call per request (or lose the exact
+//! buckets). Its batch log processor also drops silently when full. So this
+//! module builds the OTLP messages from `opentelemetry-proto` (the generated
+//! types `opentelemetry-otlp` itself is built on) and sends them with the
+//! same transports: tonic's generated gRPC client, reqwest for
+//! HTTP/protobuf. That keeps histograms exact and makes the queue, retries
+//! and drop accounting ours:
+//!
+//! - one task; the poll loop hands it alert events through a bounded
+//!   channel (`try_send`: a full channel drops and counts, never blocks);
+//! - every export (a metrics snapshot or a batch of log records) goes into
+//!   a queue of at most `max_queue` exports; when it is full the oldest is
+//!   dropped and counted (`burnwatch_export_dropped_total{exporter="otlp"}`);
+//! - the head of the queue is retried with exponential backoff (1 s to
+//!   30 s) while the collector is down or slow, each attempt bounded by
+//!   `timeout`. Memory is bounded by `max_queue` exports.
+//!
+//! Metric names are the Prometheus family names (without `_total`), so the
+//! same queries work after a collector's Prometheus exporter.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, logs_service_client::LogsServiceClient,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, metrics_service_client::MetricsServiceClient,
+};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber};
+use opentelemetry_proto::tonic::metrics::v1::{
+    AggregationTemporality, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint,
+    ResourceMetrics, ScopeMetrics, Sum, metric, number_data_point,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use prost::Message;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::{AlertEvent, SelfStats};
+use crate::config::export::{Otlp, OtlpProtocol, Temporality};
+use crate::engine::TransitionKind;
+use crate::engine::state::AgentState;
+use crate::engine::window::Window;
+
+/// Alert events waiting for the exporter task.
+const EVENT_CHANNEL: usize = 1024;
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
+
+pub struct Handle {
+    events: mpsc::Sender<AlertEvent>,
+    stats: Arc<SelfStats>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Handle {
+    /// Queues an alert event; drops and counts it when the exporter is
+    /// that far behind.
+    pub fn send(&self, event: AlertEvent) {
+        if self.events.try_send(event).is_err() {
+            self.stats.otlp_logs.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+pub fn start(
+    config: &Otlp,
+    labels: Vec<(&'static str, String)>,
+    state: Arc<RwLock<AgentState>>,
+    stats: Arc<SelfStats>,
+) -> Result<Handle> {
+    let transport = Transport::new(config)?;
+    let (events, rx) = mpsc::channel(EVENT_CHANNEL);
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let exporter = Exporter {
+        transport,
+        resource: resource(&labels),
+        state,
+        stats: stats.clone(),
+        interval: config.interval.as_duration(),
+        temporality: config.temporality,
+        max_queue: config.max_queue,
+        queue: VecDeque::new(),
+        started_ns: now_ns(),
+        last_export_ns: now_ns(),
+        previous: HashMap::new(),
+        generation: 0,
+    };
+    let task = tokio::spawn(exporter.run(rx, stopped));
+    Ok(Handle {
+        events,
+        stats,
+        stop,
+        task,
+    })
+}
+
+/// Resource attributes: who is reporting.
+fn resource(labels: &[(&'static str, String)]) -> Resource {
+    let mut attrs = vec![
+        kv("service.name", "burnwatch"),
+        kv("service.version", env!("CARGO_PKG_VERSION")),
+    ];
+    if let Some(host) = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+    {
+        attrs.push(kv("host.name", &host));
+    }
+    let env_node = ["K8S_NODE_NAME", "NODE_NAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()));
+    let config_node = labels
+        .iter()
+        .find(|(k, _)| *k == "node")
+        .map(|(_, v)| v.clone());
+    if let Some(node) = env_node.or(config_node) {
+        attrs.push(kv("k8s.node.name", &node));
+    }
+    for (k, v) in labels {
+        match *k {
+            "environment" => attrs.push(kv("deployment.environment.name", v)),
+            "cluster" => attrs.push(kv("k8s.cluster.name", v)),
+            _ => {}
+        }
+    }
+    Resource {
+        attributes: attrs,
+        ..Default::default()
+    }
+}
+
+fn kv(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.to_string())),
+        }),
+        ..Default::default()
+    }
+}
+
+fn kv_f64(key: &str, value: f64) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::DoubleValue(value)),
+        }),
+        ..Default::default()
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn scope() -> Option<InstrumentationScope> {
+    Some(InstrumentationScope {
+        name: "burnwatch".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        ..Default::default()
+    })
+}
+
+enum Export {
+    Metrics(ExportMetricsServiceRequest),
+    /// The request and its number of log records.
+    Logs(ExportLogsServiceRequest, u64),
+}
+
+// One per agent, never moved in a hot loop: the size difference is moot.
+#[allow(clippy::large_enum_variant)]
+enum Transport {
+    Grpc {
+        metrics: MetricsServiceClient<tonic::transport::Channel>,
+        logs: LogsServiceClient<tonic::transport::Channel>,
+        headers: tonic::metadata::MetadataMap,
+        timeout: Duration,
+    },
+    Http {
+        client: reqwest::Client,
+        metrics_url: String,
+        logs_url: String,
+        headers: reqwest::header::HeaderMap,
+    },
+}
+
+impl Transport {
+    fn new(config: &Otlp) -> Result<Transport> {
+        let timeout = config.timeout.as_duration();
+        Ok(match config.protocol {
+            OtlpProtocol::Grpc => {
+                let channel = tonic::transport::Endpoint::from_shared(config.endpoint.clone())
+                    .with_context(|| format!("OTLP endpoint {:?}", config.endpoint))?
+                    .connect_timeout(timeout)
+                    .timeout(timeout)
+                    .connect_lazy();
+                let mut headers = tonic::metadata::MetadataMap::new();
+                for (k, v) in &config.headers {
+                    let key = tonic::metadata::MetadataKey::from_bytes(k.to_lowercase().as_bytes())
+                        .with_context(|| format!("OTLP header {k:?}"))?;
+                    let value = v
+                        .parse()
+                        .with_context(|| format!("OTLP header {k:?} value"))?;
+                    headers.insert(key, value);
+                }
+                Transport::Grpc {
+                    metrics: MetricsServiceClient::new(channel.clone()),
+                    logs: LogsServiceClient::new(channel),
+                    headers,
+                    timeout,
+                }
+            }
+            OtlpProtocol::Http => {
+                let mut headers = reqwest::header::HeaderMap::new();
+                for (k, v) in &config.headers {
+                    headers.insert(
+                        reqwest::header::HeaderName::from_bytes(k.as_bytes())
+                            .with_context(|| format!("OTLP header {k:?}"))?,
+                        v.parse()
+                            .with_context(|| format!("OTLP header {k:?} value"))?,
+                    );
+                }
+                headers.insert(
+                    reqwest::header::CONTENT_TYPE,
+                    reqwest::header::HeaderValue::from_static("application/x-protobuf"),
+                );
+                let base = config.endpoint.trim_end_matches('/');
+                Transport::Http {
+                    client: reqwest::Client::builder()
+                        .timeout(timeout)
+                        .build()
+                        .context("building the OTLP HTTP client")?,
+                    metrics_url: format!("{base}/v1/metrics"),
+                    logs_url: format!("{base}/v1/logs"),
+                    headers,
+                }
+            }
+        })
+    }
+
+    async fn send(&mut self, export: &Export) -> Result<()> {
+        match self {
+            Transport::Grpc {
+                metrics,
+                logs,
+                headers,
+                timeout,
+            } => {
+                let call = async {
+                    match export {
+                        Export::Metrics(r) => {
+                            let mut req = tonic::Request::new(r.clone());
+                            *req.metadata_mut() = headers.clone();
+                            metrics.export(req).await.map(|_| ())
+                        }
+                        Export::Logs(r, _) => {
+                            let mut req = tonic::Request::new(r.clone());
+                            *req.metadata_mut() = headers.clone();
+                            logs.export(req).await.map(|_| ())
+                        }
+                    }
+                };
+                tokio::time::timeout(*timeout, call)
+                    .await
+                    .context("timed out")?
+                    .map_err(|s| anyhow::anyhow!("gRPC {:?}: {}", s.code(), s.message()))
+            }
+            Transport::Http {
+                client,
+                metrics_url,
+                logs_url,
+                headers,
+            } => {
+                let (url, body) = match export {
+                    Export::Metrics(r) => (&*metrics_url, r.encode_to_vec()),
+                    Export::Logs(r, _) => (&*logs_url, r.encode_to_vec()),
+                };
+                let response = client
+                    .post(url)
+                    .headers(headers.clone())
+                    .body(body)
+                    .send()
+                    .await?;
+                let status = response.status();
+                if !status.is_success() {
+                    anyhow::bail!("HTTP {status} from {url}");
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+struct Exporter {
+    transport: Transport,
+    resource: Resource,
+    state: Arc<RwLock<AgentState>>,
+    stats: Arc<SelfStats>,
+    interval: Duration,
+    temporality: Temporality,
+    max_queue: usize,
+    queue: VecDeque<Export>,
+    started_ns: u64,
+    last_export_ns: u64,
+    /// Delta temporality: the cumulative values last exported, per data
+    /// point identity, with the generation they were last seen in (points
+    /// that disappear are forgotten).
+    previous: HashMap<u64, (u64, Vec<u64>)>,
+    generation: u64,
+}
+
+impl Exporter {
+    async fn run(
+        mut self,
+        mut events: mpsc::Receiver<AlertEvent>,
+        mut stopped: tokio::sync::oneshot::Receiver<()>,
+    ) {
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut backoff = BACKOFF_MIN;
+        let mut next_attempt = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let export = Export::Metrics(self.metrics_export());
+                    self.enqueue(export);
+                }
+                Some(first) = events.recv() => {
+                    let mut batch = vec![first];
+                    while batch.len() < 512 {
+                        match events.try_recv() {
+                            Ok(e) => batch.push(e),
+                            Err(_) => break,
+                        }
+                    }
+                    let n = batch.len() as u64;
+                    self.enqueue(Export::Logs(self.logs_export(&batch), n));
+                }
+                _ = tokio::time::sleep_until(next_attempt), if !self.queue.is_empty() => {
+                    if self.send_head().await {
+                        backoff = BACKOFF_MIN;
+                        next_attempt = tokio::time::Instant::now();
+                    } else {
+                        next_attempt = tokio::time::Instant::now() + backoff;
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    }
+                }
+                _ = &mut stopped => break,
+            }
+        }
+        // One last try for what is queued, stopping at the first failure and
+        // bounded in total so a slow collector cannot hold up shutdown.
+        let flush = async {
+            while !self.queue.is_empty() {
+                if !self.send_head().await {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(SHUTDOWN_FLUSH, flush).await;
+    }
+
+    fn counters(&self, export: &Export) -> &super::ExportCounters {
+        match export {
+            Export::Metrics(_) => &self.stats.otlp_metrics,
+            Export::Logs(..) => &self.stats.otlp_logs,
+        }
+    }
+
+    fn enqueue(&mut self, export: Export) {
+        if self.queue.len() >= self.max_queue
+            && let Some(old) = self.queue.pop_front()
+        {
+            let n = match &old {
+                Export::Metrics(_) => 1,
+                Export::Logs(_, n) => *n,
+            };
+            self.counters(&old).dropped.fetch_add(n, Ordering::Relaxed);
+        }
+        self.queue.push_back(export);
+    }
+
+    /// Sends the oldest queued export; true on success.
+    async fn send_head(&mut self) -> bool {
+        let Some(head) = self.queue.pop_front() else {
+            return true;
+        };
+        match self.transport.send(&head).await {
+            Ok(()) => {
+                self.counters(&head).sent.fetch_add(1, Ordering::Relaxed);
+                debug!("OTLP export sent");
+                true
+            }
+            Err(e) => {
+                self.counters(&head).failed.fetch_add(1, Ordering::Relaxed);
+                warn!("OTLP export failed (retrying with backoff): {e:#}");
+                self.queue.push_front(head);
+                false
+            }
+        }
+    }
+
+    /// For delta temporality: the increase of `current` since the last
+    /// export of the same point (the whole value for a new point or after a
+    /// reset). Cumulative: `current` itself.
+    fn value(&mut self, identity: u64, current: &[u64], out: &mut Vec<u64>) {
+        out.clear();
+        if self.temporality == Temporality::Cumulative {
+            out.extend_from_slice(current);
+            return;
+        }
+        let entry = self
+            .previous
+            .entry(identity)
+            .or_insert_with(|| (0, vec![0; current.len()]));
+        entry.0 = self.generation;
+        let reset =
+            entry.1.len() != current.len() || current.iter().zip(&entry.1).any(|(c, p)| c < p);
+        for (i, c) in current.iter().enumerate() {
+            out.push(if reset { *c } else { c - entry.1[i] });
+        }
+        entry.1.clear();
+        entry.1.extend_from_slice(current);
+    }
+
+    fn metrics_export(&mut self) -> ExportMetricsServiceRequest {
+        let now = now_ns();
+        self.generation += 1;
+        let start = match self.temporality {
+            Temporality::Cumulative => self.started_ns,
+            Temporality::Delta => self.last_export_ns,
+        };
+        self.last_export_ns = now;
+        let temporality = match self.temporality {
+            Temporality::Cumulative => AggregationTemporality::Cumulative,
+            Temporality::Delta => AggregationTemporality::Delta,
+        } as i32;
+        let state = self.state.clone();
+        let st = state.read().unwrap_or_else(|e| e.into_inner());
+        let mut scratch = Vec::new();
+        let mut metrics = Vec::new();
+
+        let point =
+            |attrs: Vec<KeyValue>, v: number_data_point::Value, start: u64| NumberDataPoint {
+                attributes: attrs,
+                start_time_unix_nano: start,
+                time_unix_nano: now,
+                value: Some(v),
+                ..Default::default()
+            };
+
+        let mut requests = Vec::new();
+        for s in &st.requests.series {
+            let status = format!("{:03}", s.labels.status);
+            let attrs = vec![
+                kv("service", &s.labels.service),
+                kv("tenant", &s.labels.tenant),
+                kv("method", s.labels.method),
+                kv("status_code", &status),
+            ];
+            self.value(
+                identity(&(
+                    "req",
+                    &s.labels.service,
+                    &s.labels.tenant,
+                    s.labels.method,
+                    s.labels.status,
+                )),
+                &[s.stats.count],
+                &mut scratch,
+            );
+            requests.push(point(
+                attrs,
+                number_data_point::Value::AsInt(scratch[0] as i64),
+                start,
+            ));
+        }
+        metrics.push(sum(
+            "burnwatch_http_requests",
+            "HTTP requests seen by the kernel, by service, tenant, method and status code (000: no response).",
+            "{request}",
+            requests,
+            temporality,
+        ));
+
+        let bounds = st.latency_bounds_s.clone();
+        let mut histograms = Vec::new();
+        for l in &st.requests.latency {
+            let mut current: Vec<u64> = l.buckets.to_vec();
+            current.push(l.count);
+            current.push(l.sum_ns);
+            self.value(
+                identity(&("lat", &l.service, &l.tenant)),
+                &current,
+                &mut scratch,
+            );
+            let n = l.buckets.len();
+            histograms.push(HistogramDataPoint {
+                attributes: vec![kv("service", &l.service), kv("tenant", &l.tenant)],
+                start_time_unix_nano: start,
+                time_unix_nano: now,
+                count: scratch[n],
+                sum: Some(scratch[n + 1] as f64 / 1e9),
+                // The kernel's buckets are per-bucket counts, as OTLP wants.
+                bucket_counts: scratch[..n].to_vec(),
+                explicit_bounds: bounds.iter().copied().take(n.saturating_sub(1)).collect(),
+                ..Default::default()
+            });
+        }
+        metrics.push(Metric {
+            name: "burnwatch_http_request_duration_seconds".into(),
+            description: "Time from the first byte of a request read to the first byte of its response written.".into(),
+            unit: "s".into(),
+            data: Some(metric::Data::Histogram(Histogram {
+                data_points: histograms,
+                aggregation_temporality: temporality,
+            })),
+            ..Default::default()
+        });
+
+        let mut events = Vec::new();
+        for ((id, tenant), (good, bad)) in &st.slo_events {
+            let Some(slo) = st.engine.slos().get(*id) else {
+                continue;
+            };
+            for (outcome, n) in [("good", good), ("bad", bad)] {
+                self.value(
+                    identity(&("slo", &*slo.name, tenant, outcome)),
+                    &[*n],
+                    &mut scratch,
+                );
+                events.push(point(
+                    vec![
+                        kv("slo", &slo.name),
+                        kv("tenant", tenant),
+                        kv("outcome", outcome),
+                    ],
+                    number_data_point::Value::AsInt(scratch[0] as i64),
+                    start,
+                ));
+            }
+        }
+        metrics.push(sum(
+            "burnwatch_slo_events",
+            "Events classified by the SLO's SLI since the agent started, by outcome.",
+            "{event}",
+            events,
+            temporality,
+        ));
+
+        let mut burn = Vec::new();
+        let mut remaining = Vec::new();
+        let mut firing = Vec::new();
+        for snap in st.engine.snapshots(st.now) {
+            let base = || vec![kv("slo", snap.slo_name), kv("tenant", snap.tenant)];
+            for (w, stats) in Window::ALL.iter().zip(snap.windows.iter()) {
+                let mut a = base();
+                a.push(kv("window", w.label()));
+                burn.push(point(
+                    a,
+                    number_data_point::Value::AsDouble(stats.burn_rate),
+                    0,
+                ));
+            }
+            let mut a = base();
+            a.push(kv("window", "period"));
+            burn.push(point(
+                a,
+                number_data_point::Value::AsDouble(snap.period.burn_rate),
+                0,
+            ));
+            remaining.push(point(
+                base(),
+                number_data_point::Value::AsDouble(snap.budget_remaining),
+                0,
+            ));
+            if let Some(f) = &snap.firing {
+                let mut a = base();
+                a.push(kv("severity", f.tier.severity.as_str()));
+                firing.push(point(a, number_data_point::Value::AsInt(1), 0));
+            }
+        }
+        metrics.push(gauge(
+            "burnwatch_slo_burn_rate",
+            "Error-budget burn rate over each window (1 = spending exactly the budget over the period).",
+            "1",
+            burn,
+        ));
+        metrics.push(gauge(
+            "burnwatch_slo_error_budget_remaining_ratio",
+            "Share of the period's error budget left (negative when overspent).",
+            "1",
+            remaining,
+        ));
+        metrics.push(gauge(
+            "burnwatch_slo_alert_firing",
+            "1 for the highest multiwindow burn-rate alert tier firing for the (slo, tenant).",
+            "1",
+            firing,
+        ));
+        let objectives = st
+            .engine
+            .slos()
+            .iter()
+            .map(|s| {
+                point(
+                    vec![kv("slo", &s.name)],
+                    number_data_point::Value::AsDouble(s.objective / 100.0),
+                    0,
+                )
+            })
+            .collect();
+        metrics.push(gauge(
+            "burnwatch_slo_objective_ratio",
+            "The SLO's objective as a ratio (0.999 for 99.9%).",
+            "1",
+            objectives,
+        ));
+        drop(st);
+        let generation = self.generation;
+        self.previous.retain(|_, (g, _)| *g == generation);
+
+        ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(self.resource.clone()),
+                scope_metrics: vec![ScopeMetrics {
+                    scope: scope(),
+                    metrics,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn logs_export(&self, events: &[AlertEvent]) -> ExportLogsServiceRequest {
+        let observed = now_ns();
+        let records = events
+            .iter()
+            .map(|e| {
+                let (number, text) = match (e.kind, e.severity) {
+                    (TransitionKind::Resolved, _) => (SeverityNumber::Info, "INFO"),
+                    (_, "page") => (SeverityNumber::Error, "ERROR"),
+                    _ => (SeverityNumber::Warn, "WARN"),
+                };
+                let mut attributes = vec![
+                    kv("burnwatch.alert.transition", e.kind_str()),
+                    kv("slo", &e.slo),
+                    kv("tenant", &e.tenant),
+                    kv("service", &e.service),
+                    kv("severity", e.severity),
+                    kv("long_window", e.long_window),
+                    kv("short_window", e.short_window),
+                    kv_f64("long_burn_rate", e.long_burn_rate),
+                    kv_f64("short_burn_rate", e.short_burn_rate),
+                    kv_f64("threshold", e.threshold),
+                    kv_f64("objective", e.objective),
+                ];
+                if let Some(p) = e.previous_severity {
+                    attributes.push(kv("previous_severity", p));
+                }
+                LogRecord {
+                    time_unix_nano: e.at.saturating_mul(1_000_000_000),
+                    observed_time_unix_nano: observed,
+                    severity_number: number as i32,
+                    severity_text: text.into(),
+                    event_name: "burnwatch.slo.alert".into(),
+                    body: Some(AnyValue {
+                        value: Some(any_value::Value::StringValue(format!(
+                            "SLO alert {}: slo={} tenant={} {} {}/{} burn {:.3}/{:.3} > {:.3}",
+                            e.kind_str(),
+                            e.slo,
+                            e.tenant,
+                            e.severity,
+                            e.long_window,
+                            e.short_window,
+                            e.long_burn_rate,
+                            e.short_burn_rate,
+                            e.threshold
+                        ))),
+                    }),
+                    attributes,
+                    ..Default::default()
+                }
+            })
+            .collect();
+        ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                resource: Some(self.resource.clone()),
+                scope_logs: vec![ScopeLogs {
+                    scope: scope(),
+                    log_records: records,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+}
+
+fn identity(key: &impl Hash) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish()
+}
+
+fn sum(
+    name: &str,
+    description: &str,
+    unit: &str,
+    points: Vec<NumberDataPoint>,
+    temporality: i32,
+) -> Metric {
+    Metric {
+        name: name.into(),
+        description: description.into(),
+        unit: unit.into(),
+        data: Some(metric::Data::Sum(Sum {
+            data_points: points,
+            aggregation_temporality: temporality,
+            is_monotonic: true,
+        })),
+        ..Default::default()
+    }
+}
+
+fn gauge(name: &str, description: &str, unit: &str, points: Vec<NumberDataPoint>) -> Metric {
+    Metric {
+        name: name.into(),
+        description: description.into(),
+        unit: unit.into(),
+        data: Some(metric::Data::Gauge(Gauge {
+            data_points: points,
+        })),
+        ..Default::default()
+    }
+}
