@@ -24,6 +24,7 @@ pub mod budget;
 pub mod checkpoint;
 mod codec;
 pub mod duration;
+pub mod history;
 pub mod period;
 pub mod requests;
 mod ring;
