@@ -160,7 +160,7 @@ fn write_slo(out: &mut String, set: &SloSet, slo: &Slo, spec: &crate::engine::sp
                 let _ = write!(
                     line,
                     "; a total outage {what} after {}",
-                    outage_time(secs.ceil())
+                    outage_time(first_second(secs))
                 );
                 if let Some(reset) = f.reset_secs {
                     let _ = write!(line, " and resolves about {} after it ends", about(reset));
@@ -186,7 +186,7 @@ fn write_slo(out: &mut String, set: &SloSet, slo: &Slo, spec: &crate::engine::sp
                     out,
                     "              {tenant} ({}%): a total outage {what} after {}",
                     o.objective,
-                    outage_time(secs.ceil())
+                    outage_time(first_second(secs))
                 );
             }
         }
@@ -229,6 +229,12 @@ impl TierFacts {
             reset_secs: reachable.then(|| tier.short.secs() as f64 * (1.0 - error_ratio)),
         }
     }
+}
+
+/// The engine fires when the burn is strictly above the threshold, evaluated once per
+/// second: the first whole second past `secs`.
+fn first_second(secs: f64) -> f64 {
+    secs.floor() + 1.0
 }
 
 /// `2%`, `0.1%`, `1.44%`, `0.05%`.
@@ -322,10 +328,10 @@ mod tests {
 
     #[test]
     fn unreachable_tiers_say_so() {
-        let c = config("slos:\n  - { name: s, service: s, objective: 95, window: 30d }\n");
+        let c = config("slos:\n  - { name: s, service: s, objective: 90, window: 30d }\n");
         let text = summary(Path::new("test.yaml"), &c);
         assert!(
-            text.contains("never fires: even a total outage burns at most 20x"),
+            text.contains("never fires: even a total outage burns at most 10x"),
             "{text}"
         );
     }
@@ -352,7 +358,7 @@ mod tests {
             let report = simulate(&slos, &scenario).expect("runs");
             let warmup_secs = slo.tiers[0].long.secs();
             let fired = report.alerts.first().expect("fires").fired_at - warmup_secs;
-            let predicted = facts.outage_detect_secs.expect("reachable").ceil() as u64;
+            let predicted = first_second(facts.outage_detect_secs.expect("reachable")) as u64;
             assert!(
                 fired.abs_diff(predicted) <= 1,
                 "{tier}: simulator {fired} s, words {predicted} s"
