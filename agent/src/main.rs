@@ -6,6 +6,7 @@
 
 mod api;
 mod attribution;
+mod cli;
 mod config;
 mod engine;
 mod export;
@@ -45,7 +46,9 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Check a config file and print the effective config.
+    /// Check a config file and print the effective config: services, tenant
+    /// rule, SLOs and what each alert tier means.
+    #[command(after_help = cli::check::AFTER_HELP)]
     Check {
         /// Config file (YAML).
         #[arg(long, short)]
@@ -86,6 +89,17 @@ enum Command {
         #[arg(long, default_value = "burnwatch-slos")]
         name: String,
     },
+    /// Ask a running agent for every (SLO, tenant): budget left, burn per
+    /// window, firing alert, time to exhaustion; sorted by burn.
+    #[command(after_help = cli::status::AFTER_HELP)]
+    Status(cli::status::Args),
+    /// Live terminal view of a running agent, refreshed every second (q quits).
+    #[command(after_help = cli::top::AFTER_HELP)]
+    Top(cli::top::Args),
+    /// Release gate for CI: may a change of this risk ship for this tenant?
+    /// Exit status 0 approves.
+    #[command(after_help = cli::gate::AFTER_HELP)]
+    Gate(cli::gate::Args),
 }
 
 fn main() -> ExitCode {
@@ -99,7 +113,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Run { config } => run::run(config.as_deref()),
-        Command::Check { config } => check(&config),
+        Command::Check { config } => cli::check::run(&config),
         Command::BenchEngine { series } => engine::bench::run(series),
         Command::Simulate {
             config,
@@ -115,6 +129,9 @@ fn main() -> ExitCode {
             // With tenant.hash, per-tenant overrides are matched by pseudonym.
             .and_then(export::tenant_hashing)
             .map(|(c, _)| print!("{}", export::rules::render(&c.slo_set(), format, &name))),
+        Command::Status(args) => cli::status::run(&args),
+        Command::Top(args) => cli::top::run(&args),
+        Command::Gate(args) => return cli::gate::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -123,42 +140,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn check(path: &std::path::Path) -> anyhow::Result<()> {
-    let c = config::Config::load(path)?;
-    println!("{}: ok", path.display());
-    if c.services.is_empty() {
-        println!("services: every HTTP/1.x server on the node, named <comm>:<port>");
-    }
-    for s in &c.services {
-        println!(
-            "service {}: server side, local TCP port {}",
-            s.name,
-            s.matcher.port.unwrap_or(0)
-        );
-    }
-    println!(
-        "tenant: header {} (case-insensitive), {:?} when absent",
-        c.tenant.header, c.tenant.missing
-    );
-    println!(
-        "prometheus: http://{}/metrics",
-        c.exporters.prometheus.listen
-    );
-    if let Some(o) = &c.exporters.otlp {
-        println!(
-            "otlp: {:?} to {} every {}",
-            o.protocol, o.endpoint, o.interval
-        );
-    }
-    if let Some(a) = &c.exporters.alertmanager {
-        println!("alertmanager: {}", a.url);
-    }
-    if c.tenant.hash.is_some() {
-        println!("tenant labels: HMAC-SHA256 pseudonyms");
-    }
-    Ok(())
 }
 
 fn simulate(
@@ -172,7 +153,16 @@ fn simulate(
         .with_context(|| format!("reading {}", scenario.display()))?;
     let scenario: engine::simulate::Scenario = serde_saphyr::from_str(&text)
         .map_err(|e| anyhow::anyhow!("{}: {e}", scenario.display()))?;
-    let report = engine::simulate::simulate(&c.slo_set(), &scenario)?;
+    let mut progress = cli::progress::Progress::new("simulating");
+    let report = engine::simulate::simulate_with_progress(
+        &c.slo_set(),
+        &scenario,
+        |done, total, alerts| {
+            let unit = |s| engine::duration::HumanDuration::from_secs(s).to_string();
+            progress.update(done, total, unit, &format!(", {alerts} alert transitions"));
+        },
+    )?;
+    progress.finish();
     if json {
         println!("{}", report.to_json());
     } else {

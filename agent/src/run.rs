@@ -307,6 +307,8 @@ fn poll(
             "SLO alert {what}"
         );
     }
+    let st = &mut *st;
+    st.history.update(&st.engine, now);
     st.polls += 1;
     result.map(|()| transitions)
 }

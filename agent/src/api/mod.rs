@@ -1,5 +1,10 @@
 //! The agent's HTTP server: `/metrics` for Prometheus, `/healthz` and
-//! `/readyz` for probes. One port, one server.
+//! `/readyz` for probes, the JSON API (`/v1/...`, types in [`types`]) and
+//! the status page at `/`. One port, one server.
+
+mod page;
+pub mod types;
+pub mod views;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -8,7 +13,7 @@ use std::sync::{Arc, RwLock};
 use anyhow::{Context, Result};
 use axum::{
     Json, Router,
-    extract::{Query, State},
+    extract::{Path, Query, State},
     http::{HeaderMap, StatusCode, header},
     response::IntoResponse,
     routing::get,
@@ -25,6 +30,8 @@ struct Ctx {
     registry: Arc<Registry>,
     state: Arc<RwLock<AgentState>>,
     stats: Arc<SelfStats>,
+    /// The node's host name, shown by the status page and the CLI.
+    node: Arc<str>,
 }
 
 /// `labels`: the config's `exporters.labels`, added to every series.
@@ -37,12 +44,16 @@ pub fn router(
         registry: Arc::new(prometheus::registry(state.clone(), stats.clone(), labels)),
         state,
         stats,
+        node: Arc::from(node_name()),
     };
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/v1/gate", get(gate))
+        .route("/v1/slos", get(slos))
+        .route("/v1/slos/{slo}/tenants/{tenant}", get(series_detail))
+        .merge(page::routes())
         .with_state(ctx)
 }
 
@@ -127,5 +138,29 @@ async fn gate(State(ctx): State<Ctx>, Query(q): Query<GateQuery>) -> impl IntoRe
             Json(serde_json::json!({"error": e.to_string()})),
         )
             .into_response(),
+    }
+}
+
+fn node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Every SLO and (SLO, tenant) series, sorted by burn.
+async fn slos(State(ctx): State<Ctx>) -> impl IntoResponse {
+    let st = ctx.state.read().unwrap_or_else(|e| e.into_inner());
+    Json(views::slos(&st, &ctx.node))
+}
+
+/// One series with its windows and burn-rate history.
+async fn series_detail(
+    State(ctx): State<Ctx>,
+    Path((slo, tenant)): Path<(String, String)>,
+) -> impl IntoResponse {
+    let st = ctx.state.read().unwrap_or_else(|e| e.into_inner());
+    match views::detail(&st, &ctx.node, &slo, &tenant) {
+        Ok(d) => Json(d).into_response(),
+        Err(error) => (StatusCode::NOT_FOUND, Json(types::ApiError { error })).into_response(),
     }
 }

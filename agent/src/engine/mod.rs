@@ -25,6 +25,7 @@ pub mod checkpoint;
 pub mod client_requests;
 mod codec;
 pub mod duration;
+pub mod history;
 pub mod period;
 pub mod requests;
 mod ring;

@@ -136,7 +136,21 @@ struct TenantPlan<'a> {
 }
 
 /// Runs `scenario` against `slos`; see the module docs.
+#[cfg_attr(not(test), allow(dead_code))] // the CLI reports progress
 pub fn simulate(slos: &SloSet, scenario: &Scenario) -> Result<SimReport, ScenarioError> {
+    simulate_with_progress(slos, scenario, |_, _, _| {})
+}
+
+/// Simulated seconds between two progress calls.
+const PROGRESS_EVERY_SECS: u64 = 3_600;
+
+/// [`simulate`], calling `progress(simulated secs, total secs, transitions so far)`
+/// every simulated hour (a 31-day scenario takes seconds of wall time).
+pub fn simulate_with_progress(
+    slos: &SloSet,
+    scenario: &Scenario,
+    mut progress: impl FnMut(u64, u64, usize),
+) -> Result<SimReport, ScenarioError> {
     let start = resolve_start(scenario.start.as_ref())?;
     let mut plans: Vec<TenantPlan<'_>> = Vec::new();
     for (i, phase) in scenario.phases.iter().enumerate() {
@@ -204,6 +218,9 @@ pub fn simulate(slos: &SloSet, scenario: &Scenario) -> Result<SimReport, Scenari
         }
         for t in engine.evaluate(now) {
             report.note(offset, &t);
+        }
+        if offset % PROGRESS_EVERY_SECS == 0 {
+            progress(offset, duration_secs, report.transitions.len());
         }
     }
     let end = start + duration_secs;

@@ -32,6 +32,8 @@ pub struct AgentState {
     pub slo_events: HashMap<(SloId, Arc<str>), (u64, u64)>,
     /// Unix seconds of the last evaluation.
     pub now: u64,
+    /// Burn-rate history for the status page (bounded, see `history.rs`).
+    pub history: super::history::BurnHistory,
 }
 
 impl AgentState {
@@ -53,6 +55,7 @@ impl AgentState {
             engine: Engine::new(slos),
             slo_events: HashMap::new(),
             now: 0,
+            history: Default::default(),
         }
     }
 

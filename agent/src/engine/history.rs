@@ -1,0 +1,259 @@
+//! Burn-rate history per (SLO, tenant) for the status page's sparklines and the
+//! `/v1/slos/{slo}/tenants/{tenant}` API.
+//!
+//! ## Bound
+//! One point every [`STEP_SECS`] (5 min) for the last [`SLOTS`] steps (6 h), for the
+//! [`WINDOWS`] the paging tiers read (5m, 30m, 1h, 6h), each burn rate stored as a
+//! log-quantized `u16` (see [`encode`]). That is `72 x 4 x 2 = 576` bytes of points per
+//! series plus a fixed header ([`SeriesHistory::BYTES`]) and the map entry: 10,000 series
+//! take about 6.5 MiB (`approx_memory_bytes`, checked by the unit test below), whatever the
+//! traffic. Series exist only where the engine has one, and the engine's tenants are
+//! capped per service, so hostile tenant names cannot grow this without bound.
+//!
+//! ## Sampling
+//! [`BurnHistory::update`] runs every poll but samples at most every [`SAMPLE_SECS`]:
+//! each sample overwrites the point of the current 5-minute step, so a step holds the
+//! burn rates seen at its end, and a new series has a point within seconds. Entries
+//! whose series the engine dropped are removed at the next sample.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::window::Window;
+use super::{Engine, SloId};
+
+/// Seconds between two points.
+pub const STEP_SECS: u64 = 300;
+/// Points kept: 6 hours.
+pub const SLOTS: usize = 72;
+/// Windows whose burn rates are kept (the page tiers' long and short windows).
+pub const WINDOWS: [Window; 4] = [Window::M5, Window::M30, Window::H1, Window::H6];
+/// Minimum seconds between two samples.
+pub const SAMPLE_SECS: u64 = 10;
+
+/// Quantization scale: `ln(1 + burn) * SCALE`. A burn of 1,000,000 (objective 99.9999 %,
+/// total outage) encodes to about 56,600 < `u16::MAX`; one step is a relative change of
+/// `e^(1/4096) - 1`, 0.024 %.
+const SCALE: f64 = 4_096.0;
+/// "No point": the series did not exist during that step.
+const EMPTY: u16 = u16::MAX;
+
+/// Log quantization of a burn rate. Hand-written: a half-float (`half` crate) tops out
+/// at 65,504 and keeps 3 significant digits across the range, while burn rates span
+/// 0..10^6 and only need a constant relative precision.
+pub fn encode(burn: f64) -> u16 {
+    if !burn.is_finite() || burn <= 0.0 {
+        return 0;
+    }
+    ((burn.ln_1p() * SCALE).round()).min(f64::from(EMPTY - 1)) as u16
+}
+
+pub fn decode(v: u16) -> Option<f64> {
+    (v != EMPTY).then(|| (f64::from(v) / SCALE).exp_m1())
+}
+
+/// One series' ring of points.
+#[derive(Debug, Clone)]
+pub struct SeriesHistory {
+    /// Step number (`unix / STEP_SECS`) of the newest point written.
+    newest_step: u64,
+    /// `points[step % SLOTS][window]`.
+    points: Box<[[u16; WINDOWS.len()]; SLOTS]>,
+    /// Sample generation that last saw the series (for removal).
+    seen: u64,
+}
+
+impl SeriesHistory {
+    /// Bytes per series: the boxed points plus the struct.
+    #[cfg_attr(not(test), allow(dead_code))] // the memory bound's test
+    pub const BYTES: usize = std::mem::size_of::<[[u16; WINDOWS.len()]; SLOTS]>()
+        + std::mem::size_of::<SeriesHistory>();
+
+    fn new(step: u64) -> Self {
+        SeriesHistory {
+            newest_step: step,
+            points: Box::new([[EMPTY; WINDOWS.len()]; SLOTS]),
+            seen: 0,
+        }
+    }
+
+    fn write(&mut self, step: u64, burns: [u16; WINDOWS.len()]) {
+        if step > self.newest_step {
+            // Steps skipped (agent busy, clock jump) have no point; clear them, at most a
+            // full ring.
+            let gap = (step - self.newest_step).min(SLOTS as u64);
+            for s in (step - gap + 1)..step {
+                self.points[(s % SLOTS as u64) as usize] = [EMPTY; WINDOWS.len()];
+            }
+            self.newest_step = step;
+        } else if self.newest_step - step >= SLOTS as u64 {
+            return; // older than the ring (clock went back a lot)
+        }
+        self.points[(step % SLOTS as u64) as usize] = burns;
+    }
+
+    /// Points oldest first as (step start unix seconds, burn per [`WINDOWS`]), ending at
+    /// the step of `now`; steps without data are `None`.
+    pub fn points(&self, now: u64) -> Vec<(u64, [Option<f64>; WINDOWS.len()])> {
+        let now_step = now / STEP_SECS;
+        let first = now_step.saturating_sub(SLOTS as u64 - 1);
+        (first..=now_step)
+            .map(|step| {
+                let in_ring =
+                    step <= self.newest_step && self.newest_step - step < SLOTS as u64;
+                let raw = if in_ring {
+                    self.points[(step % SLOTS as u64) as usize]
+                } else {
+                    [EMPTY; WINDOWS.len()]
+                };
+                (step * STEP_SECS, raw.map(decode))
+            })
+            .collect()
+    }
+}
+
+/// Every series' history: one map per SLO (indexed by `SloId`), keyed by tenant.
+#[derive(Debug, Default)]
+pub struct BurnHistory {
+    slos: Vec<HashMap<Arc<str>, SeriesHistory>>,
+    last_sample: u64,
+    generation: u64,
+}
+
+impl BurnHistory {
+    /// Samples the engine's burn rates at `now` (at most every [`SAMPLE_SECS`]).
+    pub fn update(&mut self, engine: &Engine, now: u64) {
+        if self.last_sample != 0 && now < self.last_sample + SAMPLE_SECS {
+            return;
+        }
+        self.last_sample = now;
+        self.generation += 1;
+        let step = now / STEP_SECS;
+        for snap in engine.snapshots(now) {
+            let burns = WINDOWS.map(|w| encode(snap.windows[w.index()].burn_rate));
+            let slo = snap.slo.index();
+            if self.slos.len() <= slo {
+                self.slos.resize_with(slo + 1, HashMap::new);
+            }
+            let tenants = &mut self.slos[slo];
+            let history = match tenants.get_mut(snap.tenant) {
+                Some(h) => h,
+                None => tenants
+                    .entry(Arc::from(snap.tenant))
+                    .or_insert_with(|| SeriesHistory::new(step)),
+            };
+            history.write(step, burns);
+            history.seen = self.generation;
+        }
+        let generation = self.generation;
+        for tenants in &mut self.slos {
+            tenants.retain(|_, h| h.seen == generation);
+        }
+    }
+
+    pub fn get(&self, slo: SloId, tenant: &str) -> Option<&SeriesHistory> {
+        self.slos.get(slo.index())?.get(tenant)
+    }
+
+    #[cfg_attr(not(test), allow(dead_code))] // used by tests
+    pub fn len(&self) -> usize {
+        self.slos.iter().map(HashMap::len).sum()
+    }
+
+    /// Approximate heap held: map slots (key, value, control byte), boxed points and
+    /// tenant names.
+    #[cfg_attr(not(test), allow(dead_code))] // the memory bound's test
+    pub fn approx_memory_bytes(&self) -> usize {
+        let slot = std::mem::size_of::<(Arc<str>, SeriesHistory)>() + 1;
+        self.slos
+            .iter()
+            .map(|tenants| {
+                tenants.capacity() * slot
+                    + tenants
+                        .keys()
+                        .map(|t| {
+                            SeriesHistory::BYTES - std::mem::size_of::<SeriesHistory>()
+                                + t.len()
+                                + 16
+                        })
+                        .sum::<usize>()
+            })
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::spec::SloConfig;
+
+    fn engine() -> Engine {
+        let yaml = "slos:\n  - { name: a, service: s, objective: 99.9, window: 30d }\n";
+        let config: SloConfig = serde_saphyr::from_str(yaml).expect("yaml");
+        Engine::new(config.validate().expect("valid"))
+    }
+
+    #[test]
+    fn quantization_keeps_relative_precision() {
+        for burn in [0.001, 0.5, 1.0, 14.4, 1_000.0, 1_000_000.0] {
+            let back = decode(encode(burn)).expect("a point");
+            assert!((back - burn).abs() / burn < 3e-4, "{burn} -> {back}");
+        }
+        assert_eq!(decode(encode(0.0)), Some(0.0));
+        assert_eq!(decode(EMPTY), None);
+    }
+
+    #[test]
+    fn keeps_six_hours_of_five_minute_points() {
+        let mut e = engine();
+        let id = e.slo_id("a").expect("slo");
+        let mut h = BurnHistory::default();
+        let start = 1_700_000_100;
+        // 7 hours: good traffic, then 100% errors for the last 10 minutes.
+        for now in (start..start + 7 * 3_600).step_by(10) {
+            let bad = if now >= start + 7 * 3_600 - 600 { 10 } else { 0 };
+            e.record(now, id, "acme", 10 - bad, bad).expect("record");
+            e.evaluate(now);
+            h.update(&e, now);
+        }
+        let now = start + 7 * 3_600 - 10;
+        let points = h.get(id, "acme").expect("history").points(now);
+        assert_eq!(points.len(), SLOTS);
+        assert!(points.iter().all(|(_, p)| p[0].is_some()), "6 h covered");
+        assert_eq!(points[SLOTS - 1].0, now / STEP_SECS * STEP_SECS);
+        let last_5m = points[SLOTS - 1].1[0].expect("point");
+        assert!((last_5m - 1_000.0).abs() < 1.0, "{last_5m}");
+        assert_eq!(points[0].1[0], Some(0.0));
+    }
+
+    #[test]
+    fn ten_thousand_series_fit_in_a_few_mib() {
+        let mut e = engine();
+        let id = e.slo_id("a").expect("slo");
+        let mut h = BurnHistory::default();
+        let now = 1_700_000_000;
+        for t in 0..10_000 {
+            e.record(now, id, &format!("tenant-{t:05}"), 1, 0)
+                .expect("record");
+        }
+        h.update(&e, now);
+        assert_eq!(h.len(), 10_000);
+        let bytes = h.approx_memory_bytes();
+        println!("history of 10,000 series: {bytes} bytes");
+        assert!(bytes < 8 << 20, "{bytes} bytes");
+    }
+
+    #[test]
+    fn dropped_series_are_forgotten() {
+        let mut e = engine();
+        let id = e.slo_id("a").expect("slo");
+        let mut h = BurnHistory::default();
+        let now = 1_700_000_000;
+        e.record(now, id, "gone", 1, 0).expect("record");
+        h.update(&e, now);
+        assert_eq!(h.len(), 1);
+        let e2 = engine();
+        h.update(&e2, now + SAMPLE_SECS);
+        assert_eq!(h.len(), 0);
+    }
+}
