@@ -108,11 +108,7 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
         println!("services: every HTTP/1.x server on the node, named <comm>:<port>");
     }
     for s in &c.services {
-        println!(
-            "service {}: server side, local TCP port {}",
-            s.name,
-            s.matcher.port.unwrap_or(0)
-        );
+        println!("service {}: {}", s.name, s.matcher.describe());
     }
     println!(
         "tenant: header {} (case-insensitive), {:?} when absent",

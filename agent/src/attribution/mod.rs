@@ -12,6 +12,8 @@ use std::sync::Arc;
 
 use burnwatch_common::maps::SERVICE_AUTO;
 
+pub mod cgroup;
+pub mod kubernetes;
 pub mod procfs;
 
 /// Names of services by kernel service id (and local port for automatic ones).

@@ -86,6 +86,12 @@ pub struct Service {
 pub struct Match {
     /// Server side: the local TCP port the server listens on.
     pub port: Option<u16>,
+    /// Kubernetes: pods of this namespace (see `config::kubernetes`).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Kubernetes: pods carrying all these labels.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -108,6 +114,9 @@ pub struct Tenant {
     /// Distinct tenants kept per service; more go to `__overflow__`.
     #[serde(default = "default_max_per_service")]
     pub max_per_service: u32,
+    /// `from: namespace_label`: the namespace label holding the tenant.
+    #[serde(default)]
+    pub label: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -122,6 +131,10 @@ pub enum TenantFrom {
     Path,
     /// No tenant: every request gets the `missing` label.
     None,
+    /// Kubernetes: the namespace of the server's pod.
+    Namespace,
+    /// Kubernetes: a label (`tenant.label`) of the server pod's namespace.
+    NamespaceLabel,
 }
 
 impl Default for Tenant {
@@ -132,6 +145,7 @@ impl Default for Tenant {
             path_prefix: None,
             missing: default_missing(),
             max_per_service: default_max_per_service(),
+            label: None,
         }
     }
 }
@@ -337,8 +351,12 @@ impl Config {
                 return Err((at("name"), format!("duplicate service name {:?}", s.name)));
             }
             match s.matcher.port {
+                None if s.matcher.selects_pods() => {}
                 None => {
-                    return Err((at("match"), "needs at least one of: port".to_string()));
+                    return Err((
+                        at("match"),
+                        "needs at least one of: port, namespace, labels".to_string(),
+                    ));
                 }
                 Some(0) => return Err((at("match.port"), "port 0 is not a valid port".into())),
                 Some(p) => {
@@ -384,6 +402,7 @@ impl Config {
                 ),
             ));
         }
+        kubernetes::validate(self)?;
         if !valid_label_value(&self.tenant.missing) {
             return Err((
                 "tenant.missing".into(),
@@ -457,6 +476,7 @@ fn locate_field(text: &str, field: &str) -> Option<u32> {
     Some(start as u32 + 1)
 }
 
+pub mod kubernetes;
 pub mod openslo;
 #[cfg(test)]
 mod tests;
