@@ -26,11 +26,9 @@ fn tool(rel: &str) -> PathBuf {
 }
 
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .current_dir(workspace_root())
+    cmd.current_dir(workspace_root())
         .output()
-        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
-    out
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"))
 }
 
 fn ok(cmd: &mut Command) -> String {
@@ -67,7 +65,10 @@ fn chart() -> PathBuf {
 fn docs(yaml: &str) -> Vec<Value> {
     yaml.split("\n---")
         .map(|d| d.trim())
-        .filter(|d| d.lines().any(|l| !l.trim().is_empty() && !l.starts_with('#')))
+        .filter(|d| {
+            d.lines()
+                .any(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        })
         .map(|d| serde_saphyr::from_str::<Value>(d).unwrap_or_else(|e| panic!("{e}\n{d}")))
         .collect()
 }
@@ -150,8 +151,14 @@ fn lint_render_and_validate_against_kubernetes_1_30() {
     );
     assert_eq!(c["securityContext"]["privileged"], true);
     assert_eq!(ds["spec"]["template"]["spec"]["hostNetwork"], true);
-    assert_eq!(ds["spec"]["template"]["spec"]["dnsPolicy"], "ClusterFirstWithHostNet");
-    assert_eq!(ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"], "10%");
+    assert_eq!(
+        ds["spec"]["template"]["spec"]["dnsPolicy"],
+        "ClusterFirstWithHostNet"
+    );
+    assert_eq!(
+        ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"],
+        "10%"
+    );
 }
 
 #[test]
@@ -161,7 +168,10 @@ fn daemonset_is_least_privilege_by_default() {
     let pod = &ds["spec"]["template"]["spec"];
     assert_eq!(pod["hostPID"], true);
     assert_eq!(pod["hostNetwork"], false);
-    assert_eq!(pod["tolerations"], serde_json::json!([{"operator": "Exists"}]));
+    assert_eq!(
+        pod["tolerations"],
+        serde_json::json!([{"operator": "Exists"}])
+    );
     let c = &pod["containers"][0];
     let sc = &c["securityContext"];
     assert_eq!(sc["privileged"], false);
@@ -172,14 +182,23 @@ fn daemonset_is_least_privilege_by_default() {
         sc["capabilities"]["add"],
         serde_json::json!(["BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH"])
     );
-    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
-    assert_eq!(c["args"], serde_json::json!(["run", "--config", "/etc/burnwatch/burnwatch.yaml"]));
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    assert_eq!(
+        c["args"],
+        serde_json::json!(["run", "--config", "/etc/burnwatch/burnwatch.yaml"])
+    );
     assert_eq!(c["ports"][0]["containerPort"], 9464);
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(c["livenessProbe"]["httpGet"]["port"], "http");
     assert!(c["resources"]["limits"]["memory"].is_string());
-    assert_eq!(c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
+    assert_eq!(
+        c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+        "spec.nodeName"
+    );
     let mounts: Vec<(&str, bool)> = c["volumeMounts"]
         .as_array()
         .unwrap()
@@ -204,70 +223,150 @@ fn daemonset_is_least_privilege_by_default() {
         .collect();
     assert_eq!(
         host_paths,
-        ["/sys/kernel/tracing", "/sys/fs/bpf", "/proc", "/sys/fs/cgroup", "/var/lib/burnwatch"]
+        [
+            "/sys/kernel/tracing",
+            "/sys/fs/bpf",
+            "/proc",
+            "/sys/fs/cgroup",
+            "/var/lib/burnwatch"
+        ]
     );
 
     // The switch for old kernels: privileged, no capability list.
     let privileged = docs(&render(&chart(), &["--set", "privileged=true"]));
-    let sc = &find(&privileged, "DaemonSet")[0]["spec"]["template"]["spec"]["containers"][0]
-        ["securityContext"];
+    let sc = &find(&privileged, "DaemonSet")[0]["spec"]["template"]["spec"]["containers"][0]["securityContext"];
     assert_eq!(sc["privileged"], true);
     assert!(sc["capabilities"].is_null());
 }
 
 /// checkov's failed checks on one rendering, skipping `skips`.
 fn checkov(file: &Path, skips: &[(&str, &str)]) -> std::thread::JoinHandle<(Value, String)> {
-    let skip = skips.iter().map(|(id, _)| *id).collect::<Vec<_>>().join(",");
+    let skip = skips
+        .iter()
+        .map(|(id, _)| *id)
+        .collect::<Vec<_>>()
+        .join(",");
     let file = file.to_path_buf();
     std::thread::spawn(move || {
         let out = run(Command::new(tool("venv/bin/checkov"))
-            .args(["--skip-download", "--framework", "kubernetes", "-o", "json", "--skip-check"])
+            .args([
+                "--skip-download",
+                "--framework",
+                "kubernetes",
+                "-o",
+                "json",
+                "--skip-check",
+            ])
             .arg(&skip)
             .arg("-f")
             .arg(&file));
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let v: Value = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("checkov JSON: {e}\n{text}\n{}", String::from_utf8_lossy(&out.stderr)));
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!(
+                "checkov JSON: {e}\n{text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
         (v, text)
     })
 }
 
 /// Checks an eBPF node agent cannot pass, each with why.
 const EBPF_AGENT_SKIPS: &[(&str, &str)] = &[
-    ("CKV_K8S_17", "hostPID: the kernel reports host pids; the agent reads /proc/<pid> of every process on the node"),
-    ("CKV_K8S_25", "added capabilities: BPF and PERFMON load and attach the eBPF programs; SYS_PTRACE and DAC_READ_SEARCH read other processes' /proc/<pid>/fd"),
+    (
+        "CKV_K8S_17",
+        "hostPID: the kernel reports host pids; the agent reads /proc/<pid> of every process on the node",
+    ),
+    (
+        "CKV_K8S_25",
+        "added capabilities: BPF and PERFMON load and attach the eBPF programs; SYS_PTRACE and DAC_READ_SEARCH read other processes' /proc/<pid>/fd",
+    ),
     ("CKV_K8S_37", "capabilities assigned: same as CKV_K8S_25"),
-    ("CKV_K8S_23", "root: Kubernetes grants added capabilities to uid 0's effective set only (no ambient capabilities)"),
-    ("CKV_K8S_40", "high UID: same as CKV_K8S_23, the agent runs as uid 0"),
-    ("CKV_K8S_38", "service account token: the agent watches pods and namespaces through the API"),
+    (
+        "CKV_K8S_23",
+        "root: Kubernetes grants added capabilities to uid 0's effective set only (no ambient capabilities)",
+    ),
+    (
+        "CKV_K8S_40",
+        "high UID: same as CKV_K8S_23, the agent runs as uid 0",
+    ),
+    (
+        "CKV_K8S_38",
+        "service account token: the agent watches pods and namespaces through the API",
+    ),
 ];
 
 /// Only in the default rendering: they depend on the user's registry. The
 /// all-optional rendering sets a digest and pullPolicy Always and passes them.
 const REGISTRY_SKIPS: &[(&str, &str)] = &[
-    ("CKV_K8S_43", "image digest: the chart cannot know the digest of the image you build (set image.digest)"),
-    ("CKV_K8S_15", "pullPolicy Always: IfNotPresent is the default for a tag; with image.digest it makes no difference"),
+    (
+        "CKV_K8S_43",
+        "image digest: the chart cannot know the digest of the image you build (set image.digest)",
+    ),
+    (
+        "CKV_K8S_15",
+        "pullPolicy Always: IfNotPresent is the default for a tag; with image.digest it makes no difference",
+    ),
 ];
 
 /// Only with `privileged: true` and `hostNetwork: true`, the opt-ins of the
 /// all-optional rendering (kernels < 5.8, scraping node IPs).
 const OPT_IN_SKIPS: &[(&str, &str)] = &[
-    ("CKV_K8S_16", "privileged: the opt-in for kernels without CAP_BPF/CAP_PERFMON or a tracefs mount"),
-    ("CKV_K8S_20", "allowPrivilegeEscalation: implied by privileged"),
-    ("CKV_K8S_28", "NET_RAW: a privileged container has every capability"),
-    ("CKV_K8S_19", "hostNetwork: the opt-in for scraping node IPs"),
+    (
+        "CKV_K8S_16",
+        "privileged: the opt-in for kernels without CAP_BPF/CAP_PERFMON or a tracefs mount",
+    ),
+    (
+        "CKV_K8S_20",
+        "allowPrivilegeEscalation: implied by privileged",
+    ),
+    (
+        "CKV_K8S_28",
+        "NET_RAW: a privileged container has every capability",
+    ),
+    (
+        "CKV_K8S_19",
+        "hostNetwork: the opt-in for scraping node IPs",
+    ),
 ];
 
 #[test]
 fn checkov_passes_except_what_an_ebpf_agent_must_fail() {
     let dir = tempfile::tempdir().unwrap();
     let default = write(dir.path(), "default.yaml", &render(&chart(), &[]));
-    let all = write(dir.path(), "all.yaml", &render(&chart(), &["-f", ALL_OPTIONAL]));
-    let default_skips: Vec<_> = EBPF_AGENT_SKIPS.iter().chain(REGISTRY_SKIPS).copied().collect();
-    let all_skips: Vec<_> = EBPF_AGENT_SKIPS.iter().chain(OPT_IN_SKIPS).copied().collect();
+    let all = write(
+        dir.path(),
+        "all.yaml",
+        &render(&chart(), &["-f", ALL_OPTIONAL]),
+    );
+    let default_skips: Vec<_> = EBPF_AGENT_SKIPS
+        .iter()
+        .chain(REGISTRY_SKIPS)
+        .copied()
+        .collect();
+    let all_skips: Vec<_> = EBPF_AGENT_SKIPS
+        .iter()
+        .chain(OPT_IN_SKIPS)
+        .copied()
+        .collect();
     let jobs = [
-        ("default", checkov(&default, &default_skips), vec!["CKV_K8S_16", "CKV_K8S_20", "CKV_K8S_22", "CKV_K8S_28", "CKV_K8S_19", "CKV2_K8S_6"]),
-        ("all-optional", checkov(&all, &all_skips), vec!["CKV_K8S_43", "CKV_K8S_15", "CKV_K8S_22", "CKV2_K8S_6"]),
+        (
+            "default",
+            checkov(&default, &default_skips),
+            vec![
+                "CKV_K8S_16",
+                "CKV_K8S_20",
+                "CKV_K8S_22",
+                "CKV_K8S_28",
+                "CKV_K8S_19",
+                "CKV2_K8S_6",
+            ],
+        ),
+        (
+            "all-optional",
+            checkov(&all, &all_skips),
+            vec!["CKV_K8S_43", "CKV_K8S_15", "CKV_K8S_22", "CKV2_K8S_6"],
+        ),
     ];
     for (name, job, must_pass) in jobs {
         let (report, text) = job.join().unwrap();
@@ -280,14 +379,22 @@ fn checkov_passes_except_what_an_ebpf_agent_must_fail() {
                     .collect()
             })
             .unwrap_or_default();
-        assert!(failed.is_empty(), "{name}: checkov failures:\n{}", failed.join("\n"));
+        assert!(
+            failed.is_empty(),
+            "{name}: checkov failures:\n{}",
+            failed.join("\n")
+        );
         let passed: Vec<&str> = results["passed_checks"]
             .as_array()
             .unwrap_or_else(|| panic!("{name}: no passed checks in {text}"))
             .iter()
             .filter_map(|c| c["check_id"].as_str())
             .collect();
-        assert!(passed.len() > 50, "{name}: only {} checks ran", passed.len());
+        assert!(
+            passed.len() > 50,
+            "{name}: only {} checks ran",
+            passed.len()
+        );
         for id in must_pass {
             assert!(passed.contains(&id), "{name}: {id} did not run and pass");
         }
@@ -300,10 +407,16 @@ fn bad_values_fail_against_the_schema() {
         (&["--set", "port=0"], "port"),
         (&["--set", "privileged=yes"], "privileged"),
         (&["--set", "image.pullPolicy=Sometimes"], "pullPolicy"),
-        (&["--set", "updateStrategy.rollingUpdate.maxUnavailable=0"], "maxUnavailable"),
+        (
+            &["--set", "updateStrategy.rollingUpdate.maxUnavailable=0"],
+            "maxUnavailable",
+        ),
         (&["--set", "hostPaths.state=var/lib/burnwatch"], "state"),
         (&["--set", "config.tenant.header=X Tenant"], "header"),
-        (&["--set", "config.exporters.prometheus.listen=127.0.0.1:1"], "prometheus"),
+        (
+            &["--set", "config.exporters.prometheus.listen=127.0.0.1:1"],
+            "prometheus",
+        ),
         (&["--set", "serviceMonitor.interval=often"], "interval"),
         (&["--set", "replicas=3"], "replicas"),
     ];
@@ -315,7 +428,8 @@ fn bad_values_fail_against_the_schema() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} was accepted");
         assert!(
-            err.contains("values don't meet the specifications of the schema") && err.contains(field),
+            err.contains("values don't meet the specifications of the schema")
+                && err.contains(field),
             "{args:?}: {err}"
         );
     }
@@ -335,13 +449,20 @@ fn burnwatch_check(config: &str) -> Output {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "burnwatch.yaml", config);
     let bin = binary();
-    assert!(bin.exists(), "{} missing: cargo build --release -p burnwatch", bin.display());
+    assert!(
+        bin.exists(),
+        "{} missing: cargo build --release -p burnwatch",
+        bin.display()
+    );
     run(Command::new(bin).args(["check", "--config"]).arg(path))
 }
 
 #[test]
 fn rendered_config_is_accepted_by_burnwatch_check() {
-    for (name, args) in [("default", &[][..]), ("all-optional", &["-f", ALL_OPTIONAL][..])] {
+    for (name, args) in [
+        ("default", &[][..]),
+        ("all-optional", &["-f", ALL_OPTIONAL][..]),
+    ] {
         let config = rendered_config(&render(&chart(), args));
         let out = burnwatch_check(&config);
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -350,9 +471,17 @@ fn rendered_config_is_accepted_by_burnwatch_check() {
             "{name}: burnwatch check rejected the rendered config:\n{config}\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(stdout.contains("prometheus: http://0.0.0.0:9464/metrics"), "{name}: {stdout}");
+        assert!(
+            stdout.contains("prometheus: http://0.0.0.0:9464/metrics"),
+            "{name}: {stdout}"
+        );
         if name == "all-optional" {
-            assert!(stdout.contains("service checkout: pods in namespace shop, pods labelled app=checkout"), "{stdout}");
+            assert!(
+                stdout.contains(
+                    "service checkout: pods in namespace shop, pods labelled app=checkout"
+                ),
+                "{stdout}"
+            );
         }
     }
     // The port value moves the listener, the probes and the Service together.
@@ -361,23 +490,34 @@ fn rendered_config_is_accepted_by_burnwatch_check() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("0.0.0.0:9500"));
     let d = docs(&rendered);
     assert_eq!(find(&d, "Service")[0]["spec"]["ports"][0]["port"], 9500);
-    assert_eq!(find(&d, "DaemonSet")[0]["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"], 9500);
+    assert_eq!(
+        find(&d, "DaemonSet")[0]["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"],
+        9500
+    );
 
     // A config the schema cannot judge (an SLO of an unknown service) renders
     // but the agent's own check rejects it, naming the field.
     let rendered = render(
         &chart(),
         &[
-            "--set", "config.services[0].name=shop",
-            "--set", "config.services[0].match.port=8080",
-            "--set", "config.slos[0].name=x",
-            "--set", "config.slos[0].service=nope",
-            "--set", "config.slos[0].objective=99",
+            "--set",
+            "config.services[0].name=shop",
+            "--set",
+            "config.services[0].match.port=8080",
+            "--set",
+            "config.slos[0].name=x",
+            "--set",
+            "config.slos[0].service=nope",
+            "--set",
+            "config.slos[0].objective=99",
         ],
     );
     let out = burnwatch_check(&rendered_config(&rendered));
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("slos[0].service"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("slos[0].service"),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -388,14 +528,27 @@ fn dashboards_become_sidecar_configmaps() {
     let _ = std::fs::remove_dir_all(copy.join("dashboards"));
     let none = docs(&render(&copy, &[]));
     assert!(
-        find(&none, "ConfigMap").iter().all(|c| c["metadata"]["labels"]["grafana_dashboard"].is_null()),
+        find(&none, "ConfigMap")
+            .iter()
+            .all(|c| c["metadata"]["labels"]["grafana_dashboard"].is_null()),
         "no dashboard files, no dashboard ConfigMaps"
     );
     std::fs::create_dir(copy.join("dashboards")).unwrap();
-    write(&copy.join("dashboards"), "burnwatch-slo.json", "{\"title\": \"burnwatch SLOs\", \"panels\": []}\n");
-    write(&copy.join("dashboards"), "Node_Overview.json", "{\"title\": \"node\"}\n");
+    write(
+        &copy.join("dashboards"),
+        "burnwatch-slo.json",
+        "{\"title\": \"burnwatch SLOs\", \"panels\": []}\n",
+    );
+    write(
+        &copy.join("dashboards"),
+        "Node_Overview.json",
+        "{\"title\": \"node\"}\n",
+    );
     write(&copy.join("dashboards"), "notes.txt", "not a dashboard\n");
-    let two = docs(&render(&copy, &["--set", "dashboards.namespace=monitoring"]));
+    let two = docs(&render(
+        &copy,
+        &["--set", "dashboards.namespace=monitoring"],
+    ));
     let dash: Vec<&Value> = find(&two, "ConfigMap")
         .into_iter()
         .filter(|c| c["metadata"]["labels"]["grafana_dashboard"] == "1")
@@ -406,11 +559,19 @@ fn dashboards_become_sidecar_configmaps() {
         .find(|c| c["metadata"]["name"] == "burnwatch-dashboard-burnwatch-slo")
         .expect("burnwatch-slo dashboard");
     assert_eq!(slo["metadata"]["namespace"], "monitoring");
-    let json: Value = serde_json::from_str(slo["data"]["burnwatch-slo.json"].as_str().unwrap()).unwrap();
+    let json: Value =
+        serde_json::from_str(slo["data"]["burnwatch-slo.json"].as_str().unwrap()).unwrap();
     assert_eq!(json["title"], "burnwatch SLOs");
-    assert!(dash.iter().any(|c| c["metadata"]["name"] == "burnwatch-dashboard-node-overview"));
+    assert!(
+        dash.iter()
+            .any(|c| c["metadata"]["name"] == "burnwatch-dashboard-node-overview")
+    );
     let off = docs(&render(&copy, &["--set", "dashboards.enabled=false"]));
-    assert!(find(&off, "ConfigMap").iter().all(|c| c["metadata"]["labels"]["grafana_dashboard"].is_null()));
+    assert!(
+        find(&off, "ConfigMap")
+            .iter()
+            .all(|c| c["metadata"]["labels"]["grafana_dashboard"].is_null())
+    );
 }
 
 #[test]
@@ -431,7 +592,10 @@ fn plain_manifest_is_the_current_rendering() {
     let out = ok(Command::new(tool("venv/bin/kubernetes-validate"))
         .args(["--strict", "-k", "1.30.0"])
         .arg(workspace_root().join("deploy/burnwatch.yaml")));
-    assert!(out.contains("passed for resource namespace/burnwatch"), "{out}");
+    assert!(
+        out.contains("passed for resource namespace/burnwatch"),
+        "{out}"
+    );
 }
 
 #[test]

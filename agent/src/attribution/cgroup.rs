@@ -170,7 +170,13 @@ fn pod_uid_of_segment(seg: &str) -> Option<String> {
     };
     let uid: String = raw
         .chars()
-        .map(|c| if c == '_' { '-' } else { c.to_ascii_lowercase() })
+        .map(|c| {
+            if c == '_' {
+                '-'
+            } else {
+                c.to_ascii_lowercase()
+            }
+        })
         .collect();
     // RFC 4122 text form: 36 characters, dashes at 8, 13, 18, 23.
     let ok = uid.len() == 36
@@ -259,7 +265,10 @@ mod tests {
         // Guaranteed QoS pods sit directly under kubepods.slice.
         let g = format!("0::/kubepods.slice/kubepods-pod{uid_}.slice/cri-containerd-{ID}.scope\n");
         let info = parse_proc_cgroup(&g).unwrap();
-        assert_eq!((info.container_id, info.pod_uid.as_deref()), (Some(id()), Some(UID)));
+        assert_eq!(
+            (info.container_id, info.pod_uid.as_deref()),
+            (Some(id()), Some(UID))
+        );
     }
 
     #[test]
@@ -311,7 +320,10 @@ mod tests {
             UID.replace('-', "_")
         );
         let info = parse_proc_cgroup(&t).unwrap();
-        assert_eq!((info.container_id, info.pod_uid.as_deref()), (Some(id()), Some(UID)));
+        assert_eq!(
+            (info.container_id, info.pod_uid.as_deref()),
+            (Some(id()), Some(UID))
+        );
     }
 
     #[test]
@@ -327,7 +339,10 @@ mod tests {
         }
         assert_eq!(parse_proc_cgroup("garbage"), None);
         // Ids must be exactly 64 hex characters.
-        assert_eq!(parse_path(&format!("/docker/{}", &ID[..63])).container_id, None);
+        assert_eq!(
+            parse_path(&format!("/docker/{}", &ID[..63])).container_id,
+            None
+        );
         assert_eq!(parse_path(&format!("/docker/{ID}0")).container_id, None);
     }
 
@@ -344,7 +359,10 @@ mod tests {
     fn finds_the_cgroup2_mount() {
         let hybrid = "35 25 0:30 / /sys/fs/cgroup/unified rw,relatime shared:10 - cgroup2 cgroup2 rw\n\
                       36 25 0:31 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n";
-        assert_eq!(cgroup2_mount(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            cgroup2_mount(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
         let v1 = "36 25 0:31 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n";
         assert_eq!(cgroup2_mount(v1), None);
     }

@@ -207,8 +207,12 @@ impl PodIndex {
             Event::InitDone => {
                 if let Some(seen) = self.relisting.take() {
                     let seen: std::collections::HashSet<Arc<str>> = seen.into_iter().collect();
-                    let gone: Vec<Arc<str>> =
-                        self.pods.keys().filter(|u| !seen.contains(*u)).cloned().collect();
+                    let gone: Vec<Arc<str>> = self
+                        .pods
+                        .keys()
+                        .filter(|u| !seen.contains(*u))
+                        .cloned()
+                        .collect();
                     for uid in gone {
                         self.remove_uid(&uid);
                     }
@@ -269,9 +273,10 @@ pub fn workload_of(pod: &Pod) -> Option<Workload> {
 /// labels) is checked here; `port` is matched by the kernel. A match with
 /// no pod part selects every pod.
 pub fn matches(m: &Match, pod: &PodMeta) -> bool {
-    m.namespace.as_deref().is_none_or(|ns| ns == &*pod.namespace)
-        && m
-            .labels
+    m.namespace
+        .as_deref()
+        .is_none_or(|ns| ns == &*pod.namespace)
+        && m.labels
             .iter()
             .all(|(k, v)| pod.labels.get(k).is_some_and(|pv| pv == v))
 }
@@ -284,7 +289,9 @@ pub fn tenant_of(rule: &Tenant, pod: &PodMeta) -> Option<Arc<str>> {
         TenantFrom::Namespace => Some(pod.namespace.clone()),
         TenantFrom::NamespaceLabel => {
             let label = rule.label.as_deref()?;
-            pod.namespace_labels.get(label).map(|v| Arc::from(v.as_str()))
+            pod.namespace_labels
+                .get(label)
+                .map(|v| Arc::from(v.as_str()))
         }
         TenantFrom::Header | TenantFrom::Host | TenantFrom::Path | TenantFrom::None => None,
     }

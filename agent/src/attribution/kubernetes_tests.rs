@@ -50,22 +50,34 @@ fn pod_list_lookup_by_container_id() {
     let (index, pods) = fixture_index();
     assert_eq!(index.pod_count(), 5);
 
-    let m = index.lookup(&status_id(&pods, "checkout-7d9f8b6c5d-x2x9k", "app")).unwrap();
+    let m = index
+        .lookup(&status_id(&pods, "checkout-7d9f8b6c5d-x2x9k", "app"))
+        .unwrap();
     assert_eq!(&*m.namespace, "shop");
     assert_eq!(&*m.pod, "checkout-7d9f8b6c5d-x2x9k");
     let w = m.workload.as_ref().unwrap();
     assert_eq!((&*w.kind, &*w.name), ("Deployment", "checkout"));
     assert_eq!(m.labels.get("app").map(String::as_str), Some("checkout"));
-    assert_eq!(m.namespace_labels.get("team").map(String::as_str), Some("payments"));
+    assert_eq!(
+        m.namespace_labels.get("team").map(String::as_str),
+        Some("payments")
+    );
     // Sidecars and init containers belong to the same pod.
     for c in ["envoy", "migrate"] {
-        let other = index.lookup(&status_id(&pods, "checkout-7d9f8b6c5d-x2x9k", c)).unwrap();
+        let other = index
+            .lookup(&status_id(&pods, "checkout-7d9f8b6c5d-x2x9k", c))
+            .unwrap();
         assert_eq!(other, m, "{c}");
     }
 
     let kinds = [
         ("postgres-0", "postgres", "StatefulSet", "postgres"),
-        ("node-exporter-8qz7w", "node-exporter", "DaemonSet", "node-exporter"),
+        (
+            "node-exporter-8qz7w",
+            "node-exporter",
+            "DaemonSet",
+            "node-exporter",
+        ),
         ("backup-29390880-zk2p4", "backup", "Job", "backup-29390880"),
     ];
     for (pod, container, kind, name) in kinds {
@@ -76,12 +88,21 @@ fn pod_list_lookup_by_container_id() {
     // CRI-O's containerID form resolves too (node-exporter is cri-o://).
     // A pending pod has no container yet but is known by uid (cgroup paths
     // carry it before the runtime reports the container id).
-    let m = index.lookup_uid("d0e1f2a3-b4c5-4d6e-8f70-8192a3b4c5d6").unwrap();
+    let m = index
+        .lookup_uid("d0e1f2a3-b4c5-4d6e-8f70-8192a3b4c5d6")
+        .unwrap();
     assert_eq!((&*m.pod, m.workload), ("debug", None));
-    assert!(m.namespace_labels.contains_key("kubernetes.io/metadata.name"));
+    assert!(
+        m.namespace_labels
+            .contains_key("kubernetes.io/metadata.name")
+    );
     // Every container listed once: 3 in checkout (app, envoy, init), 1 each.
     assert_eq!(index.containers().count(), 6);
-    assert!(index.lookup(&ContainerId::parse(&"0".repeat(64)).unwrap()).is_none());
+    assert!(
+        index
+            .lookup(&ContainerId::parse(&"0".repeat(64)).unwrap())
+            .is_none()
+    );
 }
 
 #[test]
@@ -101,7 +122,13 @@ fn watch_events_add_restart_and_delete() {
         panic!("first event is ADDED")
     };
     let sid = ContainerId::from_status(
-        search.status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0]
+        search
+            .status
+            .as_ref()
+            .unwrap()
+            .container_statuses
+            .as_ref()
+            .unwrap()[0]
             .container_id
             .as_deref()
             .unwrap(),
@@ -115,14 +142,23 @@ fn watch_events_add_restart_and_delete() {
         panic!("second event is MODIFIED")
     };
     let new_app = ContainerId::from_status(
-        restarted.status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0]
+        restarted
+            .status
+            .as_ref()
+            .unwrap()
+            .container_statuses
+            .as_ref()
+            .unwrap()[0]
             .container_id
             .as_deref()
             .unwrap(),
     )
     .unwrap();
     assert_ne!(new_app, old_app);
-    assert_eq!(&*index.lookup(&new_app).unwrap().pod, "checkout-7d9f8b6c5d-x2x9k");
+    assert_eq!(
+        &*index.lookup(&new_app).unwrap().pod,
+        "checkout-7d9f8b6c5d-x2x9k"
+    );
     // DELETED postgres-0.
     assert!(index.lookup(&postgres).is_none());
     assert_eq!(index.pod_count(), 5);
@@ -132,13 +168,25 @@ fn watch_events_add_restart_and_delete() {
 fn relist_after_a_broken_watch_drops_pods_that_are_gone() {
     let (mut index, pods) = fixture_index();
     index.apply_pod_event(Event::Init);
-    for p in pods.items.iter().filter(|p| p.metadata.name.as_deref() != Some("postgres-0")) {
+    for p in pods
+        .items
+        .iter()
+        .filter(|p| p.metadata.name.as_deref() != Some("postgres-0"))
+    {
         index.apply_pod_event(Event::InitApply(p.clone()));
     }
     // Until the relist is complete, nothing is dropped.
-    assert!(index.lookup(&status_id(&pods, "postgres-0", "postgres")).is_some());
+    assert!(
+        index
+            .lookup(&status_id(&pods, "postgres-0", "postgres"))
+            .is_some()
+    );
     index.apply_pod_event(Event::InitDone);
-    assert!(index.lookup(&status_id(&pods, "postgres-0", "postgres")).is_none());
+    assert!(
+        index
+            .lookup(&status_id(&pods, "postgres-0", "postgres"))
+            .is_none()
+    );
     assert_eq!(index.pod_count(), 4);
 }
 
@@ -189,7 +237,13 @@ fn kernel_cgroup_id(dir: &Path) -> u64 {
             0,
         )
     };
-    assert_eq!(rc, 0, "name_to_handle_at {}: {}", dir.display(), std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "name_to_handle_at {}: {}",
+        dir.display(),
+        std::io::Error::last_os_error()
+    );
     u64::from_ne_bytes(h.id)
 }
 
@@ -221,21 +275,35 @@ fn real_process_in_a_kubelet_cgroup_resolves_to_its_pod() {
     };
     for d in &dirs {
         std::fs::create_dir(d).unwrap_or_else(|e| {
-            panic!("mkdir {}: {e} (this test needs root and a writable cgroup v2 hierarchy)", d.display())
+            panic!(
+                "mkdir {}: {e} (this test needs root and a writable cgroup v2 hierarchy)",
+                d.display()
+            )
         });
     }
-    let child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    let child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
     let pid = child.id();
     guard.child = Some(child);
-    std::fs::write(dir.join("cgroup.procs"), pid.to_string()).expect("move the child into its cgroup");
+    std::fs::write(dir.join("cgroup.procs"), pid.to_string())
+        .expect("move the child into its cgroup");
 
     // pid -> cgroup -> container id -> pod.
     let info = cgroup::for_pid(Path::new("/proc"), pid).unwrap().unwrap();
-    assert!(info.path.ends_with(&format!("cri-containerd-{app}.scope")), "{}", info.path);
+    assert!(
+        info.path.ends_with(&format!("cri-containerd-{app}.scope")),
+        "{}",
+        info.path
+    );
     assert_eq!(info.container_id, Some(app));
     assert_eq!(info.pod_uid.as_deref(), Some(uid));
     let meta = index.lookup(&info.container_id.unwrap()).unwrap();
-    assert_eq!((&*meta.namespace, &*meta.pod), ("shop", "checkout-7d9f8b6c5d-x2x9k"));
+    assert_eq!(
+        (&*meta.namespace, &*meta.pod),
+        ("shop", "checkout-7d9f8b6c5d-x2x9k")
+    );
     assert_eq!(meta.workload.unwrap().name.as_ref(), "checkout");
     assert_eq!(index.lookup_uid(uid).unwrap().pod, meta.pod);
 
@@ -247,7 +315,17 @@ fn real_process_in_a_kubelet_cgroup_resolves_to_its_pod() {
     assert_eq!(*id, app);
     assert!(info.path.ends_with(rel.as_str()), "{} vs {rel}", info.path);
     assert_eq!(*cgroup_id, kernel_cgroup_id(&dir));
-    assert_eq!(*cgroup_id, cgroup::cgroup_id(&root.join(info.path.trim_start_matches('/'))).unwrap());
+    assert_eq!(
+        *cgroup_id,
+        cgroup::cgroup_id(&root.join(info.path.trim_start_matches('/'))).unwrap()
+    );
+    // What the lead joins to the kernel's cgroup ids.
+    let by_cgroup = pods_by_cgroup(&index, &top);
+    assert_eq!(by_cgroup.len(), 1);
+    assert_eq!(
+        (by_cgroup[0].0, &*by_cgroup[0].1.pod),
+        (*cgroup_id, "checkout-7d9f8b6c5d-x2x9k")
+    );
     drop(guard);
     assert!(!top.exists(), "cleanup");
 }
@@ -255,8 +333,12 @@ fn real_process_in_a_kubelet_cgroup_resolves_to_its_pod() {
 #[test]
 fn service_match_tenant_rule_and_default_name() {
     let (index, pods) = fixture_index();
-    let checkout = index.lookup(&status_id(&pods, "checkout-7d9f8b6c5d-x2x9k", "app")).unwrap();
-    let postgres = index.lookup(&status_id(&pods, "postgres-0", "postgres")).unwrap();
+    let checkout = index
+        .lookup(&status_id(&pods, "checkout-7d9f8b6c5d-x2x9k", "app"))
+        .unwrap();
+    let postgres = index
+        .lookup(&status_id(&pods, "postgres-0", "postgres"))
+        .unwrap();
     let config = crate::config::Config::parse(
         "services:\n  - name: checkout\n    match: {namespace: shop, labels: {app: checkout}}\n  - name: shop\n    match: {namespace: shop}\n  - name: any-checkout\n    match: {labels: {app: checkout}}\ntenant: {from: namespace_label, label: team}\n",
         Path::new("t.yaml"),
@@ -266,19 +348,34 @@ fn service_match_tenant_rule_and_default_name() {
     assert!(m(0, &checkout) && !m(0, &postgres));
     assert!(m(1, &checkout) && m(1, &postgres));
     assert!(m(2, &checkout) && !m(2, &postgres));
-    assert_eq!(tenant_of(&config.tenant, &checkout).as_deref(), Some("payments"));
+    assert_eq!(
+        tenant_of(&config.tenant, &checkout).as_deref(),
+        Some("payments")
+    );
     let node_exporter = index
         .lookup(&status_id(&pods, "node-exporter-8qz7w", "node-exporter"))
         .unwrap();
-    assert_eq!(tenant_of(&config.tenant, &node_exporter).as_deref(), Some("sre"));
-    let debug = index.lookup_uid("d0e1f2a3-b4c5-4d6e-8f70-8192a3b4c5d6").unwrap();
-    assert_eq!(tenant_of(&config.tenant, &debug), None, "default has no team label");
+    assert_eq!(
+        tenant_of(&config.tenant, &node_exporter).as_deref(),
+        Some("sre")
+    );
+    let debug = index
+        .lookup_uid("d0e1f2a3-b4c5-4d6e-8f70-8192a3b4c5d6")
+        .unwrap();
+    assert_eq!(
+        tenant_of(&config.tenant, &debug),
+        None,
+        "default has no team label"
+    );
     let by_ns = crate::config::Tenant {
         from: crate::config::TenantFrom::Namespace,
         ..Default::default()
     };
     assert_eq!(tenant_of(&by_ns, &postgres).as_deref(), Some("shop"));
-    assert_eq!(tenant_of(&crate::config::Tenant::default(), &postgres), None);
+    assert_eq!(
+        tenant_of(&crate::config::Tenant::default(), &postgres),
+        None
+    );
     assert_eq!(&*default_service_name(&checkout), "checkout");
     assert_eq!(&*default_service_name(&debug), "debug");
 }

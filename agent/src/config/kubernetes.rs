@@ -33,7 +33,11 @@ impl Match {
             parts.push(format!("pods in namespace {ns}"));
         }
         if !self.labels.is_empty() {
-            let l: Vec<String> = self.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let l: Vec<String> = self
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
             parts.push(format!("pods labelled {}", l.join(",")));
         }
         parts.join(", ")
@@ -49,7 +53,9 @@ pub(super) fn validate(config: &Config) -> Result<(), (String, String)> {
         {
             return Err((
                 at("namespace"),
-                format!("{ns:?} is not a Kubernetes namespace name (lowercase letters, digits and '-', at most 63)"),
+                format!(
+                    "{ns:?} is not a Kubernetes namespace name (lowercase letters, digits and '-', at most 63)"
+                ),
             ));
         }
         for (k, v) in &s.matcher.labels {
@@ -87,7 +93,8 @@ pub(super) fn validate(config: &Config) -> Result<(), (String, String)> {
 fn is_dns_label(s: &str) -> bool {
     let b = s.as_bytes();
     (1..=63).contains(&b.len())
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
@@ -163,7 +170,11 @@ mod tests {
         let e = parse("services:\n  - name: a\n    match:\n      namespace: Shop_1\n").unwrap_err();
         assert_eq!(e.field.as_deref(), Some("services[0].match.namespace"));
         assert_eq!(e.line, Some(4), "{e}");
-        assert!(e.to_string().starts_with("burnwatch.yaml:4: services[0].match.namespace"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("burnwatch.yaml:4: services[0].match.namespace"),
+            "{e}"
+        );
 
         let e = parse(
             "services:\n  - name: a\n    match:\n      port: 80\n  - name: b\n    match:\n      labels:\n        \"-app\": x\n",
@@ -189,7 +200,10 @@ mod tests {
         assert!(e.to_string().contains("required"), "{e}");
 
         let e = parse("tenant:\n  from: header\n  label: team\n").unwrap_err();
-        assert_eq!((e.field.as_deref(), e.line), (Some("tenant.label"), Some(3)));
+        assert_eq!(
+            (e.field.as_deref(), e.line),
+            (Some("tenant.label"), Some(3))
+        );
 
         let e = parse("tenant:\n  from: namespace_label\n  label: \"team/\"\n").unwrap_err();
         assert!(e.to_string().contains("not a valid label key"), "{e}");
