@@ -52,7 +52,15 @@ enum Cmd {
     /// with real eBPF and real servers.
     Test,
     /// Measure the agent's overhead and write BENCHMARKS.md (as root).
-    Bench,
+    Bench {
+        /// A short smoke run: every figure, one round each (about 3 minutes).
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Fixed-rate HTTP/1.1 load generator used by `bench` (tenants cycle in
+    /// X-Tenant-ID); prints key=value results.
+    #[command(hide = true)]
+    Loadgen(bench::loadgen::LoadArgs),
 }
 
 fn main() -> ExitCode {
@@ -89,10 +97,14 @@ fn run(cli: Cli) -> Result<()> {
             setup()?;
             test()
         }
-        Cmd::Bench => {
+        Cmd::Bench { quick } => {
             setup()?;
             build()?;
-            bench::bench(&root)
+            bench::bench(&root, quick)
+        }
+        Cmd::Loadgen(args) => {
+            print!("{}", bench::loadgen::run(&args)?.to_lines());
+            Ok(())
         }
     }
 }
