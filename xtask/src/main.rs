@@ -56,6 +56,11 @@ enum Cmd {
         /// A short smoke run: every figure, one round each (about 3 minutes).
         #[arg(long)]
         quick: bool,
+        /// Run only these phases (comma-separated: overhead, tenants,
+        /// scrape, detection, loss, engine) and print them; BENCHMARKS.md is
+        /// left alone.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// Fixed-rate HTTP/1.1 load generator used by `bench` (tenants cycle in
     /// X-Tenant-ID); prints key=value results.
@@ -97,10 +102,10 @@ fn run(cli: Cli) -> Result<()> {
             setup()?;
             test()
         }
-        Cmd::Bench { quick } => {
+        Cmd::Bench { quick, only } => {
             setup()?;
             build()?;
-            bench::bench(&root, quick)
+            bench::bench(&root, quick, &only)
         }
         Cmd::Loadgen(args) => {
             print!("{}", bench::loadgen::run(&args)?.to_lines());

@@ -91,8 +91,8 @@ pub fn two_slo_config(port: u16, max_tenants: u32) -> String {
     format!(
         "services:\n  - name: bench\n    match:\n      port: {port}\n\
 tenant:\n  max_per_service: {max_tenants}\n\
-slos:\n  - name: availability\n    service: bench\n    objective: 99.9\n\
-  - name: latency\n    service: bench\n    objective: 99\n    sli:\n      latency:\n        threshold: 100ms\n"
+slos:\n  - name: availability\n    service: bench\n    objective: 99.9\n  - name: latency\n    service: bench\n    objective: 99\n    \
+sli:\n      latency:\n        threshold: 100ms\n"
     )
 }
 
@@ -188,7 +188,9 @@ restore. One run.\n"
     })
 }
 
-pub fn bench(root: &Path, quick: bool) -> Result<()> {
+/// Runs the suite; `only` (phase keys) runs a subset and prints it without
+/// touching BENCHMARKS.md.
+pub fn bench(root: &Path, quick: bool, only: &[String]) -> Result<()> {
     let plan = Plan::new(quick);
     // The load generator is this xtask's `loadgen` subcommand, built with
     // optimizations (the debug build would saturate before nginx does).
@@ -207,18 +209,38 @@ pub fn bench(root: &Path, quick: bool) -> Result<()> {
     let load_before = loadavg();
     let others_before = other_agents(&[]);
     sh("sysctl", &["-q", "-w", "kernel.bpf_stats_enabled=1"])?;
-    let result = (|| -> Result<Vec<Section>> {
-        Ok(vec![
-            overhead::run(&ctx)?,
-            tenants::run(&ctx)?,
-            scrape::run(&ctx)?,
-            detection::run(&ctx)?,
-            loss::run(&ctx)?,
-            engine(&ctx)?,
-        ])
-    })();
+    // A phase that fails is reported in its place; the others still run.
+    type Phase = fn(&Ctx) -> Result<Section>;
+    let phases: [(&str, &str, Phase); 6] = [
+        ("overhead", "overhead", overhead::run),
+        ("tenants", "CPU and RSS by rate and tenants", tenants::run),
+        ("scrape", "/metrics scrape", scrape::run),
+        ("detection", "detection time", detection::run),
+        ("loss", "zero loss", loss::run),
+        ("engine", "SLO engine", engine),
+    ];
+    if let Some(bad) = only.iter().find(|o| !phases.iter().any(|p| p.0 == *o)) {
+        anyhow::bail!(
+            "unknown phase {bad:?}; phases: {}",
+            phases.map(|p| p.0).join(", ")
+        );
+    }
+    let mut failed = Vec::new();
+    let sections: Vec<Section> = phases
+        .iter()
+        .filter(|(key, ..)| only.is_empty() || only.iter().any(|o| o == key))
+        .map(|(_, name, phase)| {
+            phase(&ctx).unwrap_or_else(|e| {
+                eprintln!("bench phase {name} failed: {e:#}");
+                failed.push(*name);
+                Section {
+                    markdown: format!("## {name}: FAILED\n\n```\n{e:#}\n```\n\n"),
+                    headlines: vec![Headline::new(name, "FAILED".into(), "", Some(false))],
+                }
+            })
+        })
+        .collect();
     let _ = sh("sysctl", &["-q", "-w", "kernel.bpf_stats_enabled=0"]);
-    let sections = result?;
     let load_after = loadavg();
     let others_after = other_agents(&[]);
 
@@ -272,7 +294,31 @@ about 11 us (90k req/s per core), Beyla about 500 ns of eBPF time per request.\n
     for s in &sections {
         md.push_str(&s.markdown);
     }
-    std::fs::write(root.join("BENCHMARKS.md"), &md)?;
+    if only.is_empty() {
+        std::fs::write(root.join("BENCHMARKS.md"), &md)?;
+    }
     print!("{md}");
+    if !failed.is_empty() {
+        anyhow::bail!("bench phases failed: {}", failed.join(", "));
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// The configs the bench writes are YAML the agent accepts: checked by
+    /// shape here (the agent itself validates them at start-up).
+    #[test]
+    fn two_slo_config_is_indented_yaml() {
+        let c = super::two_slo_config(8080, 100);
+        assert!(c.contains("\nslos:\n  - name: availability\n"), "{c}");
+        assert!(
+            c.contains("\n  - name: latency\n    service: bench\n"),
+            "{c}"
+        );
+        assert!(
+            c.contains("\n    sli:\n      latency:\n        threshold: 100ms\n"),
+            "{c}"
+        );
+    }
 }
