@@ -62,6 +62,14 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
+    /// `bench` itself, run from the release build of xtask.
+    #[command(hide = true)]
+    BenchRun {
+        #[arg(long)]
+        quick: bool,
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
     /// Fixed-rate HTTP/1.1 load generator used by `bench` (tenants cycle in
     /// X-Tenant-ID); prints key=value results.
     #[command(hide = true)]
@@ -105,8 +113,26 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Bench { quick, only } => {
             setup()?;
             build()?;
-            bench::bench(&root, quick, &only)
+            // The bench and its load generator run from xtask's release
+            // build (`cargo xtask` is a debug build).
+            step("cargo build --release --package xtask");
+            cmd("cargo", &["build", "--release", "--package", "xtask"])?;
+            let mut args = vec!["bench-run".to_string()];
+            if quick {
+                args.push("--quick".into());
+            }
+            if !only.is_empty() {
+                args.push(format!("--only={}", only.join(",")));
+            }
+            let status = Command::new(root.join("target/release/xtask"))
+                .args(&args)
+                .status()?;
+            if !status.success() {
+                bail!("bench failed ({status})");
+            }
+            Ok(())
         }
+        Cmd::BenchRun { quick, only } => bench::bench(&root, quick, &only),
         Cmd::Loadgen(args) => {
             print!("{}", bench::loadgen::run(&args)?.to_lines());
             Ok(())

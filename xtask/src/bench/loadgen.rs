@@ -46,6 +46,9 @@ pub struct LoadArgs {
     /// Request path.
     #[arg(long, default_value = "/")]
     pub path: String,
+    /// Stop after this many requests in all (0: run for --duration).
+    #[arg(long, default_value_t = 0)]
+    pub requests: u64,
 }
 
 /// What one run did. Printed as `key=value` lines by `cargo xtask loadgen`.
@@ -220,7 +223,7 @@ fn connection(
         } else {
             Duration::from_nanos((seq as u128 * 1_000_000_000 / args.rate as u128) as u64)
         };
-        if scheduled >= duration {
+        if scheduled >= duration || (args.requests > 0 && seq >= args.requests) {
             break;
         }
         let now = start.elapsed();
@@ -325,6 +328,7 @@ mod tests {
             duration: 1.0,
             tenants: 7,
             path: "/".into(),
+            requests: 0,
         };
         let r = run(&args).unwrap();
         // Exactly the scheduled requests: seq < rate * duration.
@@ -335,6 +339,21 @@ mod tests {
         let parsed = LoadReport::from_lines(&r.to_lines()).unwrap();
         assert_eq!(parsed.requests, r.requests);
         assert_eq!(parsed.status_2xx, r.status_2xx);
+    }
+
+    #[test]
+    fn stops_after_the_requested_count() {
+        let port = server();
+        let args = LoadArgs {
+            port,
+            rate: 0,
+            connections: 3,
+            duration: 30.0,
+            tenants: 1_000,
+            path: "/".into(),
+            requests: 1_000,
+        };
+        assert_eq!(run(&args).unwrap().requests, 1_000);
     }
 
     #[test]
@@ -351,6 +370,7 @@ mod tests {
             duration: 0.2,
             tenants: 1,
             path: "/fail".into(),
+            requests: 0,
         };
         let r = run(&args).unwrap();
         assert_eq!(r.status_other, 100);

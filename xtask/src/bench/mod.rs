@@ -189,15 +189,11 @@ restore. One run.\n"
 }
 
 /// Runs the suite; `only` (phase keys) runs a subset and prints it without
-/// touching BENCHMARKS.md.
+/// touching BENCHMARKS.md. Runs in the release build of xtask (see
+/// `main.rs`): its `loadgen` must not be the bottleneck, and parsing a
+/// 100,000-tenant `/metrics` in a debug build takes minutes.
 pub fn bench(root: &Path, quick: bool, only: &[String]) -> Result<()> {
     let plan = Plan::new(quick);
-    // The load generator is this xtask's `loadgen` subcommand, built with
-    // optimizations (the debug build would saturate before nginx does).
-    sh(
-        "cargo",
-        &["build", "--quiet", "--release", "--package", "xtask"],
-    )?;
     let ctx = Ctx {
         bin: root.join("target/release/burnwatch"),
         clients: Clients {

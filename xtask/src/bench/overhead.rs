@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use anyhow::Result;
 
-use super::procs::{Agent, AgentStats, Nginx, WRK_CONNECTIONS, other_agents, program_delta};
+use super::procs::{Agent, AgentStats, Cost, Nginx, WRK_CONNECTIONS, other_agents, program_delta};
 use super::report::{Headline, Section, Spread};
 use super::{Ctx, TENANTS_OVERHEAD};
 
@@ -18,9 +18,7 @@ struct Run {
     p50_us: f64,
     p99_us: f64,
     /// With the agent only.
-    bpf_ns: u64,
-    bpf_runs: u64,
-    cpu_ns: u64,
+    cost: Cost,
     counted: u64,
     rss_kib: u64,
     programs: Vec<(String, u64, u64)>,
@@ -75,13 +73,13 @@ fn measured(
     load: Option<u64>,
     before: &AgentStats,
 ) -> Result<(Run, AgentStats)> {
-    let cpu0 = agent.cpu_ns()?;
+    let idle = agent.idle()?;
+    let r0 = agent.snapshot()?;
     let mut run = drive(ctx, nginx, load)?;
-    run.cpu_ns = agent.cpu_ns()? - cpu0;
+    let r1 = agent.snapshot()?;
+    run.cost = Cost::of(idle, (r0, r1), run.requests);
     agent.settle();
     let after = agent.stats()?;
-    run.bpf_ns = after.bpf_ns.saturating_sub(before.bpf_ns);
-    run.bpf_runs = after.bpf_runs.saturating_sub(before.bpf_runs);
     run.counted = after.counted.saturating_sub(before.counted);
     run.programs = program_delta(&before.programs, &after.programs);
     run.rss_kib = agent.rss_kib()?.0;
@@ -142,9 +140,11 @@ load without the agent followed by the same runs with a freshly started agent, s
 alike. Loads: saturation with `wrk -t1 -c{WRK_CONNECTIONS}` (one tenant), then fixed rates of {rates} req/s \
 with `cargo xtask loadgen` (open loop, 16 connections, {t} tenants cycling in `X-Tenant-ID`, latency from \
 each request's scheduled send time, as wrk2 does). {secs} s per run. BPF time is the kernel's own \
-accounting (`kernel.bpf_stats_enabled=1`) of all burnwatch programs, read from the agent's \
-`burnwatch_bpf_program_run_seconds_total`, over the run plus the 2.2 s settle after it, divided by \
-requests. Agent CPU: {cpu_method}, over the run. Figures: median (min..max) over rounds.\n",
+accounting (`kernel.bpf_stats_enabled=1`) of the agent's programs (run_time_ns in /proc/AGENT/fdinfo), \
+over the run, divided by requests; the programs trace every process's syscalls, so the idle rate measured \
+in the second before each run (other processes on the node) is shown, and subtracted in the \"less idle \
+background\" column. Agent CPU: {cpu_method}, over the run (it includes the once-a-second poll, whatever \
+the rate). Figures: median (min..max) over rounds.\n",
         rounds = ctx.plan.rounds,
         rates = ctx
             .plan
@@ -165,9 +165,9 @@ their eBPF programs ran on this traffic in both arms, and their syscalls ran our
     }
     writeln!(
         md,
-        "| load | req/s without | req/s with | ratio | p50 without / with (us) | p99 without / with (us) | BPF ns/req | agent userspace ns/req | total ns/req | counted = served |"
+        "| load | req/s without | req/s with | ratio | p50 without / with (us) | p99 without / with (us) | BPF ns/req | BPF ns/req less idle background | idle background BPF us/s | agent userspace ns/req | total ns/req | counted = served |"
     )?;
-    writeln!(md, "|---|---|---|---|---|---|---|---|---|---|")?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|")?;
     for (i, load) in loads.iter().enumerate() {
         let b = &base[i];
         let w = &with[i];
@@ -183,11 +183,11 @@ their eBPF programs ran on this traffic in both arms, and their syscalls ran our
                 .map(|(b, w)| w.rps / b.rps)
                 .collect::<Vec<_>>(),
         );
-        let bpf = col(w, |r| r.bpf_ns as f64 / r.requests.max(1) as f64);
-        let cpu = col(w, |r| r.cpu_ns as f64 / r.requests.max(1) as f64);
-        let total = col(w, |r| {
-            (r.bpf_ns + r.cpu_ns) as f64 / r.requests.max(1) as f64
-        });
+        let bpf = col(w, |r| r.cost.bpf_ns_per_req);
+        let bpf_net = col(w, |r| r.cost.bpf_net_ns_per_req);
+        let bg = col(w, |r| r.cost.bpf_idle_ns_per_s / 1e3);
+        let cpu = col(w, |r| r.cost.cpu_ns_per_req);
+        let total = col(w, |r| r.cost.cpu_ns_per_req + r.cost.bpf_ns_per_req);
         let p50d = Spread::of(
             &b.iter()
                 .zip(w)
@@ -213,7 +213,7 @@ their eBPF programs ran on this traffic in both arms, and their syscalls ran our
             .all(|r| r.counted >= r.requests && r.counted <= r.requests + slack);
         writeln!(
             md,
-            "| {} | {} | {} | {} | {} / {} | {} / {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} / {} | {} / {} | {} | {} | {} | {} | {} | {} |",
             load_name(*load),
             brps.show(0),
             wrps.show(0),
@@ -223,6 +223,8 @@ their eBPF programs ran on this traffic in both arms, and their syscalls ran our
             col(b, |r| r.p99_us).show(0),
             col(w, |r| r.p99_us).show(0),
             bpf.show(0),
+            bpf_net.show(0),
+            bg.show(0),
             cpu.show(0),
             total.show(0),
             if exact { "yes, every round" } else { "**NO**" }
@@ -239,8 +241,8 @@ their eBPF programs ran on this traffic in both arms, and their syscalls ran our
                 Some(ratio.median >= 0.97),
             ));
             headlines.push(Headline::new(
-                "BPF time per request (saturation)",
-                format!("{} ns", bpf.show(0)),
+                "BPF time per request (saturation; less idle background)",
+                format!("{} ns ({} ns)", bpf.show(0), bpf_net.show(0)),
                 "< 1000 ns (Beyla ~500 ns)",
                 Some(bpf.median < 1000.0),
             ));
@@ -278,7 +280,7 @@ their eBPF programs ran on this traffic in both arms, and their syscalls ran our
             let (b, w) = (&base[i][round], &with[i][round]);
             write!(
                 line,
-                " {}: without {:.0} req/s (p50 {:.0} us, p99 {:.0} us), with {:.0} req/s (p50 {:.0} us, p99 {:.0} us), {} served, {} counted, BPF {:.0} ns/req, RSS {} KiB;",
+                " {}: without {:.0} req/s (p50 {:.0} us, p99 {:.0} us), with {:.0} req/s (p50 {:.0} us, p99 {:.0} us), {} served, {} counted, BPF {:.0} ns/req in {:.1} runs/req, RSS {} KiB;",
                 match load {
                     None => "saturation".to_string(),
                     Some(r) => format!("{r}/s"),
@@ -291,7 +293,8 @@ their eBPF programs ran on this traffic in both arms, and their syscalls ran our
                 w.p99_us,
                 w.requests,
                 w.counted,
-                w.bpf_ns as f64 / w.requests.max(1) as f64,
+                w.cost.bpf_ns_per_req,
+                w.cost.bpf_runs_per_req,
                 w.rss_kib
             )?;
         }
@@ -300,7 +303,8 @@ their eBPF programs ran on this traffic in both arms, and their syscalls ran our
     if let Some(last) = with[0].last() {
         writeln!(
             md,
-            "\nWhere the BPF time goes (last saturation round; nginx's and wrk's syscalls both):\n"
+            "\nWhere the BPF time goes (last saturation round, from the agent's per-program metrics over the run \
+and the 2.2 s settle after it; nginx's and wrk's syscalls both):\n"
         )?;
         writeln!(md, "| program | runs / request | ns / run | ns / request |")?;
         writeln!(md, "|---|---|---|---|")?;
@@ -319,11 +323,13 @@ their eBPF programs ran on this traffic in both arms, and their syscalls ran our
                 *ns as f64 / reqs
             )?;
         }
+        let (runs, ns) = programs.iter().fold((0, 0), |(r, n), p| (r + p.1, n + p.2));
         writeln!(
             md,
-            "| all | {:.2} | | {:.0} |",
-            last.bpf_runs as f64 / reqs,
-            last.bpf_ns as f64 / reqs
+            "| all | {:.2} | {:.0} | {:.0} |",
+            runs as f64 / reqs,
+            ns as f64 / runs.max(1) as f64,
+            ns as f64 / reqs
         )?;
     }
     writeln!(md)?;

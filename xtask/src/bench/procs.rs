@@ -255,6 +255,52 @@ pub struct AgentStats {
     pub tenant_overflow: u64,
 }
 
+/// The agent's cumulative CPU and BPF time at one instant.
+#[derive(Debug, Clone, Copy)]
+pub struct Snapshot {
+    pub at: Instant,
+    pub cpu_ns: u64,
+    pub bpf_ns: u64,
+    pub bpf_runs: u64,
+}
+
+/// What a run cost per request, with the idle background beside it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cost {
+    /// Agent CPU (userspace and its own syscalls) during the run / requests.
+    pub cpu_ns_per_req: f64,
+    /// BPF time during the run / requests (everything the programs ran for).
+    pub bpf_ns_per_req: f64,
+    /// The same, less the idle background rate times the run's length:
+    /// what this traffic itself cost.
+    pub bpf_net_ns_per_req: f64,
+    pub bpf_runs_per_req: f64,
+    /// Background BPF time per second, measured idle just before the run.
+    pub bpf_idle_ns_per_s: f64,
+    /// Agent CPU % of one core during the run.
+    pub cpu_percent: f64,
+}
+
+impl Cost {
+    /// `idle`: snapshots around an idle second; `run`: around the run.
+    pub fn of(idle: (Snapshot, Snapshot), run: (Snapshot, Snapshot), requests: u64) -> Cost {
+        let reqs = requests.max(1) as f64;
+        let idle_s = (idle.1.at - idle.0.at).as_secs_f64();
+        let run_s = (run.1.at - run.0.at).as_secs_f64();
+        let bg = idle.1.bpf_ns.saturating_sub(idle.0.bpf_ns) as f64 / idle_s;
+        let bpf = run.1.bpf_ns.saturating_sub(run.0.bpf_ns) as f64;
+        let cpu = run.1.cpu_ns.saturating_sub(run.0.cpu_ns) as f64;
+        Cost {
+            cpu_ns_per_req: cpu / reqs,
+            bpf_ns_per_req: bpf / reqs,
+            bpf_net_ns_per_req: (bpf - bg * run_s).max(0.0) / reqs,
+            bpf_runs_per_req: run.1.bpf_runs.saturating_sub(run.0.bpf_runs) as f64 / reqs,
+            bpf_idle_ns_per_s: bg,
+            cpu_percent: cpu / (run_s * 1e9) * 100.0,
+        }
+    }
+}
+
 pub struct Agent {
     child: Child,
     pub metrics_port: u16,
@@ -353,6 +399,54 @@ impl Agent {
 
     pub fn cpu_ns(&self) -> Result<u64> {
         self.cpu.ns()
+    }
+
+    /// The kernel's run time and run count (`kernel.bpf_stats_enabled`) of
+    /// every eBPF program this agent holds, read at this instant from
+    /// /proc/PID/fdinfo (the agent's own metrics lag up to a poll interval).
+    pub fn bpf_totals(&self) -> Result<(u64, u64)> {
+        let mut seen = std::collections::BTreeSet::new();
+        let (mut ns, mut runs) = (0u64, 0u64);
+        for entry in std::fs::read_dir(format!("/proc/{}/fdinfo", self.child.id()))?.flatten() {
+            let Ok(info) = std::fs::read_to_string(entry.path()) else {
+                continue;
+            };
+            let field = |name: &str| -> Option<u64> {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .and_then(|v| v.trim().parse().ok())
+            };
+            if let Some(id) = field("prog_id:")
+                && seen.insert(id)
+            {
+                ns += field("run_time_ns:").unwrap_or(0);
+                runs += field("run_cnt:").unwrap_or(0);
+            }
+        }
+        if seen.is_empty() {
+            bail!("agent {} holds no eBPF program", self.child.id());
+        }
+        Ok((ns, runs))
+    }
+
+    /// CPU and BPF totals now.
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let (bpf_ns, bpf_runs) = self.bpf_totals()?;
+        Ok(Snapshot {
+            at: Instant::now(),
+            cpu_ns: self.cpu_ns()?,
+            bpf_ns,
+            bpf_runs,
+        })
+    }
+
+    /// An idle second before a measured run: the background rates (agent
+    /// CPU of its once-a-second poll; BPF time of other processes' syscalls
+    /// on the node) that [`Cost::of`] reports beside the run's own.
+    pub fn idle(&self) -> Result<(Snapshot, Snapshot)> {
+        let a = self.snapshot()?;
+        std::thread::sleep(Duration::from_secs(1));
+        Ok((a, self.snapshot()?))
     }
 
     /// (VmRSS, VmHWM) in KiB.
@@ -530,6 +624,19 @@ impl Clients {
         tenants: u32,
         path: &str,
     ) -> Result<LoadReport> {
+        self.load_n(port, rate, secs, tenants, path, 0)
+    }
+
+    /// [`Clients::load`], stopping after `requests` (0: no limit).
+    pub fn load_n(
+        &self,
+        port: u16,
+        rate: u64,
+        secs: f64,
+        tenants: u32,
+        path: &str,
+        requests: u64,
+    ) -> Result<LoadReport> {
         let out = sh(
             "taskset",
             &[
@@ -549,6 +656,8 @@ impl Clients {
                 &tenants.to_string(),
                 "--path",
                 path,
+                "--requests",
+                &requests.to_string(),
             ],
         )?;
         LoadReport::from_lines(&out)

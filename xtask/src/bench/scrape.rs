@@ -17,13 +17,8 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
     let nginx = Nginx::start(false)?;
     let agent = Agent::start(&ctx.bin, &two_slo_config(nginx.port, 100_000))?;
     eprintln!("scrape: warm-up with {TENANTS} tenants");
-    ctx.clients.load(
-        nginx.port,
-        0,
-        (f64::from(TENANTS) / 10_000.0).max(2.0),
-        TENANTS,
-        "/",
-    )?;
+    ctx.clients
+        .load_n(nginx.port, 0, 120.0, TENANTS, "/", u64::from(TENANTS))?;
     agent.settle();
     let (rss_warm, _) = agent.rss_kib()?;
     // Live traffic through the whole scrape period, all tenants in turn.

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use anyhow::Result;
 
-use super::procs::{Agent, Nginx};
+use super::procs::{Agent, Cost, Nginx};
 use super::report::{Headline, Section, Spread};
 use super::{Ctx, two_slo_config};
 
@@ -16,6 +16,7 @@ struct Cell {
     rps: f64,
     cpu_ns_per_req: f64,
     bpf_ns_per_req: f64,
+    bpf_net_ns_per_req: f64,
     cpu_percent: f64,
     rss_kib: u64,
 }
@@ -49,8 +50,8 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
 service (availability and latency: 2 x N engine series) and `tenant.max_per_service: 100000`; a saturation \
 warm-up sends every one of the N tenants at least once, then {rounds} round(s) of each load: {loads}, {secs} s \
 each, `cargo xtask loadgen` cycling the N tenants in `X-Tenant-ID`. Agent CPU over the run (userspace \
-and its own syscalls, e.g. map reads) divided by requests; BPF time (run plus settle) divided by requests, \
-added separately; CPU % is of one core. RSS is VmRSS after the run; peak is VmHWM over the agent's life. \
+and its own syscalls, e.g. map reads) divided by requests; BPF time over the run divided by requests, added \
+separately (in parentheses: less the idle background of the second before); CPU % is of one core. RSS is VmRSS after the run; peak is VmHWM over the agent's life. \
 Median (min..max) over rounds.\n",
         rounds = ctx.plan.matrix_rounds,
         loads = rates
@@ -62,16 +63,17 @@ Median (min..max) over rounds.\n",
     )?;
     writeln!(
         md,
-        "| tenants | load | req/s | agent userspace ns/req | BPF ns/req | total ns/req | agent CPU % of a core | RSS KiB |"
+        "| tenants | load | req/s | agent userspace ns/req | BPF ns/req (less idle background) | total ns/req | agent CPU % of a core | RSS KiB |"
     )?;
     writeln!(md, "|---|---|---|---|---|---|---|---|")?;
     let mut notes = String::new();
     for &tenants in &ctx.plan.tenant_counts {
         eprintln!("tenants {tenants}: warm-up");
         let agent = Agent::start(&ctx.bin, &two_slo_config(nginx.port, 100_000))?;
-        // Touch every tenant: at least N requests, at saturation.
-        let warm_secs = (f64::from(tenants) / 15_000.0).max(1.0);
-        let warm = ctx.clients.load(nginx.port, 0, warm_secs, tenants, "/")?;
+        // Touch every tenant once, at saturation.
+        let warm = ctx
+            .clients
+            .load_n(nginx.port, 0, 120.0, tenants, "/", u64::from(tenants))?;
         agent.settle();
         let mut cells: Vec<Vec<Cell>> = vec![Vec::new(); rates.len()];
         for round in 0..ctx.plan.matrix_rounds {
@@ -82,22 +84,19 @@ Median (min..max) over rounds.\n",
                     round + 1,
                     ctx.plan.matrix_rounds
                 );
-                let s0 = agent.stats()?;
-                let c0 = agent.cpu_ns()?;
-                let t0 = std::time::Instant::now();
+                let idle = agent.idle()?;
+                let r0 = agent.snapshot()?;
                 let l = ctx
                     .clients
                     .load(nginx.port, rate, ctx.plan.run_secs, tenants, "/")?;
-                let c1 = agent.cpu_ns()?;
-                let wall = t0.elapsed().as_secs_f64();
-                agent.settle();
-                let s1 = agent.stats()?;
-                let reqs = l.requests.max(1) as f64;
+                let r1 = agent.snapshot()?;
+                let cost = Cost::of(idle, (r0, r1), l.requests);
                 cells[i].push(Cell {
                     rps: l.rps,
-                    cpu_ns_per_req: (c1 - c0) as f64 / reqs,
-                    bpf_ns_per_req: s1.bpf_ns.saturating_sub(s0.bpf_ns) as f64 / reqs,
-                    cpu_percent: (c1 - c0) as f64 / (wall * 1e9) * 100.0,
+                    cpu_ns_per_req: cost.cpu_ns_per_req,
+                    bpf_ns_per_req: cost.bpf_ns_per_req,
+                    bpf_net_ns_per_req: cost.bpf_net_ns_per_req,
+                    cpu_percent: cost.cpu_percent,
                     rss_kib: agent.rss_kib()?.0,
                 });
             }
@@ -116,11 +115,12 @@ Median (min..max) over rounds.\n",
             let total = col(|c| c.cpu_ns_per_req + c.bpf_ns_per_req);
             writeln!(
                 md,
-                "| {tenants} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {tenants} | {} | {} | {} | {} ({}) | {} | {} | {} |",
                 rate_name(rate),
                 col(|c| c.rps).show(0),
                 col(|c| c.cpu_ns_per_req).show(0),
                 col(|c| c.bpf_ns_per_req).show(0),
+                col(|c| c.bpf_net_ns_per_req).show(0),
                 total.show(0),
                 col(|c| c.cpu_percent).show(1),
                 col(|c| c.rss_kib as f64).show(0),
