@@ -50,7 +50,11 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
         }
         let key = (
             label(series, "tenant").unwrap_or("").to_string(),
-            label(series, "status").unwrap_or("").to_string(),
+            ["status_code", "code", "status"]
+                .iter()
+                .find_map(|n| label(series, n))
+                .unwrap_or("")
+                .to_string(),
         );
         *from_agent.entry(key).or_default() += v.parse::<f64>().unwrap_or(0.0) as u64;
     }
