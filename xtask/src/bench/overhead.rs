@@ -17,6 +17,8 @@ struct Run {
     requests: u64,
     p50_us: f64,
     p99_us: f64,
+    /// Fixed rates: requests sent over 1 ms behind schedule.
+    late: u64,
     /// With the agent only.
     cost: Cost,
     counted: u64,
@@ -60,6 +62,7 @@ fn drive(ctx: &Ctx, nginx: &Nginx, load: Option<u64>) -> Result<Run> {
                 requests: l.requests,
                 p50_us: l.p50_us,
                 p99_us: l.p99_us,
+                late: l.late,
                 ..Run::default()
             }
         }
@@ -139,7 +142,7 @@ that trigger them, so on both cores (nginx's and the client's syscalls). {rounds
 load without the agent followed by the same runs with a freshly started agent, so drift hits both arms \
 alike. Loads: saturation with `wrk -t1 -c{WRK_CONNECTIONS}` (one tenant), then fixed rates of {rates} req/s \
 with `cargo xtask loadgen` (open loop, 16 connections, {t} tenants cycling in `X-Tenant-ID`, latency from \
-each request's scheduled send time, as wrk2 does). {secs} s per run. BPF time is the kernel's own \
+each request's scheduled send time, as wrk2 does; \"sent late\" counts requests the generator sent over 1 ms behind schedule, without / with). {secs} s per run. BPF time is the kernel's own \
 accounting (`kernel.bpf_stats_enabled=1`) of the agent's programs (run_time_ns in /proc/AGENT/fdinfo), \
 over the run, divided by requests; the programs trace every process's syscalls, so the idle rate measured \
 in the second before each run (other processes on the node) is shown, and subtracted in the \"less idle \
@@ -280,7 +283,7 @@ their eBPF programs ran on this traffic in both arms, and their syscalls ran our
             let (b, w) = (&base[i][round], &with[i][round]);
             write!(
                 line,
-                " {}: without {:.0} req/s (p50 {:.0} us, p99 {:.0} us), with {:.0} req/s (p50 {:.0} us, p99 {:.0} us), {} served, {} counted, BPF {:.0} ns/req in {:.1} runs/req, RSS {} KiB;",
+                " {}: without {:.0} req/s (p50 {:.0} us, p99 {:.0} us), with {:.0} req/s (p50 {:.0} us, p99 {:.0} us), {} served, {} counted, BPF {:.0} ns/req in {:.1} runs/req, RSS {} KiB, sent late {} / {};",
                 match load {
                     None => "saturation".to_string(),
                     Some(r) => format!("{r}/s"),
@@ -295,7 +298,9 @@ their eBPF programs ran on this traffic in both arms, and their syscalls ran our
                 w.counted,
                 w.cost.bpf_ns_per_req,
                 w.cost.bpf_runs_per_req,
-                w.rss_kib
+                w.rss_kib,
+                b.late,
+                w.late
             )?;
         }
         writeln!(md, "{}", line.trim_end_matches(';'))?;

@@ -68,6 +68,20 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum();
 
+    // Samples per metric family (histogram suffixes folded), largest first:
+    // where the payload goes.
+    let mut families: std::collections::BTreeMap<&str, usize> = Default::default();
+    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+        let name = line.split(['{', ' ']).next().unwrap_or("");
+        let family = ["_bucket", "_sum", "_count", "_total", "_info"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        *families.entry(family).or_default() += 1;
+    }
+    let mut families: Vec<(&str, usize)> = families.into_iter().collect();
+    families.sort_by_key(|f| std::cmp::Reverse(f.1));
+
     let time = Spread::of(&times);
     let size = Spread::of(&sizes);
     let third = (rss.len() / 3).max(1);
@@ -124,7 +138,16 @@ byte, from CPU 1's side of loopback). RSS is VmRSS after each scrape.\n"
         "| background traffic | {} requests at {:.0} req/s, p99 {:.0} us |",
         bg.requests, bg.rps, bg.p99_us
     )?;
-    writeln!(md)?;
+    writeln!(
+        md,
+        "\nSamples per family (largest first): {}.\n",
+        families
+            .iter()
+            .take(8)
+            .map(|(f, n)| format!("`{f}` {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )?;
     let headlines = vec![
         Headline::new(
             "/metrics scrape time at 10,000 tenants x 2 SLOs",
