@@ -65,7 +65,28 @@ enum Cmd {
     /// with real eBPF and real servers.
     Test,
     /// Measure the agent's overhead and write BENCHMARKS.md (as root).
-    Bench,
+    Bench {
+        /// A short smoke run: every figure, one round each (about 3 minutes).
+        #[arg(long)]
+        quick: bool,
+        /// Run only these phases (comma-separated: overhead, tenants,
+        /// scrape, detection, loss, engine) and print them; BENCHMARKS.md is
+        /// left alone.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
+    /// `bench` itself, run from the release build of xtask.
+    #[command(hide = true)]
+    BenchRun {
+        #[arg(long)]
+        quick: bool,
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
+    /// Fixed-rate HTTP/1.1 load generator used by `bench` (tenants cycle in
+    /// X-Tenant-ID); prints key=value results.
+    #[command(hide = true)]
+    Loadgen(bench::loadgen::LoadArgs),
     /// Render deploy/burnwatch.yaml (plain YAML for users without Helm)
     /// from the chart.
     Manifest,
@@ -105,10 +126,32 @@ fn run(cli: Cli) -> Result<()> {
             setup()?;
             test()
         }
-        Cmd::Bench => {
+        Cmd::Bench { quick, only } => {
             setup()?;
             build()?;
-            bench::bench(&root)
+            // The bench and its load generator run from xtask's release
+            // build (`cargo xtask` is a debug build).
+            step("cargo build --release --package xtask");
+            cmd("cargo", &["build", "--release", "--package", "xtask"])?;
+            let mut args = vec!["bench-run".to_string()];
+            if quick {
+                args.push("--quick".into());
+            }
+            if !only.is_empty() {
+                args.push(format!("--only={}", only.join(",")));
+            }
+            let status = Command::new(root.join("target/release/xtask"))
+                .args(&args)
+                .status()?;
+            if !status.success() {
+                bail!("bench failed ({status})");
+            }
+            Ok(())
+        }
+        Cmd::BenchRun { quick, only } => bench::bench(&root, quick, &only),
+        Cmd::Loadgen(args) => {
+            print!("{}", bench::loadgen::run(&args)?.to_lines());
+            Ok(())
         }
         Cmd::Manifest => {
             k8s_tools::setup(&root)?;

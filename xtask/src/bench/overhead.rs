@@ -1,0 +1,345 @@
+//! Overhead on nginx: interleaved rounds without and with the agent, each
+//! at saturation (wrk) and at fixed rates (our open-loop generator).
+//! Throughput ratio, latency deltas, BPF time and agent CPU per request.
+
+use std::fmt::Write as _;
+
+use anyhow::Result;
+
+use super::procs::{Agent, AgentStats, Cost, Nginx, WRK_CONNECTIONS, other_agents, program_delta};
+use super::report::{Headline, Section, Spread};
+use super::{Ctx, TENANTS_OVERHEAD};
+
+/// One measured load in one arm of a round.
+#[derive(Debug, Clone, Default)]
+struct Run {
+    rps: f64,
+    requests: u64,
+    p50_us: f64,
+    p99_us: f64,
+    /// Fixed rates: requests sent over 1 ms behind schedule.
+    late: u64,
+    /// With the agent only.
+    cost: Cost,
+    counted: u64,
+    rss_kib: u64,
+    programs: Vec<(String, u64, u64)>,
+}
+
+/// Loads of a round: saturation (wrk), then each fixed rate.
+fn loads(ctx: &Ctx) -> Vec<Option<u64>> {
+    std::iter::once(None)
+        .chain(ctx.plan.fixed_rates.iter().map(|r| Some(*r)))
+        .collect()
+}
+
+fn load_name(load: Option<u64>) -> String {
+    match load {
+        None => format!("saturation (wrk -t1 -c{WRK_CONNECTIONS})"),
+        Some(r) => format!("{r} req/s (fixed rate)"),
+    }
+}
+
+fn drive(ctx: &Ctx, nginx: &Nginx, load: Option<u64>) -> Result<Run> {
+    let secs = ctx.plan.run_secs;
+    Ok(match load {
+        None => {
+            let w = ctx.clients.wrk(nginx.port, secs)?;
+            Run {
+                rps: w.rps,
+                requests: w.requests,
+                p50_us: w.p50_us,
+                p99_us: w.p99_us,
+                ..Run::default()
+            }
+        }
+        Some(rate) => {
+            let l = ctx
+                .clients
+                .load(nginx.port, rate, secs, TENANTS_OVERHEAD, "/")?;
+            Run {
+                rps: l.rps,
+                requests: l.requests,
+                p50_us: l.p50_us,
+                p99_us: l.p99_us,
+                late: l.late,
+                ..Run::default()
+            }
+        }
+    })
+}
+
+fn measured(
+    ctx: &Ctx,
+    nginx: &Nginx,
+    agent: &Agent,
+    load: Option<u64>,
+    before: &AgentStats,
+) -> Result<(Run, AgentStats)> {
+    let idle = agent.idle()?;
+    let r0 = agent.snapshot()?;
+    let mut run = drive(ctx, nginx, load)?;
+    let r1 = agent.snapshot()?;
+    run.cost = Cost::of(idle, (r0, r1), run.requests);
+    agent.settle();
+    let after = agent.stats()?;
+    run.counted = after.counted.saturating_sub(before.counted);
+    run.programs = program_delta(&before.programs, &after.programs);
+    run.rss_kib = agent.rss_kib()?.0;
+    Ok((run, after))
+}
+
+pub fn run(ctx: &Ctx) -> Result<Section> {
+    let nginx = Nginx::start(false)?;
+    let loads = loads(ctx);
+    // [load][round]
+    let mut base: Vec<Vec<Run>> = vec![Vec::new(); loads.len()];
+    let mut with: Vec<Vec<Run>> = vec![Vec::new(); loads.len()];
+    let mut others = 0usize;
+    // Warm-up so the first measured run is not a cold one.
+    ctx.clients.wrk(nginx.port, 2.0)?;
+    let mut cpu_method = "";
+    for round in 0..ctx.plan.rounds {
+        eprintln!(
+            "overhead round {}/{}: without agent",
+            round + 1,
+            ctx.plan.rounds
+        );
+        for (i, load) in loads.iter().enumerate() {
+            base[i].push(drive(ctx, &nginx, *load)?);
+        }
+        eprintln!(
+            "overhead round {}/{}: with agent",
+            round + 1,
+            ctx.plan.rounds
+        );
+        let agent = Agent::start(
+            &ctx.bin,
+            &format!(
+                "services:\n  - name: bench\n    match:\n      port: {}\n",
+                nginx.port
+            ),
+        )?;
+        cpu_method = agent.cpu_method();
+        others = others.max(other_agents(&[]).saturating_sub(1));
+        agent.settle();
+        let mut stats = agent.stats()?;
+        for (i, load) in loads.iter().enumerate() {
+            let (r, after) = measured(ctx, &nginx, &agent, *load, &stats)?;
+            stats = after;
+            with[i].push(r);
+        }
+    }
+
+    let mut md = String::new();
+    let mut headlines = Vec::new();
+    writeln!(md, "## Overhead on nginx (HTTP/1.1 keep-alive, loopback)\n")?;
+    writeln!(
+        md,
+        "Method: nginx (one worker, `return 200`) pinned to CPU 0; the load generator pinned to CPU 1; the agent \
+(userspace) pinned to CPU 1 too, as the machine has no third core. eBPF programs run inside the syscalls \
+that trigger them, so on both cores (nginx's and the client's syscalls). {rounds} rounds, each a run of every \
+load without the agent followed by the same runs with a freshly started agent, so drift hits both arms \
+alike. Loads: saturation with `wrk -t1 -c{WRK_CONNECTIONS}` (one tenant), then fixed rates of {rates} req/s \
+with `cargo xtask loadgen` (open loop, 16 connections, {t} tenants cycling in `X-Tenant-ID`, latency from \
+each request's scheduled send time, as wrk2 does; \"sent late\" counts requests the generator sent over 1 ms behind schedule, without / with). {secs} s per run. BPF time is the kernel's own \
+accounting (`kernel.bpf_stats_enabled=1`) of the agent's programs (run_time_ns in /proc/AGENT/fdinfo), \
+over the run, divided by requests; the programs trace every process's syscalls, so the idle rate measured \
+in the second before each run (other processes on the node) is shown, and subtracted in the \"less idle \
+background\" column. Agent CPU: {cpu_method}, over the run (it includes the once-a-second poll, whatever \
+the rate). Figures: median (min..max) over rounds.\n",
+        rounds = ctx.plan.rounds,
+        rates = ctx
+            .plan
+            .fixed_rates
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(" and "),
+        t = TENANTS_OVERHEAD,
+        secs = ctx.plan.run_secs,
+    )?;
+    if others > 0 {
+        writeln!(
+            md,
+            "Other burnwatch agents were running on the node during this run (up to {others}, other engineers' tests): \
+their eBPF programs ran on this traffic in both arms, and their syscalls ran ours.\n"
+        )?;
+    }
+    writeln!(
+        md,
+        "| load | req/s without | req/s with | ratio | p50 without / with (us) | p99 without / with (us) | BPF ns/req | BPF ns/req less idle background | idle background BPF us/s | agent userspace ns/req | total ns/req | counted = served |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|")?;
+    for (i, load) in loads.iter().enumerate() {
+        let b = &base[i];
+        let w = &with[i];
+        let col = |runs: &[Run], f: fn(&Run) -> f64| -> Spread {
+            Spread::of(&runs.iter().map(f).collect::<Vec<_>>())
+        };
+        let brps = col(b, |r| r.rps);
+        let wrps = col(w, |r| r.rps);
+        // Ratio per round (paired), then the median of ratios.
+        let ratio = Spread::of(
+            &b.iter()
+                .zip(w)
+                .map(|(b, w)| w.rps / b.rps)
+                .collect::<Vec<_>>(),
+        );
+        let bpf = col(w, |r| r.cost.bpf_ns_per_req);
+        let bpf_net = col(w, |r| r.cost.bpf_net_ns_per_req);
+        let bg = col(w, |r| r.cost.bpf_idle_ns_per_s / 1e3);
+        let cpu = col(w, |r| r.cost.cpu_ns_per_req);
+        let total = col(w, |r| r.cost.cpu_ns_per_req + r.cost.bpf_ns_per_req);
+        let p50d = Spread::of(
+            &b.iter()
+                .zip(w)
+                .map(|(b, w)| w.p50_us - b.p50_us)
+                .collect::<Vec<_>>(),
+        );
+        let p99d = Spread::of(
+            &b.iter()
+                .zip(w)
+                .map(|(b, w)| w.p99_us - b.p99_us)
+                .collect::<Vec<_>>(),
+        );
+        // wrk reports completed requests; each connection may have one more
+        // in flight that nginx answered (and the agent counted). Our
+        // generator finishes every request it sends: exact.
+        let slack = if load.is_none() {
+            u64::from(WRK_CONNECTIONS)
+        } else {
+            0
+        };
+        let exact = w
+            .iter()
+            .all(|r| r.counted >= r.requests && r.counted <= r.requests + slack);
+        writeln!(
+            md,
+            "| {} | {} | {} | {} | {} / {} | {} / {} | {} | {} | {} | {} | {} | {} |",
+            load_name(*load),
+            brps.show(0),
+            wrps.show(0),
+            ratio.show(3),
+            col(b, |r| r.p50_us).show(0),
+            col(w, |r| r.p50_us).show(0),
+            col(b, |r| r.p99_us).show(0),
+            col(w, |r| r.p99_us).show(0),
+            bpf.show(0),
+            bpf_net.show(0),
+            bg.show(0),
+            cpu.show(0),
+            total.show(0),
+            if exact { "yes, every round" } else { "**NO**" }
+        )?;
+        let name = match load {
+            None => "saturation".to_string(),
+            Some(r) => format!("{r} req/s"),
+        };
+        if load.is_none() {
+            headlines.push(Headline::new(
+                "throughput ratio with/without agent (saturation, nginx)",
+                ratio.show(3),
+                ">= 0.97",
+                Some(ratio.median >= 0.97),
+            ));
+            headlines.push(Headline::new(
+                "BPF time per request (saturation; less idle background)",
+                format!("{} ns ({} ns)", bpf.show(0), bpf_net.show(0)),
+                "< 1000 ns (Beyla ~500 ns)",
+                Some(bpf.median < 1000.0),
+            ));
+        }
+        headlines.push(Headline::new(
+            &format!("p50 / p99 latency delta ({name})"),
+            format!("{} / {} us", p50d.show(0), p99d.show(0)),
+            "",
+            None,
+        ));
+        headlines.push(Headline::new(
+            &format!(
+                "agent CPU per request, BPF + userspace ({name}, {})",
+                if load.is_none() {
+                    "1 tenant".to_string()
+                } else {
+                    format!("{TENANTS_OVERHEAD} tenants")
+                }
+            ),
+            format!("{} ns", total.show(0)),
+            "< 1500 ns (Coroot ~20 us, DeepFlow ~11 us)",
+            Some(total.median < 1500.0),
+        ));
+        headlines.push(Headline::new(
+            &format!("requests counted = requests served ({name})"),
+            if exact { "yes".into() } else { "NO".into() },
+            "exact",
+            Some(exact),
+        ));
+    }
+    writeln!(md)?;
+    for round in 0..ctx.plan.rounds {
+        let mut line = format!("- round {}:", round + 1);
+        for (i, load) in loads.iter().enumerate() {
+            let (b, w) = (&base[i][round], &with[i][round]);
+            write!(
+                line,
+                " {}: without {:.0} req/s (p50 {:.0} us, p99 {:.0} us), with {:.0} req/s (p50 {:.0} us, p99 {:.0} us), {} served, {} counted, BPF {:.0} ns/req in {:.1} runs/req, RSS {} KiB, sent late {} / {};",
+                match load {
+                    None => "saturation".to_string(),
+                    Some(r) => format!("{r}/s"),
+                },
+                b.rps,
+                b.p50_us,
+                b.p99_us,
+                w.rps,
+                w.p50_us,
+                w.p99_us,
+                w.requests,
+                w.counted,
+                w.cost.bpf_ns_per_req,
+                w.cost.bpf_runs_per_req,
+                w.rss_kib,
+                b.late,
+                w.late
+            )?;
+        }
+        writeln!(md, "{}", line.trim_end_matches(';'))?;
+    }
+    if let Some(last) = with[0].last() {
+        writeln!(
+            md,
+            "\nWhere the BPF time goes (last saturation round, from the agent's per-program metrics over the run \
+and the 2.2 s settle after it; nginx's and wrk's syscalls both):\n"
+        )?;
+        writeln!(md, "| program | runs / request | ns / run | ns / request |")?;
+        writeln!(md, "|---|---|---|---|")?;
+        let reqs = last.requests.max(1) as f64;
+        let mut programs = last.programs.clone();
+        programs.sort_by_key(|p| std::cmp::Reverse(p.2));
+        for (name, runs, ns) in &programs {
+            if *runs == 0 {
+                continue;
+            }
+            writeln!(
+                md,
+                "| {name} | {:.2} | {:.0} | {:.0} |",
+                *runs as f64 / reqs,
+                *ns as f64 / *runs as f64,
+                *ns as f64 / reqs
+            )?;
+        }
+        let (runs, ns) = programs.iter().fold((0, 0), |(r, n), p| (r + p.1, n + p.2));
+        writeln!(
+            md,
+            "| all | {:.2} | {:.0} | {:.0} |",
+            runs as f64 / reqs,
+            ns as f64 / runs.max(1) as f64,
+            ns as f64 / reqs
+        )?;
+    }
+    writeln!(md)?;
+    Ok(Section {
+        markdown: md,
+        headlines,
+    })
+}

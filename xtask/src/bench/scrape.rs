@@ -1,0 +1,179 @@
+//! `/metrics` at 10,000 tenants x 2 SLOs, scraped every second under live
+//! traffic: scrape time, payload size, and whether RSS stays bounded.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use super::procs::{Agent, CLIENT_CPU, Nginx};
+use super::report::{Headline, Section, Spread};
+use super::{Ctx, two_slo_config};
+
+pub const TENANTS: u32 = 10_000;
+const BACKGROUND_RATE: u64 = 1_000;
+
+pub fn run(ctx: &Ctx) -> Result<Section> {
+    let nginx = Nginx::start(false)?;
+    let agent = Agent::start(&ctx.bin, &two_slo_config(nginx.port, 100_000))?;
+    eprintln!("scrape: warm-up with {TENANTS} tenants");
+    ctx.clients
+        .load_n(nginx.port, 0, 120.0, TENANTS, "/", u64::from(TENANTS))?;
+    agent.settle();
+    let (rss_warm, _) = agent.rss_kib()?;
+    // Live traffic through the whole scrape period, all tenants in turn.
+    let secs = ctx.plan.scrape_secs;
+    let background = std::process::Command::new("taskset")
+        .args(["-c", CLIENT_CPU])
+        .arg(&ctx.clients.xtask)
+        .args([
+            "loadgen",
+            "--port",
+            &nginx.port.to_string(),
+            "--rate",
+            &BACKGROUND_RATE.to_string(),
+            "--duration",
+            &(secs + 1.0).to_string(),
+            "--tenants",
+            &TENANTS.to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting the background load")?;
+    eprintln!("scrape: every second for {secs} s");
+    let mut times = Vec::new();
+    let mut sizes = Vec::new();
+    let mut lines = 0usize;
+    let mut rss = Vec::new();
+    let start = Instant::now();
+    let mut next = start;
+    while start.elapsed().as_secs_f64() < secs {
+        let (body, t) = agent.get_timed("/metrics")?;
+        times.push(t * 1e3);
+        sizes.push(body.len() as f64);
+        lines = body.lines().filter(|l| !l.starts_with('#')).count();
+        rss.push(agent.rss_kib()?.0);
+        next += Duration::from_secs(1);
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    let out = background.wait_with_output()?;
+    let bg = super::loadgen::LoadReport::from_lines(&String::from_utf8_lossy(&out.stdout))?;
+    let (_, hwm) = agent.rss_kib()?;
+    let metrics = agent.get("/metrics")?;
+    let slo_series: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("burnwatch_slo_series"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+
+    // Samples per metric family (histogram suffixes folded), largest first:
+    // where the payload goes.
+    let mut families: std::collections::BTreeMap<&str, usize> = Default::default();
+    for line in metrics.lines().filter(|l| !l.starts_with('#')) {
+        let name = line.split(['{', ' ']).next().unwrap_or("");
+        let family = ["_bucket", "_sum", "_count", "_total", "_info"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        *families.entry(family).or_default() += 1;
+    }
+    let mut families: Vec<(&str, usize)> = families.into_iter().collect();
+    families.sort_by_key(|f| std::cmp::Reverse(f.1));
+
+    let time = Spread::of(&times);
+    let size = Spread::of(&sizes);
+    let third = (rss.len() / 3).max(1);
+    let early_max = rss[..third].iter().copied().max().unwrap_or(0);
+    let late_max = rss[rss.len() - third..].iter().copied().max().unwrap_or(0);
+    let first = rss.first().copied().unwrap_or(0);
+    let last = rss.last().copied().unwrap_or(0);
+    // Bounded: the last third of the run peaks no higher than the first
+    // third (plus 2 MiB of allocator noise).
+    let bounded = late_max <= early_max + 2048;
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let p99 = sorted[((sorted.len() as f64 * 0.99).ceil() as usize).clamp(1, sorted.len()) - 1];
+
+    let mut md = String::new();
+    writeln!(md, "## `/metrics` at {TENANTS} tenants x 2 SLOs\n")?;
+    writeln!(
+        md,
+        "Method: a fresh agent with two SLOs (availability, latency) on the nginx service; a saturation warm-up \
+makes {TENANTS} tenants; then, for {secs} s, {BACKGROUND_RATE} req/s of live traffic cycling all tenants \
+while `/metrics` is fetched once a second (plain text format, a new connection each time, time to the last \
+byte, from CPU 1's side of loopback). RSS is VmRSS after each scrape.\n"
+    )?;
+    writeln!(md, "| measure | value |\n|---|---|")?;
+    writeln!(md, "| scrapes | {} |", times.len())?;
+    writeln!(
+        md,
+        "| scrape time, median (min..max) | {} ms |",
+        time.show(1)
+    )?;
+    writeln!(md, "| scrape time, p99 | {p99:.1} ms |")?;
+    writeln!(
+        md,
+        "| payload size | {} bytes ({:.1} MiB) |",
+        size.show(0),
+        size.median / 1_048_576.0
+    )?;
+    writeln!(md, "| samples (non-comment lines) | {lines} |")?;
+    writeln!(
+        md,
+        "| engine series (`burnwatch_slo_series`) | {slo_series:.0} |"
+    )?;
+    writeln!(
+        md,
+        "| RSS after warm-up / first scrape / last scrape / peak (VmHWM) | {rss_warm} / {first} / {last} / {hwm} KiB |"
+    )?;
+    writeln!(
+        md,
+        "| RSS peak, first third vs last third of the run | {early_max} vs {late_max} KiB ({}) |",
+        if bounded { "bounded" } else { "**growing**" }
+    )?;
+    writeln!(
+        md,
+        "| background traffic | {} requests at {:.0} req/s, p99 {:.0} us |",
+        bg.requests, bg.rps, bg.p99_us
+    )?;
+    writeln!(
+        md,
+        "\nSamples per family (largest first): {}.\n",
+        families
+            .iter()
+            .take(8)
+            .map(|(f, n)| format!("`{f}` {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )?;
+    let headlines = vec![
+        Headline::new(
+            "/metrics scrape time at 10,000 tenants x 2 SLOs",
+            format!("{} ms (p99 {p99:.1} ms)", time.show(1)),
+            "",
+            None,
+        ),
+        Headline::new(
+            "/metrics payload at 10,000 tenants x 2 SLOs",
+            format!("{:.1} MiB, {lines} samples", size.median / 1_048_576.0),
+            "",
+            None,
+        ),
+        Headline::new(
+            "agent RSS scraped every second (10,000 tenants x 2 SLOs)",
+            format!(
+                "{:.1} MiB peak, last third {} first third",
+                hwm as f64 / 1024.0,
+                if bounded { "<=" } else { ">" }
+            ),
+            "bounded, < 64 MiB",
+            Some(bounded && hwm < 64 * 1024),
+        ),
+    ];
+    Ok(Section {
+        markdown: md,
+        headlines,
+    })
+}
