@@ -23,7 +23,9 @@ pub const LATENCY_BOUNDS_S: [f64; LATENCY_BUCKETS - 1] = [
 /// How often the kernel maps are read.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
-pub fn run(config_path: Option<&Path>) -> Result<()> {
+/// `cleanup`: on SIGTERM/SIGINT, also remove the pinned programs and maps
+/// (without it they stay pinned and keep counting for the next agent).
+pub fn run(config_path: Option<&Path>, cleanup: bool) -> Result<()> {
     let config = match config_path {
         Some(p) => Config::load(p)?,
         None => {
@@ -35,7 +37,7 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(run_async(config))
+    runtime.block_on(run_async(config, cleanup))
 }
 
 /// What the kernel needs to know from the config.
@@ -121,39 +123,53 @@ fn unix_now() -> u64 {
 
 /// Opens the state store and restores the engine; failures are logged and
 /// the agent runs without checkpoints rather than not at all.
-fn open_store(config: &Config, state: &RwLock<AgentState>) -> Option<Arc<StateStore>> {
+fn open_store(
+    config: &Config,
+    state: &RwLock<AgentState>,
+    probe: &Probe,
+) -> Option<Arc<StateStore>> {
     let dir = &config.state.dir;
+    let mut st = state.write().unwrap_or_else(|e| e.into_inner());
     if let Err(e) = std::fs::create_dir_all(dir) {
+        st.resume(probe.counts_epoch, probe.reused, None);
         error!(dir = %dir.display(), "cannot create the state directory, SLO windows will not survive a restart: {e}");
         return None;
     }
     let store = match StateStore::open(dir) {
         Ok(s) => Arc::new(s),
         Err(e) => {
+            st.resume(probe.counts_epoch, probe.reused, None);
             error!(dir = %dir.display(), "cannot open the state store, SLO windows will not survive a restart: {e}");
             return None;
         }
     };
-    let mut st = state.write().unwrap_or_else(|e| e.into_inner());
-    match store.restore(&mut st.engine, unix_now()) {
-        Ok(report) => info!(?report, "restored SLO state"),
-        Err(e) => warn!("could not restore SLO state: {e}"),
-    }
+    let cursor = match store.restore_with_cursor(&mut st.engine, unix_now()) {
+        Ok((report, cursor)) => {
+            info!(?report, kernel_cursor = cursor.is_some(), "restored SLO state");
+            cursor
+        }
+        Err(e) => {
+            warn!("could not restore SLO state: {e}");
+            None
+        }
+    };
+    st.resume(probe.counts_epoch, probe.reused, cursor);
     Some(store)
 }
 
 fn checkpoint(store: &StateStore, state: &RwLock<AgentState>) {
     let st = state.read().unwrap_or_else(|e| e.into_inner());
-    if let Err(e) = store.save(&st.engine, unix_now()) {
+    let cursor = st.kernel_cursor();
+    if let Err(e) = store.save_with_cursor(&st.engine, Some(&cursor), unix_now()) {
         warn!("SLO checkpoint failed: {e}");
     }
 }
 
-async fn run_async(config: Config) -> Result<()> {
+async fn run_async(config: Config, cleanup: bool) -> Result<()> {
     // Bind first: a taken port is reported before any program is loaded.
     let listener = crate::api::bind(config.exporters.prometheus.listen).await?;
     let (kcfg, ports) = kernel_config(&config)?;
-    let probe = Probe::load(&kcfg, &ports)?;
+    let probe = Probe::load(&kcfg, &ports, &config.state.bpffs_dir)?;
 
     let state = Arc::new(RwLock::new(AgentState::new(
         config.tenant.max_per_service,
@@ -161,7 +177,7 @@ async fn run_async(config: Config) -> Result<()> {
         latency_bounds(&config),
         config.slo_set(),
     )));
-    let store = open_store(&config, &state);
+    let store = open_store(&config, &state, &probe);
     let mut checkpoint_tick =
         tokio::time::interval(Duration::from_secs(config.state.checkpoint_interval_secs));
     checkpoint_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -199,9 +215,19 @@ async fn run_async(config: Config) -> Result<()> {
             }
         }
     }
+    // A last read, so the checkpoint holds every request counted so far.
+    if let Err(e) = poll(&probe, &state, &mut names, &missing) {
+        warn!("reading kernel maps: {e:#}");
+    }
     if let Some(store) = &store {
         checkpoint(store, &state);
         info!("SLO state saved");
+    }
+    if cleanup {
+        probe.unpin()?;
+        info!("--cleanup: pins removed, programs detach as the agent exits");
+    } else {
+        info!("programs stay attached and pinned: the next agent continues the counts (`burnwatch uninstall` removes them)");
     }
     Ok(())
 }

@@ -1,13 +1,13 @@
 //! The state the poll loop writes once per second and the exporters and the
 //! HTTP API read: request series, connection events, and the SLO engine.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use burnwatch_common::maps::counter;
 
 use super::requests::{ConnEventTable, RequestTable};
-use super::{Engine, Sli, SloId, SloSet};
+use super::{Engine, KernelCursor, Sli, SloId, SloSet};
 
 /// Everything exporters read, refreshed once per second by the poll loop.
 pub struct AgentState {
@@ -29,6 +29,13 @@ pub struct AgentState {
     pub slo_events: HashMap<(SloId, Arc<str>), (u64, u64)>,
     /// Unix seconds of the last evaluation.
     pub now: u64,
+    /// Generation of the kernel's cumulative counts (`Probe::counts_epoch`).
+    pub counts_epoch: u64,
+    /// SLOs whose next feed only records the kernel's totals as consumed:
+    /// the counts predate them (pinned maps reused without a matching
+    /// checkpoint, or an SLO added by a reload), feeding them would dump
+    /// history into the current bucket.
+    baseline: HashSet<SloId>,
 }
 
 impl AgentState {
@@ -49,6 +56,56 @@ impl AgentState {
             engine: Engine::new(slos),
             slo_events: HashMap::new(),
             now: 0,
+            counts_epoch: 0,
+            baseline: HashSet::new(),
+        }
+    }
+
+    /// What the engine has consumed of the kernel's counts, for the
+    /// checkpoint (saved atomically with the windows).
+    pub fn kernel_cursor(&self) -> KernelCursor {
+        let slos = self.engine.slos();
+        KernelCursor {
+            epoch: self.counts_epoch,
+            consumed: self
+                .slo_events
+                .iter()
+                .filter_map(|((id, tenant), (good, bad))| {
+                    Some((slos.get(*id)?.name.to_string(), tenant.to_string(), *good, *bad))
+                })
+                .collect(),
+            slos: HashMap::new(),
+        }
+    }
+
+    /// Picks up where a previous agent left off. `reused`: the kernel maps
+    /// were pinned before this process started, so their counts include
+    /// requests the restored windows already hold (up to `cursor`) and
+    /// requests no window holds yet (after it). Fresh maps start at zero:
+    /// everything in them is new.
+    pub fn resume(&mut self, counts_epoch: u64, reused: bool, cursor: Option<KernelCursor>) {
+        self.counts_epoch = counts_epoch;
+        if !reused {
+            return;
+        }
+        let cursor = cursor.filter(|c| c.epoch == counts_epoch);
+        for slo in self.engine.slos().iter() {
+            let covered = cursor
+                .as_ref()
+                .is_some_and(|c| c.slos.get(&*slo.name) == Some(&slo.data_fingerprint));
+            if !covered {
+                self.baseline.insert(slo.id);
+            }
+        }
+        let Some(cursor) = cursor else { return };
+        for (name, tenant, good, bad) in cursor.consumed {
+            let Some(id) = self.engine.slo_id(&name) else {
+                continue;
+            };
+            if !self.baseline.contains(&id) {
+                self.slo_events
+                    .insert((id, Arc::from(tenant.as_str())), (good, bad));
+            }
         }
     }
 
@@ -104,10 +161,14 @@ impl AgentState {
             let dg = if good >= prev.0 { good - prev.0 } else { good };
             let db = if bad >= prev.1 { bad - prev.1 } else { bad };
             *prev = (good, bad);
+            if self.baseline.contains(&key.0) {
+                continue;
+            }
             if dg + db > 0 {
                 let _ = self.engine.record(now, key.0, &key.1, dg, db);
             }
         }
+        self.baseline.clear();
         self.now = now;
     }
 }
