@@ -145,7 +145,11 @@ fn open_store(
     };
     let cursor = match store.restore_with_cursor(&mut st.engine, unix_now()) {
         Ok((report, cursor)) => {
-            info!(?report, kernel_cursor = cursor.is_some(), "restored SLO state");
+            info!(
+                ?report,
+                kernel_cursor = cursor.is_some(),
+                "restored SLO state"
+            );
             cursor
         }
         Err(e) => {
@@ -227,7 +231,9 @@ async fn run_async(config: Config, cleanup: bool) -> Result<()> {
         probe.unpin()?;
         info!("--cleanup: pins removed, programs detach as the agent exits");
     } else {
-        info!("programs stay attached and pinned: the next agent continues the counts (`burnwatch uninstall` removes them)");
+        info!(
+            "programs stay attached and pinned: the next agent continues the counts (`burnwatch uninstall` removes them)"
+        );
     }
     Ok(())
 }

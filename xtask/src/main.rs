@@ -28,6 +28,7 @@ const APT_PACKAGES: &[&str] = &[
     "python3",
     "nodejs",
     "golang-go",
+    "bpftool",
 ];
 
 #[derive(Parser)]

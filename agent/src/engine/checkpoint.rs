@@ -249,7 +249,8 @@ impl StateStore {
     /// advances it to `now`. Unusable files are moved aside and reported, not returned as
     /// errors; `Err` means the store itself cannot work (I/O failure, locked).
     pub fn restore(&self, engine: &mut Engine, now: u64) -> Result<RestoreReport, CheckpointError> {
-        self.restore_with_cursor(engine, now).map(|(report, _)| report)
+        self.restore_with_cursor(engine, now)
+            .map(|(report, _)| report)
     }
 
     /// [`StateStore::restore`], plus the kernel cursor saved with the windows

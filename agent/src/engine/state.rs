@@ -71,7 +71,12 @@ impl AgentState {
                 .slo_events
                 .iter()
                 .filter_map(|((id, tenant), (good, bad))| {
-                    Some((slos.get(*id)?.name.to_string(), tenant.to_string(), *good, *bad))
+                    Some((
+                        slos.get(*id)?.name.to_string(),
+                        tenant.to_string(),
+                        *good,
+                        *bad,
+                    ))
                 })
                 .collect(),
             slos: HashMap::new(),

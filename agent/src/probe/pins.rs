@@ -68,7 +68,9 @@ impl Pins {
     }
 
     pub fn link(&self, category: &str, tracepoint: &str) -> PathBuf {
-        self.dir.join("links").join(format!("{category}:{tracepoint}"))
+        self.dir
+            .join("links")
+            .join(format!("{category}:{tracepoint}"))
     }
 
     /// Creates the directories pins go into, mounting bpffs first when the
@@ -98,7 +100,9 @@ impl Pins {
             let name = e.file_name().to_string_lossy().into_owned();
             if is_build_dir(&name) && e.path() != self.dir {
                 match remove_tree(&e.path()) {
-                    Ok(()) => info!(pins = %e.path().display(), "removed the pins of another build"),
+                    Ok(()) => {
+                        info!(pins = %e.path().display(), "removed the pins of another build")
+                    }
                     Err(e) => warn!("removing old pins: {e:#}"),
                 }
             }
