@@ -54,6 +54,12 @@ enum Cmd {
     Test,
     /// Measure the agent's overhead and write BENCHMARKS.md (as root).
     Bench,
+    /// Fuzz the HTTP parser the kernel runs (libFuzzer, nightly) for N
+    /// seconds. The test suite runs its property tests for a bounded time.
+    Fuzz {
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -94,6 +100,10 @@ fn run(cli: Cli) -> Result<()> {
             setup()?;
             build()?;
             bench::bench(&root)
+        }
+        Cmd::Fuzz { seconds } => {
+            setup()?;
+            fuzz(&root, seconds)
         }
     }
 }
@@ -297,4 +307,47 @@ fn test() -> Result<()> {
     // Release: the end-to-end tests run the release agent binary, and one
     // profile means one build.
     cmd("cargo", &["test", "--release", "--workspace"])
+}
+
+const CARGO_FUZZ_VERSION: &str = "0.13.1";
+
+/// Installs cargo-fuzz (once), then fuzzes `agent-common/fuzz`'s `parser`
+/// target for `seconds`, starting from the checked-in seed corpus. New
+/// inputs and crashes go under target/, never into the source tree.
+fn fuzz(root: &Path, seconds: u64) -> Result<()> {
+    if !output("cargo", &["fuzz", "--version"]).is_some_and(|v| v.contains(CARGO_FUZZ_VERSION)) {
+        step(&format!("installing cargo-fuzz {CARGO_FUZZ_VERSION} (once)"));
+        cmd(
+            "cargo",
+            &[
+                "install",
+                "cargo-fuzz",
+                "--locked",
+                "--version",
+                CARGO_FUZZ_VERSION,
+            ],
+        )?;
+    }
+    let corpus = root.join("target/fuzz-corpus/parser");
+    let artifacts = root.join("target/fuzz-artifacts/parser");
+    std::fs::create_dir_all(&corpus)?;
+    std::fs::create_dir_all(&artifacts)?;
+    step(&format!("fuzzing the HTTP parser for {seconds} s"));
+    let status = Command::new("cargo")
+        .current_dir(root.join("agent-common"))
+        .args(["+nightly", "fuzz", "run", "parser"])
+        .arg(&corpus)
+        .arg("fuzz/corpus/parser")
+        .arg("--")
+        .arg(format!("-max_total_time={seconds}"))
+        .arg(format!("-artifact_prefix={}/", artifacts.display()))
+        .status()
+        .context("starting cargo fuzz")?;
+    if !status.success() {
+        bail!(
+            "the fuzzer found a failing input ({status}); it is in {}",
+            artifacts.display()
+        );
+    }
+    Ok(())
 }
