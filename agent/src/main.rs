@@ -10,6 +10,7 @@ mod config;
 mod engine;
 mod export;
 mod probe;
+mod reload;
 mod run;
 
 use std::path::PathBuf;

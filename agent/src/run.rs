@@ -14,6 +14,7 @@ use crate::config::{Config, TenantFrom};
 use crate::engine::state::AgentState;
 use crate::engine::{Sli, StateStore, TransitionKind};
 use crate::probe::{self, Probe};
+use crate::reload::{ConfigWatch, Running, reload};
 
 /// Latency bucket bounds in seconds (the kernel classifies each request).
 pub const LATENCY_BOUNDS_S: [f64; LATENCY_BUCKETS - 1] = [
@@ -22,6 +23,8 @@ pub const LATENCY_BOUNDS_S: [f64; LATENCY_BUCKETS - 1] = [
 
 /// How often the kernel maps are read.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the config file's metadata is checked for changes.
+const CONFIG_WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// `cleanup`: on SIGTERM/SIGINT, also remove the pinned programs and maps
 /// (without it they stay pinned and keep counting for the next agent).
@@ -37,7 +40,7 @@ pub fn run(config_path: Option<&Path>, cleanup: bool) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(run_async(config, cleanup))
+    runtime.block_on(run_async(config, config_path, cleanup))
 }
 
 /// What the kernel needs to know from the config.
@@ -169,11 +172,11 @@ fn checkpoint(store: &StateStore, state: &RwLock<AgentState>) {
     }
 }
 
-async fn run_async(config: Config, cleanup: bool) -> Result<()> {
+async fn run_async(mut config: Config, config_path: Option<&Path>, cleanup: bool) -> Result<()> {
     // Bind first: a taken port is reported before any program is loaded.
     let listener = crate::api::bind(config.exporters.prometheus.listen).await?;
     let (kcfg, ports) = kernel_config(&config)?;
-    let probe = Probe::load(&kcfg, &ports, &config.state.bpffs_dir)?;
+    let mut probe = Probe::load(&kcfg, &ports, &config.state.bpffs_dir)?;
 
     let state = Arc::new(RwLock::new(AgentState::new(
         config.tenant.max_per_service,
@@ -195,12 +198,28 @@ async fn run_async(config: Config, cleanup: bool) -> Result<()> {
     ));
 
     let mut names = ServiceNames::new(config.services.iter().map(|s| s.name.clone()));
-    let missing: Arc<str> = Arc::from(config.tenant.missing.as_str());
+    let mut missing: Arc<str> = Arc::from(config.tenant.missing.as_str());
     let mut tick = tokio::time::interval(POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut watch = config_path.map(ConfigWatch::new);
+    let mut watch_tick = tokio::time::interval(CONFIG_WATCH_INTERVAL);
     loop {
+        let mut reload_why = None;
         tokio::select! {
+            _ = sighup.recv() => {
+                if watch.is_some() {
+                    reload_why = Some("SIGHUP");
+                } else {
+                    warn!("SIGHUP: no --config file to reload");
+                }
+            }
+            _ = watch_tick.tick(), if watch.is_some() => {
+                if watch.as_mut().is_some_and(ConfigWatch::changed) {
+                    reload_why = Some("file changed");
+                }
+            }
             _ = tick.tick() => {
                 if let Err(e) = poll(&probe, &state, &mut names, &missing) {
                     warn!("reading kernel maps: {e:#}");
@@ -216,6 +235,20 @@ async fn run_async(config: Config, cleanup: bool) -> Result<()> {
             r = &mut Box::pin(async { server.is_finished() }) , if server.is_finished() => {
                 let _ = r;
                 anyhow::bail!("HTTP server stopped");
+            }
+        }
+        if let (Some(why), Some(w)) = (reload_why, &watch) {
+            let running = Running {
+                config: &mut config,
+                probe: &mut probe,
+                state: &state,
+                names: &mut names,
+                missing: &mut missing,
+            };
+            if reload(w.path(), why, running)
+                && let Err(e) = poll(&probe, &state, &mut names, &missing)
+            {
+                warn!("reading kernel maps: {e:#}");
             }
         }
     }

@@ -316,7 +316,9 @@ const CARGO_FUZZ_VERSION: &str = "0.13.1";
 /// inputs and crashes go under target/, never into the source tree.
 fn fuzz(root: &Path, seconds: u64) -> Result<()> {
     if !output("cargo", &["fuzz", "--version"]).is_some_and(|v| v.contains(CARGO_FUZZ_VERSION)) {
-        step(&format!("installing cargo-fuzz {CARGO_FUZZ_VERSION} (once)"));
+        step(&format!(
+            "installing cargo-fuzz {CARGO_FUZZ_VERSION} (once)"
+        ));
         cmd(
             "cargo",
             &[

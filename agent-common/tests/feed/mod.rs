@@ -110,4 +110,3 @@ pub fn split_at<'a>(bytes: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
     out.retain(|r| !r.is_empty());
     out
 }
-

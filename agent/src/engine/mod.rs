@@ -25,6 +25,7 @@ pub mod checkpoint;
 mod codec;
 pub mod duration;
 pub mod period;
+pub mod reload;
 pub mod requests;
 mod ring;
 mod series;

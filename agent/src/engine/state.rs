@@ -61,6 +61,37 @@ impl AgentState {
         }
     }
 
+    /// Applies a reloaded config's SLOs and request-table settings. SLOs with
+    /// an unchanged definition keep their windows and consumed counts; new
+    /// or changed ones start from the kernel's current totals (what they
+    /// would have counted before the reload is not invented). Request
+    /// series are rebuilt (they are re-read from the kernel every poll).
+    pub fn reconfigure(
+        &mut self,
+        slos: SloSet,
+        max_tenants_per_service: u32,
+        latency_bounds_s: Vec<f64>,
+        now: u64,
+    ) -> super::reload::ReloadReport {
+        let report = self.engine.reconfigure(slos, now);
+        let old_events = std::mem::take(&mut self.slo_events);
+        for ((id, tenant), v) in old_events {
+            if let Some(new) = report.kept.get(&id) {
+                self.slo_events.insert((*new, tenant), v);
+            }
+        }
+        let kept: HashSet<SloId> = report.kept.values().copied().collect();
+        for slo in self.engine.slos().iter() {
+            if !kept.contains(&slo.id) {
+                self.baseline.insert(slo.id);
+            }
+        }
+        self.requests = RequestTable::new(max_tenants_per_service);
+        self.conn_events = ConnEventTable::default();
+        self.latency_bounds_s = latency_bounds_s;
+        report
+    }
+
     /// What the engine has consumed of the kernel's counts, for the
     /// checkpoint (saved atomically with the windows).
     pub fn kernel_cursor(&self) -> KernelCursor {
