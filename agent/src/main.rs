@@ -11,6 +11,7 @@ mod config;
 mod engine;
 mod export;
 mod probe;
+mod reload;
 mod run;
 
 use std::path::PathBuf;
@@ -45,6 +46,22 @@ enum Command {
         /// tenant from the X-Tenant-ID header, metrics on 0.0.0.0:9464.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// On SIGTERM/SIGINT, remove the pinned programs and maps too, leaving
+        /// nothing attached. Without it they stay pinned and keep counting, so
+        /// a restarted or upgraded agent loses no request.
+        #[arg(long)]
+        cleanup: bool,
+    },
+    /// Remove everything the agent pinned in bpffs (maps, programs, links):
+    /// the programs detach once no running agent holds them. Stop the agent
+    /// first.
+    Uninstall {
+        /// Config file whose `state.bpffs_dir` to clean.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Pin directory to clean (overrides the config's).
+        #[arg(long)]
+        bpffs_dir: Option<PathBuf>,
     },
     /// Check a config file and print the effective config: services, tenant
     /// rule, SLOs and what each alert tier means.
@@ -112,7 +129,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        Command::Run { config } => run::run(config.as_deref()),
+        Command::Run { config, cleanup } => run::run(config.as_deref(), cleanup),
+        Command::Uninstall { config, bpffs_dir } => uninstall(config.as_deref(), bpffs_dir),
         Command::Check { config } => cli::check::run(&config),
         Command::BenchEngine { series } => engine::bench::run(series),
         Command::Simulate {
@@ -140,6 +158,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn uninstall(config: Option<&std::path::Path>, bpffs_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let root = match (bpffs_dir, config) {
+        (Some(dir), _) => dir,
+        (None, Some(path)) => config::Config::load(path)?.state.bpffs_dir,
+        (None, None) => config::default_bpffs_dir(),
+    };
+    let removed = probe::pins::uninstall(&root)?;
+    if removed.is_empty() {
+        println!("{}: nothing pinned", root.display());
+    }
+    for dir in removed {
+        println!("removed {}", dir.display());
+    }
+    Ok(())
 }
 
 fn simulate(

@@ -15,6 +15,7 @@ use crate::config::{Config, TenantFrom};
 use crate::engine::state::AgentState;
 use crate::engine::{Sli, StateStore, TransitionKind};
 use crate::probe::{self, Probe};
+use crate::reload::{ConfigWatch, Running, reload};
 
 /// Latency bucket bounds in seconds (the kernel classifies each request).
 pub const LATENCY_BOUNDS_S: [f64; LATENCY_BUCKETS - 1] = [
@@ -23,8 +24,12 @@ pub const LATENCY_BOUNDS_S: [f64; LATENCY_BUCKETS - 1] = [
 
 /// How often the kernel maps are read.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the config file's metadata is checked for changes.
+const CONFIG_WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
-pub fn run(config_path: Option<&Path>) -> Result<()> {
+/// `cleanup`: on SIGTERM/SIGINT, also remove the pinned programs and maps
+/// (without it they stay pinned and keep counting for the next agent).
+pub fn run(config_path: Option<&Path>, cleanup: bool) -> Result<()> {
     let config = match config_path {
         Some(p) => Config::load(p)?,
         None => {
@@ -36,7 +41,7 @@ pub fn run(config_path: Option<&Path>) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(run_async(config))
+    runtime.block_on(run_async(config, config_path, cleanup))
 }
 
 /// What the kernel needs to know from the config.
@@ -131,40 +136,58 @@ pub(crate) fn unix_now() -> u64 {
 
 /// Opens the state store and restores the engine; failures are logged and
 /// the agent runs without checkpoints rather than not at all.
-fn open_store(config: &Config, state: &RwLock<AgentState>) -> Option<Arc<StateStore>> {
+fn open_store(
+    config: &Config,
+    state: &RwLock<AgentState>,
+    probe: &Probe,
+) -> Option<Arc<StateStore>> {
     let dir = &config.state.dir;
+    let mut st = state.write().unwrap_or_else(|e| e.into_inner());
     if let Err(e) = std::fs::create_dir_all(dir) {
+        st.resume(probe.counts_epoch, probe.reused, None);
         error!(dir = %dir.display(), "cannot create the state directory, SLO windows will not survive a restart: {e}");
         return None;
     }
     let store = match StateStore::open(dir) {
         Ok(s) => Arc::new(s),
         Err(e) => {
+            st.resume(probe.counts_epoch, probe.reused, None);
             error!(dir = %dir.display(), "cannot open the state store, SLO windows will not survive a restart: {e}");
             return None;
         }
     };
-    let mut st = state.write().unwrap_or_else(|e| e.into_inner());
-    match store.restore(&mut st.engine, unix_now()) {
-        Ok(report) => info!(?report, "restored SLO state"),
-        Err(e) => warn!("could not restore SLO state: {e}"),
-    }
+    let cursor = match store.restore_with_cursor(&mut st.engine, unix_now()) {
+        Ok((report, cursor)) => {
+            info!(
+                ?report,
+                kernel_cursor = cursor.is_some(),
+                "restored SLO state"
+            );
+            cursor
+        }
+        Err(e) => {
+            warn!("could not restore SLO state: {e}");
+            None
+        }
+    };
+    st.resume(probe.counts_epoch, probe.reused, cursor);
     Some(store)
 }
 
 fn checkpoint(store: &StateStore, state: &RwLock<AgentState>) {
     let st = state.read().unwrap_or_else(|e| e.into_inner());
-    if let Err(e) = store.save(&st.engine, unix_now()) {
+    let cursor = st.kernel_cursor();
+    if let Err(e) = store.save_with_cursor(&st.engine, Some(&cursor), unix_now()) {
         warn!("SLO checkpoint failed: {e}");
     }
 }
 
-async fn run_async(config: Config) -> Result<()> {
+async fn run_async(mut config: Config, config_path: Option<&Path>, cleanup: bool) -> Result<()> {
     // Bind first: a taken port is reported before any program is loaded.
     let listener = crate::api::bind(config.exporters.prometheus.listen).await?;
     let (config, hasher) = crate::export::tenant_hashing(config)?;
     let (kcfg, ports) = kernel_config(&config)?;
-    let mut probe = Probe::load(&kcfg, &ports)?;
+    let mut probe = Probe::load(&kcfg, &ports, &config.state.bpffs_dir)?;
     let mut matcher = ProcessMatcher::new(&config);
     if let Err(e) = probe.sync_matches(&matcher.entries()) {
         warn!("writing process matchers: {e:#}");
@@ -182,7 +205,7 @@ async fn run_async(config: Config) -> Result<()> {
     }
     let stats = Arc::new(crate::export::SelfStats::default());
     let sinks = crate::export::AlertSinks::start(&config, &state, &stats)?;
-    let store = open_store(&config, &state);
+    let store = open_store(&config, &state, &probe);
     // Pod and namespace index (Kubernetes only; logs once and carries on
     // without an API). Not yet joined to series: see attribution::kubernetes.
     let _pods = crate::attribution::kubernetes::spawn_from_env();
@@ -204,12 +227,28 @@ async fn run_async(config: Config) -> Result<()> {
 
     let mut names = ServiceNames::new(config.services.iter().map(|s| s.name.clone()))
         .with_clients(config.clients.iter().map(|s| s.name.clone()));
-    let missing: Arc<str> = Arc::from(config.tenant.missing.as_str());
+    let mut missing: Arc<str> = Arc::from(config.tenant.missing.as_str());
     let mut tick = tokio::time::interval(POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut watch = config_path.map(ConfigWatch::new);
+    let mut watch_tick = tokio::time::interval(CONFIG_WATCH_INTERVAL);
     loop {
+        let mut reload_why = None;
         tokio::select! {
+            _ = sighup.recv() => {
+                if watch.is_some() {
+                    reload_why = Some("SIGHUP");
+                } else {
+                    warn!("SIGHUP: no --config file to reload");
+                }
+            }
+            _ = watch_tick.tick(), if watch.is_some() => {
+                if watch.as_mut().is_some_and(ConfigWatch::changed) {
+                    reload_why = Some("file changed");
+                }
+            }
             _ = tick.tick() => {
                 if matcher.is_dynamic()
                     && let Err(e) = probe.sync_matches(&matcher.entries())
@@ -235,12 +274,39 @@ async fn run_async(config: Config) -> Result<()> {
                 anyhow::bail!("HTTP server stopped");
             }
         }
+        if let (Some(why), Some(w)) = (reload_why, &watch) {
+            let running = Running {
+                config: &mut config,
+                probe: &mut probe,
+                state: &state,
+                names: &mut names,
+                missing: &mut missing,
+                matcher: &mut matcher,
+            };
+            if reload(w.path(), why, running)
+                && let Err(e) = poll(&probe, &state, &mut names, &missing, &stats)
+            {
+                warn!("reading kernel maps: {e:#}");
+            }
+        }
+    }
+    // A last read, so the checkpoint holds every request counted so far.
+    if let Err(e) = poll(&probe, &state, &mut names, &missing, &stats) {
+        warn!("reading kernel maps: {e:#}");
     }
     if let Some(store) = &store {
         checkpoint(store, &state);
         info!("SLO state saved");
     }
     sinks.shutdown().await;
+    if cleanup {
+        probe.unpin()?;
+        info!("--cleanup: pins removed, programs detach as the agent exits");
+    } else {
+        info!(
+            "programs stay attached and pinned: the next agent continues the counts (`burnwatch uninstall` removes them)"
+        );
+    }
     Ok(())
 }
 

@@ -15,7 +15,42 @@ pub struct Agent {
     child: Child,
     pub metrics_port: u16,
     pub log_path: PathBuf,
+    /// The config file the agent runs with.
+    pub config_path: PathBuf,
+    /// What the harness appends to every config body (listener, state).
+    config_suffix: String,
+    /// This agent's own bpffs pin root (`state.bpffs_dir`): agents running
+    /// at once (other tests, other engineers) never share pinned maps.
+    pub pins: PathBuf,
+    /// Leave the pins for the next agent (see [`Agent::kill9`]).
+    keep_pins: bool,
     _dir: tempfile::TempDir,
+}
+
+/// Where test agents pin their programs and maps, one directory each.
+pub const TEST_PIN_ROOT: &str = "/sys/fs/bpf/burnwatch-tests";
+
+/// A pin root for an agent on `state_dir`: the same state directory gets
+/// the same pins (a restarted agent finds what the previous one left),
+/// anything else a directory of its own.
+fn pin_root_for(state_dir: Option<&std::path::Path>) -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let name = match state_dir {
+        Some(d) => {
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for b in d.as_os_str().as_encoded_bytes() {
+                h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+            }
+            format!("s{h:016x}")
+        }
+        None => format!(
+            "p{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ),
+    };
+    PathBuf::from(TEST_PIN_ROOT).join(name)
 }
 
 /// Path of the agent binary under test (release build of this workspace,
@@ -37,7 +72,7 @@ impl Agent {
     /// Like [`Agent::start`], with the SLO state store in `state_dir` (to
     /// restart an agent on the state a previous one left).
     pub fn start_with_state(config_body: &str, state_dir: Option<&std::path::Path>) -> Agent {
-        Agent::start_with_exporters(config_body, state_dir, "")
+        Agent::start_full(config_body, state_dir, "", &[])
     }
 
     /// Like [`Agent::start_with_state`], with `exporters` (YAML lines
@@ -48,21 +83,43 @@ impl Agent {
         state_dir: Option<&std::path::Path>,
         exporters: &str,
     ) -> Agent {
+        Agent::start_full(config_body, state_dir, exporters, &[])
+    }
+
+    /// Like [`Agent::start_with_state`], with extra `burnwatch run` arguments.
+    pub fn start_with_args(
+        config_body: &str,
+        state_dir: Option<&std::path::Path>,
+        args: &[&str],
+    ) -> Agent {
+        Agent::start_full(config_body, state_dir, "", args)
+    }
+
+    /// The agent on `config_body`, its state in `state_dir`, `exporters`
+    /// added beside the Prometheus listener, `args` after `run --config F`.
+    pub fn start_full(
+        config_body: &str,
+        state_dir: Option<&std::path::Path>,
+        exporters: &str,
+        args: &[&str],
+    ) -> Agent {
+        let pins = pin_root_for(state_dir);
         let dir = tempfile::tempdir().unwrap();
         let state_dir = state_dir
             .map(std::path::Path::to_path_buf)
             .unwrap_or_else(|| dir.path().join("state"));
         let metrics_port = free_port();
         let config = dir.path().join("burnwatch.yaml");
-        let mut body = format!(
-            "{config_body}\nexporters:\n  prometheus:\n    listen: 127.0.0.1:{metrics_port}\n{exporters}"
+        let mut suffix = format!(
+            "\nexporters:\n  prometheus:\n    listen: 127.0.0.1:{metrics_port}\n{exporters}"
         );
         // Checkpoints every 2 s, so restart tests need not wait long.
-        body.push_str(&format!(
-            "state:\n  dir: {}\n  checkpoint_interval_secs: 2\n",
-            state_dir.display()
+        suffix.push_str(&format!(
+            "state:\n  dir: {}\n  checkpoint_interval_secs: 2\n  bpffs_dir: {}\n",
+            state_dir.display(),
+            pins.display()
         ));
-        std::fs::write(&config, body).unwrap();
+        std::fs::write(&config, format!("{config_body}{suffix}")).unwrap();
         let log_path = dir.path().join("agent.log");
         let log = std::fs::File::create(&log_path).unwrap();
         let bin = binary();
@@ -74,6 +131,7 @@ impl Agent {
         let child = Command::new(&bin)
             .args(["run", "--config"])
             .arg(&config)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -82,6 +140,10 @@ impl Agent {
             child,
             metrics_port,
             log_path,
+            config_path: config,
+            config_suffix: suffix,
+            pins,
+            keep_pins: false,
             _dir: dir,
         };
         // Verifying the programs takes ~5 s on an idle machine; several
@@ -100,6 +162,44 @@ impl Agent {
             agent.log()
         );
         agent
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Has the agent process exited?
+    pub fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Resident memory of the agent (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        crate::rss_kib(self.child.id())
+    }
+
+    /// Replaces the config file with `config_body` plus the harness' own
+    /// sections (same listener, state and pins), for reload tests.
+    pub fn rewrite_config(&self, config_body: &str) {
+        let tmp = self.config_path.with_extension("tmp");
+        std::fs::write(&tmp, format!("{config_body}{}", self.config_suffix)).unwrap();
+        // Atomic, like a ConfigMap update: the agent never reads half a file.
+        std::fs::rename(&tmp, &self.config_path).unwrap();
+    }
+
+    /// Sends a signal (`libc::SIGHUP`, ...) to the agent.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// `kill -9`: no shutdown work at all. The pins stay for the next agent
+    /// on the same state directory (which removes them when dropped).
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.keep_pins = true;
     }
 
     pub fn log(&self) -> String {
@@ -177,12 +277,24 @@ impl Agent {
             .status();
         let _ = self.child.wait();
     }
+
+    /// Like [`Agent::stop`], but leaves whatever the agent left pinned (the
+    /// caller checks it and cleans up).
+    pub fn stop_keeping_pins(mut self) {
+        self.signal(libc::SIGTERM);
+        let _ = self.child.wait();
+        self.keep_pins = true;
+    }
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !self.keep_pins {
+            // Unpinning the links detaches the programs; the maps go with them.
+            let _ = std::fs::remove_dir_all(&self.pins);
+        }
     }
 }
 

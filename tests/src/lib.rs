@@ -107,3 +107,15 @@ pub fn assert_same_counts<K: Ord + std::fmt::Debug>(
         );
     }
 }
+
+/// Resident memory (VmRSS) of process `pid` in KiB; 0 when it is gone.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}

@@ -28,6 +28,19 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start() -> Nginx {
+        Nginx::start_tuned(
+            "worker_processes 1;",
+            "events { worker_connections 1024; }",
+            "",
+            "",
+        )
+    }
+
+    /// nginx with its own main-context directives (`worker_processes` among
+    /// them), its own `events` block,
+    /// extra `http` directives and extra `listen` parameters (for hostile and
+    /// connection-count tests).
+    pub fn start_tuned(main: &str, events: &str, http: &str, listen: &str) -> Nginx {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let d = dir.path().display();
@@ -42,12 +55,13 @@ impl Nginx {
         std::fs::write(dir.path().join("chunked.txt"), chunked).unwrap();
         let conf = format!(
             r#"
-worker_processes 1;
+{main}
 daemon on;
 error_log {d}/error.log;
 pid {d}/nginx.pid;
-events {{ worker_connections 1024; }}
+{events}
 http {{
+  {http}
   log_format tenants '$status $http_x_tenant_id $request_method $uri';
   access_log {d}/access.log tenants;
   client_body_temp_path {d}/body;
@@ -59,7 +73,7 @@ http {{
   keepalive_timeout 60s;
   sendfile off;
   server {{
-    listen 127.0.0.1:{port};
+    listen 127.0.0.1:{port} {listen};
     location = /ok {{ return 200 "ok\n"; }}
     location = /created {{ return 201 "created\n"; }}
     location = /missing {{ return 404 "missing\n"; }}

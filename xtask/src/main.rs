@@ -38,6 +38,7 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus",
     "prometheus-alertmanager",
     "python3-pip",
+    "bpftool",
 ];
 /// PyPI `rotel` ships `rotel-agent`, the OTLP collector the exporter tests
 /// send to (its debug log prints what it receives).
@@ -90,6 +91,12 @@ enum Cmd {
     /// Render deploy/burnwatch.yaml (plain YAML for users without Helm)
     /// from the chart.
     Manifest,
+    /// Fuzz the HTTP parser the kernel runs (libFuzzer, nightly) for N
+    /// seconds. The test suite runs its property tests for a bounded time.
+    Fuzz {
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -156,6 +163,10 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Manifest => {
             k8s_tools::setup(&root)?;
             k8s_tools::write_manifest(&root)
+        }
+        Cmd::Fuzz { seconds } => {
+            setup()?;
+            fuzz(&root, seconds)
         }
     }
 }
@@ -387,4 +398,49 @@ fn test() -> Result<()> {
     // Release: the end-to-end tests run the release agent binary, and one
     // profile means one build.
     cmd("cargo", &["test", "--release", "--workspace"])
+}
+
+const CARGO_FUZZ_VERSION: &str = "0.13.1";
+
+/// Installs cargo-fuzz (once), then fuzzes `agent-common/fuzz`'s `parser`
+/// target for `seconds`, starting from the checked-in seed corpus. New
+/// inputs and crashes go under target/, never into the source tree.
+fn fuzz(root: &Path, seconds: u64) -> Result<()> {
+    if !output("cargo", &["fuzz", "--version"]).is_some_and(|v| v.contains(CARGO_FUZZ_VERSION)) {
+        step(&format!(
+            "installing cargo-fuzz {CARGO_FUZZ_VERSION} (once)"
+        ));
+        cmd(
+            "cargo",
+            &[
+                "install",
+                "cargo-fuzz",
+                "--locked",
+                "--version",
+                CARGO_FUZZ_VERSION,
+            ],
+        )?;
+    }
+    let corpus = root.join("target/fuzz-corpus/parser");
+    let artifacts = root.join("target/fuzz-artifacts/parser");
+    std::fs::create_dir_all(&corpus)?;
+    std::fs::create_dir_all(&artifacts)?;
+    step(&format!("fuzzing the HTTP parser for {seconds} s"));
+    let status = Command::new("cargo")
+        .current_dir(root.join("agent-common"))
+        .args(["+nightly", "fuzz", "run", "parser"])
+        .arg(&corpus)
+        .arg("fuzz/corpus/parser")
+        .arg("--")
+        .arg(format!("-max_total_time={seconds}"))
+        .arg(format!("-artifact_prefix={}/", artifacts.display()))
+        .status()
+        .context("starting cargo fuzz")?;
+    if !status.success() {
+        bail!(
+            "the fuzzer found a failing input ({status}); it is in {}",
+            artifacts.display()
+        );
+    }
+    Ok(())
 }

@@ -54,6 +54,7 @@ pub fn router(
         .route("/v1/slos", get(slos))
         .route("/v1/slos/{slo}/tenants/{tenant}", get(series_detail))
         .merge(page::routes())
+        .route("/v1/slo", get(slo_series))
         .with_state(ctx)
 }
 
@@ -162,5 +163,29 @@ async fn series_detail(
     match views::detail(&st, &ctx.node, &slo, &tenant) {
         Ok(d) => Json(d).into_response(),
         Err(error) => (StatusCode::NOT_FOUND, Json(types::ApiError { error })).into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct SeriesQuery {
+    slo: String,
+    tenant: String,
+}
+
+/// One (SLO, tenant) series as the engine holds it: windows' good and bad
+/// counts, burn rates, budget. `GET /v1/slo?slo=S&tenant=T` -> JSON.
+async fn slo_series(State(ctx): State<Ctx>, Query(q): Query<SeriesQuery>) -> impl IntoResponse {
+    let st = ctx.state.read().unwrap_or_else(|e| e.into_inner());
+    let snapshot = st
+        .engine
+        .slo_id(&q.slo)
+        .and_then(|id| st.engine.snapshot(st.now, id, &q.tenant));
+    match snapshot {
+        Some(s) => Json(serde_json::to_value(&s).unwrap_or_default()).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({"error": "no such SLO or no data for this tenant"})),
+        )
+            .into_response(),
     }
 }

@@ -58,6 +58,10 @@ pub struct State {
     /// Seconds between checkpoints (also written on shutdown).
     #[serde(default = "default_checkpoint_secs")]
     pub checkpoint_interval_secs: u64,
+    /// bpffs directory where the kernel maps, programs and links are pinned,
+    /// so the kernel keeps counting while the agent restarts. One per agent.
+    #[serde(default = "default_bpffs_dir")]
+    pub bpffs_dir: PathBuf,
 }
 
 impl Default for State {
@@ -65,12 +69,16 @@ impl Default for State {
         State {
             dir: default_state_dir(),
             checkpoint_interval_secs: default_checkpoint_secs(),
+            bpffs_dir: default_bpffs_dir(),
         }
     }
 }
 
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/burnwatch")
+}
+pub fn default_bpffs_dir() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/burnwatch")
 }
 fn default_checkpoint_secs() -> u64 {
     10

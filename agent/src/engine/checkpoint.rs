@@ -51,6 +51,24 @@ const CACHE_BYTES: usize = 8 * 1024 * 1024;
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const SLO_FINGERPRINTS: TableDefinition<&str, u64> = TableDefinition::new("slo_data_fingerprints");
 const SERIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("series");
+/// Kernel counts the engine has consumed, per (SLO name, tenant): (good, bad).
+const KERNEL_CURSOR: TableDefinition<(&str, &str), (u64, u64)> =
+    TableDefinition::new("kernel_cursor");
+
+/// The kernel's cumulative counts the engine had consumed when its windows
+/// were saved. Saved in the same transaction as the windows, so after a
+/// crash the next poll feeds exactly the requests the restored windows lack
+/// (the kernel kept counting in pinned maps meanwhile).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KernelCursor {
+    /// Which generation of kernel maps the counts were read from.
+    pub epoch: u64,
+    /// (SLO name, tenant, good, bad), cumulative.
+    pub consumed: Vec<(String, String, u64, u64)>,
+    /// SLO name -> data fingerprint of the SLOs the cursor covers (a tenant
+    /// of a covered SLO missing from `consumed` had no requests yet).
+    pub slos: HashMap<String, u64>,
+}
 
 #[derive(Debug, Error)]
 pub enum CheckpointError {
@@ -164,6 +182,17 @@ impl StateStore {
     /// Writes every series, the format version and the config fingerprints in one
     /// atomic transaction (replacing the previous state).
     pub fn save(&self, engine: &Engine, now: u64) -> Result<(), CheckpointError> {
+        self.save_with_cursor(engine, None, now)
+    }
+
+    /// [`StateStore::save`] plus the kernel counts the engine has consumed,
+    /// in the same atomic transaction.
+    pub fn save_with_cursor(
+        &self,
+        engine: &Engine,
+        cursor: Option<&KernelCursor>,
+        now: u64,
+    ) -> Result<(), CheckpointError> {
         let mut guard = self.lock_db()?;
         let Some(db) = guard.as_mut() else {
             return Err(CheckpointError::Locked(self.path.clone()));
@@ -171,11 +200,24 @@ impl StateStore {
         let txn = db.begin_write()?;
         txn.delete_table(SERIES)?;
         txn.delete_table(SLO_FINGERPRINTS)?;
+        txn.delete_table(KERNEL_CURSOR)?;
+        {
+            let mut kernel = txn.open_table(KERNEL_CURSOR)?;
+            if let Some(cursor) = cursor {
+                for (slo, tenant, good, bad) in &cursor.consumed {
+                    kernel.insert((slo.as_str(), tenant.as_str()), (*good, *bad))?;
+                }
+            }
+        }
         {
             let mut meta = txn.open_table(META)?;
             meta.insert("format_version", FORMAT_VERSION)?;
             meta.insert("config_fingerprint", engine.slos().fingerprint)?;
             meta.insert("saved_at", now)?;
+            match cursor {
+                Some(c) => meta.insert("kernel_epoch", c.epoch)?,
+                None => meta.remove("kernel_epoch")?,
+            };
             let mut fingerprints = txn.open_table(SLO_FINGERPRINTS)?;
             for slo in engine.slos().iter() {
                 fingerprints.insert(&*slo.name, slo.data_fingerprint)?;
@@ -207,6 +249,17 @@ impl StateStore {
     /// advances it to `now`. Unusable files are moved aside and reported, not returned as
     /// errors; `Err` means the store itself cannot work (I/O failure, locked).
     pub fn restore(&self, engine: &mut Engine, now: u64) -> Result<RestoreReport, CheckpointError> {
+        self.restore_with_cursor(engine, now)
+            .map(|(report, _)| report)
+    }
+
+    /// [`StateStore::restore`], plus the kernel cursor saved with the windows
+    /// (`None` when nothing was restored or none was saved).
+    pub fn restore_with_cursor(
+        &self,
+        engine: &mut Engine,
+        now: u64,
+    ) -> Result<(RestoreReport, Option<KernelCursor>), CheckpointError> {
         let aside = self
             .set_aside_at_open
             .lock()
@@ -214,7 +267,7 @@ impl StateStore {
             .take();
         if let Some(outcome) = aside {
             // The file was replaced by an empty one at open: nothing to load.
-            return Ok(RestoreReport::new(outcome));
+            return Ok((RestoreReport::new(outcome), None));
         }
         let mut guard = self.lock_db()?;
         let Some(db) = guard.as_ref() else {
@@ -226,18 +279,21 @@ impl StateStore {
             ))
         });
         match read {
-            Ok(None) => Ok(RestoreReport::new(RestoreOutcome::Empty)),
-            Ok(Some(state)) => Ok(apply(state, engine, now)),
+            Ok(None) => Ok((RestoreReport::new(RestoreOutcome::Empty), None)),
+            Ok(Some(mut state)) => {
+                let cursor = state.cursor.take();
+                Ok((apply(state, engine, now), cursor))
+            }
             Err(Unusable::Fatal(e)) => Err(e),
             Err(Unusable::Bad(reason)) => {
                 // Close the file before moving it (required on some platforms).
                 *guard = None;
                 let moved_to = set_aside(&self.path, now)?;
                 *guard = Some(open_db(&self.path).map_err(Unusable::into_error)?);
-                Ok(RestoreReport::new(RestoreOutcome::SetAside {
-                    reason,
-                    moved_to,
-                }))
+                Ok((
+                    RestoreReport::new(RestoreOutcome::SetAside { reason, moved_to }),
+                    None,
+                ))
             }
         }
     }
@@ -320,6 +376,7 @@ struct SavedState {
     config_fingerprint: u64,
     slo_fingerprints: HashMap<String, u64>,
     series: Vec<(String, String, StoredSeries)>,
+    cursor: Option<KernelCursor>,
 }
 
 fn read_state(db: &Database) -> Result<Option<SavedState>, Unusable> {
@@ -367,11 +424,33 @@ fn read_state(db: &Database) -> Result<Option<SavedState>, Unusable> {
             codec::decode(value.value()).map_err(|e| bad(&format!("series {slo}/{tenant}"), &e))?;
         series.push((slo.to_owned(), tenant.to_owned(), stored));
     }
+    // Stores written before the cursor existed have neither key nor table.
+    let cursor = match get("kernel_epoch")? {
+        None => None,
+        Some(epoch) => {
+            let mut consumed = Vec::new();
+            let table = txn
+                .open_table(KERNEL_CURSOR)
+                .map_err(|e| bad("kernel cursor table", &e))?;
+            for entry in table.iter().map_err(|e| bad("kernel cursor table", &e))? {
+                let (key, value) = entry.map_err(|e| bad("kernel cursor table", &e))?;
+                let (slo, tenant) = key.value();
+                let (good, bad) = value.value();
+                consumed.push((slo.to_owned(), tenant.to_owned(), good, bad));
+            }
+            Some(KernelCursor {
+                epoch,
+                consumed,
+                slos: slo_fingerprints.clone(),
+            })
+        }
+    };
     Ok(Some(SavedState {
         saved_at,
         config_fingerprint,
         slo_fingerprints,
         series,
+        cursor,
     }))
 }
 

@@ -27,6 +27,7 @@ mod codec;
 pub mod duration;
 pub mod history;
 pub mod period;
+pub mod reload;
 pub mod requests;
 mod ring;
 mod series;
@@ -55,7 +56,7 @@ pub use alert::{AlertTier, AlertTransition, FiringAlert, Severity, TransitionKin
 #[allow(unused_imports)]
 pub use budget::{BudgetPolicy, BudgetStatus, GateDecision, Risk, Verdict};
 #[allow(unused_imports)]
-pub use checkpoint::{RestoreOutcome, RestoreReport, StateStore};
+pub use checkpoint::{KernelCursor, RestoreOutcome, RestoreReport, StateStore};
 #[allow(unused_imports)]
 pub use slo::{ConfigErrors, FieldError, Sli, Slo, SloId, SloSet};
 #[allow(unused_imports)]

@@ -1,14 +1,14 @@
 //! The state the poll loop writes once per second and the exporters and the
 //! HTTP API read: request series, connection events, and the SLO engine.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use burnwatch_common::maps::counter;
 
 use super::client_requests::ClientTable;
 use super::requests::{ConnEventTable, RequestTable};
-use super::{Engine, Sli, SloId, SloSet};
+use super::{Engine, KernelCursor, Sli, SloId, SloSet};
 
 /// Everything exporters read, refreshed once per second by the poll loop.
 pub struct AgentState {
@@ -34,6 +34,13 @@ pub struct AgentState {
     pub now: u64,
     /// Burn-rate history for the status page (bounded, see `history.rs`).
     pub history: super::history::BurnHistory,
+    /// Generation of the kernel's cumulative counts (`Probe::counts_epoch`).
+    pub counts_epoch: u64,
+    /// SLOs whose next feed only records the kernel's totals as consumed:
+    /// the counts predate them (pinned maps reused without a matching
+    /// checkpoint, or an SLO added by a reload), feeding them would dump
+    /// history into the current bucket.
+    baseline: HashSet<SloId>,
 }
 
 impl AgentState {
@@ -56,6 +63,93 @@ impl AgentState {
             slo_events: HashMap::new(),
             now: 0,
             history: Default::default(),
+            counts_epoch: 0,
+            baseline: HashSet::new(),
+        }
+    }
+
+    /// Applies a reloaded config's SLOs and request-table settings. SLOs with
+    /// an unchanged definition keep their windows and consumed counts; new
+    /// or changed ones start from the kernel's current totals (what they
+    /// would have counted before the reload is not invented). Request
+    /// series are rebuilt (they are re-read from the kernel every poll).
+    pub fn reconfigure(
+        &mut self,
+        slos: SloSet,
+        max_tenants_per_service: u32,
+        latency_bounds_s: Vec<f64>,
+        now: u64,
+    ) -> super::reload::ReloadReport {
+        let report = self.engine.reconfigure(slos, now);
+        let old_events = std::mem::take(&mut self.slo_events);
+        for ((id, tenant), v) in old_events {
+            if let Some(new) = report.kept.get(&id) {
+                self.slo_events.insert((*new, tenant), v);
+            }
+        }
+        let kept: HashSet<SloId> = report.kept.values().copied().collect();
+        for slo in self.engine.slos().iter() {
+            if !kept.contains(&slo.id) {
+                self.baseline.insert(slo.id);
+            }
+        }
+        self.requests = RequestTable::new(max_tenants_per_service);
+        self.clients = ClientTable::default();
+        self.conn_events = ConnEventTable::default();
+        self.latency_bounds_s = latency_bounds_s;
+        report
+    }
+
+    /// What the engine has consumed of the kernel's counts, for the
+    /// checkpoint (saved atomically with the windows).
+    pub fn kernel_cursor(&self) -> KernelCursor {
+        let slos = self.engine.slos();
+        KernelCursor {
+            epoch: self.counts_epoch,
+            consumed: self
+                .slo_events
+                .iter()
+                .filter_map(|((id, tenant), (good, bad))| {
+                    Some((
+                        slos.get(*id)?.name.to_string(),
+                        tenant.to_string(),
+                        *good,
+                        *bad,
+                    ))
+                })
+                .collect(),
+            slos: HashMap::new(),
+        }
+    }
+
+    /// Picks up where a previous agent left off. `reused`: the kernel maps
+    /// were pinned before this process started, so their counts include
+    /// requests the restored windows already hold (up to `cursor`) and
+    /// requests no window holds yet (after it). Fresh maps start at zero:
+    /// everything in them is new.
+    pub fn resume(&mut self, counts_epoch: u64, reused: bool, cursor: Option<KernelCursor>) {
+        self.counts_epoch = counts_epoch;
+        if !reused {
+            return;
+        }
+        let cursor = cursor.filter(|c| c.epoch == counts_epoch);
+        for slo in self.engine.slos().iter() {
+            let covered = cursor
+                .as_ref()
+                .is_some_and(|c| c.slos.get(&*slo.name) == Some(&slo.data_fingerprint));
+            if !covered {
+                self.baseline.insert(slo.id);
+            }
+        }
+        let Some(cursor) = cursor else { return };
+        for (name, tenant, good, bad) in cursor.consumed {
+            let Some(id) = self.engine.slo_id(&name) else {
+                continue;
+            };
+            if !self.baseline.contains(&id) {
+                self.slo_events
+                    .insert((id, Arc::from(tenant.as_str())), (good, bad));
+            }
         }
     }
 
@@ -111,10 +205,14 @@ impl AgentState {
             let dg = if good >= prev.0 { good - prev.0 } else { good };
             let db = if bad >= prev.1 { bad - prev.1 } else { bad };
             *prev = (good, bad);
+            if self.baseline.contains(&key.0) {
+                continue;
+            }
             if dg + db > 0 {
                 let _ = self.engine.record(now, key.0, &key.1, dg, db);
             }
         }
+        self.baseline.clear();
         self.now = now;
     }
 }

@@ -5,141 +5,169 @@
 //! [`Probe::read_counts`] and [`Probe::read_counters`].
 
 pub mod btf;
+pub mod pins;
 pub mod preflight;
 
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow};
 use aya::{
-    Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, ProgramArray},
-    programs::TracePoint,
+    EbpfLoader,
+    maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, ProgramArray},
+    programs::{
+        ProgramInfo, TracePoint,
+        links::{FdLink, PinnedLink},
+    },
 };
 use burnwatch_common::maps::{
     AgentConfig, ConnEventKey, MatchKey, RequestKey, RequestStats, counter, names,
 };
 use tracing::{info, warn};
 
+use pins::Pins;
+
 /// The eBPF object, built by build.rs through aya-build.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/burnwatch"));
 
-/// Loaded and attached programs, and handles on the maps userspace reads.
+/// Handles on the pinned maps userspace reads and writes. The programs run
+/// from their pinned links, independently of this process (see [`pins`]).
 pub struct Probe {
-    // Keeps the programs and links alive: dropping it detaches everything.
-    ebpf: Ebpf,
     counts: BpfHashMap<MapData, RequestKey, RequestStats>,
     counters: PerCpuArray<MapData, u64>,
     conn_events: BpfHashMap<MapData, ConnEventKey, u64>,
-    config_map: Array<MapData, AgentConfig>,
+    config: Array<MapData, AgentConfig>,
     /// The config last written to the kernel.
-    config: AgentConfig,
+    config_value: AgentConfig,
+    service_ports: BpfHashMap<MapData, u16, u32>,
     matches: BpfHashMap<MapData, MatchKey, u32>,
     /// What `matches` holds.
     matches_now: std::collections::BTreeMap<MatchKey, u32>,
-    // Held open: the kernel empties a program array when the last user
-    // handle on it closes.
-    _tail_calls: ProgramArray<MapData>,
+    pins: Pins,
     pub attached: Vec<String>,
+    /// Identifies this generation of the kernel's cumulative counts (boot id
+    /// and `COUNTS` map id): a checkpoint's consumed counts only apply to the
+    /// generation they were read from.
+    pub counts_epoch: u64,
+    /// The maps and programs were already pinned (an agent restart): the
+    /// kernel's counts include requests from before this process started.
+    pub reused: bool,
 }
 
-/// Programs reached only by tail call (loaded, never attached), by slot.
+/// Programs reached only by tail call (loaded and pinned, never attached),
+/// by slot in `TAIL_CALLS`. The pinned program array keeps them registered.
 const TAIL_CALLED: &[(u32, &str)] = &[(0, "parse_client_write")];
 
 impl Probe {
-    /// Checks the kernel, loads the programs with `config`, attaches them.
-    pub fn load(config: &AgentConfig, service_ports: &[(u16, u32)]) -> Result<Probe> {
+    /// Checks the kernel, then reuses this build's pinned programs and maps
+    /// under `pin_root`, or loads, attaches and pins them; writes `config`.
+    pub fn load(
+        config: &AgentConfig,
+        service_ports: &[(u16, u32)],
+        pin_root: &Path,
+    ) -> Result<Probe> {
         preflight::run()?;
         // Kernel memory for maps is charged to the memory cgroup on 5.11+;
         // a failed raise (no CAP_SYS_RESOURCE) is not fatal.
         raise_memlock();
 
-        let mut ebpf = EbpfLoader::new()
-            .load(EBPF_OBJECT)
-            .context("loading the eBPF object")?;
-
-        // Verify every program first (seconds), then attach them all in one
-        // quick pass: connections are never seen by half the probes.
-        for (_, _, name) in preflight::TRACEPOINTS {
-            let prog: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
-                .try_into()?;
-            if prog.fd().is_ok() {
-                continue; // shared by several tracepoints, already loaded
+        let pins = Pins::new(pin_root, &pins::build_id(EBPF_OBJECT));
+        pins.create_dirs()?;
+        let mut probe = match Probe::open_pinned(&pins, true) {
+            Ok(p) => {
+                info!(pins = %pins.dir.display(), "reusing pinned eBPF programs and maps: counts continue");
+                p
             }
-            prog.load()
-                .with_context(|| format!("the kernel verifier rejected program {name}"))?;
-        }
-        let mut tail_calls: ProgramArray<MapData> = ProgramArray::try_from(
-            ebpf.take_map(names::TAIL_CALLS)
-                .ok_or_else(|| anyhow!("no TAIL_CALLS map"))?,
-        )?;
-        for (slot, name) in TAIL_CALLED {
-            let prog: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
-                .try_into()?;
-            prog.load()
-                .with_context(|| format!("the kernel verifier rejected program {name}"))?;
-            tail_calls
-                .set(*slot, prog.fd()?, 0)
-                .with_context(|| format!("registering {name} for tail calls"))?;
-        }
+            Err(e) => {
+                if std::fs::read_dir(pins.dir.join("links")).is_ok_and(|mut d| d.next().is_some()) {
+                    warn!(pins = %pins.dir.display(), "pinned state unusable, replacing it: {e:#}");
+                }
+                pins.remove()?;
+                pins.create_dirs()?;
+                if let Err(e) = load_and_pin(&pins) {
+                    // Unpinning detaches whatever was attached.
+                    let _ = pins.remove();
+                    return Err(e);
+                }
+                Probe::open_pinned(&pins, false)?
+            }
+        };
+        pins.remove_other_builds();
+        probe.configure(config, service_ports)?;
+        info!(probes = ?probe.attached, pins = %pins.dir.display(), "eBPF programs attached");
+        Ok(probe)
+    }
+
+    /// Opens every pin this build needs; fails when any is missing.
+    fn open_pinned(pins: &Pins, reused: bool) -> Result<Probe> {
         let mut attached = Vec::new();
-        for (category, tracepoint, name) in preflight::TRACEPOINTS {
-            let prog: &mut TracePoint = ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing"))?
-                .try_into()?;
-            prog.attach(category, tracepoint).with_context(|| {
-                format!("attaching {name} to tracepoint {category}:{tracepoint}")
-            })?;
+        for (category, tracepoint, _) in preflight::TRACEPOINTS {
+            let path = pins.link(category, tracepoint);
+            PinnedLink::from_pin(&path)
+                .with_context(|| format!("opening pinned link {}", path.display()))?;
             attached.push(format!("tracepoint:{category}:{tracepoint}"));
         }
+        let open = |name: &str| -> Result<(Map, u32)> {
+            let path = pins.map(name);
+            let data = MapData::from_pin(&path)
+                .with_context(|| format!("opening pinned map {}", path.display()))?;
+            let id = data.info()?.id();
+            Ok((Map::from_map_data(data)?, id))
+        };
+        let (counts, counts_id) = open(names::COUNTS)?;
+        let config: Array<MapData, AgentConfig> = Array::try_from(open(names::CONFIG)?.0)?;
+        let config_value = config.get(&0, 0)?;
+        let matches: BpfHashMap<MapData, MatchKey, u32> =
+            BpfHashMap::try_from(open(names::MATCHES)?.0)?;
+        // A restarted agent starts from what its predecessor left.
+        let matches_now = matches.iter().filter_map(|e| e.ok()).collect();
+        Ok(Probe {
+            counts: BpfHashMap::try_from(counts)?,
+            counters: PerCpuArray::try_from(open(names::COUNTERS)?.0)?,
+            conn_events: BpfHashMap::try_from(open(names::CONN_EVENTS)?.0)?,
+            config,
+            config_value,
+            service_ports: BpfHashMap::try_from(open(names::SERVICE_PORTS)?.0)?,
+            matches,
+            matches_now,
+            pins: pins.clone(),
+            attached,
+            counts_epoch: counts_epoch(counts_id),
+            reused,
+        })
+    }
 
-        let mut cfg_map: Array<MapData, AgentConfig> = Array::try_from(
-            ebpf.take_map(names::CONFIG)
-                .ok_or_else(|| anyhow!("no CONFIG map"))?,
-        )?;
-        cfg_map
+    /// Writes the kernel-side config in place (start and reload): the
+    /// programs read `CONFIG` on every event, so no reload is needed.
+    pub fn configure(&mut self, config: &AgentConfig, service_ports: &[(u16, u32)]) -> Result<()> {
+        // A new match generation: connections ignored under the old config
+        // are looked at again.
+        let mut config = *config;
+        config.match_generation = self.config_value.match_generation.wrapping_add(1);
+        self.config
             .set(0, config, 0)
             .context("writing the CONFIG map")?;
-        let mut ports: BpfHashMap<MapData, u16, u32> = BpfHashMap::try_from(
-            ebpf.take_map(names::SERVICE_PORTS)
-                .ok_or_else(|| anyhow!("no SERVICE_PORTS map"))?,
-        )?;
-        for (port, id) in service_ports {
-            ports.insert(port, id, 0).context("writing SERVICE_PORTS")?;
+        self.config_value = config;
+        let stale: Vec<u16> = self
+            .service_ports
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !service_ports.iter().any(|(p, _)| p == k))
+            .collect();
+        for port in stale {
+            let _ = self.service_ports.remove(&port);
         }
-        let counts = BpfHashMap::try_from(
-            ebpf.take_map(names::COUNTS)
-                .ok_or_else(|| anyhow!("no COUNTS map"))?,
-        )?;
-        let counters = PerCpuArray::try_from(
-            ebpf.take_map(names::COUNTERS)
-                .ok_or_else(|| anyhow!("no COUNTERS map"))?,
-        )?;
-        let conn_events = BpfHashMap::try_from(
-            ebpf.take_map(names::CONN_EVENTS)
-                .ok_or_else(|| anyhow!("no CONN_EVENTS map"))?,
-        )?;
-        let matches = BpfHashMap::try_from(
-            ebpf.take_map(names::MATCHES)
-                .ok_or_else(|| anyhow!("no MATCHES map"))?,
-        )?;
-        info!(probes = ?attached, "eBPF programs attached");
-        Ok(Probe {
-            ebpf,
-            counts,
-            counters,
-            conn_events,
-            config_map: cfg_map,
-            config: *config,
-            matches,
-            matches_now: Default::default(),
-            _tail_calls: tail_calls,
-            attached,
-        })
+        for (port, id) in service_ports {
+            self.service_ports
+                .insert(port, id, 0)
+                .context("writing SERVICE_PORTS")?;
+        }
+        Ok(())
+    }
+
+    /// Removes this agent's pins (`run --cleanup`, `uninstall`): the
+    /// programs detach once this process exits.
+    pub fn unpin(&self) -> Result<()> {
+        pins::uninstall(&self.pins.root).map(|_| ())
     }
 
     /// Makes the kernel's process matchers equal `want`. When entries were
@@ -164,9 +192,9 @@ impl Probe {
         }
         self.matches_now = want.clone();
         if added {
-            self.config.match_generation = self.config.match_generation.wrapping_add(1);
-            self.config_map
-                .set(0, self.config, 0)
+            self.config_value.match_generation = self.config_value.match_generation.wrapping_add(1);
+            self.config
+                .set(0, self.config_value, 0)
                 .context("writing the CONFIG map")?;
         }
         Ok(())
@@ -206,7 +234,7 @@ impl Probe {
         names
             .into_iter()
             .filter_map(|name| {
-                let info = self.ebpf.program(name)?.info().ok()?;
+                let info = ProgramInfo::from_pin(self.pins.program(name)).ok()?;
                 Some((name, info.run_count(), info.run_time().as_nanos() as u64))
             })
             .collect()
@@ -222,6 +250,80 @@ impl Probe {
         }
         Ok(out)
     }
+}
+
+/// Loads the eBPF object, verifies every program, attaches them all and pins
+/// maps, programs, then links (last: a directory with every link is complete).
+fn load_and_pin(pins: &Pins) -> Result<()> {
+    let mut ebpf = EbpfLoader::new()
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF object")?;
+    // Verify every program first (seconds), then attach them all in one
+    // quick pass: connections are never seen by half the probes.
+    for (_, _, name) in preflight::TRACEPOINTS {
+        let prog: &mut TracePoint = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
+            .try_into()?;
+        if prog.fd().is_ok() {
+            continue; // shared by several tracepoints, already loaded
+        }
+        prog.load()
+            .with_context(|| format!("the kernel verifier rejected program {name}"))?;
+        prog.pin(pins.program(name))
+            .with_context(|| format!("pinning program {name}"))?;
+    }
+    for (slot, name) in TAIL_CALLED {
+        let prog: &mut TracePoint = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
+            .try_into()?;
+        prog.load()
+            .with_context(|| format!("the kernel verifier rejected program {name}"))?;
+        prog.pin(pins.program(name))
+            .with_context(|| format!("pinning program {name}"))?;
+        let fd = prog.fd()?.try_clone()?;
+        let mut tails = ProgramArray::try_from(
+            ebpf.map_mut(names::TAIL_CALLS)
+                .ok_or_else(|| anyhow!("no TAIL_CALLS map"))?,
+        )?;
+        tails
+            .set(*slot, &fd, 0)
+            .with_context(|| format!("registering {name} for tail calls"))?;
+    }
+    let mut links = Vec::new();
+    for (category, tracepoint, name) in preflight::TRACEPOINTS {
+        let prog: &mut TracePoint = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing"))?
+            .try_into()?;
+        let id = prog
+            .attach(category, tracepoint)
+            .with_context(|| format!("attaching {name} to tracepoint {category}:{tracepoint}"))?;
+        links.push((category, tracepoint, prog.take_link(id)?));
+    }
+    // Sections like `.rodata` cannot be pinned (bpffs refuses the name) and
+    // need not be: the programs hold them.
+    for (name, map) in ebpf.maps().filter(|(name, _)| !name.starts_with('.')) {
+        map.pin(pins.map(name))
+            .with_context(|| format!("pinning map {name}"))?;
+    }
+    for (category, tracepoint, link) in links {
+        let link = FdLink::try_from(link).with_context(|| {
+            format!("tracepoint {category}:{tracepoint} is not a bpf link (kernel < 5.15?)")
+        })?;
+        link.pin(pins.link(category, tracepoint))
+            .with_context(|| format!("pinning the link of {category}:{tracepoint}"))?;
+    }
+    Ok(())
+}
+
+/// The boot id and the `COUNTS` map id: map ids are not reused within a boot.
+fn counts_epoch(counts_map_id: u32) -> u64 {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let mut h = u64::from_str_radix(&pins::build_id(boot.trim().as_bytes()), 16).unwrap_or(0);
+    h ^= u64::from(counts_map_id);
+    h
 }
 
 fn raise_memlock() {

@@ -1,0 +1,112 @@
+//! The parser fed the way the kernel feeds it, and byte by byte without
+//! shortcuts; shared by the property tests and the libFuzzer target
+//! (`agent-common/fuzz`).
+
+use burnwatch_common::http::{ParserConfig, RequestStream, event, find_byte, state};
+use burnwatch_common::maps::{Method, PENDING_MAX, TENANT_MAX};
+
+/// What one run of the parser reported.
+#[derive(Debug, PartialEq, Eq, Default)]
+pub struct Outcome {
+    pub requests: Vec<(Method, Vec<u8>)>,
+    pub invalid: u32,
+    pub queue_full: u32,
+}
+
+/// The state must stay within what the kernel side relies on.
+pub fn check_invariants(s: &RequestStream) {
+    assert!(s.state <= state::INVALID, "state {}", s.state);
+    assert!(s.len as usize <= PENDING_MAX, "queue length {}", s.len);
+    assert!((s.head as usize) < PENDING_MAX, "head {}", s.head);
+    for p in &s.pending {
+        assert!(p.tenant_len as usize <= TENANT_MAX);
+        assert!(p.tenant_end as usize <= TENANT_MAX);
+    }
+}
+
+/// Feeds `reads` like the kernel does (body skipping, SWAR jump to the
+/// next newline in 16-byte chunks). With `respond`, each request gets its
+/// response as soon as its headers are done (it is popped).
+pub fn feed_kernel_like(cfg: &ParserConfig, reads: &[&[u8]], respond: bool) -> Outcome {
+    let mut s = RequestStream::new();
+    let mut out = Outcome::default();
+    for read in reads {
+        s.begin_read();
+        let mut i = 0usize;
+        while i < read.len() {
+            let skip = s.skippable();
+            if skip > 0 {
+                let n = skip.min((read.len() - i) as u64);
+                s.skip(n);
+                i += n as usize;
+                check_invariants(&s);
+                continue;
+            }
+            if s.skips_to_newline() {
+                let base = i - i % 16;
+                let mut chunk = [0u8; 16];
+                let end = (base + 16).min(read.len());
+                chunk[..end - base].copy_from_slice(&read[base..end]);
+                let j = base + find_byte(&chunk, i - base, end - base, b'\n');
+                if j > i {
+                    i = j;
+                    continue;
+                }
+            }
+            record(&mut s, read[i], cfg, &mut out, respond);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Feeds every byte through `step` (no shortcuts), read boundaries kept.
+pub fn feed_bytewise(cfg: &ParserConfig, reads: &[&[u8]], respond: bool) -> Outcome {
+    let mut s = RequestStream::new();
+    let mut out = Outcome::default();
+    for read in reads {
+        s.begin_read();
+        for &b in *read {
+            if s.skippable() > 0 {
+                s.skip(1);
+                continue;
+            }
+            record(&mut s, b, cfg, &mut out, respond);
+        }
+    }
+    out
+}
+
+fn record(s: &mut RequestStream, b: u8, cfg: &ParserConfig, out: &mut Outcome, respond: bool) {
+    match s.step(b, cfg, 1) {
+        // An untracked request (queue full) also ends its headers.
+        event::HEADERS_DONE if s.has_pending() && s.untracked == 0 => {
+            let newest = s.pending[(s.head as usize + s.len as usize - 1) % PENDING_MAX];
+            out.requests
+                .push((Method::from_u8(newest.method), newest.tenant().to_vec()));
+            if respond {
+                s.pop();
+            }
+        }
+        event::INVALID => out.invalid += 1,
+        event::QUEUE_FULL => out.queue_full += 1,
+        _ => {}
+    }
+    check_invariants(s);
+}
+
+/// Splits `bytes` at the given (sorted, deduplicated) cut points.
+pub fn split_at<'a>(bytes: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
+    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+    cuts.sort_unstable();
+    cuts.dedup();
+    let mut out = Vec::new();
+    let mut prev = 0;
+    for c in cuts {
+        out.push(&bytes[prev..c]);
+        prev = c;
+    }
+    out.push(&bytes[prev..]);
+    out.retain(|r| !r.is_empty());
+    out
+}

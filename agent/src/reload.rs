@@ -1,0 +1,148 @@
+//! Config reload while the agent runs (SIGHUP, or the file changing on
+//! disk): a valid new config is applied in place, an invalid one is
+//! rejected with its file:line: field error and the running config stays.
+//!
+//! Applied in place: services, tenant settings and the latency buckets go to
+//! the kernel's `CONFIG` and `SERVICE_PORTS` maps (the programs read them on
+//! every event, nothing is reloaded or re-attached); SLOs go to the engine,
+//! where SLOs with an unchanged definition keep their windows. The listen
+//! address and the state and pin directories need a restart.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use anyhow::Result;
+use tracing::{error, info, warn};
+
+use crate::attribution::ServiceNames;
+use crate::attribution::processes::ProcessMatcher;
+use crate::config::Config;
+use crate::engine::state::AgentState;
+use crate::probe::Probe;
+
+/// Watches one config file by polling its metadata (cheap, works on every
+/// filesystem and with ConfigMap symlink swaps, where inotify on the file
+/// would watch a link that is replaced).
+pub struct ConfigWatch {
+    path: PathBuf,
+    stamp: Option<(SystemTime, u64, u64)>,
+}
+
+impl ConfigWatch {
+    pub fn new(path: &Path) -> ConfigWatch {
+        ConfigWatch {
+            path: path.to_path_buf(),
+            stamp: stamp(path),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the file changed since the last call (or since `new`).
+    pub fn changed(&mut self) -> bool {
+        let now = stamp(&self.path);
+        if now != self.stamp {
+            self.stamp = now;
+            return now.is_some();
+        }
+        false
+    }
+}
+
+/// (modification time, size, inode): a rename over the file changes the inode
+/// even within one mtime tick.
+fn stamp(path: &Path) -> Option<(SystemTime, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len(), m.ino()))
+}
+
+/// What a running agent may change on reload.
+pub struct Running<'a> {
+    pub config: &'a mut Config,
+    pub probe: &'a mut Probe,
+    pub state: &'a Arc<RwLock<AgentState>>,
+    pub names: &'a mut ServiceNames,
+    pub missing: &'a mut Arc<str>,
+    pub matcher: &'a mut ProcessMatcher,
+}
+
+/// Loads `path` and applies it; on any error the running config stays and
+/// the error is logged. Returns whether the new config was applied.
+pub fn reload(path: &Path, why: &str, running: Running<'_>) -> bool {
+    let new = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("config reload ({why}) rejected, the running config stays: {e}");
+            return false;
+        }
+    };
+    if new == *running.config {
+        info!("config reload ({why}): no change");
+        return true;
+    }
+    match apply(new, running) {
+        Ok(()) => {
+            info!("config reload ({why}): applied {}", path.display());
+            true
+        }
+        Err(e) => {
+            error!("config reload ({why}) failed, the running config stays: {e:#}");
+            false
+        }
+    }
+}
+
+fn apply(mut new: Config, r: Running<'_>) -> Result<()> {
+    let old = &*r.config;
+    for (what, changed) in [
+        (
+            "exporters.prometheus.listen",
+            new.exporters.prometheus.listen != old.exporters.prometheus.listen,
+        ),
+        ("state.dir", new.state.dir != old.state.dir),
+        (
+            "state.bpffs_dir",
+            new.state.bpffs_dir != old.state.bpffs_dir,
+        ),
+    ] {
+        if changed {
+            warn!("config reload: {what} changed; it takes effect at the next restart");
+        }
+    }
+    // Kept as running, so the next reload compares against what runs.
+    new.exporters.prometheus.listen = old.exporters.prometheus.listen;
+    new.state.dir = old.state.dir.clone();
+    new.state.bpffs_dir = old.state.bpffs_dir.clone();
+
+    // Everything that can fail first: a half-applied config is not applied.
+    let (kcfg, ports) = crate::run::kernel_config(&new)?;
+    r.probe.configure(&kcfg, &ports)?;
+    *r.matcher = ProcessMatcher::new(&new);
+    r.probe.sync_matches(&r.matcher.entries())?;
+    *r.names = ServiceNames::new(new.services.iter().map(|s| s.name.clone()))
+        .with_clients(new.clients.iter().map(|s| s.name.clone()));
+    *r.missing = Arc::from(new.tenant.missing.as_str());
+    let report = {
+        let mut st = r.state.write().unwrap_or_else(|e| e.into_inner());
+        let now = st.now;
+        st.reconfigure(
+            new.slo_set(),
+            new.tenant.max_per_service,
+            crate::run::latency_bounds(&new),
+            now,
+        )
+    };
+    info!(
+        kept_slos = report.kept.len(),
+        kept_series = report.kept_series,
+        dropped_series = report.dropped_series,
+        reset_period_history = report.reset_period_history,
+        "SLO windows carried over"
+    );
+    *r.config = new;
+    Ok(())
+}
