@@ -182,10 +182,10 @@ fn checkpoint(store: &StateStore, state: &RwLock<AgentState>) {
     }
 }
 
-async fn run_async(mut config: Config, config_path: Option<&Path>, cleanup: bool) -> Result<()> {
+async fn run_async(config: Config, config_path: Option<&Path>, cleanup: bool) -> Result<()> {
     // Bind first: a taken port is reported before any program is loaded.
     let listener = crate::api::bind(config.exporters.prometheus.listen).await?;
-    let (config, hasher) = crate::export::tenant_hashing(config)?;
+    let (mut config, hasher) = crate::export::tenant_hashing(config)?;
     let (kcfg, ports) = kernel_config(&config)?;
     let mut probe = Probe::load(&kcfg, &ports, &config.state.bpffs_dir)?;
     let mut matcher = ProcessMatcher::new(&config);

@@ -55,7 +55,7 @@ fn check_summarizes_a_good_config_and_explains_each_tier() {
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     for want in [
         &format!("{config}: ok"),
-        "shop                 server side, local TCP port 8080",
+        "shop                 server side: TCP port 8080",
         "from header X-Tenant-ID (case-insensitive); \"unknown\" when absent",
         "shop-availability: service shop, 99.9% good over rolling 30d, availability (bad: 5xx, 000)",
         "error budget: 0.1% of events, i.e. 43m12s of total outage per 30d",
@@ -169,7 +169,10 @@ fn long_simulations_report_progress_on_stderr_only() {
         .lines()
         .find(|l| l.starts_with("simulating: ") && l.contains(" of 60d ("))
         .unwrap_or_else(|| panic!("no progress line in {stderr:?}"));
-    assert!(progress.contains("elapsed") && progress.contains("left"), "{progress}");
+    assert!(
+        progress.contains("elapsed") && progress.contains("left"),
+        "{progress}"
+    );
     assert!(stderr.contains("simulating: done in "), "{stderr}");
     let report: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("stdout stays pure JSON");

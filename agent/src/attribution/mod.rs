@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use burnwatch_common::maps::{CLIENT_ID_BASE, SERVICE_AUTO};
 
-pub mod processes;
 pub mod cgroup;
 pub mod kubernetes;
+pub mod processes;
 pub mod procfs;
 pub mod tenant_hash;
 

@@ -46,9 +46,20 @@ pub fn summary(path: &Path, c: &Config) -> String {
     for s in &c.services {
         let _ = writeln!(
             out,
-            "  {:<20} server side, local TCP port {}",
+            "  {:<20} server side: {}",
             s.name,
-            s.matcher.port.unwrap_or(0)
+            s.matcher.describe()
+        );
+    }
+    if !c.clients.is_empty() {
+        let _ = writeln!(out, "clients");
+    }
+    for s in &c.clients {
+        let _ = writeln!(
+            out,
+            "  {:<20} client side (port = the upstream's): {}",
+            s.name,
+            s.matcher.describe()
         );
     }
     let t = &c.tenant;
@@ -60,6 +71,11 @@ pub fn summary(path: &Path, c: &Config) -> String {
             t.path_prefix.as_deref().unwrap_or("?")
         ),
         TenantFrom::None => "none: every request gets the missing label".to_owned(),
+        TenantFrom::Namespace => "the Kubernetes namespace of the server's pod".to_owned(),
+        TenantFrom::NamespaceLabel => format!(
+            "label {} of the server pod's Kubernetes namespace",
+            t.label.as_deref().unwrap_or("?")
+        ),
     };
     let _ = writeln!(
         out,
@@ -355,8 +371,14 @@ mod tests {
     #[test]
     fn outage_detection_matches_the_simulator() {
         for (tier, warmup) in [
-            ("{ severity: page, long_window: 1h, short_window: 5m, budget_fraction: 0.02 }", "1h"),
-            ("{ severity: page, long_window: 6h, short_window: 30m, budget_fraction: 0.05 }", "6h"),
+            (
+                "{ severity: page, long_window: 1h, short_window: 5m, budget_fraction: 0.02 }",
+                "1h",
+            ),
+            (
+                "{ severity: page, long_window: 6h, short_window: 30m, budget_fraction: 0.05 }",
+                "6h",
+            ),
         ] {
             let c = config(&format!(
                 "slos:\n  - {{ name: s, service: s, objective: 99.9, window: 30d }}\nalerting:\n  tiers: [{tier}]\n"

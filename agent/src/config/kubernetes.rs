@@ -23,11 +23,20 @@ impl Match {
         self.namespace.is_some() || !self.labels.is_empty()
     }
 
-    /// One line for `burnwatch check`: what the service matches.
+    /// One line for `burnwatch check`: what the service (or client) matches.
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
         if let Some(p) = self.port {
-            parts.push(format!("server side, local TCP port {p}"));
+            parts.push(format!("TCP port {p}"));
+        }
+        if let Some(c) = &self.comm {
+            parts.push(format!("process name {c}"));
+        }
+        if let Some(e) = &self.exe {
+            parts.push(format!("executable {}", e.display()));
+        }
+        if let Some(c) = &self.cgroup {
+            parts.push(format!("cgroup under {c}"));
         }
         if let Some(ns) = &self.namespace {
             parts.push(format!("pods in namespace {ns}"));
