@@ -108,28 +108,36 @@ pub fn sys_exit_read(ctx: TracePointContext) -> u32 {
 fn read_args(ctx: &TracePointContext, cfg: &AgentConfig) -> Option<ReadArgs> {
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
     let off = &cfg.offsets;
-    let mut fd = 0u64;
-    let mut buf = 0u64;
-    let mut vlen = 0u64;
-    unsafe {
-        if bpf_probe_read_kernel(
-            &mut fd as *mut u64 as *mut c_void,
-            8,
-            (regs + off.regs_arg[0] as u64) as *const c_void,
-        ) != 0
-            || bpf_probe_read_kernel(
-                &mut buf as *mut u64 as *mut c_void,
-                8,
-                (regs + off.regs_arg[1] as u64) as *const c_void,
-            ) != 0
-            || bpf_probe_read_kernel(
-                &mut vlen as *mut u64 as *mut c_void,
-                8,
+    let (fd, buf, vlen);
+    if off.regs_arg[1] == off.regs_arg[2] + 8 && off.regs_arg[0] == off.regs_arg[2] + 16 {
+        // x86_64 keeps dx, si, di side by side: one read.
+        let mut dx_si_di = [0u64; 3];
+        if unsafe {
+            bpf_probe_read_kernel(
+                dx_si_di.as_mut_ptr() as *mut c_void,
+                24,
                 (regs + off.regs_arg[2] as u64) as *const c_void,
-            ) != 0
+            )
+        } != 0
         {
             return None;
         }
+        (vlen, buf, fd) = (dx_si_di[0], dx_si_di[1], dx_si_di[2]);
+    } else {
+        let mut args = [0u64; 3];
+        for (dst, at) in args.iter_mut().zip(off.regs_arg) {
+            if unsafe {
+                bpf_probe_read_kernel(
+                    dst as *mut u64 as *mut c_void,
+                    8,
+                    (regs + at as u64) as *const c_void,
+                )
+            } != 0
+            {
+                return None;
+            }
+        }
+        (fd, buf, vlen) = (args[0], args[1], args[2]);
     }
     // Syscall tracepoints: 8 bytes of common fields, then the number (int).
     let nr = unsafe { ctx.read_at::<i32>(8).unwrap_or(-1) } as i64;

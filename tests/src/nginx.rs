@@ -70,7 +70,7 @@ http {{
   uwsgi_temp_path {d}/uwsgi;
   scgi_temp_path {d}/scgi;
   keepalive_requests 100000;
-  keepalive_timeout 60s;
+  keepalive_timeout 600s;  # agents load slowly on a busy machine; pooled connections must outlive that
   sendfile off;
   server {{
     listen 127.0.0.1:{port} {listen};
