@@ -7,7 +7,7 @@
 //! detection time against the simulator's floor ([`detection`]); zero loss
 //! against nginx's access log ([`loss`]); the SLO engine at 100,000 series
 //! (`burnwatch bench-engine`). `--quick` runs all of them, shorter, as a
-//! smoke test (about 3 minutes instead of about 15).
+//! smoke test (about 5 minutes instead of about 18, on this 2-core machine).
 
 mod detection;
 pub mod loadgen;
@@ -244,7 +244,7 @@ pub fn bench(root: &Path, quick: bool, only: &[String]) -> Result<()> {
     writeln!(md, "# Benchmarks\n")?;
     writeln!(
         md,
-        "Reproduce: `cargo xtask bench` as root (about 15 minutes; `cargo xtask bench --quick` is a 3-minute smoke \
+        "Reproduce: `cargo xtask bench` as root (about 18 minutes; `cargo xtask bench --quick` is a 5-minute smoke \
 run with one round per figure). It starts its own nginx, agents and load generators on free loopback ports, and \
 rewrites this file.\n"
     )?;

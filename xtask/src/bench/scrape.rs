@@ -62,6 +62,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
     let bg = super::loadgen::LoadReport::from_lines(&String::from_utf8_lossy(&out.stdout))?;
     let (_, hwm) = agent.rss_kib()?;
     let metrics = agent.get("/metrics")?;
+    let without = without_slos(ctx, &nginx)?;
     let slo_series: f64 = metrics
         .lines()
         .filter(|l| l.starts_with("burnwatch_slo_series"))
@@ -140,6 +141,11 @@ byte, from CPU 1's side of loopback). RSS is VmRSS after each scrape.\n"
     )?;
     writeln!(
         md,
+        "| the same {TENANTS} tenants, agent without SLOs: RSS / peak, scrape time, payload | {} / {} KiB, {:.1} ms, {} bytes |",
+        without.rss_kib, without.hwm_kib, without.scrape_ms, without.bytes
+    )?;
+    writeln!(
+        md,
         "\nSamples per family (largest first): {}.\n",
         families
             .iter()
@@ -171,9 +177,51 @@ byte, from CPU 1's side of loopback). RSS is VmRSS after each scrape.\n"
             "bounded, < 64 MiB",
             Some(bounded && hwm < 64 * 1024),
         ),
+        Headline::new(
+            "agent RSS with 10,000 tenants, no SLO (counting and export only)",
+            format!(
+                "{:.1} MiB ({:.1} MiB peak), /metrics {:.1} MiB",
+                without.rss_kib as f64 / 1024.0,
+                without.hwm_kib as f64 / 1024.0,
+                without.bytes as f64 / 1_048_576.0
+            ),
+            "< 64 MiB",
+            Some(without.hwm_kib < 64 * 1024),
+        ),
     ];
     Ok(Section {
         markdown: md,
         headlines,
+    })
+}
+
+/// The counting side alone: an agent with no SLO, the same tenants.
+struct WithoutSlos {
+    rss_kib: u64,
+    hwm_kib: u64,
+    scrape_ms: f64,
+    bytes: usize,
+}
+
+fn without_slos(ctx: &Ctx, nginx: &Nginx) -> Result<WithoutSlos> {
+    eprintln!("scrape: {TENANTS} tenants without SLOs");
+    let agent = Agent::start(
+        &ctx.bin,
+        &format!(
+            "services:\n  - name: bench\n    match:\n      port: {}\ntenant:\n  max_per_service: 100000\n",
+            nginx.port
+        ),
+    )?;
+    ctx.clients
+        .load_n(nginx.port, 0, 120.0, TENANTS, "/", u64::from(TENANTS))?;
+    agent.settle();
+    agent.get("/metrics")?;
+    let (body, secs) = agent.get_timed("/metrics")?;
+    let (rss_kib, hwm_kib) = agent.rss_kib()?;
+    Ok(WithoutSlos {
+        rss_kib,
+        hwm_kib,
+        scrape_ms: secs * 1e3,
+        bytes: body.len(),
     })
 }
