@@ -31,7 +31,7 @@ fn scraping_every_100ms_under_traffic() {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let tenant = format!("t{}", n % 50);
-                let path = if n % 9 == 0 { "/error" } else { "/ok" };
+                let path = if n.is_multiple_of(9) { "/error" } else { "/ok" };
                 c.request("GET", path, Some(&tenant));
                 n += 1;
                 // Under nginx's keepalive_requests (100,000) for the run.

@@ -43,8 +43,12 @@ fn good_traffic(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64
         let mut c = Conn::open(port);
         let mut n = 0u64;
         while !stop.load(Ordering::Relaxed) {
-            let tenant = if n % 2 == 0 { "acme" } else { "globex" };
-            let path = if n % 5 == 0 { "/error" } else { "/ok" };
+            let tenant = if n.is_multiple_of(2) {
+                "acme"
+            } else {
+                "globex"
+            };
+            let path = if n.is_multiple_of(5) { "/error" } else { "/ok" };
             c.request("GET", path, Some(tenant));
             n += 1;
             std::thread::sleep(Duration::from_millis(3));
@@ -86,12 +90,12 @@ const CLIENT_HELLO: &[u8] = &[
 
 fn garbage_and_tls(port: u16) {
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    for i in 0..200 {
+    for i in 0..200u32 {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
             continue;
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             let _ = s.write_all(CLIENT_HELLO);
         } else {
             let bytes: Vec<u8> = (0..4096)
@@ -163,7 +167,7 @@ fn flood(port: u16, from: u64, n: u64) {
     let mut i = from;
     let mut s: Option<TcpStream> = None;
     while i < from + n {
-        if (i - from) % PER_CONN == 0 {
+        if (i - from).is_multiple_of(PER_CONN) {
             let c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
             c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
             s = Some(c);

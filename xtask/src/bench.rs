@@ -274,6 +274,14 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The agent pins its programs so they outlive it: remove them, or
+        // the "without agent" runs would still have them attached. (xtask
+        // runs from the workspace root.)
+        let _ = Command::new("target/release/burnwatch")
+            .args(["uninstall", "--config"])
+            .arg(self._dir.0.join("burnwatch.yaml"))
+            .stdout(Stdio::null())
+            .status();
     }
 }
 
