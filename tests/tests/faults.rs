@@ -12,9 +12,9 @@ use burnwatch_e2e::nginx::Nginx;
 use burnwatch_e2e::{assert_same_counts, require_root};
 
 /// How long the scraping lasts.
-const SCRAPE_FOR: Duration = Duration::from_secs(20);
+const SCRAPE_FOR: Duration = Duration::from_secs(12);
 /// RSS bound (KiB) and how much it may grow between the first and the last
-/// quarter of the run (a leak per scrape would show: 200 scrapes).
+/// quarter of the run (a leak per scrape would show: 120 scrapes).
 const RSS_BOUND_KIB: u64 = 96 * 1024;
 const RSS_GROWTH_KIB: u64 = 4 * 1024;
 

@@ -346,7 +346,7 @@ fn hostile_traffic_leaves_other_tenants_exact_and_memory_bounded() {
     watch.sample(&mut agent, "garbage and TLS ClientHellos");
 
     let port = nginx.port;
-    let slow = std::thread::spawn(move || slowloris(port, 300, Duration::from_secs(6)));
+    let slow = std::thread::spawn(move || slowloris(port, 300, Duration::from_secs(4)));
     let huge = huge_headers(nginx.port);
     slow.join().unwrap();
     watch.sample(&mut agent, "slowloris and huge headers");
