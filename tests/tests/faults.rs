@@ -12,9 +12,9 @@ use burnwatch_e2e::nginx::Nginx;
 use burnwatch_e2e::{assert_same_counts, require_root};
 
 /// How long the scraping lasts.
-const SCRAPE_FOR: Duration = Duration::from_secs(20);
+const SCRAPE_FOR: Duration = Duration::from_secs(12);
 /// RSS bound (KiB) and how much it may grow between the first and the last
-/// quarter of the run (a leak per scrape would show: 200 scrapes).
+/// quarter of the run (a leak per scrape would show: 120 scrapes).
 const RSS_BOUND_KIB: u64 = 96 * 1024;
 const RSS_GROWTH_KIB: u64 = 4 * 1024;
 
@@ -31,7 +31,7 @@ fn scraping_every_100ms_under_traffic() {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let tenant = format!("t{}", n % 50);
-                let path = if n % 9 == 0 { "/error" } else { "/ok" };
+                let path = if n.is_multiple_of(9) { "/error" } else { "/ok" };
                 c.request("GET", path, Some(&tenant));
                 n += 1;
                 // Under nginx's keepalive_requests (100,000) for the run.

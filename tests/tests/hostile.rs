@@ -20,8 +20,9 @@ use burnwatch_e2e::nginx::Nginx;
 use burnwatch_e2e::{count_diff, require_root};
 
 /// The agent's resident memory must stay under this through every phase
-/// (measured peak on the 2-core test machine: see the test's output).
-const RSS_BOUND_KIB: u64 = 128 * 1024;
+/// (measured peak: 12.6 MiB with 100,000 connections and 1,000,000 tenants,
+/// `cargo test -p burnwatch-e2e --test hostile -- --nocapture`).
+const RSS_BOUND_KIB: u64 = 32 * 1024;
 /// Distinct tenant ids in the flood.
 const FLOOD_TENANTS: u64 = 1_000_000;
 /// Tenants kept per service before folding into `__overflow__`.
@@ -42,8 +43,12 @@ fn good_traffic(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64
         let mut c = Conn::open(port);
         let mut n = 0u64;
         while !stop.load(Ordering::Relaxed) {
-            let tenant = if n % 2 == 0 { "acme" } else { "globex" };
-            let path = if n % 5 == 0 { "/error" } else { "/ok" };
+            let tenant = if n.is_multiple_of(2) {
+                "acme"
+            } else {
+                "globex"
+            };
+            let path = if n.is_multiple_of(5) { "/error" } else { "/ok" };
             c.request("GET", path, Some(tenant));
             n += 1;
             std::thread::sleep(Duration::from_millis(3));
@@ -85,12 +90,12 @@ const CLIENT_HELLO: &[u8] = &[
 
 fn garbage_and_tls(port: u16) {
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    for i in 0..200 {
+    for i in 0..200u32 {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
             continue;
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             let _ = s.write_all(CLIENT_HELLO);
         } else {
             let bytes: Vec<u8> = (0..4096)
@@ -148,16 +153,26 @@ fn huge_headers(port: u16) -> u64 {
     sent
 }
 
-/// `n` requests with distinct tenants `f<i>`, pipelined in batches on one
-/// keep-alive connection; returns when every response was read.
+/// `n` requests with distinct tenants `f<i>`, pipelined in batches on
+/// keep-alive connections (a new one every 50,000 requests: nginx closes a
+/// connection after `keepalive_requests`); returns when every response was
+/// read.
 fn flood(port: u16, from: u64, n: u64) {
-    const BATCH: u64 = 500;
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    // The kernel tracks 4 pipelined requests per connection (PENDING_MAX);
+    // deeper pipelines are counted as pipeline_overflow, not as requests.
+    const BATCH: u64 = burnwatch_common_pending_max();
+    const PER_CONN: u64 = 50_000;
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut rbuf = vec![0u8; 256 * 1024];
     let mut i = from;
+    let mut s: Option<TcpStream> = None;
     while i < from + n {
+        if (i - from).is_multiple_of(PER_CONN) {
+            let c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            s = Some(c);
+        }
+        let s = s.as_mut().unwrap();
         let m = BATCH.min(from + n - i);
         buf.clear();
         for j in i..i + m {
@@ -168,43 +183,64 @@ fn flood(port: u16, from: u64, n: u64) {
             .unwrap();
         }
         s.write_all(&buf).expect("write flood");
-        // Each response ends with the 3-byte body "ok\n"; count them.
+        // Each response ends with the 3-byte body "ok\n"; count them, with
+        // the last two bytes of the previous read in front (a body may
+        // straddle two reads).
         let mut seen = 0u64;
+        let mut carry = [0u8; 2];
         while seen < m {
-            let k = s.read(&mut rbuf).expect("read flood responses");
+            let k = s.read(&mut rbuf[2..]).expect("read flood responses");
             assert!(k > 0, "nginx closed the flood connection");
-            seen += rbuf[..k].windows(3).filter(|w| w == b"ok\n").count() as u64;
+            rbuf[..2].copy_from_slice(&carry);
+            seen += rbuf[..k + 2].windows(3).filter(|w| w == b"ok\n").count() as u64;
+            carry.copy_from_slice(&rbuf[k..k + 2]);
         }
         i += m;
     }
+}
+
+/// `burnwatch_common::maps::PENDING_MAX` (the harness does not depend on
+/// the agent's crates).
+const fn burnwatch_common_pending_max() -> u64 {
+    4
 }
 
 /// Python helper holding connections: opens `n` connections from source
 /// address `src`, sends one request on each, reads every response, prints
 /// "ready N", waits for stdin to close, sends a second request on every
 /// connection, reads those, prints "done N" and exits.
+/// IP_BIND_ADDRESS_NO_PORT (24) lets connect() pick the port: a plain
+/// bind(src, 0) searches the port space linearly (minutes for 100,000).
 const HOLDER: &str = r#"
 import socket, sys
 port, src, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 req = b"GET /ok HTTP/1.1\r\nHost: x\r\nX-Tenant-ID: conn\r\n\r\n"
 socks = []
-for i in range(n):
-    s = socket.socket()
-    s.bind((src, 0))
-    s.connect(("127.0.0.1", port))
-    socks.append(s)
+try:
+    for i in range(n):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_IP, 24, 1)
+        s.bind((src, 0))
+        s.settimeout(60)
+        s.connect(("127.0.0.1", port))
+        socks.append(s)
+except OSError as e:
+    print("connect failed after", len(socks), e, file=sys.stderr, flush=True)
 def round_trip():
-    for s in socks:
-        s.sendall(req)
     ok = 0
-    for s in socks:
-        got = b""
-        while not got.endswith(b"ok\n"):
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            got += chunk
-        ok += got.endswith(b"ok\n")
+    try:
+        for s in socks:
+            s.sendall(req)
+        for s in socks:
+            got = b""
+            while not got.endswith(b"ok\n"):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+            ok += got.endswith(b"ok\n")
+    except OSError as e:
+        print("round trip failed", e, file=sys.stderr, flush=True)
     return ok
 print("ready", round_trip(), flush=True)
 sys.stdin.read()
@@ -222,7 +258,9 @@ fn many_connections(port: u16, total: usize, per_process: usize) -> u64 {
     while left > 0 {
         let n = left.min(per_process);
         left -= n;
-        let src = format!("127.0.0.{}", 10 + k);
+        // Fresh source addresses: their port space is not shared with
+        // other tests' TIME_WAIT sockets on 127.0.0.1.
+        let src = format!("127.{}.0.{}", 100 + std::process::id() % 100, 10 + k);
         k += 1;
         let child = Command::new("python3")
             .args(["-c", HOLDER, &port.to_string(), &src, &n.to_string()])
@@ -308,18 +346,30 @@ fn hostile_traffic_leaves_other_tenants_exact_and_memory_bounded() {
     watch.sample(&mut agent, "garbage and TLS ClientHellos");
 
     let port = nginx.port;
-    let slow = std::thread::spawn(move || slowloris(port, 300, Duration::from_secs(6)));
+    let slow = std::thread::spawn(move || slowloris(port, 300, Duration::from_secs(4)));
     let huge = huge_headers(nginx.port);
     slow.join().unwrap();
     watch.sample(&mut agent, "slowloris and huge headers");
 
+    // Before the flood: tenants arriving after it fold into __overflow__.
+    // About 11,600 ports per source address are usable here; 9,100 each
+    // leaves room.
+    let per_process = (hard.saturating_sub(200) as usize).min(9_100);
+    let answered = many_connections(nginx.port, connections, per_process);
+    assert_eq!(
+        answered,
+        2 * connections as u64,
+        "requests answered on the held connections"
+    );
+    watch.sample(&mut agent, "many connections");
+
     let flood_start = Instant::now();
     let done = Arc::new(AtomicU64::new(0));
-    let floods: Vec<_> = (0..4u64)
+    let floods: Vec<_> = (0..8u64)
         .map(|k| {
             let done = done.clone();
             std::thread::spawn(move || {
-                let per = FLOOD_TENANTS / 4;
+                let per = FLOOD_TENANTS / 8;
                 flood(port, k * per, per);
                 done.fetch_add(per, Ordering::Relaxed);
             })
@@ -338,15 +388,6 @@ fn hostile_traffic_leaves_other_tenants_exact_and_memory_bounded() {
         FLOOD_TENANTS as f64 / flood_secs
     );
     watch.sample(&mut agent, "tenant flood");
-
-    let per_process = (hard.saturating_sub(200) as usize).min(20_000);
-    let answered = many_connections(nginx.port, connections, per_process);
-    assert_eq!(
-        answered,
-        2 * connections as u64,
-        "requests answered on the held connections"
-    );
-    watch.sample(&mut agent, "many connections");
 
     stop.store(true, Ordering::Relaxed);
     let good_sent = good.join().unwrap();
@@ -373,6 +414,12 @@ fn hostile_traffic_leaves_other_tenants_exact_and_memory_bounded() {
             agent.log()
         );
     }
+    let hostile = ["big", "slow", "unknown"];
+    eprintln!(
+        "hostile: hostile tenants (not asserted): agent {:?} / nginx {:?}",
+        only(&got, &hostile),
+        only(&log, &hostile)
+    );
     // Every flood request is counted, under its own tenant or __overflow__.
     let flood_in_log: u64 = log
         .iter()

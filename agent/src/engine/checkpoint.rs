@@ -613,6 +613,71 @@ mod tests {
     }
 
     #[test]
+    fn kernel_cursor_is_saved_with_the_windows() {
+        let dir = TempDir::new("cursor");
+        let (engine, now) = busy_engine();
+        let cursor = KernelCursor {
+            epoch: 42,
+            consumed: vec![
+                ("avail".into(), "acme".into(), 700, 12_000),
+                ("monthly".into(), "beta".into(), 5, 0),
+            ],
+            slos: HashMap::new(),
+        };
+        let store = StateStore::open(&dir.0).expect("open");
+        store
+            .save_with_cursor(&engine, Some(&cursor), now)
+            .expect("save");
+        let mut restored = Engine::new(slos(CONFIG));
+        let (report, got) = store
+            .restore_with_cursor(&mut restored, now)
+            .expect("restore");
+        assert_eq!(report.restored_series, 4);
+        let mut got = got.expect("a cursor");
+        got.consumed.sort();
+        assert_eq!((got.epoch, &got.consumed), (42, &cursor.consumed));
+        // The cursor knows which SLO definitions its counts were taken with.
+        assert_eq!(got.slos.len(), 2);
+        assert_eq!(
+            got.slos.get("avail"),
+            Some(&engine.slos().get(SloId(0)).unwrap().data_fingerprint)
+        );
+
+        // A save without a cursor clears it: stale counts are never reused.
+        store.save(&engine, now).expect("save");
+        let mut restored = Engine::new(slos(CONFIG));
+        let (_, got) = store
+            .restore_with_cursor(&mut restored, now)
+            .expect("restore");
+        assert_eq!(got, None);
+    }
+
+    #[test]
+    fn reconfigure_keeps_unchanged_slos() {
+        let (mut engine, now) = busy_engine();
+        let before = snapshot_json(&engine, now);
+        // `avail` unchanged but a new objective; `monthly` gets a new SLI.
+        let changed = CONFIG
+            .replace("objective: 99.9", "objective: 99.5")
+            .replace("threshold: 300ms", "threshold: 500ms");
+        let report = engine.reconfigure(slos(&changed), now);
+        assert_eq!(report.kept.len(), 1);
+        assert_eq!((report.kept_series, report.dropped_series), (2, 2));
+        let after = snapshot_json(&engine, now);
+        assert_eq!(after.len(), 2);
+        let acme = |v: &[serde_json::Value]| {
+            v.iter()
+                .find(|s| s["slo_name"] == "avail" && s["tenant"] == "acme")
+                .cloned()
+                .expect("acme")
+        };
+        let (b, a) = (acme(&before), acme(&after));
+        assert_eq!(a["period"]["good"], b["period"]["good"]);
+        assert_eq!(a["period"]["bad"], b["period"]["bad"]);
+        assert_eq!(a["objective"], 99.5);
+    }
+
+    #[test]
     fn restore_after_a_ten_minute_gap() {
         let dir = TempDir::new("gap");
         let mut engine = Engine::new(slos(CONFIG));

@@ -17,6 +17,7 @@ use aya::{
     programs::{
         ProgramInfo, TracePoint,
         links::{FdLink, PinnedLink},
+        trace_point::TracePointLink,
     },
 };
 use burnwatch_common::maps::{
@@ -51,6 +52,10 @@ pub struct Probe {
     /// The maps and programs were already pinned (an agent restart): the
     /// kernel's counts include requests from before this process started.
     pub reused: bool,
+    /// Kernels before 5.15 cannot pin tracepoint links: this process holds
+    /// them, and the programs detach when it exits (restarts lose the
+    /// requests made while no agent runs).
+    _held_links: Vec<TracePointLink>,
 }
 
 /// Programs reached only by tail call (loaded and pinned, never attached),
@@ -72,7 +77,7 @@ impl Probe {
 
         let pins = Pins::new(pin_root, &pins::build_id(EBPF_OBJECT));
         pins.create_dirs()?;
-        let mut probe = match Probe::open_pinned(&pins, true) {
+        let mut probe = match Probe::open_pinned(&pins, true, true) {
             Ok(p) => {
                 info!(pins = %pins.dir.display(), "reusing pinned eBPF programs and maps: counts continue");
                 p
@@ -83,12 +88,18 @@ impl Probe {
                 }
                 pins.remove()?;
                 pins.create_dirs()?;
-                if let Err(e) = load_and_pin(&pins) {
-                    // Unpinning detaches whatever was attached.
-                    let _ = pins.remove();
-                    return Err(e);
-                }
-                Probe::open_pinned(&pins, false)?
+                let held = match load_and_pin(&pins) {
+                    Ok(held) => held,
+                    Err(e) => {
+                        // Unpinning detaches whatever was attached.
+                        let _ = pins.remove();
+                        return Err(e);
+                    }
+                };
+                let links_pinned = held.is_empty();
+                let mut probe = Probe::open_pinned(&pins, false, links_pinned)?;
+                probe._held_links = held;
+                probe
             }
         };
         pins.remove_other_builds();
@@ -98,12 +109,14 @@ impl Probe {
     }
 
     /// Opens every pin this build needs; fails when any is missing.
-    fn open_pinned(pins: &Pins, reused: bool) -> Result<Probe> {
+    fn open_pinned(pins: &Pins, reused: bool, links_pinned: bool) -> Result<Probe> {
         let mut attached = Vec::new();
         for (category, tracepoint, _) in preflight::TRACEPOINTS {
-            let path = pins.link(category, tracepoint);
-            PinnedLink::from_pin(&path)
-                .with_context(|| format!("opening pinned link {}", path.display()))?;
+            if links_pinned {
+                let path = pins.link(category, tracepoint);
+                PinnedLink::from_pin(&path)
+                    .with_context(|| format!("opening pinned link {}", path.display()))?;
+            }
             attached.push(format!("tracepoint:{category}:{tracepoint}"));
         }
         let open = |name: &str| -> Result<(Map, u32)> {
@@ -133,6 +146,7 @@ impl Probe {
             attached,
             counts_epoch: counts_epoch(counts_id),
             reused,
+            _held_links: Vec::new(),
         })
     }
 
@@ -254,7 +268,9 @@ impl Probe {
 
 /// Loads the eBPF object, verifies every program, attaches them all and pins
 /// maps, programs, then links (last: a directory with every link is complete).
-fn load_and_pin(pins: &Pins) -> Result<()> {
+/// Returns the links the kernel cannot pin (before 5.15, tracepoints attach
+/// through perf events without a bpf link): the caller holds them.
+fn load_and_pin(pins: &Pins) -> Result<Vec<TracePointLink>> {
     let mut ebpf = EbpfLoader::new()
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;
@@ -308,14 +324,20 @@ fn load_and_pin(pins: &Pins) -> Result<()> {
         map.pin(pins.map(name))
             .with_context(|| format!("pinning map {name}"))?;
     }
+    if !aya::features().bpf_perf_link() {
+        warn!(
+            "this kernel cannot pin tracepoint links (needs 5.15+): the programs detach when \
+             the agent exits, and requests made while it restarts are not counted"
+        );
+        return Ok(links.into_iter().map(|(_, _, link)| link).collect());
+    }
     for (category, tracepoint, link) in links {
-        let link = FdLink::try_from(link).with_context(|| {
-            format!("tracepoint {category}:{tracepoint} is not a bpf link (kernel < 5.15?)")
-        })?;
+        let link = FdLink::try_from(link)
+            .with_context(|| format!("tracepoint {category}:{tracepoint} is not a bpf link"))?;
         link.pin(pins.link(category, tracepoint))
             .with_context(|| format!("pinning the link of {category}:{tracepoint}"))?;
     }
-    Ok(())
+    Ok(Vec::new())
 }
 
 /// The boot id and the `COUNTS` map id: map ids are not reused within a boot.

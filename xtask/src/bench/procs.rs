@@ -303,6 +303,7 @@ impl Cost {
 
 pub struct Agent {
     child: Child,
+    bin: std::path::PathBuf,
     pub metrics_port: u16,
     cpu: CpuMeter,
     pub dir: TempDir,
@@ -335,6 +336,7 @@ impl Agent {
         let cpu = CpuMeter::attach(child.id());
         let mut agent = Agent {
             child,
+            bin: bin.to_path_buf(),
             metrics_port,
             cpu,
             dir,
@@ -477,6 +479,13 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The agent pins its programs so they outlive it: remove them, or
+        // the "without agent" runs would still have them attached.
+        let _ = Command::new(&self.bin)
+            .args(["uninstall", "--config"])
+            .arg(self.dir.0.join("burnwatch.yaml"))
+            .stdout(Stdio::null())
+            .status();
         self.cpu.release();
     }
 }
