@@ -7,7 +7,8 @@
 //!   bpfel-unknown-none);
 //! - `bpf-linker`, built from crates.io against the LLVM that ships inside
 //!   the nightly toolchain (no prebuilt download exists here);
-//! - Debian packages the tests drive: nginx, curl.
+//! - Debian packages the tests drive: nginx, curl, tmux, chromium...;
+//! - playwright-core (npm, tests/browser) for the status page test.
 
 mod bench;
 
@@ -28,6 +29,9 @@ const APT_PACKAGES: &[&str] = &[
     "python3",
     "nodejs",
     "golang-go",
+    // `burnwatch top` is driven in tmux; the status page in headless Chromium.
+    "tmux",
+    "chromium",
 ];
 
 #[derive(Parser)]
@@ -134,7 +138,79 @@ fn setup() -> Result<()> {
     setup_rust()?;
     setup_bpf_linker()?;
     setup_apt()?;
+    setup_browser_driver()?;
     Ok(())
+}
+
+/// The status page test drives Debian's chromium with playwright-core (npm), installed
+/// from the committed package-lock.json into tests/browser/node_modules. playwright-core
+/// never downloads a browser. Skipped when the locked version is already there.
+fn setup_browser_driver() -> Result<()> {
+    let dir = workspace_root().join("tests/browser");
+    let lock = std::fs::read_to_string(dir.join("package-lock.json"))
+        .context("tests/browser/package-lock.json")?;
+    let installed =
+        std::fs::read_to_string(dir.join("node_modules/playwright-core/package.json"))
+            .unwrap_or_default();
+    let locked_version = |text: &str, after: &str| {
+        text.split(after)
+            .nth(1)
+            .and_then(|rest| rest.split("\"version\": \"").nth(1))
+            .and_then(|v| v.split('"').next())
+            .map(str::to_owned)
+    };
+    let want = locked_version(&lock, "\"node_modules/playwright-core\"");
+    let have = locked_version(&installed, "\"name\": \"playwright-core\"");
+    if want.is_some() && want == have {
+        return Ok(());
+    }
+    if output("npm", &["--version"]).is_none() {
+        bail!("npm is missing (it comes with the Debian package nodejs): cannot install playwright-core");
+    }
+    step(&format!(
+        "installing playwright-core {} into tests/browser (npm ci)",
+        want.as_deref().unwrap_or("?")
+    ));
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(&dir)
+        .status()
+        .context("starting npm")?;
+    if !status.success() {
+        bail!("npm ci in tests/browser failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs `command` and prints how long it has been running every 15 s, so a
+/// build of several minutes does not look like a hang.
+fn status_with_heartbeat(command: &mut Command, what: &str) -> Result<std::process::ExitStatus> {
+    let started = std::time::Instant::now();
+    let mut child = command.spawn().with_context(|| format!("starting {what}"))?;
+    let mut last = started;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            step(&format!(
+                "{what}: finished in {}",
+                elapsed(started.elapsed())
+            ));
+            return Ok(status);
+        }
+        if last.elapsed() >= std::time::Duration::from_secs(15) {
+            last = std::time::Instant::now();
+            step(&format!("{what}: {} elapsed", elapsed(started.elapsed())));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
+fn elapsed(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
 }
 
 fn setup_rust() -> Result<()> {
@@ -194,9 +270,12 @@ fn setup_bpf_linker() -> Result<()> {
         std::os::unix::fs::symlink(libdir.join(&libllvm), &link)?;
     }
     step(&format!(
-        "building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {llvm_major} (takes a few minutes, once)"
+        "building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {llvm_major} \
+         (LLVM_PREFIX={}; a few minutes, once; cargo's progress follows)",
+        prefix.display()
     ));
-    let status = Command::new("cargo")
+    let mut install = Command::new("cargo");
+    install
         .args([
             "install",
             "bpf-linker",
@@ -207,8 +286,8 @@ fn setup_bpf_linker() -> Result<()> {
             "--features",
             &format!("llvm-{llvm_major}"),
         ])
-        .env("LLVM_PREFIX", &prefix)
-        .status()?;
+        .env("LLVM_PREFIX", &prefix);
+    let status = status_with_heartbeat(&mut install, "building bpf-linker")?;
     if !status.success() {
         bail!("building bpf-linker failed ({status})");
     }

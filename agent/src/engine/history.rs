@@ -92,6 +92,11 @@ impl SeriesHistory {
         self.points[(step % SLOTS as u64) as usize] = burns;
     }
 
+    /// The points of a series without any sample yet: all empty.
+    pub fn empty_points(now: u64) -> Vec<(u64, [Option<f64>; WINDOWS.len()])> {
+        SeriesHistory::new(0).points(now)
+    }
+
     /// Points oldest first as (step start unix seconds, burn per [`WINDOWS`]), ending at
     /// the step of `now`; steps without data are `None`.
     pub fn points(&self, now: u64) -> Vec<(u64, [Option<f64>; WINDOWS.len()])> {
@@ -123,7 +128,10 @@ pub struct BurnHistory {
 impl BurnHistory {
     /// Samples the engine's burn rates at `now` (at most every [`SAMPLE_SECS`]).
     pub fn update(&mut self, engine: &Engine, now: u64) {
-        if self.last_sample != 0 && now < self.last_sample + SAMPLE_SECS {
+        // A series the engine created since the last sample is sampled at once, so
+        // the page shows it within a poll.
+        let new_series = engine.series_count() != self.len();
+        if self.last_sample != 0 && now < self.last_sample + SAMPLE_SECS && !new_series {
             return;
         }
         self.last_sample = now;
@@ -155,7 +163,6 @@ impl BurnHistory {
         self.slos.get(slo.index())?.get(tenant)
     }
 
-    #[cfg_attr(not(test), allow(dead_code))] // used by tests
     pub fn len(&self) -> usize {
         self.slos.iter().map(HashMap::len).sum()
     }
