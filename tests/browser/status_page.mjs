@@ -24,7 +24,7 @@ try {
   page.on("request", (r) => requests.push(r.url()));
   await page.goto(url, { waitUntil: "load" });
   await page.waitForSelector("body[data-loaded]", { timeout: 15000 });
-  await page.waitForSelector('.card[data-tenant="acme"] svg path.burn', { timeout: 15000 });
+  await page.waitForSelector('.card[data-tenant="acme"] svg path.burn', { state: "attached", timeout: 15000 });
   const seen = await page.evaluate(() => {
     const cards = [...document.querySelectorAll("#series .card")].map((c) => ({
       slo: c.dataset.slo,

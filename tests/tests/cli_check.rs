@@ -169,7 +169,10 @@ fn long_simulations_report_progress_on_stderr_only() {
         .lines()
         .find(|l| l.starts_with("simulating: ") && l.contains(" of 60d ("))
         .unwrap_or_else(|| panic!("no progress line in {stderr:?}"));
-    assert!(progress.contains("elapsed") && progress.contains("left"), "{progress}");
+    assert!(
+        progress.contains("elapsed") && progress.contains("left"),
+        "{progress}"
+    );
     assert!(stderr.contains("simulating: done in "), "{stderr}");
     let report: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("stdout stays pure JSON");

@@ -44,18 +44,30 @@ fn status_and_gate_read_a_live_agent() {
     let table = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].contains("1 SLOs, 2 series, 1 paging"), "{table}");
     assert!(
-        lines[0].contains("1 SLOs, 2 series, 1 paging"),
+        lines[1].starts_with("SLO") && lines[1].contains("BURN5m"),
         "{table}"
     );
-    assert!(lines[1].starts_with("SLO") && lines[1].contains("BURN5m"), "{table}");
     let acme = lines[2];
-    assert!(acme.starts_with("shop-availability  acme"), "acme first:\n{table}");
-    assert!(acme.contains("page 14.4x 1h/5m") && acme.contains("critical"), "{acme}");
+    assert!(
+        acme.starts_with("shop-availability  acme"),
+        "acme first:\n{table}"
+    );
+    assert!(
+        acme.contains("page 14.4x 1h/5m") && acme.contains("critical"),
+        "{acme}"
+    );
     assert!(acme.contains(" 1000 "), "100% errors burn 1000x: {acme}");
     let globex = lines[3];
-    assert!(globex.contains("globex") && globex.contains("100.0%"), "{globex}");
-    assert!(globex.contains("healthy") && globex.trim_end().ends_with('-'), "{globex}");
+    assert!(
+        globex.contains("globex") && globex.contains("100.0%"),
+        "{globex}"
+    );
+    assert!(
+        globex.contains("healthy") && globex.trim_end().ends_with('-'),
+        "{globex}"
+    );
 
     // --json: the same data for scripts.
     let out = burnwatch(&["status", "--json", "--agent", &url]);
@@ -67,9 +79,9 @@ fn status_and_gate_read_a_live_agent() {
     let burn_5m = first["burn"][0]["burn_rate"].as_f64().expect("5m burn");
     assert!((burn_5m - 1000.0).abs() < 1.0, "{burn_5m}");
     assert!(
-        json["probes_attached"]
-            .as_array()
-            .is_some_and(|p| p.iter().any(|p| p.as_str().is_some_and(|p| p.starts_with("tracepoint:")))),
+        json["probes_attached"].as_array().is_some_and(|p| p
+            .iter()
+            .any(|p| p.as_str().is_some_and(|p| p.starts_with("tracepoint:")))),
         "{json}"
     );
 
@@ -94,30 +106,59 @@ fn status_and_gate_read_a_live_agent() {
 
     // The gate: exit status and reason.
     let out = burnwatch(&[
-        "gate", "--agent", &url, "--slo", "shop-availability", "--tenant", "acme", "--risk",
+        "gate",
+        "--agent",
+        &url,
+        "--slo",
+        "shop-availability",
+        "--tenant",
+        "acme",
+        "--risk",
         "low",
     ]);
-    assert_eq!(out.status.code(), Some(3), "defer while paging: {}", text(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "defer while paging: {}",
+        text(&out.stdout)
+    );
     assert!(
         text(&out.stdout).starts_with("defer: page alert firing"),
         "{}",
         text(&out.stdout)
     );
     let out = burnwatch(&[
-        "gate", "--agent", &url, "--slo", "shop-availability", "--tenant", "globex", "--risk",
+        "gate",
+        "--agent",
+        &url,
+        "--slo",
+        "shop-availability",
+        "--tenant",
+        "globex",
+        "--risk",
         "high",
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
-    assert!(text(&out.stdout).starts_with("approve: "), "{}", text(&out.stdout));
-    let out = burnwatch(&[
-        "gate", "--agent", &url, "--slo", "nope", "--tenant", "acme",
-    ]);
+    assert!(
+        text(&out.stdout).starts_with("approve: "),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = burnwatch(&["gate", "--agent", &url, "--slo", "nope", "--tenant", "acme"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("no SLO named \"nope\""), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no SLO named \"nope\""),
+        "{}",
+        text(&out.stderr)
+    );
 
     // No agent: a clear error, not a hang.
     let dead = format!("http://127.0.0.1:{}", burnwatch_e2e::free_port());
     let out = burnwatch(&["status", "--agent", &dead]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("cannot reach the agent"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("cannot reach the agent"),
+        "{}",
+        text(&out.stderr)
+    );
 }

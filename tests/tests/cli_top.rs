@@ -26,8 +26,7 @@ impl Tmux {
             .expect("tmux is missing: install it (`cargo xtask setup` installs the Debian package tmux)")
     }
     fn screen(&self) -> String {
-        String::from_utf8_lossy(&self.run(&["capture-pane", "-p", "-t", "top"]).stdout)
-            .into_owned()
+        String::from_utf8_lossy(&self.run(&["capture-pane", "-p", "-t", "top"]).stdout).into_owned()
     }
     fn alive(&self) -> bool {
         self.run(&["has-session", "-t", "top"]).status.success()
@@ -62,8 +61,22 @@ slos:\n  - name: shop-availability\n    service: shop\n    objective: 99.9\n    
         burnwatch_e2e::agent::binary().display(),
         agent.metrics_port
     );
-    let out = tmux.run(&["new-session", "-d", "-s", "top", "-x", "180", "-y", "20", &cmd]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "top",
+        "-x",
+        "180",
+        "-y",
+        "20",
+        &cmd,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let screen = wait_for(Duration::from_secs(15), || {
         let s = tmux.screen();
@@ -71,7 +84,10 @@ slos:\n  - name: shop-availability\n    service: shop\n    objective: 99.9\n    
     })
     .unwrap_or_else(|| panic!("top never showed both tenants:\n{}", tmux.screen()));
     assert!(screen.contains("burnwatch top · node"), "{screen}");
-    assert!(screen.contains("BURN5m") && screen.contains("EXHAUSTED IN"), "{screen}");
+    assert!(
+        screen.contains("BURN5m") && screen.contains("EXHAUSTED IN"),
+        "{screen}"
+    );
     let row = |t: &str| {
         screen
             .lines()
@@ -80,7 +96,10 @@ slos:\n  - name: shop-availability\n    service: shop\n    objective: 99.9\n    
     };
     assert!(row("acme") < row("globex"), "sorted by burn:\n{screen}");
     let acme = screen.lines().nth(row("acme")).unwrap_or_default();
-    assert!(acme.contains("page 14.4x 1h/5m") && acme.contains("1000"), "{acme}");
+    assert!(
+        acme.contains("page 14.4x 1h/5m") && acme.contains("1000"),
+        "{acme}"
+    );
     assert!(screen.contains("1 paging"), "{screen}");
 
     // Live: a new tenant shows up without any key press.

@@ -81,14 +81,26 @@ slos:\n  - name: shop-availability\n    service: shop\n    objective: 99.9\n    
     let origin = format!("http://127.0.0.1:{}/", agent.metrics_port);
     for r in seen["requests"].as_array().expect("requests") {
         let r = r.as_str().unwrap_or_default();
-        assert!(r.starts_with(&origin), "external request {r}: no external assets");
+        assert!(
+            r.starts_with(&origin),
+            "external request {r}: no external assets"
+        );
     }
     assert!(
         seen["page_width"].as_f64() <= seen["viewport_width"].as_f64(),
         "no horizontal scrolling on a phone: {seen}"
     );
-    assert!(seen["meta"].as_str().is_some_and(|m| m.starts_with("node ")));
-    assert!(seen["summary"].as_str().is_some_and(|s| s.contains("1 paging")), "{seen}");
+    assert!(
+        seen["meta"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("node "))
+    );
+    assert!(
+        seen["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("1 paging")),
+        "{seen}"
+    );
 
     let cards = seen["cards"].as_array().expect("cards");
     assert_eq!(cards.len(), 2, "{seen}");
@@ -116,7 +128,10 @@ slos:\n  - name: shop-availability\n    service: shop\n    objective: 99.9\n    
         assert_eq!(windows, ["5m", "30m", "1h", "6h"], "{card}");
         for s in sparks {
             assert!(s["points"].as_u64() >= Some(1), "{s}");
-            assert!(s["path"].as_str().is_some_and(|d| d.starts_with('M')), "{s}");
+            assert!(
+                s["path"].as_str().is_some_and(|d| d.starts_with('M')),
+                "{s}"
+            );
             assert!(s["threshold"].as_bool() == Some(true), "{s}");
             assert!(s["rendered_width"].as_f64() > Some(100.0), "{s}");
         }
@@ -133,8 +148,10 @@ slos:\n  - name: shop-availability\n    service: shop\n    objective: 99.9\n    
 
     let slos = seen["slos"].as_array().expect("slos");
     assert!(
-        slos.iter().any(|s| s.as_str().is_some_and(|s| s.contains("shop-availability")
-            && s.contains("page: burn > 14.4x over 1h and 5m"))),
+        slos.iter().any(|s| s
+            .as_str()
+            .is_some_and(|s| s.contains("shop-availability")
+                && s.contains("page: burn > 14.4x over 1h and 5m"))),
         "{seen}"
     );
     let probes = seen["probes"].as_array().expect("probes");

@@ -149,9 +149,8 @@ fn setup_browser_driver() -> Result<()> {
     let dir = workspace_root().join("tests/browser");
     let lock = std::fs::read_to_string(dir.join("package-lock.json"))
         .context("tests/browser/package-lock.json")?;
-    let installed =
-        std::fs::read_to_string(dir.join("node_modules/playwright-core/package.json"))
-            .unwrap_or_default();
+    let installed = std::fs::read_to_string(dir.join("node_modules/playwright-core/package.json"))
+        .unwrap_or_default();
     let locked_version = |text: &str, after: &str| {
         text.split(after)
             .nth(1)
@@ -165,7 +164,9 @@ fn setup_browser_driver() -> Result<()> {
         return Ok(());
     }
     if output("npm", &["--version"]).is_none() {
-        bail!("npm is missing (it comes with the Debian package nodejs): cannot install playwright-core");
+        bail!(
+            "npm is missing (it comes with the Debian package nodejs): cannot install playwright-core"
+        );
     }
     step(&format!(
         "installing playwright-core {} into tests/browser (npm ci)",
@@ -186,7 +187,9 @@ fn setup_browser_driver() -> Result<()> {
 /// build of several minutes does not look like a hang.
 fn status_with_heartbeat(command: &mut Command, what: &str) -> Result<std::process::ExitStatus> {
     let started = std::time::Instant::now();
-    let mut child = command.spawn().with_context(|| format!("starting {what}"))?;
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("starting {what}"))?;
     let mut last = started;
     loop {
         if let Some(status) = child.try_wait()? {

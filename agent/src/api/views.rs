@@ -41,7 +41,9 @@ pub fn detail(
     let id = slos
         .id_of(slo_name)
         .ok_or_else(|| format!("no SLO named {slo_name:?}"))?;
-    let slo = slos.get(id).ok_or_else(|| format!("no SLO named {slo_name:?}"))?;
+    let slo = slos
+        .get(id)
+        .ok_or_else(|| format!("no SLO named {slo_name:?}"))?;
     let snap = st
         .engine
         .snapshot(st.now, id, tenant)

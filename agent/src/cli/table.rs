@@ -43,7 +43,9 @@ pub fn alert(s: &SeriesStatus) -> String {
             format!(
                 "{} {}x {}/{}",
                 f.tier.severity,
-                burn(f.tier.threshold).trim_end_matches('0').trim_end_matches('.'),
+                burn(f.tier.threshold)
+                    .trim_end_matches('0')
+                    .trim_end_matches('.'),
                 f.tier.long,
                 f.tier.short
             )

@@ -5,12 +5,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use ratatui::DefaultTerminal;
+use ratatui::Frame;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::Line;
 use ratatui::widgets::{Block, Cell, Paragraph, Row, Table, TableState};
-use ratatui::Frame;
 
 use super::client::Client;
 use super::table::{self, BURN_WINDOWS, clean};
@@ -178,10 +178,7 @@ fn draw(f: &mut Frame, view: &mut View) {
 
     let footer = match &view.error {
         Some(e) => Line::from(format!("agent unreachable: {e}")).style(Style::new().fg(Color::Red)),
-        None => Line::from(format!(
-            "q quit · ↑↓ select · refresh 1 s · {}",
-            view.agent
-        )),
+        None => Line::from(format!("q quit · ↑↓ select · refresh 1 s · {}", view.agent)),
     };
     f.render_widget(Paragraph::new(footer), foot);
 }

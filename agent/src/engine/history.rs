@@ -66,8 +66,8 @@ pub struct SeriesHistory {
 impl SeriesHistory {
     /// Bytes per series: the boxed points plus the struct.
     #[cfg_attr(not(test), allow(dead_code))] // the memory bound's test
-    pub const BYTES: usize = std::mem::size_of::<[[u16; WINDOWS.len()]; SLOTS]>()
-        + std::mem::size_of::<SeriesHistory>();
+    pub const BYTES: usize =
+        std::mem::size_of::<[[u16; WINDOWS.len()]; SLOTS]>() + std::mem::size_of::<SeriesHistory>();
 
     fn new(step: u64) -> Self {
         SeriesHistory {
@@ -104,8 +104,7 @@ impl SeriesHistory {
         let first = now_step.saturating_sub(SLOTS as u64 - 1);
         (first..=now_step)
             .map(|step| {
-                let in_ring =
-                    step <= self.newest_step && self.newest_step - step < SLOTS as u64;
+                let in_ring = step <= self.newest_step && self.newest_step - step < SLOTS as u64;
                 let raw = if in_ring {
                     self.points[(step % SLOTS as u64) as usize]
                 } else {
@@ -218,7 +217,11 @@ mod tests {
         let start = 1_700_000_100;
         // 7 hours: good traffic, then 100% errors for the last 10 minutes.
         for now in (start..start + 7 * 3_600).step_by(10) {
-            let bad = if now >= start + 7 * 3_600 - 600 { 10 } else { 0 };
+            let bad = if now >= start + 7 * 3_600 - 600 {
+                10
+            } else {
+                0
+            };
             e.record(now, id, "acme", 10 - bad, bad).expect("record");
             e.evaluate(now);
             h.update(&e, now);
