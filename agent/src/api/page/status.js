@@ -16,6 +16,8 @@ function el(tag, cls, text) {
 
 function pct(x) { return (x * 100).toFixed(x < 0.1 && x > -0.1 ? 2 : 1) + "%"; }
 function burn(x) { return x >= 100 ? x.toFixed(0) : x >= 10 ? x.toFixed(1) : x.toFixed(2); }
+// Thresholds: 14.4, 6, 0.233 (no trailing zeros).
+function num(x) { return String(Number(x.toPrecision(3))); }
 
 function duration(secs) {
   if (secs === null || secs === undefined) return "—";
@@ -99,7 +101,9 @@ function seriesCard(s, detail, now) {
   card.appendChild(bar);
   const row = el("div", "row");
   row.appendChild(el("span", "budget", "budget left " + pct(remaining)));
-  row.appendChild(el("span", "tte", "exhausted in " + duration(s.time_to_exhaustion_secs)));
+  const tte = s.time_to_exhaustion_secs;
+  row.appendChild(el("span", "tte", tte === null ? "no bad events in the last hour"
+    : tte <= 0 ? "budget exhausted" : "exhausted in " + duration(tte)));
   card.appendChild(row);
   const row2 = el("div", "row dim");
   row2.appendChild(el("span", "", `objective ${s.objective}% · ${s.service}`));
@@ -109,7 +113,7 @@ function seriesCard(s, detail, now) {
   if (s.firing) {
     const t = s.firing.tier;
     card.appendChild(el("p", "alert " + t.severity,
-      `${t.severity} ${burn(t.threshold)}x over ${t.long}/${t.short} since ${clock(s.firing.since)} (${duration(now - s.firing.since)} ago)`));
+      `${t.severity} ${num(t.threshold)}x over ${t.long}/${t.short} since ${clock(s.firing.since)} (${duration(now - s.firing.since)} ago)`));
   }
 
   const sparks = el("div", "sparks");
@@ -139,7 +143,7 @@ function sloCard(slo) {
   card.appendChild(el("div", "dim", `${slo.service} · ${slo.sli}`));
   const ul = el("ul", "tiers");
   for (const t of slo.tiers) {
-    ul.appendChild(el("li", "", `${t.severity}: burn > ${burn(t.threshold)}x over ${t.long} and ${t.short}`));
+    ul.appendChild(el("li", "", `${t.severity}: burn > ${num(t.threshold)}x over ${t.long} and ${t.short}`));
   }
   card.appendChild(ul);
   return card;
