@@ -117,7 +117,28 @@ fn grpc_metrics_and_alert_log_records() {
         ),
         Some(20.0)
     );
+    assert_eq!(
+        latest(
+            &rotel,
+            "burnwatch_slo_budget_status",
+            &[
+                ("slo", "shop-availability"),
+                ("tenant", "globex"),
+                ("status", "healthy")
+            ]
+        ),
+        Some(1.0)
+    );
     let log = rotel.log();
+    for family in [
+        "burnwatch_slo_burn_rate",
+        "burnwatch_slo_error_budget_remaining_ratio",
+        "burnwatch_slo_low_traffic",
+        "burnwatch_tcp_failures",
+        "burnwatch_dropped_events",
+    ] {
+        assert!(log.contains(&format!("-> Name: {family}\n")), "no {family}");
+    }
     for resource in [
         "service.name: Str(burnwatch)",
         "k8s.node.name: Str(node-a)",

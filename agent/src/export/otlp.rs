@@ -50,6 +50,8 @@ use prost::Message;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use burnwatch_common::maps::{conn_event, counter};
+
 use super::{AlertEvent, SelfStats};
 use crate::config::export::{Otlp, OtlpProtocol, Temporality};
 use crate::engine::TransitionKind;
@@ -577,6 +579,9 @@ impl Exporter {
         let mut burn = Vec::new();
         let mut remaining = Vec::new();
         let mut firing = Vec::new();
+        let mut exhaustion = Vec::new();
+        let mut low_traffic = Vec::new();
+        let mut status = Vec::new();
         for snap in st.engine.snapshots(st.now) {
             let base = || vec![kv("slo", snap.slo_name), kv("tenant", snap.tenant)];
             for (w, stats) in Window::ALL.iter().zip(snap.windows.iter()) {
@@ -603,7 +608,26 @@ impl Exporter {
             if let Some(f) = &snap.firing {
                 let mut a = base();
                 a.push(kv("severity", f.tier.severity.as_str()));
+                a.push(kv("long_window", f.tier.long.label()));
+                a.push(kv("short_window", f.tier.short.label()));
                 firing.push(point(a, number_data_point::Value::AsInt(1), 0));
+            }
+            if let Some(t) = snap.time_to_exhaustion_secs {
+                exhaustion.push(point(base(), number_data_point::Value::AsDouble(t), 0));
+            }
+            low_traffic.push(point(
+                base(),
+                number_data_point::Value::AsInt(i64::from(snap.low_traffic)),
+                0,
+            ));
+            for (s, name) in super::prometheus::STATUSES {
+                let mut a = base();
+                a.push(kv("status", name));
+                status.push(point(
+                    a,
+                    number_data_point::Value::AsInt(i64::from(snap.status == s)),
+                    0,
+                ));
             }
         }
         metrics.push(gauge(
@@ -623,6 +647,72 @@ impl Exporter {
             "1 for the highest multiwindow burn-rate alert tier firing for the (slo, tenant).",
             "1",
             firing,
+        ));
+        metrics.push(gauge(
+            "burnwatch_slo_time_to_exhaustion_seconds",
+            "Time until the error budget is spent at the last hour's burn rate (absent when not burning).",
+            "s",
+            exhaustion,
+        ));
+        metrics.push(gauge(
+            "burnwatch_slo_low_traffic",
+            "1 when the whole period's error budget is less than one event at the observed rate.",
+            "1",
+            low_traffic,
+        ));
+        metrics.push(gauge(
+            "burnwatch_slo_budget_status",
+            "Budget policy status of the (slo, tenant): the current status is 1, the others 0.",
+            "1",
+            status,
+        ));
+        let mut tcp = Vec::new();
+        let mut anomalies = Vec::new();
+        for (service, kind, n) in &st.conn_events.series {
+            let (name, out) = if let Some(name) = conn_event::failure_name(*kind) {
+                (name, &mut tcp)
+            } else if let Some(name) = conn_event::anomaly_name(*kind) {
+                (name, &mut anomalies)
+            } else {
+                continue;
+            };
+            self.value(identity(&("conn", &**service, *kind)), &[*n], &mut scratch);
+            out.push(point(
+                vec![kv("service", service), kv("kind", name)],
+                number_data_point::Value::AsInt(scratch[0] as i64),
+                start,
+            ));
+        }
+        metrics.push(sum(
+            "burnwatch_tcp_failures",
+            "TCP failures the application never reports: resets and refusals on the service's port, connections closed with requests unanswered.",
+            "{event}",
+            tcp,
+            temporality,
+        ));
+        metrics.push(sum(
+            "burnwatch_capture_anomalies",
+            "What the capture could not see or match, per service: how complete each SLI is.",
+            "{event}",
+            anomalies,
+            temporality,
+        ));
+        let mut dropped = Vec::new();
+        for (i, name) in counter::NAMES.iter().enumerate() {
+            let n = st.capture_counters.get(i).copied().unwrap_or(0);
+            self.value(identity(&("dropped", *name)), &[n], &mut scratch);
+            dropped.push(point(
+                vec![kv("reason", name)],
+                number_data_point::Value::AsInt(scratch[0] as i64),
+                start,
+            ));
+        }
+        metrics.push(sum(
+            "burnwatch_dropped_events",
+            "Events the capture lost before attributing them: counts may be low by this much.",
+            "{event}",
+            dropped,
+            temporality,
         ));
         let objectives = st
             .engine
