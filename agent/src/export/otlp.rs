@@ -106,8 +106,7 @@ pub fn start(
         queue: VecDeque::new(),
         started_ns: now_ns(),
         last_export_ns: now_ns(),
-        previous: HashMap::new(),
-        generation: 0,
+        deltas: Deltas::new(config.temporality),
     };
     let task = tokio::spawn(exporter.run(rx, stopped));
     Ok(Handle {
@@ -330,11 +329,7 @@ struct Exporter {
     queue: VecDeque<Export>,
     started_ns: u64,
     last_export_ns: u64,
-    /// Delta temporality: the cumulative values last exported, per data
-    /// point identity, with the generation they were last seen in (points
-    /// that disappear are forgotten).
-    previous: HashMap<u64, (u64, Vec<u64>)>,
-    generation: u64,
+    deltas: Deltas,
 }
 
 impl Exporter {
@@ -428,32 +423,9 @@ impl Exporter {
         }
     }
 
-    /// For delta temporality: the increase of `current` since the last
-    /// export of the same point (the whole value for a new point or after a
-    /// reset). Cumulative: `current` itself.
-    fn value(&mut self, identity: u64, current: &[u64], out: &mut Vec<u64>) {
-        out.clear();
-        if self.temporality == Temporality::Cumulative {
-            out.extend_from_slice(current);
-            return;
-        }
-        let entry = self
-            .previous
-            .entry(identity)
-            .or_insert_with(|| (0, vec![0; current.len()]));
-        entry.0 = self.generation;
-        let reset =
-            entry.1.len() != current.len() || current.iter().zip(&entry.1).any(|(c, p)| c < p);
-        for (i, c) in current.iter().enumerate() {
-            out.push(if reset { *c } else { c - entry.1[i] });
-        }
-        entry.1.clear();
-        entry.1.extend_from_slice(current);
-    }
-
     fn metrics_export(&mut self) -> ExportMetricsServiceRequest {
         let now = now_ns();
-        self.generation += 1;
+        self.deltas.begin_round();
         let start = match self.temporality {
             Temporality::Cumulative => self.started_ns,
             Temporality::Delta => self.last_export_ns,
@@ -486,7 +458,7 @@ impl Exporter {
                 kv("method", s.labels.method),
                 kv("status_code", &status),
             ];
-            self.value(
+            self.deltas.value(
                 identity(&(
                     "req",
                     &s.labels.service,
@@ -517,7 +489,7 @@ impl Exporter {
             let mut current: Vec<u64> = l.buckets.to_vec();
             current.push(l.count);
             current.push(l.sum_ns);
-            self.value(
+            self.deltas.value(
                 identity(&("lat", &l.service, &l.tenant)),
                 &current,
                 &mut scratch,
@@ -552,7 +524,7 @@ impl Exporter {
                 continue;
             };
             for (outcome, n) in [("good", good), ("bad", bad)] {
-                self.value(
+                self.deltas.value(
                     identity(&("slo", &*slo.name, tenant, outcome)),
                     &[*n],
                     &mut scratch,
@@ -676,7 +648,8 @@ impl Exporter {
             } else {
                 continue;
             };
-            self.value(identity(&("conn", &**service, *kind)), &[*n], &mut scratch);
+            self.deltas
+                .value(identity(&("conn", &**service, *kind)), &[*n], &mut scratch);
             out.push(point(
                 vec![kv("service", service), kv("kind", name)],
                 number_data_point::Value::AsInt(scratch[0] as i64),
@@ -700,7 +673,8 @@ impl Exporter {
         let mut dropped = Vec::new();
         for (i, name) in counter::NAMES.iter().enumerate() {
             let n = st.capture_counters.get(i).copied().unwrap_or(0);
-            self.value(identity(&("dropped", *name)), &[n], &mut scratch);
+            self.deltas
+                .value(identity(&("dropped", *name)), &[n], &mut scratch);
             dropped.push(point(
                 vec![kv("reason", name)],
                 number_data_point::Value::AsInt(scratch[0] as i64),
@@ -733,8 +707,7 @@ impl Exporter {
             objectives,
         ));
         drop(st);
-        let generation = self.generation;
-        self.previous.retain(|_, (g, _)| *g == generation);
+        self.deltas.end_round();
 
         ExportMetricsServiceRequest {
             resource_metrics: vec![ResourceMetrics {
@@ -814,6 +787,58 @@ impl Exporter {
     }
 }
 
+/// Values of counter data points as exported: cumulative as read, or for
+/// delta temporality the increase since the previous export of the same
+/// point (the whole value for a new point or after a counter reset).
+struct Deltas {
+    temporality: Temporality,
+    /// Cumulative values last exported per point identity, with the round
+    /// they were last seen in (points that disappear are forgotten, so
+    /// memory follows the live series).
+    previous: HashMap<u64, (u64, Vec<u64>)>,
+    round: u64,
+}
+
+impl Deltas {
+    fn new(temporality: Temporality) -> Self {
+        Deltas {
+            temporality,
+            previous: HashMap::new(),
+            round: 0,
+        }
+    }
+
+    fn begin_round(&mut self) {
+        self.round += 1;
+    }
+
+    fn end_round(&mut self) {
+        let round = self.round;
+        self.previous.retain(|_, (r, _)| *r == round);
+    }
+
+    /// Writes the exported values of the point `identity` into `out`.
+    fn value(&mut self, identity: u64, current: &[u64], out: &mut Vec<u64>) {
+        out.clear();
+        if self.temporality == Temporality::Cumulative {
+            out.extend_from_slice(current);
+            return;
+        }
+        let entry = self
+            .previous
+            .entry(identity)
+            .or_insert_with(|| (0, vec![0; current.len()]));
+        entry.0 = self.round;
+        let reset =
+            entry.1.len() != current.len() || current.iter().zip(&entry.1).any(|(c, p)| c < p);
+        for (i, c) in current.iter().enumerate() {
+            out.push(if reset { *c } else { c - entry.1[i] });
+        }
+        entry.1.clear();
+        entry.1.extend_from_slice(current);
+    }
+}
+
 fn identity(key: &impl Hash) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     key.hash(&mut h);
@@ -849,5 +874,74 @@ fn gauge(name: &str, description: &str, unit: &str, points: Vec<NumberDataPoint>
             data_points: points,
         })),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(d: &mut Deltas, points: &[(u64, &[u64])]) -> Vec<Vec<u64>> {
+        d.begin_round();
+        let mut out = Vec::new();
+        let got = points
+            .iter()
+            .map(|(id, v)| {
+                d.value(*id, v, &mut out);
+                out.clone()
+            })
+            .collect();
+        d.end_round();
+        got
+    }
+
+    #[test]
+    fn delta_is_the_increase_since_the_last_export() {
+        let mut d = Deltas::new(Temporality::Delta);
+        assert_eq!(round(&mut d, &[(1, &[10, 2])]), [vec![10, 2]]);
+        assert_eq!(round(&mut d, &[(1, &[15, 2])]), [vec![5, 0]]);
+        // A counter that went down was reset: its whole value is new.
+        assert_eq!(round(&mut d, &[(1, &[3, 2])]), [vec![3, 2]]);
+        // A point missing from a round is forgotten; back, it starts over.
+        assert_eq!(round(&mut d, &[(2, &[7])]), [vec![7]]);
+        assert_eq!(d.previous.len(), 1);
+        assert_eq!(
+            round(&mut d, &[(1, &[4, 2]), (2, &[9])]),
+            [vec![4, 2], vec![2]]
+        );
+    }
+
+    #[test]
+    fn cumulative_passes_values_through() {
+        let mut d = Deltas::new(Temporality::Cumulative);
+        assert_eq!(round(&mut d, &[(1, &[10])]), [vec![10]]);
+        assert_eq!(round(&mut d, &[(1, &[15])]), [vec![15]]);
+        assert!(d.previous.is_empty());
+    }
+
+    #[test]
+    fn resource_names_the_node() {
+        let r = resource(&[("environment", "prod".into()), ("node", "n1".into())]);
+        let get = |k: &str| {
+            r.attributes
+                .iter()
+                .find(|a| a.key == k)
+                .and_then(|a| a.value.clone())
+                .and_then(|v| v.value)
+        };
+        assert_eq!(
+            get("service.name"),
+            Some(any_value::Value::StringValue("burnwatch".into()))
+        );
+        assert_eq!(
+            get("deployment.environment.name"),
+            Some(any_value::Value::StringValue("prod".into()))
+        );
+        if std::env::var_os("K8S_NODE_NAME").is_none() && std::env::var_os("NODE_NAME").is_none() {
+            assert_eq!(
+                get("k8s.node.name"),
+                Some(any_value::Value::StringValue("n1".into()))
+            );
+        }
     }
 }
