@@ -117,7 +117,28 @@ fn grpc_metrics_and_alert_log_records() {
         ),
         Some(20.0)
     );
+    assert_eq!(
+        latest(
+            &rotel,
+            "burnwatch_slo_budget_status",
+            &[
+                ("slo", "shop-availability"),
+                ("tenant", "globex"),
+                ("status", "healthy")
+            ]
+        ),
+        Some(1.0)
+    );
     let log = rotel.log();
+    for family in [
+        "burnwatch_slo_burn_rate",
+        "burnwatch_slo_error_budget_remaining_ratio",
+        "burnwatch_slo_low_traffic",
+        "burnwatch_tcp_failures",
+        "burnwatch_dropped_events",
+    ] {
+        assert!(log.contains(&format!("-> Name: {family}\n")), "no {family}");
+    }
     for resource in [
         "service.name: Str(burnwatch)",
         "k8s.node.name: Str(node-a)",
@@ -177,33 +198,38 @@ fn http_delta_survives_a_collector_outage() {
     for _ in 0..10 {
         assert_eq!(c.request("GET", "/ok", Some("acme")).status, 200);
     }
-    // Exports pile up beyond the queue of 2: dropped and counted, while
-    // /metrics keeps serving and counting.
-    let dropped = wait_for(Duration::from_secs(20), || {
-        let e = agent.scrape();
-        let d = e.sum(
+    // /metrics keeps serving and counting while the collector is down.
+    let dropped = |e: &burnwatch_e2e::exposition::Exposition| {
+        e.sum(
             "burnwatch_export_dropped_total",
             &[("exporter", "otlp"), ("signal", "metrics")],
-        );
-        (d >= 4.0).then_some(e)
+        )
+    };
+    let seen = wait_for(Duration::from_secs(20), || {
+        let e = agent.scrape();
+        (e.sum(
+            "burnwatch_http_requests_total",
+            &[("service", "shop"), ("tenant", "acme")],
+        ) == 10.0)
+            .then_some(e)
+    })
+    .unwrap_or_else(|| panic!("requests not counted:\n{}", agent.log()));
+    // The export holding those 10 requests is built at the next tick; with
+    // a queue of 2, three more drops guarantee it was among the dropped.
+    let before = dropped(&seen);
+    let after = wait_for(Duration::from_secs(30), || {
+        let e = agent.scrape();
+        (dropped(&e) >= before + 3.0).then_some(e)
     })
     .unwrap_or_else(|| panic!("no drops counted:\n{}", agent.log()));
     assert!(
-        dropped.sum(
+        after.sum(
             "burnwatch_export_failures_total",
             &[("exporter", "otlp"), ("signal", "metrics")]
         ) >= 1.0
     );
-    assert_eq!(
-        dropped.sum(
-            "burnwatch_http_requests_total",
-            &[("service", "shop"), ("tenant", "acme")]
-        ),
-        10.0
-    );
 
-    // The collector comes up: the agent recovers (backoff is at most 30 s,
-    // here a few seconds). The export holding the first 10 requests was
+    // The collector comes up: the agent recovers (backoff is at most 30 s). The export holding the first 10 requests was
     // dropped, so with delta temporality the collector sees only the 5 new
     // ones.
     let rotel = Rotel::start_on(grpc_port, http_port);
@@ -224,7 +250,7 @@ fn http_delta_survives_a_collector_outage() {
             .map(|(_, v)| v)
             .sum()
     };
-    let got = wait_for(Duration::from_secs(45), || (sum() == 5.0).then_some(()));
+    let got = wait_for(Duration::from_secs(90), || (sum() == 5.0).then_some(()));
     assert!(
         got.is_some(),
         "deltas received sum to {}, want 5; agent log:\n{}",

@@ -50,6 +50,8 @@ use prost::Message;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use burnwatch_common::maps::{conn_event, counter};
+
 use super::{AlertEvent, SelfStats};
 use crate::config::export::{Otlp, OtlpProtocol, Temporality};
 use crate::engine::TransitionKind;
@@ -104,8 +106,7 @@ pub fn start(
         queue: VecDeque::new(),
         started_ns: now_ns(),
         last_export_ns: now_ns(),
-        previous: HashMap::new(),
-        generation: 0,
+        deltas: Deltas::new(config.temporality),
     };
     let task = tokio::spawn(exporter.run(rx, stopped));
     Ok(Handle {
@@ -328,11 +329,7 @@ struct Exporter {
     queue: VecDeque<Export>,
     started_ns: u64,
     last_export_ns: u64,
-    /// Delta temporality: the cumulative values last exported, per data
-    /// point identity, with the generation they were last seen in (points
-    /// that disappear are forgotten).
-    previous: HashMap<u64, (u64, Vec<u64>)>,
-    generation: u64,
+    deltas: Deltas,
 }
 
 impl Exporter {
@@ -426,32 +423,9 @@ impl Exporter {
         }
     }
 
-    /// For delta temporality: the increase of `current` since the last
-    /// export of the same point (the whole value for a new point or after a
-    /// reset). Cumulative: `current` itself.
-    fn value(&mut self, identity: u64, current: &[u64], out: &mut Vec<u64>) {
-        out.clear();
-        if self.temporality == Temporality::Cumulative {
-            out.extend_from_slice(current);
-            return;
-        }
-        let entry = self
-            .previous
-            .entry(identity)
-            .or_insert_with(|| (0, vec![0; current.len()]));
-        entry.0 = self.generation;
-        let reset =
-            entry.1.len() != current.len() || current.iter().zip(&entry.1).any(|(c, p)| c < p);
-        for (i, c) in current.iter().enumerate() {
-            out.push(if reset { *c } else { c - entry.1[i] });
-        }
-        entry.1.clear();
-        entry.1.extend_from_slice(current);
-    }
-
     fn metrics_export(&mut self) -> ExportMetricsServiceRequest {
         let now = now_ns();
-        self.generation += 1;
+        self.deltas.begin_round();
         let start = match self.temporality {
             Temporality::Cumulative => self.started_ns,
             Temporality::Delta => self.last_export_ns,
@@ -484,7 +458,7 @@ impl Exporter {
                 kv("method", s.labels.method),
                 kv("status_code", &status),
             ];
-            self.value(
+            self.deltas.value(
                 identity(&(
                     "req",
                     &s.labels.service,
@@ -515,7 +489,7 @@ impl Exporter {
             let mut current: Vec<u64> = l.buckets.to_vec();
             current.push(l.count);
             current.push(l.sum_ns);
-            self.value(
+            self.deltas.value(
                 identity(&("lat", &l.service, &l.tenant)),
                 &current,
                 &mut scratch,
@@ -550,7 +524,7 @@ impl Exporter {
                 continue;
             };
             for (outcome, n) in [("good", good), ("bad", bad)] {
-                self.value(
+                self.deltas.value(
                     identity(&("slo", &*slo.name, tenant, outcome)),
                     &[*n],
                     &mut scratch,
@@ -577,6 +551,9 @@ impl Exporter {
         let mut burn = Vec::new();
         let mut remaining = Vec::new();
         let mut firing = Vec::new();
+        let mut exhaustion = Vec::new();
+        let mut low_traffic = Vec::new();
+        let mut status = Vec::new();
         for snap in st.engine.snapshots(st.now) {
             let base = || vec![kv("slo", snap.slo_name), kv("tenant", snap.tenant)];
             for (w, stats) in Window::ALL.iter().zip(snap.windows.iter()) {
@@ -603,7 +580,26 @@ impl Exporter {
             if let Some(f) = &snap.firing {
                 let mut a = base();
                 a.push(kv("severity", f.tier.severity.as_str()));
+                a.push(kv("long_window", f.tier.long.label()));
+                a.push(kv("short_window", f.tier.short.label()));
                 firing.push(point(a, number_data_point::Value::AsInt(1), 0));
+            }
+            if let Some(t) = snap.time_to_exhaustion_secs {
+                exhaustion.push(point(base(), number_data_point::Value::AsDouble(t), 0));
+            }
+            low_traffic.push(point(
+                base(),
+                number_data_point::Value::AsInt(i64::from(snap.low_traffic)),
+                0,
+            ));
+            for (s, name) in super::prometheus::STATUSES {
+                let mut a = base();
+                a.push(kv("status", name));
+                status.push(point(
+                    a,
+                    number_data_point::Value::AsInt(i64::from(snap.status == s)),
+                    0,
+                ));
             }
         }
         metrics.push(gauge(
@@ -624,6 +620,74 @@ impl Exporter {
             "1",
             firing,
         ));
+        metrics.push(gauge(
+            "burnwatch_slo_time_to_exhaustion_seconds",
+            "Time until the error budget is spent at the last hour's burn rate (absent when not burning).",
+            "s",
+            exhaustion,
+        ));
+        metrics.push(gauge(
+            "burnwatch_slo_low_traffic",
+            "1 when the whole period's error budget is less than one event at the observed rate.",
+            "1",
+            low_traffic,
+        ));
+        metrics.push(gauge(
+            "burnwatch_slo_budget_status",
+            "Budget policy status of the (slo, tenant): the current status is 1, the others 0.",
+            "1",
+            status,
+        ));
+        let mut tcp = Vec::new();
+        let mut anomalies = Vec::new();
+        for (service, kind, n) in &st.conn_events.series {
+            let (name, out) = if let Some(name) = conn_event::failure_name(*kind) {
+                (name, &mut tcp)
+            } else if let Some(name) = conn_event::anomaly_name(*kind) {
+                (name, &mut anomalies)
+            } else {
+                continue;
+            };
+            self.deltas
+                .value(identity(&("conn", &**service, *kind)), &[*n], &mut scratch);
+            out.push(point(
+                vec![kv("service", service), kv("kind", name)],
+                number_data_point::Value::AsInt(scratch[0] as i64),
+                start,
+            ));
+        }
+        metrics.push(sum(
+            "burnwatch_tcp_failures",
+            "TCP failures the application never reports: resets and refusals on the service's port, connections closed with requests unanswered.",
+            "{event}",
+            tcp,
+            temporality,
+        ));
+        metrics.push(sum(
+            "burnwatch_capture_anomalies",
+            "What the capture could not see or match, per service: how complete each SLI is.",
+            "{event}",
+            anomalies,
+            temporality,
+        ));
+        let mut dropped = Vec::new();
+        for (i, name) in counter::NAMES.iter().enumerate() {
+            let n = st.capture_counters.get(i).copied().unwrap_or(0);
+            self.deltas
+                .value(identity(&("dropped", *name)), &[n], &mut scratch);
+            dropped.push(point(
+                vec![kv("reason", name)],
+                number_data_point::Value::AsInt(scratch[0] as i64),
+                start,
+            ));
+        }
+        metrics.push(sum(
+            "burnwatch_dropped_events",
+            "Events the capture lost before attributing them: counts may be low by this much.",
+            "{event}",
+            dropped,
+            temporality,
+        ));
         let objectives = st
             .engine
             .slos()
@@ -643,8 +707,7 @@ impl Exporter {
             objectives,
         ));
         drop(st);
-        let generation = self.generation;
-        self.previous.retain(|_, (g, _)| *g == generation);
+        self.deltas.end_round();
 
         ExportMetricsServiceRequest {
             resource_metrics: vec![ResourceMetrics {
@@ -724,6 +787,58 @@ impl Exporter {
     }
 }
 
+/// Values of counter data points as exported: cumulative as read, or for
+/// delta temporality the increase since the previous export of the same
+/// point (the whole value for a new point or after a counter reset).
+struct Deltas {
+    temporality: Temporality,
+    /// Cumulative values last exported per point identity, with the round
+    /// they were last seen in (points that disappear are forgotten, so
+    /// memory follows the live series).
+    previous: HashMap<u64, (u64, Vec<u64>)>,
+    round: u64,
+}
+
+impl Deltas {
+    fn new(temporality: Temporality) -> Self {
+        Deltas {
+            temporality,
+            previous: HashMap::new(),
+            round: 0,
+        }
+    }
+
+    fn begin_round(&mut self) {
+        self.round += 1;
+    }
+
+    fn end_round(&mut self) {
+        let round = self.round;
+        self.previous.retain(|_, (r, _)| *r == round);
+    }
+
+    /// Writes the exported values of the point `identity` into `out`.
+    fn value(&mut self, identity: u64, current: &[u64], out: &mut Vec<u64>) {
+        out.clear();
+        if self.temporality == Temporality::Cumulative {
+            out.extend_from_slice(current);
+            return;
+        }
+        let entry = self
+            .previous
+            .entry(identity)
+            .or_insert_with(|| (0, vec![0; current.len()]));
+        entry.0 = self.round;
+        let reset =
+            entry.1.len() != current.len() || current.iter().zip(&entry.1).any(|(c, p)| c < p);
+        for (i, c) in current.iter().enumerate() {
+            out.push(if reset { *c } else { c - entry.1[i] });
+        }
+        entry.1.clear();
+        entry.1.extend_from_slice(current);
+    }
+}
+
 fn identity(key: &impl Hash) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     key.hash(&mut h);
@@ -759,5 +874,74 @@ fn gauge(name: &str, description: &str, unit: &str, points: Vec<NumberDataPoint>
             data_points: points,
         })),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round(d: &mut Deltas, points: &[(u64, &[u64])]) -> Vec<Vec<u64>> {
+        d.begin_round();
+        let mut out = Vec::new();
+        let got = points
+            .iter()
+            .map(|(id, v)| {
+                d.value(*id, v, &mut out);
+                out.clone()
+            })
+            .collect();
+        d.end_round();
+        got
+    }
+
+    #[test]
+    fn delta_is_the_increase_since_the_last_export() {
+        let mut d = Deltas::new(Temporality::Delta);
+        assert_eq!(round(&mut d, &[(1, &[10, 2])]), [vec![10, 2]]);
+        assert_eq!(round(&mut d, &[(1, &[15, 2])]), [vec![5, 0]]);
+        // A counter that went down was reset: its whole value is new.
+        assert_eq!(round(&mut d, &[(1, &[3, 2])]), [vec![3, 2]]);
+        // A point missing from a round is forgotten; back, it starts over.
+        assert_eq!(round(&mut d, &[(2, &[7])]), [vec![7]]);
+        assert_eq!(d.previous.len(), 1);
+        assert_eq!(
+            round(&mut d, &[(1, &[4, 2]), (2, &[9])]),
+            [vec![4, 2], vec![2]]
+        );
+    }
+
+    #[test]
+    fn cumulative_passes_values_through() {
+        let mut d = Deltas::new(Temporality::Cumulative);
+        assert_eq!(round(&mut d, &[(1, &[10])]), [vec![10]]);
+        assert_eq!(round(&mut d, &[(1, &[15])]), [vec![15]]);
+        assert!(d.previous.is_empty());
+    }
+
+    #[test]
+    fn resource_names_the_node() {
+        let r = resource(&[("environment", "prod".into()), ("node", "n1".into())]);
+        let get = |k: &str| {
+            r.attributes
+                .iter()
+                .find(|a| a.key == k)
+                .and_then(|a| a.value.clone())
+                .and_then(|v| v.value)
+        };
+        assert_eq!(
+            get("service.name"),
+            Some(any_value::Value::StringValue("burnwatch".into()))
+        );
+        assert_eq!(
+            get("deployment.environment.name"),
+            Some(any_value::Value::StringValue("prod".into()))
+        );
+        if std::env::var_os("K8S_NODE_NAME").is_none() && std::env::var_os("NODE_NAME").is_none() {
+            assert_eq!(
+                get("k8s.node.name"),
+                Some(any_value::Value::StringValue("n1".into()))
+            );
+        }
     }
 }

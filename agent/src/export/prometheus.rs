@@ -361,7 +361,7 @@ fn encode_self_stats(s: &SelfStats, enc: &mut DescriptorEncoder) -> Result<(), f
     Ok(())
 }
 
-const STATUSES: [(BudgetStatus, &str); 5] = [
+pub(crate) const STATUSES: [(BudgetStatus, &str); 5] = [
     (BudgetStatus::Healthy, "healthy"),
     (BudgetStatus::Attention, "attention"),
     (BudgetStatus::Warning, "warning"),
