@@ -194,10 +194,10 @@ impl ProcessMatcher {
                 continue;
             };
             alive.push(pid);
-            if full || !self.known.contains_key(&pid) {
-                if let Some(info) = read_process(&self.proc_root, pid) {
-                    self.known.insert(pid, info);
-                }
+            if (full || !self.known.contains_key(&pid))
+                && let Some(info) = read_process(&self.proc_root, pid)
+            {
+                self.known.insert(pid, info);
             }
         }
         alive.sort_unstable();
