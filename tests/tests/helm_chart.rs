@@ -472,14 +472,17 @@ fn rendered_config_is_accepted_by_burnwatch_check() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(
-            stdout.contains("prometheus: http://0.0.0.0:9464/metrics"),
+            stdout.contains("metrics http://0.0.0.0:9464/metrics"),
             "{name}: {stdout}"
         );
         if name == "all-optional" {
             assert!(
-                stdout.contains(
-                    "service checkout: pods in namespace shop, pods labelled app=checkout"
-                ),
+                stdout
+                    .lines()
+                    .any(|l| l.trim_start().starts_with("checkout")
+                        && l.ends_with(
+                            "server side: pods in namespace shop, pods labelled app=checkout"
+                        )),
                 "{stdout}"
             );
         }
