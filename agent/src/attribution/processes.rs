@@ -22,16 +22,16 @@ use burnwatch_common::maps::{CLIENT_ID_BASE, MatchKey, config_flags, match_kind,
 
 use crate::config::{Config, Match};
 
-/// Where the cgroup v2 hierarchy is mounted: `/sys/fs/cgroup` on unified
-/// hosts, `/sys/fs/cgroup/unified` on hybrid (v1 + v2) ones.
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` on unified
+/// hosts, `/sys/fs/cgroup/unified` on hybrid ones), from this process's
+/// mountinfo.
 pub fn cgroup_v2_root() -> PathBuf {
-    let unified = Path::new("/sys/fs/cgroup");
-    if unified.join("cgroup.controllers").exists() {
-        unified.to_path_buf()
-    } else {
-        unified.join("unified")
-    }
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|m| super::cgroup::cgroup2_mount(&m))
+        .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"))
 }
+
 /// Every this many refreshes, known processes are read again (an `exec`
 /// changes a process's exe and comm without changing its pid).
 const FULL_RESCAN_EVERY: u32 = 10;
@@ -259,7 +259,7 @@ fn walk_cgroups(root: &Path, rel: &str, out: &mut Vec<(String, u64)>) {
     } else {
         root.join(&rel[1..])
     };
-    let Ok(md) = std::fs::metadata(&dir) else {
+    let Ok(id) = super::cgroup::cgroup_id(&dir) else {
         return;
     };
     out.push((
@@ -268,7 +268,7 @@ fn walk_cgroups(root: &Path, rel: &str, out: &mut Vec<(String, u64)>) {
         } else {
             rel.to_string()
         },
-        md.ino(),
+        id,
     ));
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return;
