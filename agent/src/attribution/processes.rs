@@ -15,7 +15,6 @@
 //! - a client matcher of only `port` becomes one `PORT` entry.
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use burnwatch_common::maps::{CLIENT_ID_BASE, MatchKey, config_flags, match_kind, role};
