@@ -337,9 +337,9 @@ mod tests {
             "services:\n  - name: web\n    match: {cgroup: /system.slice/nginx}\n",
         ));
         m.cgroup_root = root.path().to_path_buf();
-        let ino = std::fs::metadata(root.path().join("system.slice/nginx.service"))
-            .unwrap()
-            .ino();
+        let ino = std::os::unix::fs::MetadataExt::ino(
+            &std::fs::metadata(root.path().join("system.slice/nginx.service")).unwrap(),
+        );
         let e = m.entries();
         assert_eq!(e.len(), 1, "{e:?}");
         assert_eq!(
