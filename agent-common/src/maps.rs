@@ -217,6 +217,10 @@ pub struct RequestKey {
     /// Client side: the upstream's address, IPv4-mapped IPv6 for IPv4
     /// (zero on the server side).
     pub peer_addr: [u8; 16],
+    /// The cgroup v2 id of the process that made the connection's state,
+    /// with [`config_flags::KEY_BY_CGROUP`] (Kubernetes: userspace turns it
+    /// into namespace, pod and workload); 0 otherwise.
+    pub cgroup_id: u64,
     pub tenant: [u8; TENANT_MAX],
 }
 
@@ -267,6 +271,8 @@ pub struct ConnState {
     /// the generation, and ignored connections are looked at again.
     pub generation: u32,
     pub peer_addr: [u8; 16],
+    /// See [`RequestKey::cgroup_id`].
+    pub cgroup_id: u64,
     pub requests: RequestStream,
 }
 
@@ -373,6 +379,9 @@ pub mod config_flags {
     pub const MATCH_CGROUP: u32 = 8;
     pub const MATCH_COMM: u32 = 16;
     pub const MATCH_PORT: u32 = 32;
+    /// Series are keyed by the serving process's cgroup id too (set when
+    /// pods are attributed; without it every key's `cgroup_id` is 0).
+    pub const KEY_BY_CGROUP: u32 = 64;
 }
 
 /// The single entry of the `CONFIG` array map. Userspace may rewrite it at

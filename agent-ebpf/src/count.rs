@@ -78,6 +78,7 @@ pub fn count_request(conn: &ConnState, req: &PendingRequest, cfg: &AgentConfig, 
     key.peer_port = conn.peer_port;
     key._pad2 = 0;
     key.peer_addr = conn.peer_addr;
+    key.cgroup_id = conn.cgroup_id;
     key.tenant = req.tenant;
     // Bytes past the length may hold trimmed blanks: zero them so equal
     // tenants make equal keys. Word by word: 8 steps, not 64.

@@ -399,6 +399,12 @@ fn blank_conn(cfg: &AgentConfig) -> Option<&'static mut ConnState> {
     conn._pad2 = 0;
     conn.generation = cfg.match_generation;
     conn.peer_addr = [0; 16];
+    // Read once per connection, and only when pods are attributed.
+    conn.cgroup_id = if cfg.flags & config_flags::KEY_BY_CGROUP != 0 {
+        unsafe { bpf_get_current_cgroup_id() }
+    } else {
+        0
+    };
     conn.requests = RequestStream::new();
     Some(conn)
 }

@@ -16,6 +16,7 @@ use anyhow::Result;
 use tracing::{error, info, warn};
 
 use crate::attribution::ServiceNames;
+use crate::attribution::pods::PodDirectory;
 use crate::attribution::processes::ProcessMatcher;
 use crate::config::Config;
 use crate::engine::state::AgentState;
@@ -68,6 +69,7 @@ pub struct Running<'a> {
     pub names: &'a mut ServiceNames,
     pub missing: &'a mut Arc<str>,
     pub matcher: &'a mut ProcessMatcher,
+    pub pods: &'a PodDirectory,
 }
 
 /// Loads `path` and applies it; on any error the running config stays and
@@ -122,13 +124,14 @@ fn apply(mut new: Config, r: Running<'_>) -> Result<()> {
     let (kcfg, ports) = crate::run::kernel_config(&new)?;
     r.probe.configure(&kcfg, &ports)?;
     *r.matcher = ProcessMatcher::new(&new);
-    r.probe.sync_matches(&r.matcher.entries())?;
+    r.probe.sync_matches(&r.matcher.entries(r.pods))?;
     *r.names = ServiceNames::new(new.services.iter().map(|s| s.name.clone()))
         .with_clients(new.clients.iter().map(|s| s.name.clone()));
     *r.missing = Arc::from(new.tenant.missing.as_str());
     let report = {
         let mut st = r.state.write().unwrap_or_else(|e| e.into_inner());
         let now = st.now;
+        st.requests.set_tenant_rule(&new.tenant);
         st.reconfigure(
             new.slo_set(),
             new.tenant.max_per_service,

@@ -10,6 +10,7 @@ use burnwatch_common::maps::{AgentConfig, LATENCY_BUCKETS, config_flags, role};
 use tracing::{error, info, warn};
 
 use crate::attribution::ServiceNames;
+use crate::attribution::pods::PodDirectory;
 use crate::attribution::processes::ProcessMatcher;
 use crate::config::{Config, TenantFrom};
 use crate::engine::state::AgentState;
@@ -72,6 +73,10 @@ pub fn kernel_config(config: &Config) -> Result<(AgentConfig, Vec<(u16, u32)>)> 
     }
     if !config.clients.is_empty() {
         flags |= config_flags::CLIENTS;
+    }
+    if crate::attribution::kubernetes::node_name().is_some() {
+        // Series carry the serving pod (namespace, pod, workload).
+        flags |= config_flags::KEY_BY_CGROUP;
     }
     // Services matched by port alone; the others go through `MATCHES`.
     let ports = config
@@ -188,8 +193,14 @@ async fn run_async(config: Config, config_path: Option<&Path>, cleanup: bool) ->
     let (mut config, hasher) = crate::export::tenant_hashing(config)?;
     let (kcfg, ports) = kernel_config(&config)?;
     let mut probe = Probe::load(&kcfg, &ports, &config.state.bpffs_dir)?;
+    // Pod and namespace index (Kubernetes only; logs once and carries on
+    // without an API), joined to the kernel's cgroup ids.
+    let mut pods = PodDirectory::new(
+        crate::attribution::kubernetes::spawn_from_env(),
+        crate::attribution::processes::cgroup_v2_root(),
+    );
     let mut matcher = ProcessMatcher::new(&config);
-    if let Err(e) = probe.sync_matches(&matcher.entries()) {
+    if let Err(e) = probe.sync_matches(&matcher.entries(&pods)) {
         warn!("writing process matchers: {e:#}");
     }
 
@@ -199,16 +210,16 @@ async fn run_async(config: Config, config_path: Option<&Path>, cleanup: bool) ->
         latency_bounds(&config),
         config.slo_set(),
     )));
-    if let Some(h) = hasher {
+    {
         let mut st = state.write().unwrap_or_else(|e| e.into_inner());
-        st.requests.set_tenant_hasher(h);
+        if let Some(h) = hasher {
+            st.requests.set_tenant_hasher(h);
+        }
+        st.requests.set_tenant_rule(&config.tenant);
     }
     let stats = Arc::new(crate::export::SelfStats::default());
     let sinks = crate::export::AlertSinks::start(&config, &state, &stats)?;
     let store = open_store(&config, &state, &probe);
-    // Pod and namespace index (Kubernetes only; logs once and carries on
-    // without an API). Not yet joined to series: see attribution::kubernetes.
-    let _pods = crate::attribution::kubernetes::spawn_from_env();
     let mut checkpoint_tick =
         tokio::time::interval(Duration::from_secs(config.state.checkpoint_interval_secs));
     checkpoint_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -250,13 +261,14 @@ async fn run_async(config: Config, config_path: Option<&Path>, cleanup: bool) ->
                 }
             }
             _ = tick.tick() => {
-                if matcher.is_dynamic()
-                    && let Err(e) = probe.sync_matches(&matcher.entries())
+                let pods_changed = pods.refresh(std::time::Instant::now());
+                if (matcher.is_dynamic() || pods_changed)
+                    && let Err(e) = probe.sync_matches(&matcher.entries(&pods))
                 {
                     warn!("writing process matchers: {e:#}");
                 }
                 let started = std::time::Instant::now();
-                match poll(&probe, &state, &mut names, &missing, &stats) {
+                match poll(&probe, &state, &mut names, &missing, &pods, &stats) {
                     Ok(transitions) => sinks.send(&state, &transitions),
                     Err(e) => warn!("reading kernel maps: {e:#}"),
                 }
@@ -282,16 +294,17 @@ async fn run_async(config: Config, config_path: Option<&Path>, cleanup: bool) ->
                 names: &mut names,
                 missing: &mut missing,
                 matcher: &mut matcher,
+                pods: &pods,
             };
             if reload(w.path(), why, running)
-                && let Err(e) = poll(&probe, &state, &mut names, &missing, &stats)
+                && let Err(e) = poll(&probe, &state, &mut names, &missing, &pods, &stats)
             {
                 warn!("reading kernel maps: {e:#}");
             }
         }
     }
     // A last read, so the checkpoint holds every request counted so far.
-    if let Err(e) = poll(&probe, &state, &mut names, &missing, &stats) {
+    if let Err(e) = poll(&probe, &state, &mut names, &missing, &pods, &stats) {
         warn!("reading kernel maps: {e:#}");
     }
     if let Some(store) = &store {
@@ -316,6 +329,7 @@ fn poll(
     state: &RwLock<AgentState>,
     names: &mut ServiceNames,
     missing: &Arc<str>,
+    pods: &PodDirectory,
     stats: &crate::export::SelfStats,
 ) -> Result<Vec<crate::engine::AlertTransition>> {
     use std::sync::atomic::Ordering::Relaxed;
@@ -335,7 +349,7 @@ fn poll(
             if k.role == role::CLIENT {
                 clients.add(k, v, names, missing);
             } else {
-                requests.add(k, v, names, missing);
+                requests.add(k, v, names, missing, pods);
             }
         }) {
             result = Err(e);

@@ -10,17 +10,12 @@
 //! kubelet runs there (110 by default) and the cluster's namespaces (capped
 //! at [`MAX_NAMESPACES`]).
 
-// The lead wires the index into the series path (run.rs); until then the
-// running agent only fills it and the tests read it.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::core::WatchEvent;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Api, Client};
@@ -74,6 +69,9 @@ pub struct PodIndex {
     /// others are dropped.
     relisting: Option<Vec<Arc<str>>>,
     relisting_ns: Option<Vec<String>>,
+    /// Bumped on every change, so readers rebuild what they derive from
+    /// the index only when it changed.
+    generation: u64,
 }
 
 pub type SharedIndex = Arc<RwLock<PodIndex>>;
@@ -92,6 +90,7 @@ impl PodIndex {
     }
 
     /// Every container of every pod on this node.
+    #[cfg(test)]
     pub fn containers(&self) -> impl Iterator<Item = (ContainerId, PodMeta)> + '_ {
         self.pods.iter().flat_map(move |(uid, p)| {
             let meta = self.meta(uid, p);
@@ -101,6 +100,11 @@ impl PodIndex {
 
     pub fn pod_count(&self) -> usize {
         self.pods.len()
+    }
+
+    /// Changes whenever pods or namespaces change.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     fn meta(&self, uid: &Arc<str>, p: &PodEntry) -> PodMeta {
@@ -124,6 +128,7 @@ impl PodIndex {
             return;
         };
         let uid: Arc<str> = Arc::from(uid);
+        self.generation += 1;
         self.remove_uid(&uid);
         let labels = pod.metadata.labels.clone().unwrap_or_default();
         let status = pod.status.as_ref();
@@ -163,6 +168,7 @@ impl PodIndex {
 
     fn remove_uid(&mut self, uid: &str) {
         if let Some(old) = self.pods.remove(uid) {
+            self.generation += 1;
             for c in old.containers {
                 self.containers.remove(&c);
             }
@@ -177,6 +183,7 @@ impl PodIndex {
             return;
         }
         let labels = Arc::new(ns.metadata.labels.clone().unwrap_or_default());
+        self.generation += 1;
         if let Some(seen) = &mut self.relisting_ns {
             seen.push(name.clone());
         }
@@ -185,12 +192,15 @@ impl PodIndex {
 
     pub fn delete_namespace(&mut self, ns: &Namespace) {
         if let Some(name) = &ns.metadata.name {
+            self.generation += 1;
             self.namespaces.remove(name);
         }
     }
 
     /// A raw watch event as the API sends it (`{"type": "ADDED", "object": ...}`).
-    pub fn apply_pod_watch_event(&mut self, ev: &WatchEvent<Pod>) {
+    #[cfg(test)]
+    pub fn apply_pod_watch_event(&mut self, ev: &kube::core::WatchEvent<Pod>) {
+        use kube::core::WatchEvent;
         match ev {
             WatchEvent::Added(p) | WatchEvent::Modified(p) => self.apply_pod(p),
             WatchEvent::Deleted(p) => self.delete_pod(p),
@@ -230,6 +240,7 @@ impl PodIndex {
                 if let Some(seen) = self.relisting_ns.take() {
                     let seen: std::collections::HashSet<String> = seen.into_iter().collect();
                     self.namespaces.retain(|n, _| seen.contains(n));
+                    self.generation += 1;
                 }
             }
         }
@@ -316,12 +327,17 @@ pub fn pods_by_cgroup(index: &PodIndex, cgroup_root: &Path) -> Vec<(u64, PodMeta
         .collect()
 }
 
+/// This node's name when the agent runs in a cluster (`NODE_NAME`, set by
+/// the chart from `spec.nodeName`): pods are attributed then.
+pub fn node_name() -> Option<String> {
+    std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty())
+}
+
 /// Starts the pod and namespace watches when the agent runs in a cluster
 /// (`NODE_NAME` set, as the chart does), filling the returned index in the
 /// background. `None` outside Kubernetes.
 pub fn spawn_from_env() -> Option<SharedIndex> {
-    let node = std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty());
-    let Some(node) = node else {
+    let Some(node) = node_name() else {
         info!("NODE_NAME not set: no Kubernetes pod attribution (process and cgroup only)");
         return None;
     };

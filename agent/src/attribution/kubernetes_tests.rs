@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::List;
+use kube::core::WatchEvent;
 
 use super::*;
 use crate::attribution::cgroup::{self, ContainerId};

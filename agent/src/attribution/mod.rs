@@ -14,6 +14,7 @@ use burnwatch_common::maps::{CLIENT_ID_BASE, SERVICE_AUTO};
 
 pub mod cgroup;
 pub mod kubernetes;
+pub mod pods;
 pub mod processes;
 pub mod procfs;
 pub mod tenant_hash;

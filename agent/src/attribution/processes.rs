@@ -12,19 +12,29 @@
 //!   /proc into `TGID` entries (new processes match within a refresh, and
 //!   the kernel looks again at connections it ignored before: see
 //!   `ConnState::generation`);
-//! - a client matcher of only `port` becomes one `PORT` entry.
+//! - a client matcher of only `port` becomes one `PORT` entry;
+//! - a Kubernetes selector (`namespace`, `labels`, optionally `port`)
+//!   becomes one `CGROUP` entry per container cgroup of every selected pod
+//!   on this node (from the pod directory, refreshed as pods come and go).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use burnwatch_common::maps::{CLIENT_ID_BASE, MatchKey, config_flags, match_kind, role};
 
+use super::kubernetes;
+use super::pods::PodDirectory;
 use crate::config::{Config, Match};
 
-/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` on unified
-/// hosts, `/sys/fs/cgroup/unified` on hybrid ones), from this process's
-/// mountinfo.
+/// Where the host's cgroup v2 hierarchy is: `$BURNWATCH_CGROUP_ROOT` when
+/// set (the chart mounts the host's at `/host/sys/fs/cgroup`: a container's
+/// own `/sys/fs/cgroup` shows only its cgroup namespace), else from this
+/// process's mountinfo (`/sys/fs/cgroup` on unified hosts,
+/// `/sys/fs/cgroup/unified` on hybrid ones).
 pub fn cgroup_v2_root() -> PathBuf {
+    if let Some(root) = std::env::var_os("BURNWATCH_CGROUP_ROOT").filter(|r| !r.is_empty()) {
+        return PathBuf::from(root);
+    }
     std::fs::read_to_string("/proc/self/mountinfo")
         .ok()
         .and_then(|m| super::cgroup::cgroup2_mount(&m))
@@ -60,6 +70,8 @@ pub struct ProcessMatcher {
     cgroup_rules: Vec<Rule>,
     /// Rules resolved per process.
     process_rules: Vec<Rule>,
+    /// Rules selecting Kubernetes pods, resolved through the pod directory.
+    pod_rules: Vec<Rule>,
     /// Processes read so far (pid -> what they looked like).
     known: HashMap<u32, ProcessInfo>,
     refreshes: u32,
@@ -82,9 +94,14 @@ impl ProcessMatcher {
         let mut fixed = BTreeMap::new();
         let mut cgroup_rules = Vec::new();
         let mut process_rules = Vec::new();
+        let mut pod_rules = Vec::new();
         for r in services.chain(clients) {
             let m = &r.m;
             let port = m.port.unwrap_or(0);
+            if m.selects_pods() {
+                pod_rules.push(r);
+                continue;
+            }
             match (&m.comm, &m.exe, &m.cgroup) {
                 // Server ports alone live in SERVICE_PORTS.
                 (None, None, None) if r.role == role::SERVER => {}
@@ -106,6 +123,7 @@ impl ProcessMatcher {
             fixed,
             cgroup_rules,
             process_rules,
+            pod_rules,
             known: HashMap::new(),
             refreshes: 0,
             proc_root: PathBuf::from("/proc"),
@@ -124,7 +142,7 @@ impl ProcessMatcher {
                 _ => 0,
             };
         }
-        if !self.cgroup_rules.is_empty() {
+        if !self.cgroup_rules.is_empty() || !self.pod_rules.is_empty() {
             f |= config_flags::MATCH_CGROUP;
         }
         if !self.process_rules.is_empty() {
@@ -136,12 +154,30 @@ impl ProcessMatcher {
     /// Whether entries depend on running processes (a refresh can change
     /// them).
     pub fn is_dynamic(&self) -> bool {
-        !self.cgroup_rules.is_empty() || !self.process_rules.is_empty()
+        !self.cgroup_rules.is_empty()
+            || !self.process_rules.is_empty()
+            || !self.pod_rules.is_empty()
     }
 
     /// Every entry the kernel should have now.
-    pub fn entries(&mut self) -> BTreeMap<MatchKey, u32> {
+    pub fn entries(&mut self, pods: &PodDirectory) -> BTreeMap<MatchKey, u32> {
         let mut out = self.fixed.clone();
+        for r in &self.pod_rules {
+            for (cgroup_id, pod) in pods.iter() {
+                // Pod fields here; comm/exe/cgroup, if also given, are not
+                // checked per container (the config documents selectors
+                // with `port` only).
+                if kubernetes::matches(&r.m, &pod.meta) {
+                    out.entry(key(
+                        match_kind::CGROUP,
+                        r.role,
+                        r.m.port.unwrap_or(0),
+                        &cgroup_id.to_le_bytes(),
+                    ))
+                    .or_insert(r.id);
+                }
+            }
+        }
         if !self.cgroup_rules.is_empty() {
             let mut dirs = Vec::new();
             walk_cgroups(&self.cgroup_root, "", &mut dirs);
@@ -300,7 +336,7 @@ mod tests {
             m.flags(),
             config_flags::MATCH_COMM | config_flags::MATCH_PORT
         );
-        let e = m.entries();
+        let e = m.entries(&PodDirectory::default());
         assert_eq!(e.len(), 2);
         assert_eq!(e[&key(match_kind::COMM, role::SERVER, 8080, b"nginx")], 0);
         assert_eq!(
@@ -318,7 +354,7 @@ mod tests {
         );
         let mut m = ProcessMatcher::new(&config(&yaml));
         assert_eq!(m.flags(), config_flags::MATCH_TGID);
-        let e = m.entries();
+        let e = m.entries(&PodDirectory::default());
         let pid = std::process::id();
         assert_eq!(
             e.get(&key(match_kind::TGID, role::SERVER, 0, &pid.to_le_bytes())),
@@ -340,7 +376,7 @@ mod tests {
         let ino = std::os::unix::fs::MetadataExt::ino(
             &std::fs::metadata(root.path().join("system.slice/nginx.service")).unwrap(),
         );
-        let e = m.entries();
+        let e = m.entries(&PodDirectory::default());
         assert_eq!(e.len(), 1, "{e:?}");
         assert_eq!(
             e[&key(match_kind::CGROUP, role::SERVER, 0, &ino.to_le_bytes())],

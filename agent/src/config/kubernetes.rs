@@ -67,6 +67,14 @@ pub(super) fn validate(config: &Config) -> Result<(), (String, String)> {
                 ),
             ));
         }
+        if s.matcher.selects_pods()
+            && (s.matcher.comm.is_some() || s.matcher.exe.is_some() || s.matcher.cgroup.is_some())
+        {
+            return Err((
+                format!("services[{i}].match"),
+                "namespace and labels select pods; combine them with port only, not comm, exe or cgroup".into(),
+            ));
+        }
         for (k, v) in &s.matcher.labels {
             if !is_qualified_name(k) {
                 return Err((at("labels"), format!("{k:?} is not a valid label key")));

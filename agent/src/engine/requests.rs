@@ -2,15 +2,20 @@
 //!
 //! Updated once per second from a full read of the kernel's `COUNTS` map.
 //! Work is per series, never per request; a series' labels are resolved
-//! once, the first time its kernel key is seen.
+//! once, the first time its kernel key is seen (again when the pod
+//! directory changes: a pod can become known after its first requests).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use burnwatch_common::maps::{ConnEventKey, LATENCY_BUCKETS, Method, RequestKey, RequestStats};
 
+use burnwatch_common::maps::SERVICE_AUTO;
+
+use crate::attribution::kubernetes;
+use crate::attribution::pods::{PodDirectory, PodLabels};
 use crate::attribution::{ServiceNames, tenant_label};
-use crate::config::OVERFLOW_TENANT;
+use crate::config::{OVERFLOW_TENANT, Tenant, TenantFrom};
 
 /// Labels of one `burnwatch_http_requests_total` series.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -20,6 +25,8 @@ pub struct RequestLabels {
     pub method: &'static str,
     /// 0 when no response came.
     pub status: u16,
+    /// The pod that served them (Kubernetes only).
+    pub pod: Option<Arc<PodLabels>>,
 }
 
 /// Cumulative counts of one label set.
@@ -34,6 +41,7 @@ pub struct Series {
 pub struct LatencySeries {
     pub service: Arc<str>,
     pub tenant: Arc<str>,
+    pub pod: Option<Arc<PodLabels>>,
     pub count: u64,
     pub sum_ns: u64,
     pub buckets: [u64; LATENCY_BUCKETS],
@@ -43,7 +51,12 @@ pub struct RequestTable {
     /// Kernel key -> (index in `series`, index in `latency`).
     by_key: HashMap<RequestKey, (usize, usize)>,
     by_labels: HashMap<RequestLabels, usize>,
-    by_service_tenant: HashMap<(Arc<str>, Arc<str>), usize>,
+    by_service_tenant: HashMap<(Arc<str>, Arc<str>, Option<Arc<PodLabels>>), usize>,
+    /// The pod directory version `by_key` was resolved under.
+    pods_version: u64,
+    /// `tenant.from: namespace | namespace_label`: the tenant is the
+    /// serving pod's namespace (or its label), not request bytes.
+    tenant_rule: Option<Tenant>,
     pub series: Vec<Series>,
     pub latency: Vec<LatencySeries>,
     /// Distinct tenants kept per service (at most `max_tenants`).
@@ -62,6 +75,8 @@ impl RequestTable {
             by_key: HashMap::new(),
             by_labels: HashMap::new(),
             by_service_tenant: HashMap::new(),
+            pods_version: 0,
+            tenant_rule: None,
             series: Vec::new(),
             latency: Vec::new(),
             tenants: HashMap::new(),
@@ -75,6 +90,21 @@ impl RequestTable {
     /// Pseudonymise tenant ids from now on (`tenant.hash`).
     pub fn set_tenant_hasher(&mut self, hasher: crate::attribution::tenant_hash::TenantHasher) {
         self.hasher = Some(hasher);
+    }
+
+    /// Take tenants from the serving pod's namespace when the rule says so
+    /// (other rules: from the request, as the kernel found them).
+    pub fn set_tenant_rule(&mut self, rule: &Tenant) {
+        let rule = matches!(
+            rule.from,
+            TenantFrom::Namespace | TenantFrom::NamespaceLabel
+        )
+        .then(|| rule.clone());
+        if rule != self.tenant_rule {
+            // Series resolved under the old rule are resolved again.
+            self.by_key.clear();
+            self.tenant_rule = rule;
+        }
     }
 
     /// Tenants folded into `__overflow__`, per service.
@@ -122,12 +152,33 @@ impl RequestTable {
         stats: &RequestStats,
         names: &mut ServiceNames,
         missing_tenant: &Arc<str>,
+        pods: &PodDirectory,
     ) {
+        if self.pods_version != pods.version() {
+            // Keys may now resolve to pods they did not before.
+            self.by_key.clear();
+            self.pods_version = pods.version();
+        }
         let (si, li) = match self.by_key.get(key) {
             Some(&idx) => idx,
             None => {
-                let service = names.name(key.service_id, key.local_port);
-                let mut tenant = tenant_label(key.tenant(), missing_tenant);
+                let pod = (key.cgroup_id != 0)
+                    .then(|| pods.get(key.cgroup_id))
+                    .flatten();
+                let service = match pod {
+                    // Found servers in a pod are named after its workload.
+                    Some(p) if key.service_id == SERVICE_AUTO => {
+                        kubernetes::default_service_name(&p.meta)
+                    }
+                    _ => names.name(key.service_id, key.local_port),
+                };
+                let mut tenant = match &self.tenant_rule {
+                    Some(rule) => pod
+                        .and_then(|p| kubernetes::tenant_of(rule, &p.meta))
+                        .unwrap_or_else(|| missing_tenant.clone()),
+                    None => tenant_label(key.tenant(), missing_tenant),
+                };
+                let pod = pod.map(|p| p.labels.clone());
                 if let Some(h) = &self.hasher
                     && !Arc::ptr_eq(&tenant, missing_tenant)
                     && *tenant != *OVERFLOW_TENANT
@@ -140,6 +191,7 @@ impl RequestTable {
                     tenant: tenant.clone(),
                     method: Method::from_u8(key.method).as_str(),
                     status: key.status,
+                    pod: pod.clone(),
                 };
                 let si = *self.by_labels.entry(labels.clone()).or_insert_with(|| {
                     self.series.push(Series {
@@ -150,11 +202,12 @@ impl RequestTable {
                 });
                 let li = *self
                     .by_service_tenant
-                    .entry((service.clone(), tenant.clone()))
+                    .entry((service.clone(), tenant.clone(), pod.clone()))
                     .or_insert_with(|| {
                         self.latency.push(LatencySeries {
                             service,
                             tenant,
+                            pod,
                             count: 0,
                             sum_ns: 0,
                             buckets: [0; LATENCY_BUCKETS],
@@ -236,6 +289,7 @@ mod tests {
             peer_port: 0,
             _pad2: 0,
             peer_addr: [0; 16],
+            cgroup_id: 0,
             tenant: t,
         }
     }
@@ -255,9 +309,27 @@ mod tests {
         for _ in 0..3 {
             t.begin_update();
             // Two invalid-UTF-8 tenants that map to the same label.
-            t.add(&key(b"a\xff", 200), &stats(2), &mut names, &missing);
-            t.add(&key(b"a\xfe", 200), &stats(3), &mut names, &missing);
-            t.add(&key(b"", 503), &stats(1), &mut names, &missing);
+            t.add(
+                &key(b"a\xff", 200),
+                &stats(2),
+                &mut names,
+                &missing,
+                &PodDirectory::default(),
+            );
+            t.add(
+                &key(b"a\xfe", 200),
+                &stats(3),
+                &mut names,
+                &missing,
+                &PodDirectory::default(),
+            );
+            t.add(
+                &key(b"", 503),
+                &stats(1),
+                &mut names,
+                &missing,
+                &PodDirectory::default(),
+            );
         }
         assert_eq!(t.series.len(), 2);
         assert_eq!(t.series[0].stats.count, 5);
@@ -277,6 +349,7 @@ mod tests {
                 &stats(n),
                 &mut names,
                 &missing,
+                &PodDirectory::default(),
             );
         }
         let by: HashMap<(String, u16), u64> = t
@@ -294,5 +367,56 @@ mod tests {
         assert_eq!(by[&("b".to_string(), 200)], 2);
         assert_eq!(by[&(OVERFLOW_TENANT.to_string(), 200)], 7);
         assert_eq!(t.tenant_overflow().map(|(_, n)| n).sum::<usize>(), 2);
+    }
+
+    #[test]
+    fn keys_of_pod_cgroups_carry_the_pod_and_its_namespace_as_tenant() {
+        use crate::attribution::kubernetes::{PodMeta, Workload};
+        let meta = PodMeta {
+            namespace: Arc::from("shop"),
+            pod: Arc::from("checkout-7d9f-abcde"),
+            uid: Arc::from("u1"),
+            workload: Some(Workload {
+                kind: Arc::from("Deployment"),
+                name: Arc::from("checkout"),
+            }),
+            labels: Arc::default(),
+            namespace_labels: Arc::default(),
+        };
+        let pods = PodDirectory::from_entries([(42, meta)]);
+        let mut names = ServiceNames::new(Vec::<String>::new());
+        let missing: Arc<str> = Arc::from("unknown");
+        let mut t = RequestTable::new(1000);
+        let config =
+            crate::config::Config::parse("tenant: {from: namespace}\n", "t.yaml".as_ref()).unwrap();
+        t.set_tenant_rule(&config.tenant);
+        t.begin_update();
+        let mut in_pod = key(b"ignored", 200);
+        in_pod.service_id = SERVICE_AUTO;
+        in_pod.cgroup_id = 42;
+        t.add(&in_pod, &stats(3), &mut names, &missing, &pods);
+        let mut host = key(b"", 200);
+        host.cgroup_id = 7;
+        t.add(&host, &stats(1), &mut names, &missing, &pods);
+        let s = &t.series[0];
+        assert_eq!(
+            &*s.labels.service, "checkout",
+            "found servers take the workload's name"
+        );
+        assert_eq!(&*s.labels.tenant, "shop");
+        let p = s.labels.pod.as_deref().unwrap();
+        assert_eq!(
+            PodLabels::pairs(p).0,
+            [
+                ("namespace", "shop"),
+                ("pod", "checkout-7d9f-abcde"),
+                ("workload", "checkout")
+            ]
+        );
+        assert_eq!(s.stats.count, 3);
+        // A process outside any pod: no pod labels, the missing tenant.
+        assert_eq!(t.series[1].labels.pod, None);
+        assert_eq!(&*t.series[1].labels.tenant, "unknown");
+        assert_eq!(t.latency.len(), 2);
     }
 }

@@ -53,6 +53,7 @@ use tracing::{debug, warn};
 use burnwatch_common::maps::{conn_event, counter};
 
 use super::{AlertEvent, SelfStats};
+use crate::attribution::pods::PodLabels;
 use crate::config::export::{Otlp, OtlpProtocol, Temporality};
 use crate::engine::TransitionKind;
 use crate::engine::state::AgentState;
@@ -452,12 +453,14 @@ impl Exporter {
         let mut requests = Vec::new();
         for s in &st.requests.series {
             let status = format!("{:03}", s.labels.status);
-            let attrs = vec![
+            let mut attrs = vec![
                 kv("service", &s.labels.service),
                 kv("tenant", &s.labels.tenant),
                 kv("method", s.labels.method),
                 kv("status_code", &status),
             ];
+            let (pod, n) = PodLabels::pairs_of(s.labels.pod.as_deref());
+            attrs.extend(pod[..n].iter().map(|(k, v)| kv(k, v)));
             self.deltas.value(
                 identity(&(
                     "req",
@@ -465,6 +468,7 @@ impl Exporter {
                     &s.labels.tenant,
                     s.labels.method,
                     s.labels.status,
+                    &s.labels.pod,
                 )),
                 &[s.stats.count],
                 &mut scratch,
@@ -490,13 +494,18 @@ impl Exporter {
             current.push(l.count);
             current.push(l.sum_ns);
             self.deltas.value(
-                identity(&("lat", &l.service, &l.tenant)),
+                identity(&("lat", &l.service, &l.tenant, &l.pod)),
                 &current,
                 &mut scratch,
             );
             let n = l.buckets.len();
             histograms.push(HistogramDataPoint {
-                attributes: vec![kv("service", &l.service), kv("tenant", &l.tenant)],
+                attributes: {
+                    let (pod, n) = PodLabels::pairs_of(l.pod.as_deref());
+                    let mut a = vec![kv("service", &l.service), kv("tenant", &l.tenant)];
+                    a.extend(pod[..n].iter().map(|(k, v)| kv(k, v)));
+                    a
+                },
                 start_time_unix_nano: start,
                 time_unix_nano: now,
                 count: scratch[n],

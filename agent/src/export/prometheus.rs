@@ -14,6 +14,7 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::attribution::pods::PodLabels;
 use crate::engine::budget::BudgetStatus;
 use crate::engine::state::AgentState;
 use crate::engine::window::Window;
@@ -149,7 +150,8 @@ impl Collector for StateCollector {
                 ("method", s.labels.method),
                 ("status_code", status.as_str()),
             ];
-            m.encode_family(&labels)?
+            let (pod, n) = PodLabels::pairs_of(s.labels.pod.as_deref());
+            m.encode_family(&(labels, &pod[..n]))?
                 .encode_counter::<NoLabelSet, _, u64>(&s.stats.count, None)?;
         }
 
@@ -189,12 +191,9 @@ impl Collector for StateCollector {
                 buckets.push((bound, *n));
             }
             let labels = [("service", &*l.service), ("tenant", &*l.tenant)];
-            m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
-                l.sum_ns as f64 / 1e9,
-                l.count,
-                &buckets,
-                None,
-            )?;
+            let (pod, n) = PodLabels::pairs_of(l.pod.as_deref());
+            m.encode_family(&(labels, &pod[..n]))?
+                .encode_histogram::<NoLabelSet>(l.sum_ns as f64 / 1e9, l.count, &buckets, None)?;
         }
 
         let mut m = enc.encode_descriptor(
