@@ -7,8 +7,10 @@
 //! assertion does not leave servers behind.
 
 pub mod agent;
+pub mod cgroup;
 pub mod client;
 pub mod exposition;
+pub mod kube_api;
 pub mod nginx;
 pub mod peers;
 pub mod servers;

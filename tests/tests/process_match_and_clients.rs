@@ -3,9 +3,8 @@
 //! Real servers, real clients (curl, wrk, raw sockets), real eBPF; counts
 //! compared with the servers' own logs.
 
-use std::path::PathBuf;
-
 use burnwatch_e2e::agent::Agent;
+use burnwatch_e2e::cgroup::TestCgroup;
 use burnwatch_e2e::client::{self, Conn, Req};
 use burnwatch_e2e::exposition::Exposition;
 use burnwatch_e2e::servers::{Kind, MethodCounts, ScriptServer, Server};
@@ -26,54 +25,6 @@ fn drive(port: u16, n: usize) -> usize {
     let r = Conn::open(port).send_req(&Req::get("/status/503").tenant(Some("fresh")));
     assert_eq!(r.status, 503);
     n + 1
-}
-
-/// A cgroup v2 directory of the test's own, removed (after moving its
-/// processes back to the root) on drop.
-struct TestCgroup {
-    root: PathBuf,
-    dir: PathBuf,
-}
-
-impl TestCgroup {
-    fn new() -> TestCgroup {
-        let unified = PathBuf::from("/sys/fs/cgroup");
-        let root = if unified.join("cgroup.controllers").exists() {
-            unified
-        } else {
-            unified.join("unified")
-        };
-        assert!(
-            root.join("cgroup.procs").exists(),
-            "no cgroup v2 hierarchy at {} (the test needs one)",
-            root.display()
-        );
-        let dir = root.join(format!("burnwatch-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)
-            .unwrap_or_else(|e| panic!("create cgroup {}: {e}", dir.display()));
-        TestCgroup { root, dir }
-    }
-
-    /// The cgroup's path as `/proc/<pid>/cgroup` shows it.
-    fn path(&self) -> String {
-        format!("/{}", self.dir.strip_prefix(&self.root).unwrap().display())
-    }
-
-    fn adopt(&self, pid: u32) {
-        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())
-            .unwrap_or_else(|e| panic!("move {pid} into {}: {e}", self.dir.display()));
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        if let Ok(pids) = std::fs::read_to_string(self.dir.join("cgroup.procs")) {
-            for pid in pids.lines() {
-                let _ = std::fs::write(self.root.join("cgroup.procs"), pid);
-            }
-        }
-        let _ = std::fs::remove_dir(&self.dir);
-    }
 }
 
 /// Services matched by comm (a server started after the agent, too), by
