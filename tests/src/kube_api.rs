@@ -101,7 +101,11 @@ fn serve(conn: TcpStream, pods: &str, namespaces: &str, stop: &AtomicBool) {
         } else {
             r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#
         };
-        let status = if body.contains(r#""code":404"#) { "404 Not Found" } else { "200 OK" };
+        let status = if body.contains(r#""code":404"#) {
+            "404 Not Found"
+        } else {
+            "200 OK"
+        };
         let head = format!(
             "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             body.len()

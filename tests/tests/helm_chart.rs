@@ -523,6 +523,75 @@ fn rendered_config_is_accepted_by_burnwatch_check() {
     );
 }
 
+/// The PrometheusRule carries exactly what `burnwatch rules` prints for the
+/// chart's rendered config, and promtool loads it; enabled without rules the
+/// install fails saying what to pass.
+#[test]
+fn prometheus_rule_carries_burnwatch_rules_for_the_charts_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = rendered_config(&render(&chart(), &["-f", ALL_OPTIONAL]));
+    let config_path = write(dir.path(), "burnwatch.yaml", &config);
+    let rules = run(Command::new(binary())
+        .args(["rules", "--config"])
+        .arg(&config_path));
+    assert!(rules.status.success(), "{rules:?}");
+    let rules_path = dir.path().join("rules.yaml");
+    std::fs::write(&rules_path, &rules.stdout).unwrap();
+    let crd = run(Command::new(binary())
+        .args(["rules", "--format", "prometheusrule", "--config"])
+        .arg(&config_path));
+    let crd: Value = serde_saphyr::from_str(&String::from_utf8_lossy(&crd.stdout)).unwrap();
+
+    let set_file = format!("prometheusRule.rules={}", rules_path.display());
+    let rendered = docs(&render(
+        &chart(),
+        &["-f", ALL_OPTIONAL, "--set-file", &set_file],
+    ));
+    let pr = find(&rendered, "PrometheusRule");
+    assert_eq!(pr.len(), 1);
+    assert_eq!(
+        pr[0]["metadata"]["labels"]["release"],
+        "kube-prometheus-stack"
+    );
+    assert_eq!(
+        pr[0]["spec"], crd["spec"],
+        "the chart's rules are burnwatch rules' own"
+    );
+    assert!(
+        pr[0]["spec"]["groups"].as_array().unwrap().len() >= 3,
+        "recordings and alerts for the chart's SLOs"
+    );
+    let spec = write(
+        dir.path(),
+        "spec.yaml",
+        // JSON is YAML: promtool reads it as a rule file.
+        &serde_json::to_string_pretty(&pr[0]["spec"]).unwrap(),
+    );
+    let out = run(Command::new("promtool").args(["check", "rules"]).arg(&spec));
+    assert!(out.status.success(), "promtool: {out:?}");
+
+    for (args, says) in [
+        (
+            vec!["--set", "prometheusRule.enabled=true"],
+            "needs prometheusRule.rules",
+        ),
+        (
+            vec![
+                "--set",
+                "prometheusRule.enabled=true",
+                "--set",
+                "prometheusRule.rules=hello",
+            ],
+            "not a Prometheus rule file",
+        ),
+    ] {
+        let out = run(helm().args(["template", "x"]).arg(chart()).args(&args));
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{err}");
+    }
+}
+
 #[test]
 fn dashboards_become_sidecar_configmaps() {
     let dir = tempfile::tempdir().unwrap();

@@ -48,9 +48,16 @@ fn as_tenant(counts: MethodCounts, tenant: &str) -> MethodCounts {
 
 fn wait_for_pods_listed(agent: &Agent) {
     let listed = wait_for(Duration::from_secs(30), || {
-        agent.log().contains("pods of this node listed").then_some(())
+        agent
+            .log()
+            .contains("pods of this node listed")
+            .then_some(())
     });
-    assert!(listed.is_some(), "the agent never listed pods:\n{}", agent.log());
+    assert!(
+        listed.is_some(),
+        "the agent never listed pods:\n{}",
+        agent.log()
+    );
     // The pod directory and the kernel's matchers follow within a poll.
     std::thread::sleep(Duration::from_millis(2500));
 }
@@ -141,10 +148,19 @@ fn series_carry_the_serving_pod_and_tenants_its_namespace() {
         let mut f = line.split(' ');
         let (status, _tenant, method) = (f.next().unwrap(), f.next(), f.next().unwrap());
         *expected
-            .entry(("payments".to_string(), method.to_string(), status.to_string()))
+            .entry((
+                "payments".to_string(),
+                method.to_string(),
+                status.to_string(),
+            ))
             .or_insert(0) += 1;
     }
-    assert_same_counts("checkout", &method_counts_of(&e, "checkout"), &expected, &agent);
+    assert_same_counts(
+        "checkout",
+        &method_counts_of(&e, "checkout"),
+        &expected,
+        &agent,
+    );
     let outside_series: Vec<_> = e
         .find(REQUESTS, &[])
         .filter(|s| s.labels["service"].ends_with(&format!(":{}", outside.port)))
