@@ -15,7 +15,7 @@ pub struct TestCgroup {
 
 impl TestCgroup {
     /// `<root>/burnwatch-test-<pid>`.
-    pub fn new() -> TestCgroup {
+    pub fn create() -> TestCgroup {
         TestCgroup::nested("")
     }
 

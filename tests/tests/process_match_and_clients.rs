@@ -36,7 +36,7 @@ fn services_match_by_comm_exe_and_cgroup() {
     let node = ScriptServer::start(Kind::Node);
     let go = ScriptServer::start(Kind::Go);
     let other = ScriptServer::start(Kind::Go);
-    let cgroup = TestCgroup::new();
+    let cgroup = TestCgroup::create();
     cgroup.adopt(go.pid());
     let node_exe = std::fs::read_link(format!("/proc/{}/exe", node.pid())).unwrap();
     // The Python server starts after the agent: matched by its comm, which
