@@ -47,11 +47,14 @@ pub struct LatencySeries {
     pub buckets: [u64; LATENCY_BUCKETS],
 }
 
+/// (service, tenant, pod) of a latency series.
+type LatencyKey = (Arc<str>, Arc<str>, Option<Arc<PodLabels>>);
+
 pub struct RequestTable {
     /// Kernel key -> (index in `series`, index in `latency`).
     by_key: HashMap<RequestKey, (usize, usize)>,
     by_labels: HashMap<RequestLabels, usize>,
-    by_service_tenant: HashMap<(Arc<str>, Arc<str>, Option<Arc<PodLabels>>), usize>,
+    by_service_tenant: HashMap<LatencyKey, usize>,
     /// The pod directory version `by_key` was resolved under.
     pods_version: u64,
     /// `tenant.from: namespace | namespace_label`: the tenant is the
