@@ -169,7 +169,7 @@ fn series_carry_the_serving_pod_and_tenants_its_namespace() {
         !outside_series.is_empty()
             && outside_series
                 .iter()
-                .all(|s| s.labels.get("pod").is_none() && s.labels["tenant"] == "none"),
+                .all(|s| !s.labels.contains_key("pod") && s.labels["tenant"] == "none"),
         "a server outside any pod keeps its <comm>:<port> name, no pod, the missing tenant"
     );
     drop(api);
