@@ -347,7 +347,7 @@ fn poll(
         if let Err(e) = probe.read_counts(|k, v| {
             entries += 1;
             if k.role == role::CLIENT {
-                clients.add(k, v, names, missing);
+                clients.add(k, v, names, missing, pods);
             } else {
                 requests.add(k, v, names, missing, pods);
             }

@@ -16,6 +16,7 @@ use burnwatch_e2e::{agent::Agent, client::Conn, free_port, nginx::Nginx, require
 fn config(port: u16) -> String {
     format!(
         "services:\n  - name: shop\n    match:\n      port: {port}\n\
+clients:\n  - name: shop-callers\n    match:\n      port: {port}\n\
 slos:\n  - name: shop-availability\n    service: shop\n    objective: 99.9\n\
 alerting:\n  min_events: 10\n"
     )
@@ -105,6 +106,21 @@ fn grpc_metrics_and_alert_log_records() {
         Some(12.0),
         "histogram count"
     );
+    // The same requests seen from the client side (this test's process is
+    // the watched client of nginx's port).
+    let client = wait_for(Duration::from_secs(10), || {
+        latest(
+            &rotel,
+            "burnwatch_http_client_requests",
+            &[
+                ("service", "shop-callers"),
+                ("tenant", "acme"),
+                ("status_code", "500"),
+            ],
+        )
+        .filter(|v| *v == 20.0)
+    });
+    assert_eq!(client, Some(20.0), "client series over OTLP");
     assert_eq!(
         latest(
             &rotel,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use burnwatch_common::maps::{Method, RequestKey, RequestStats};
 
+use crate::attribution::pods::{PodDirectory, PodLabels};
 use crate::attribution::{ServiceNames, tenant_label, upstream_label};
 
 /// Labels of one `burnwatch_http_client_requests_total` series.
@@ -24,6 +25,8 @@ pub struct ClientLabels {
     pub method: &'static str,
     /// 0 when no response came.
     pub status: u16,
+    /// The pod that made the requests (Kubernetes only).
+    pub pod: Option<Arc<PodLabels>>,
 }
 
 #[derive(Default)]
@@ -34,6 +37,8 @@ pub struct ClientTable {
     pub series: Vec<(ClientLabels, u64)>,
     /// Upstream labels, shared by their series.
     upstreams: HashMap<([u8; 16], u16), Arc<str>>,
+    /// The pod directory version `by_key` was resolved under.
+    pods_version: u64,
 }
 
 impl ClientTable {
@@ -51,7 +56,12 @@ impl ClientTable {
         stats: &RequestStats,
         names: &mut ServiceNames,
         missing_tenant: &Arc<str>,
+        pods: &PodDirectory,
     ) {
+        if self.pods_version != pods.version() {
+            self.by_key.clear();
+            self.pods_version = pods.version();
+        }
         let i = match self.by_key.get(key) {
             Some(&i) => i,
             None => {
@@ -66,6 +76,10 @@ impl ClientTable {
                     tenant: tenant_label(key.tenant(), missing_tenant),
                     method: Method::from_u8(key.method).as_str(),
                     status: key.status,
+                    pod: (key.cgroup_id != 0)
+                        .then(|| pods.get(key.cgroup_id))
+                        .flatten()
+                        .map(|p| p.labels.clone()),
                 };
                 let i = *self.by_labels.entry(labels.clone()).or_insert_with(|| {
                     self.series.push((labels, 0));

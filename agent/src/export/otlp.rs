@@ -487,6 +487,36 @@ impl Exporter {
             temporality,
         ));
 
+        let mut client_requests = Vec::new();
+        for (l, n) in &st.clients.series {
+            let status = format!("{:03}", l.status);
+            let mut attrs = vec![
+                kv("service", &l.service),
+                kv("upstream", &l.upstream),
+                kv("tenant", &l.tenant),
+                kv("method", l.method),
+                kv("status_code", &status),
+            ];
+            let (pod, np) = PodLabels::pairs_of(l.pod.as_deref());
+            attrs.extend(pod[..np].iter().map(|(k, v)| kv(k, v)));
+            self.deltas
+                .value(identity(&("client", l)), &[*n], &mut scratch);
+            client_requests.push(point(
+                attrs,
+                number_data_point::Value::AsInt(scratch[0] as i64),
+                start,
+            ));
+        }
+        if !client_requests.is_empty() {
+            metrics.push(sum(
+                "burnwatch_http_client_requests",
+                "HTTP requests watched clients made, by client, upstream (ip:port), tenant, method and status code (000: no response).",
+                "{request}",
+                client_requests,
+                temporality,
+            ));
+        }
+
         let bounds = st.latency_bounds_s.clone();
         let mut histograms = Vec::new();
         for l in &st.requests.latency {

@@ -172,7 +172,8 @@ impl Collector for StateCollector {
                 ("method", l.method),
                 ("status_code", status.as_str()),
             ];
-            m.encode_family(&labels)?
+            let (pod, np) = PodLabels::pairs_of(l.pod.as_deref());
+            m.encode_family(&(labels, &pod[..np]))?
                 .encode_counter::<NoLabelSet, _, u64>(n, None)?;
         }
 
