@@ -143,7 +143,7 @@ load without the agent followed by the same runs with a freshly started agent, s
 alike. Loads: saturation with `wrk -t1 -c{WRK_CONNECTIONS}` (one tenant), then fixed rates of {rates} req/s \
 with `cargo xtask loadgen` (open loop, 16 connections, {t} tenants cycling in `X-Tenant-ID`, latency from \
 each request's scheduled send time, as wrk2 does; \"sent late\" counts requests the generator sent over 1 ms behind schedule, without / with). {secs} s per run. BPF time is the kernel's own \
-accounting (`kernel.bpf_stats_enabled=1`) of the agent's programs (run_time_ns in /proc/AGENT/fdinfo), \
+accounting (`kernel.bpf_stats_enabled=1`) of the agent's programs (run_time_ns and run_cnt in the fdinfo of each program the agent pinned), \
 over the run, divided by requests; the programs trace every process's syscalls, so the idle rate measured \
 in the second before each run (other processes on the node) is shown, and subtracted in the \"less idle \
 background\" column. Agent CPU: {cpu_method}, over the run (it includes the once-a-second poll, whatever \

@@ -320,8 +320,9 @@ impl Agent {
         std::fs::write(
             &cfg,
             format!(
-                "{body}exporters:\n  prometheus:\n    listen: 127.0.0.1:{metrics_port}\nstate:\n  dir: {}\n",
-                dir.0.join("state").display()
+                "{body}exporters:\n  prometheus:\n    listen: 127.0.0.1:{metrics_port}\nstate:\n  dir: {}\n  bpffs_dir: {}\n",
+                dir.0.join("state").display(),
+                bpffs_dir(metrics_port).display(),
             ),
         )?;
         let log = std::fs::File::create(dir.0.join("agent.log"))?;
@@ -407,26 +408,26 @@ impl Agent {
     /// every eBPF program this agent holds, read at this instant from
     /// /proc/PID/fdinfo (the agent's own metrics lag up to a poll interval).
     pub fn bpf_totals(&self) -> Result<(u64, u64)> {
-        let mut seen = std::collections::BTreeSet::new();
-        let (mut ns, mut runs) = (0u64, 0u64);
-        for entry in std::fs::read_dir(format!("/proc/{}/fdinfo", self.child.id()))?.flatten() {
-            let Ok(info) = std::fs::read_to_string(entry.path()) else {
+        // The agent holds no program fd (its pins keep the programs): open
+        // each pinned program and read the kernel's totals from its fdinfo.
+        let root = bpffs_dir(self.metrics_port);
+        let (mut ns, mut runs, mut programs) = (0u64, 0u64, 0usize);
+        for build in std::fs::read_dir(&root)
+            .with_context(|| format!("agent pins at {}", root.display()))?
+            .flatten()
+        {
+            let Ok(progs) = std::fs::read_dir(build.path().join("progs")) else {
                 continue;
             };
-            let field = |name: &str| -> Option<u64> {
-                info.lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .and_then(|v| v.trim().parse().ok())
-            };
-            if let Some(id) = field("prog_id:")
-                && seen.insert(id)
-            {
-                ns += field("run_time_ns:").unwrap_or(0);
-                runs += field("run_cnt:").unwrap_or(0);
+            for prog in progs.flatten() {
+                let (run_ns, run_cnt) = pinned_program_stats(&prog.path())?;
+                ns += run_ns;
+                runs += run_cnt;
+                programs += 1;
             }
         }
-        if seen.is_empty() {
-            bail!("agent {} holds no eBPF program", self.child.id());
+        if programs == 0 {
+            bail!("agent {} pinned no eBPF program under {}", self.child.id(), root.display());
         }
         Ok((ns, runs))
     }
@@ -488,6 +489,63 @@ impl Drop for Agent {
             .status();
         self.cpu.release();
     }
+}
+
+/// Where a bench agent pins its programs and maps: its own directory, so a
+/// bench never touches the pins of an agent already running on the node.
+fn bpffs_dir(metrics_port: u16) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/sys/fs/bpf/burnwatch-bench-{metrics_port}"))
+}
+
+/// (run_time_ns, run_cnt) of a pinned eBPF program, as the kernel accounts
+/// them with `kernel.bpf_stats_enabled=1`.
+///
+/// By hand: one `bpf(BPF_OBJ_GET)` call and an fdinfo read; a BPF crate for
+/// this alone would add aya to xtask's build.
+fn pinned_program_stats(path: &Path) -> Result<(u64, u64)> {
+    use std::os::fd::FromRawFd;
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        // Explicit: the kernel rejects attrs whose bytes past the
+        // command's last field are not zero.
+        _pad: u32,
+    }
+    const BPF_OBJ_GET: libc::c_long = 7;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    let attr = ObjGet {
+        pathname: c_path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+        path_fd: 0,
+        _pad: 0,
+    };
+    // SAFETY: attr outlives the call and is the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &attr as *const ObjGet,
+            std::mem::size_of::<ObjGet>(),
+        )
+    };
+    if fd < 0 {
+        bail!("BPF_OBJ_GET {}: {}", path.display(), std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd the kernel just gave us; closed when dropped.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    use std::os::fd::AsRawFd;
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
+    let field = |name: &str| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("run_time_ns:"), field("run_cnt:")))
 }
 
 fn dechunk(body: &str) -> Result<String> {
