@@ -152,4 +152,16 @@ slos:\n  - name: shop-availability\n    service: shop\n    objective: 99.9\n",
         &om[om.len().saturating_sub(200)..]
     );
     assert!(om.contains("# TYPE burnwatch_http_requests counter"));
+
+    // gzip when the scraper accepts it (Prometheus does; the real
+    // Prometheus above already scraped through it): curl decodes the body
+    // and shows the header it came with.
+    let gz = curl(&["--compressed", "-D", "-", &url]).unwrap();
+    let (head, body) = gz.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.to_ascii_lowercase().contains("content-encoding: gzip"),
+        "{head}"
+    );
+    assert!(body.contains("# TYPE burnwatch_http_requests_total counter"));
+    assert!(body.contains(&acme));
 }

@@ -363,6 +363,31 @@ impl Agent {
         self.cpu.describe()
     }
 
+    /// GET with `Accept-Encoding: gzip`, as Prometheus scrapes: (bytes on
+    /// the wire after the header, seconds to the last byte).
+    pub fn get_gzip_timed(&self, path: &str) -> Result<(usize, f64)> {
+        use std::io::{Read, Write};
+        let start = Instant::now();
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw)?;
+        let secs = start.elapsed().as_secs_f64();
+        let end = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .context("no HTTP header")?;
+        let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+        if !head.starts_with("http/1.1 200") || !head.contains("content-encoding: gzip") {
+            bail!("GET {path} with gzip: {head}");
+        }
+        Ok((raw.len() - end - 4, secs))
+    }
+
     /// GET on the agent's HTTP port: (body, seconds to the last byte).
     pub fn get_timed(&self, path: &str) -> Result<(String, f64)> {
         use std::io::{Read, Write};
@@ -427,7 +452,11 @@ impl Agent {
             }
         }
         if programs == 0 {
-            bail!("agent {} pinned no eBPF program under {}", self.child.id(), root.display());
+            bail!(
+                "agent {} pinned no eBPF program under {}",
+                self.child.id(),
+                root.display()
+            );
         }
         Ok((ns, runs))
     }
@@ -533,7 +562,11 @@ fn pinned_program_stats(path: &Path) -> Result<(u64, u64)> {
         )
     };
     if fd < 0 {
-        bail!("BPF_OBJ_GET {}: {}", path.display(), std::io::Error::last_os_error());
+        bail!(
+            "BPF_OBJ_GET {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
     }
     // SAFETY: a fresh fd the kernel just gave us; closed when dropped.
     let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };

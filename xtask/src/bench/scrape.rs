@@ -58,6 +58,15 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
             std::thread::sleep(wait);
         }
     }
+    // As Prometheus scrapes: gzip (a few, still under live traffic).
+    let mut gz_times = Vec::new();
+    let mut gz_sizes = Vec::new();
+    for _ in 0..5 {
+        let (bytes, t) = agent.get_gzip_timed("/metrics")?;
+        gz_times.push(t * 1e3);
+        gz_sizes.push(bytes as f64);
+        std::thread::sleep(Duration::from_secs(1));
+    }
     let out = background.wait_with_output()?;
     let bg = super::loadgen::LoadReport::from_lines(&String::from_utf8_lossy(&out.stdout))?;
     let (_, hwm) = agent.rss_kib()?;
@@ -120,6 +129,14 @@ byte, from CPU 1's side of loopback). RSS is VmRSS after each scrape.\n"
         size.show(0),
         size.median / 1_048_576.0
     )?;
+    let (gz_time, gz_size) = (Spread::of(&gz_times), Spread::of(&gz_sizes));
+    writeln!(
+        md,
+        "| with `Accept-Encoding: gzip` (as Prometheus scrapes; 5 scrapes): time, bytes on the wire | {} ms, {} bytes ({:.1} MiB) |",
+        gz_time.show(1),
+        gz_size.show(0),
+        gz_size.median / 1_048_576.0
+    )?;
     writeln!(md, "| samples (non-comment lines) | {lines} |")?;
     writeln!(
         md,
@@ -163,7 +180,11 @@ byte, from CPU 1's side of loopback). RSS is VmRSS after each scrape.\n"
         ),
         Headline::new(
             "/metrics payload at 10,000 tenants x 2 SLOs",
-            format!("{:.1} MiB, {lines} samples", size.median / 1_048_576.0),
+            format!(
+                "{:.1} MiB, {lines} samples ({:.1} MiB gzipped, as Prometheus scrapes it)",
+                size.median / 1_048_576.0,
+                gz_size.median / 1_048_576.0
+            ),
             "",
             None,
         ),
