@@ -119,7 +119,24 @@ enum Command {
     Gate(cli::gate::Args),
 }
 
+/// glibc's malloc, left to itself, raises its mmap threshold after the first
+/// large free and then serves every later scrape buffer (tens of MiB at
+/// 10,000 tenants) from a heap arena it never gives back, one arena per
+/// thread that ever encoded a scrape. A fixed threshold keeps big buffers
+/// in their own mappings, returned to the kernel when freed; two arenas are
+/// plenty for an agent whose work is a poll loop and a few HTTP handlers.
+fn tune_malloc() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets allocator parameters; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() -> ExitCode {
+    tune_malloc();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
