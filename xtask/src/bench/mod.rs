@@ -21,9 +21,9 @@ mod tenants;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
-use procs::{Clients, loadavg, other_agents, sh};
+use procs::{Clients, foreign_pins, loadavg, other_agents, sh};
 use report::{Headline, Section};
 
 /// Tenants cycled by the fixed-rate overhead runs.
@@ -202,6 +202,18 @@ pub fn bench(root: &Path, quick: bool, only: &[String]) -> Result<()> {
         plan,
     };
     let started = std::time::Instant::now();
+    let pinned = foreign_pins();
+    if !pinned.is_empty() {
+        bail!(
+            "another burnwatch's programs are attached (pins: {}): they would run on every syscall of both \
+arms. Stop that agent, or remove its pins (`burnwatch uninstall --bpffs-dir DIR`, or rm -r the directory).",
+            pinned
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let load_before = loadavg();
     let others_before = other_agents(&[]);
     sh("sysctl", &["-q", "-w", "kernel.bpf_stats_enabled=1"])?;

@@ -793,6 +793,39 @@ pub fn other_agents(ours: &[u32]) -> usize {
         .count()
 }
 
+/// burnwatch pin sets with attached links outside the bench's own
+/// directories (another agent, or one killed before it could unpin): their
+/// programs run on every syscall of the bench, in both arms.
+pub fn foreign_pins() -> Vec<PathBuf> {
+    fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+        let links = dir.join("links");
+        if std::fs::read_dir(&links).is_ok_and(|mut d| d.next().is_some()) {
+            out.push(dir.to_path_buf());
+            return;
+        }
+        if depth == 0 {
+            return;
+        }
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&e.path(), depth - 1, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/sys/fs/bpf")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("burnwatch") && !name.starts_with("burnwatch-bench-") {
+            walk(&e.path(), 3, &mut out);
+        }
+    }
+    out
+}
+
 /// The 1-minute load average, to record how busy the machine was.
 pub fn loadavg() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
