@@ -30,6 +30,31 @@ pub struct Agent {
 /// Where test agents pin their programs and maps, one directory each.
 pub const TEST_PIN_ROOT: &str = "/sys/fs/bpf/burnwatch-tests";
 
+/// Removes pin sets left by test processes that died before their agents'
+/// `Drop` ran (a killed `cargo test`): their programs stay attached and
+/// tax every syscall of every later test and bench. Once per process.
+fn remove_stale_test_pins() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        for e in std::fs::read_dir(TEST_PIN_ROOT)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix('p')
+                .and_then(|r| r.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok());
+            if let Some(pid) = pid
+                && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    });
+}
+
 /// A pin root for an agent on `state_dir`: the same state directory gets
 /// the same pins (a restarted agent finds what the previous one left),
 /// anything else a directory of its own.
@@ -103,6 +128,7 @@ impl Agent {
         exporters: &str,
         args: &[&str],
     ) -> Agent {
+        remove_stale_test_pins();
         let pins = pin_root_for(state_dir);
         let dir = tempfile::tempdir().unwrap();
         let state_dir = state_dir
