@@ -389,3 +389,18 @@ fn get(port: u16, path: &str) -> Option<Response> {
         .ok()?;
     c.try_read_response(false).ok()
 }
+
+/// Sends `n` keep-alive requests on one connection to `port`, cycling
+/// methods (GET, POST), the statuses `codes` (`/status/<code>`, which the
+/// test servers answer with that code) and `tenants` (`None`: no tenant
+/// header); asserts each answer's status. Returns `n`.
+pub fn send_status_mix(port: u16, n: usize, codes: &[u16], tenants: &[Option<&str>]) -> usize {
+    let mut c = Conn::open(port);
+    for i in 0..n {
+        let code = codes[i % codes.len()];
+        let req = Req::new(["GET", "POST"][i % 2], &format!("/status/{code}"))
+            .tenant(tenants[i % tenants.len()]);
+        assert_eq!(c.send_req(&req).status, code);
+    }
+    n
+}

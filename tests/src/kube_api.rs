@@ -43,19 +43,24 @@ impl FakeApiServer {
 
     /// A kubeconfig pointing at this server, written into `dir`.
     pub fn kubeconfig(&self, dir: &Path) -> PathBuf {
-        let path = dir.join("kubeconfig");
-        std::fs::write(
-            &path,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:{}\n\
-                 users:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\n\
-                 current-context: x\n",
-                self.port
-            ),
-        )
-        .unwrap();
-        path
+        kubeconfig(dir, self.port)
     }
+}
+
+/// A kubeconfig for an API server on 127.0.0.1:`port` (plain HTTP, a dummy
+/// token), written into `dir`.
+pub fn kubeconfig(dir: &Path, port: u16) -> PathBuf {
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:{port}\n\
+             users:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\n\
+             current-context: x\n"
+        ),
+    )
+    .unwrap();
+    path
 }
 
 impl Drop for FakeApiServer {

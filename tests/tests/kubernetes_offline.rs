@@ -18,17 +18,7 @@ fn no_reachable_api_is_logged_once_and_the_agent_carries_on() {
     let dir = tempfile::tempdir().unwrap();
     // A kubeconfig whose API server port has no listener: every watch
     // attempt is refused, and retried with backoff.
-    let kubeconfig = dir.path().join("kubeconfig");
-    let port = free_port();
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:{port}\n\
-             users:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\n\
-             current-context: x\n"
-        ),
-    )
-    .unwrap();
+    let kubeconfig = burnwatch_e2e::kube_api::kubeconfig(dir.path(), free_port());
     // SAFETY: the only test of this binary; no other thread reads the
     // environment while it is set.
     unsafe {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use burnwatch_e2e::agent::{Agent, REQUESTS, method_counts_of};
 use burnwatch_e2e::cgroup::TestCgroup;
-use burnwatch_e2e::client::{Conn, Req};
+use burnwatch_e2e::client;
 use burnwatch_e2e::kube_api::FakeApiServer;
 use burnwatch_e2e::servers::{Kind, MethodCounts, ScriptServer, Server};
 use burnwatch_e2e::{assert_same_counts, require_root, wait_for, workspace_root};
@@ -26,14 +26,7 @@ const CONTAINER: &str = "123beec1446e73544a838df719244e188ea8f7bd60b4531a75f9844
 const CODES: &[u16] = &[200, 201, 404, 500, 503];
 
 fn drive(port: u16, n: usize) -> usize {
-    let mut c = Conn::open(port);
-    for i in 0..n {
-        let code = CODES[i % CODES.len()];
-        let req = Req::new(["GET", "POST"][i % 2], &format!("/status/{code}"))
-            .tenant([Some("acme"), None][i % 2]);
-        assert_eq!(c.send_req(&req).status, code);
-    }
-    n
+    client::send_status_mix(port, n, CODES, &[Some("acme"), None])
 }
 
 /// The server's own log with every request's tenant replaced by `tenant`

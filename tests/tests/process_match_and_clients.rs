@@ -15,13 +15,7 @@ const CODES: &[u16] = &[200, 201, 404, 500, 503];
 
 /// Keep-alive and fresh-connection requests to `port`; returns how many.
 fn drive(port: u16, n: usize) -> usize {
-    let mut c = Conn::open(port);
-    for i in 0..n {
-        let code = CODES[i % CODES.len()];
-        let req = Req::new(["GET", "POST"][i % 2], &format!("/status/{code}"))
-            .tenant(TENANTS[i % TENANTS.len()]);
-        assert_eq!(c.send_req(&req).status, code);
-    }
+    client::send_status_mix(port, n, CODES, TENANTS);
     let r = Conn::open(port).send_req(&Req::get("/status/503").tenant(Some("fresh")));
     assert_eq!(r.status, 503);
     n + 1

@@ -98,6 +98,8 @@ impl PodDirectory {
         self.version
     }
 
+    /// The pod of a kernel key's `cgroup_id` (0, outside Kubernetes, is
+    /// never a pod).
     pub fn get(&self, cgroup_id: u64) -> Option<&PodEntry> {
         self.by_cgroup.get(&cgroup_id)
     }

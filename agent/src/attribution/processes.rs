@@ -53,6 +53,15 @@ struct Rule {
     m: Match,
 }
 
+impl Rule {
+    /// Adds the `MATCHES` entry naming this rule for attribute `attr` of
+    /// `kind` (the first rule to claim an entry keeps it).
+    fn add_entry(&self, out: &mut BTreeMap<MatchKey, u32>, kind: u8, attr: &[u8]) {
+        out.entry(key(kind, self.role, self.m.port.unwrap_or(0), attr))
+            .or_insert(self.id);
+    }
+}
+
 /// What a process looks like, from /proc.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct ProcessInfo {
@@ -168,13 +177,7 @@ impl ProcessMatcher {
                 // checked per container (the config documents selectors
                 // with `port` only).
                 if kubernetes::matches(&r.m, &pod.meta) {
-                    out.entry(key(
-                        match_kind::CGROUP,
-                        r.role,
-                        r.m.port.unwrap_or(0),
-                        &cgroup_id.to_le_bytes(),
-                    ))
-                    .or_insert(r.id);
+                    r.add_entry(&mut out, match_kind::CGROUP, &cgroup_id.to_le_bytes());
                 }
             }
         }
@@ -185,13 +188,7 @@ impl ProcessMatcher {
                 let prefix = r.m.cgroup.as_deref().unwrap_or("/");
                 for (path, id) in &dirs {
                     if path.starts_with(prefix) {
-                        out.entry(key(
-                            match_kind::CGROUP,
-                            r.role,
-                            r.m.port.unwrap_or(0),
-                            &id.to_le_bytes(),
-                        ))
-                        .or_insert(r.id);
+                        r.add_entry(&mut out, match_kind::CGROUP, &id.to_le_bytes());
                     }
                 }
             }
@@ -201,13 +198,7 @@ impl ProcessMatcher {
             for (pid, info) in &self.known {
                 for r in &self.process_rules {
                     if matches(&r.m, info) {
-                        out.entry(key(
-                            match_kind::TGID,
-                            r.role,
-                            r.m.port.unwrap_or(0),
-                            &pid.to_le_bytes(),
-                        ))
-                        .or_insert(r.id);
+                        r.add_entry(&mut out, match_kind::TGID, &pid.to_le_bytes());
                     }
                 }
             }

@@ -76,10 +76,7 @@ impl ClientTable {
                     tenant: tenant_label(key.tenant(), missing_tenant),
                     method: Method::from_u8(key.method).as_str(),
                     status: key.status,
-                    pod: (key.cgroup_id != 0)
-                        .then(|| pods.get(key.cgroup_id))
-                        .flatten()
-                        .map(|p| p.labels.clone()),
+                    pod: pods.get(key.cgroup_id).map(|p| p.labels.clone()),
                 };
                 let i = *self.by_labels.entry(labels.clone()).or_insert_with(|| {
                     self.series.push((labels, 0));

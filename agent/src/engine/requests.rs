@@ -165,9 +165,7 @@ impl RequestTable {
         let (si, li) = match self.by_key.get(key) {
             Some(&idx) => idx,
             None => {
-                let pod = (key.cgroup_id != 0)
-                    .then(|| pods.get(key.cgroup_id))
-                    .flatten();
+                let pod = pods.get(key.cgroup_id);
                 let service = match pod {
                     // Found servers in a pod are named after its workload.
                     Some(p) if key.service_id == SERVICE_AUTO => {

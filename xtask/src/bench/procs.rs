@@ -363,20 +363,26 @@ impl Agent {
         self.cpu.describe()
     }
 
-    /// GET with `Accept-Encoding: gzip`, as Prometheus scrapes: (bytes on
-    /// the wire after the header, seconds to the last byte).
-    pub fn get_gzip_timed(&self, path: &str) -> Result<(usize, f64)> {
+    /// One GET on the agent's HTTP port with `headers` (each ending in
+    /// CRLF): (raw response, seconds to the last byte).
+    fn raw_get(&self, path: &str, headers: &str) -> Result<(Vec<u8>, f64)> {
         use std::io::{Read, Write};
         let start = Instant::now();
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port))?;
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Connection: close\r\n\r\n"
         )?;
         let mut raw = Vec::new();
         s.read_to_end(&mut raw)?;
-        let secs = start.elapsed().as_secs_f64();
+        Ok((raw, start.elapsed().as_secs_f64()))
+    }
+
+    /// GET with `Accept-Encoding: gzip`, as Prometheus scrapes: (bytes on
+    /// the wire after the header, seconds to the last byte).
+    pub fn get_gzip_timed(&self, path: &str) -> Result<(usize, f64)> {
+        let (raw, secs) = self.raw_get(path, "Accept-Encoding: gzip\r\n")?;
         let end = raw
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
@@ -390,17 +396,7 @@ impl Agent {
 
     /// GET on the agent's HTTP port: (body, seconds to the last byte).
     pub fn get_timed(&self, path: &str) -> Result<(String, f64)> {
-        use std::io::{Read, Write};
-        let start = Instant::now();
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port))?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw)?;
-        let secs = start.elapsed().as_secs_f64();
+        let (raw, secs) = self.raw_get(path, "")?;
         let text = String::from_utf8_lossy(&raw);
         let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header")?;
         if !head.starts_with("HTTP/1.1 200") {
