@@ -224,6 +224,12 @@ pub struct RequestKey {
     pub tenant: [u8; TENANT_MAX],
 }
 
+// The eBPF side copies these byte arrays as u64 words.
+const _: () = assert!(core::mem::offset_of!(RequestKey, peer_addr) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(RequestKey, tenant) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(ConnState, peer_addr) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(crate::http::PendingRequest, tenant) % 8 == 0);
+
 impl RequestKey {
     pub fn tenant(&self) -> &[u8] {
         &self.tenant[..(self.tenant_len as usize).min(TENANT_MAX)]

@@ -1,7 +1,10 @@
 //! Counting: a request answered (or abandoned) becomes +1 on its series in
 //! `COUNTS`; connection-level events become +1 in `CONN_EVENTS`.
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
+use core::{
+    intrinsics::{AtomicOrdering, atomic_xadd},
+    ptr::write_volatile,
+};
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::HashMap};
 use burnwatch_common::{
@@ -77,22 +80,28 @@ pub fn count_request(conn: &ConnState, req: &PendingRequest, cfg: &AgentConfig, 
     key._pad = 0;
     key.peer_port = conn.peer_port;
     key._pad2 = 0;
-    key.peer_addr = conn.peer_addr;
     key.cgroup_id = conn.cgroup_id;
-    key.tenant = req.tenant;
-    // Bytes past the length may hold trimmed blanks: zero them so equal
-    // tenants make equal keys. Word by word: 8 steps, not 64.
+    // Byte arrays are copied as words (8-aligned in both structs, asserted
+    // in burnwatch_common::maps): a plain `=` becomes a call to a
+    // byte-at-a-time memmove in the eBPF build.
+    copy_words(&conn.peer_addr, &mut key.peer_addr);
+    // Bytes past the length may be stale or trimmed blanks: zero them so
+    // equal tenants make equal keys.
     let len = req.tenant_len as usize;
-    let words = unsafe { &mut *(key.tenant.as_mut_ptr() as *mut [u64; TENANT_MAX / 8]) };
+    let src = unsafe { &*(req.tenant.as_ptr() as *const [u64; TENANT_MAX / 8]) };
+    let words = key.tenant.as_mut_ptr() as *mut u64;
     let mut w = 0usize;
     while w < TENANT_MAX / 8 {
         let start = w * 8;
-        if start >= len {
-            words[w] = 0;
+        let v = if start >= len {
+            0
         } else if start + 8 > len {
             // Little-endian: keep the low (len - start) bytes.
-            words[w] &= (1u64 << (8 * (len - start))) - 1;
-        }
+            src[w] & ((1u64 << (8 * (len - start))) - 1)
+        } else {
+            src[w]
+        };
+        unsafe { write_volatile(words.add(w), v) };
         w += 1;
     }
 
@@ -153,6 +162,17 @@ pub fn count_request(conn: &ConnState, req: &PendingRequest, cfg: &AgentConfig, 
             add_stats(&scratch.key, dur, bucket);
         }
         Err(_) => bump(counter::COUNTS_FULL),
+    }
+}
+
+/// Copies 16 bytes as two words (volatile, so LLVM does not fold them
+/// back into a `memmove` call).
+#[inline(always)]
+fn copy_words(src: &[u8; 16], dst: &mut [u8; 16]) {
+    let (s, d) = (src.as_ptr() as *const u64, dst.as_mut_ptr() as *mut u64);
+    unsafe {
+        write_volatile(d, *s);
+        write_volatile(d.add(1), *s.add(1));
     }
 }
 

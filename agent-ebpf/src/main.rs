@@ -34,12 +34,14 @@
 
 mod count;
 mod maps;
+mod mem;
 mod parse;
 mod socket;
 
-use core::ffi::c_void;
+use core::{ffi::c_void, mem::MaybeUninit};
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
         generated::{
@@ -65,15 +67,24 @@ use maps::{
 
 const BPF_NOEXIST: u64 = 1;
 
+/// A field of the tracepoint's record, loaded directly: the verifier allows
+/// constant, aligned loads from a tracepoint's context. (`read_at` goes
+/// through `bpf_probe_read`, a helper call and a fault-checked copy: four to
+/// ten of them per request, a few hundred ns in all.)
+#[inline(always)]
+fn tp_field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    unsafe { core::ptr::read((ctx.as_ptr() as *const u8).add(offset) as *const T) }
+}
+
 #[inline(always)]
 fn arg_u64(ctx: &TracePointContext, n: usize) -> u64 {
     // Syscall tracepoints: 8 bytes of common fields + nr, then one u64 per arg.
-    unsafe { ctx.read_at::<u64>(16 + 8 * n).unwrap_or(0) }
+    tp_field::<u64>(ctx, 16 + 8 * n)
 }
 
 #[inline(always)]
 fn exit_ret(ctx: &TracePointContext) -> i64 {
-    unsafe { ctx.read_at::<i64>(16).unwrap_or(-1) }
+    tp_field::<i64>(ctx, 16)
 }
 
 #[inline(always)]
@@ -85,6 +96,31 @@ fn read_user<T: Copy>(addr: u64, out: &mut T) -> bool {
             addr as *const c_void,
         ) == 0
     }
+}
+
+/// Reads a `T` from user memory into uninitialised stack and returns it,
+/// `None` if the read faulted. The helper writes every byte (zeros on
+/// failure), so nothing is zeroed first: LLVM turns zeroing into `memset`
+/// calls (see `mem.rs`).
+#[inline(always)]
+fn read_user_into<T: Copy>(addr: u64, out: &mut MaybeUninit<T>) -> Option<&T> {
+    let ok = unsafe {
+        bpf_probe_read_user(
+            out.as_mut_ptr() as *mut c_void,
+            core::mem::size_of::<T>() as u32,
+            addr as *const c_void,
+        ) == 0
+    };
+    ok.then(|| unsafe { &*out.as_ptr() })
+}
+
+/// A zeroed `2 * HEAD`-byte buffer for the start of a response, zeroed
+/// with 8-byte stores in u64-aligned stack (a `[0u8; 32]` becomes a
+/// `memset` call of byte stores).
+#[inline(always)]
+fn zeroed_head(words: &mut MaybeUninit<[u64; 2 * HEAD / 8]>) -> &mut [u8; 2 * HEAD] {
+    mem::zero_words(words);
+    unsafe { &mut *(words.as_mut_ptr() as *mut [u8; 2 * HEAD]) }
 }
 
 // ---------------------------------------------------------------- reads
@@ -103,13 +139,27 @@ pub fn sys_exit_read(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// `struct pt_regs` offsets of `di`, `si`, `dx` on x86_64. When the
+/// kernel's BTF gives these (it has since 2.6), the arguments are read with
+/// constant-offset loads; other layouts take the `bpf_probe_read_kernel` path.
+const X86_64_ARG_REGS: [u32; 3] = [112, 104, 96];
+
 /// The arguments of the current thread's read syscall, at its exit.
 #[inline(always)]
 fn read_args(ctx: &TracePointContext, cfg: &AgentConfig) -> Option<ReadArgs> {
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
     let off = &cfg.offsets;
     let (fd, buf, vlen);
-    if off.regs_arg[1] == off.regs_arg[2] + 8 && off.regs_arg[0] == off.regs_arg[2] + 16 {
+    if off.regs_arg == X86_64_ARG_REGS {
+        // `regs` is a BTF pointer: the verifier turns loads at constant
+        // offsets into fault-safe direct loads, no helper call, no copy.
+        let p = regs as *const u64;
+        unsafe {
+            fd = core::ptr::read(p.add(X86_64_ARG_REGS[0] as usize / 8));
+            buf = core::ptr::read(p.add(X86_64_ARG_REGS[1] as usize / 8));
+            vlen = core::ptr::read(p.add(X86_64_ARG_REGS[2] as usize / 8));
+        }
+    } else if off.regs_arg[1] == off.regs_arg[2] + 8 && off.regs_arg[0] == off.regs_arg[2] + 16 {
         // x86_64 keeps dx, si, di side by side: one read.
         let mut dx_si_di = [0u64; 3];
         if unsafe {
@@ -140,7 +190,7 @@ fn read_args(ctx: &TracePointContext, cfg: &AgentConfig) -> Option<ReadArgs> {
         (fd, buf, vlen) = (args[0], args[1], args[2]);
     }
     // Syscall tracepoints: 8 bytes of common fields, then the number (int).
-    let nr = unsafe { ctx.read_at::<i32>(8).unwrap_or(-1) } as i64;
+    let nr = tp_field::<i32>(ctx, 8) as i64;
     let kind = if nr == off.nr_readv as i64 {
         read_kind::IOVEC
     } else if nr == off.nr_recvmsg as i64 {
@@ -170,14 +220,15 @@ fn fill_iovecs(scratch: &mut Scratch, args: &ReadArgs, ret: u64) -> bool {
         read_kind::IOVEC => (args.buf, args.vlen),
         _ => {
             // struct user_msghdr { name, namelen, iov @16, iovlen @24, ... }
-            let mut hdr = [0u64; 4];
-            if !read_user(args.buf, &mut hdr) {
+            let mut hdr = MaybeUninit::<[u64; 4]>::uninit();
+            let Some(hdr) = read_user_into(args.buf, &mut hdr) else {
                 return false;
-            }
+            };
             (hdr[2], hdr[3])
         }
     };
-    let mut iov = [0u64; 2 * MAX_IOV]; // struct iovec { base, len } x MAX_IOV
+    // struct iovec { base, len } x MAX_IOV, written whole by the read below.
+    let mut iov_buf = MaybeUninit::<[u64; 2 * MAX_IOV]>::uninit();
     let cnt = if vlen < MAX_IOV as u64 {
         vlen
     } else {
@@ -188,11 +239,13 @@ fn fill_iovecs(scratch: &mut Scratch, args: &ReadArgs, ret: u64) -> bool {
     }
     // Read the whole array at once; a short array near a page end falls
     // back to the first iovec.
-    if !read_user(iov_addr, &mut iov) {
-        let mut first = [0u64; 2];
-        if !read_user(iov_addr, &mut first) {
+    let ok = read_user_into(iov_addr, &mut iov_buf).is_some();
+    let iov = unsafe { &mut *iov_buf.as_mut_ptr() };
+    if !ok {
+        let mut first = MaybeUninit::<[u64; 2]>::uninit();
+        let Some(first) = read_user_into(iov_addr, &mut first) else {
             return false;
-        }
+        };
         iov[0] = first[0];
         iov[1] = first[1];
     }
@@ -427,9 +480,10 @@ fn store_conn(key: u64, conn: &ConnState) -> Option<*mut ConnState> {
 pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
     let fd = arg_u64(&ctx, 0) as u32;
     let (buf, len) = (arg_u64(&ctx, 1), arg_u64(&ctx, 2));
-    match write_conn(fd, buf, len) {
+    match write_conn(fd, WriteStart::Buf(buf), len) {
         Some(Writer::Server(conn)) => {
-            let mut head = [0u8; 2 * HEAD];
+            let mut words = MaybeUninit::uninit();
+            let head = zeroed_head(&mut words);
             let n = if len < HEAD as u64 { len } else { HEAD as u64 };
             if n > 0
                 && unsafe {
@@ -440,7 +494,7 @@ pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
                     )
                 } == 0
             {
-                on_response_head(conn, &head, n as usize);
+                on_response_head(conn, head, n as usize);
             }
         }
         Some(Writer::Client(key)) => client_write(&ctx, key, read_kind::BUF, buf, len),
@@ -454,7 +508,7 @@ pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
     let (iov, cnt) = (arg_u64(&ctx, 1), arg_u64(&ctx, 2));
-    match write_conn(arg_u64(&ctx, 0) as u32, first_iov_base(iov, cnt), 8) {
+    match write_conn(arg_u64(&ctx, 0) as u32, WriteStart::Iovecs(iov, cnt), 8) {
         Some(Writer::Server(conn)) => iov_response_head(conn, iov, cnt),
         Some(Writer::Client(key)) => client_write(&ctx, key, read_kind::IOVEC, iov, cnt),
         None => {}
@@ -470,7 +524,11 @@ pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
     if !read_user(msg, &mut hdr) {
         return 0;
     }
-    match write_conn(arg_u64(&ctx, 0) as u32, first_iov_base(hdr[2], hdr[3]), 8) {
+    match write_conn(
+        arg_u64(&ctx, 0) as u32,
+        WriteStart::Iovecs(hdr[2], hdr[3]),
+        8,
+    ) {
         Some(Writer::Server(conn)) => iov_response_head(conn, hdr[2], hdr[3]),
         Some(Writer::Client(key)) => client_write(&ctx, key, read_kind::MSGHDR, msg, 0),
         None => {}
@@ -478,14 +536,29 @@ pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// The base of the first iovec of an array (0 if unreadable).
-#[inline(always)]
-fn first_iov_base(iov: u64, cnt: u64) -> u64 {
-    let mut first = [0u64; 2];
-    if cnt == 0 || !read_user(iov, &mut first) {
-        return 0;
+/// Where the bytes of a write start: one buffer, or the first iovec of an
+/// array (read only when needed: most writes are on sockets already known).
+#[derive(Clone, Copy)]
+enum WriteStart {
+    Buf(u64),
+    Iovecs(u64, u64),
+}
+
+impl WriteStart {
+    /// The address of the first byte written (0 if unreadable).
+    #[inline(always)]
+    fn addr(self) -> u64 {
+        match self {
+            WriteStart::Buf(addr) => addr,
+            WriteStart::Iovecs(iov, cnt) => {
+                let mut first = MaybeUninit::<[u64; 2]>::uninit();
+                match read_user_into(iov, &mut first) {
+                    Some(first) if cnt > 0 => first[0],
+                    _ => 0,
+                }
+            }
+        }
     }
-    first[0]
 }
 
 /// Who writes on a descriptor: a watched server (its responses), or a
@@ -496,10 +569,10 @@ enum Writer {
 }
 
 /// The connection a write on `fd` of the current process belongs to.
-/// `head` is the start of the bytes written (`len` of them at least), looked
+/// `start` is where the bytes written start (`len` of them at least), looked
 /// at only when clients are watched and the socket is new to us.
 #[inline(always)]
-fn write_conn(fd: u32, head: u64, len: u64) -> Option<Writer> {
+fn write_conn(fd: u32, start: WriteStart, len: u64) -> Option<Writer> {
     let id = bpf_get_current_pid_tgid();
     let key = conn_key((id >> 32) as u32, fd);
     if let Some(conn) = CONNS.get_ptr_mut(&key) {
@@ -515,7 +588,7 @@ fn write_conn(fd: u32, head: u64, len: u64) -> Option<Writer> {
     if cfg.flags & config_flags::CLIENTS == 0 {
         return None;
     }
-    new_client(cfg, key, fd, head, len)
+    new_client(cfg, key, fd, start.addr(), len)
 }
 
 /// A write on a socket we have no client state for (or one ignored under
@@ -615,19 +688,23 @@ fn iov_response_head(conn: &mut ConnState, iov_addr: u64, cnt: u64) {
     if cnt == 0 {
         return;
     }
-    let mut iov = [0u64; 2 * MAX_IOV]; // struct iovec { base, len } x MAX_IOV
-    if !read_user(iov_addr, &mut iov) {
+    // struct iovec { base, len } x MAX_IOV. The helper writes every byte
+    // (zeros on failure), so the array needs no zeroing first.
+    let mut iov_buf = MaybeUninit::<[u64; 2 * MAX_IOV]>::uninit();
+    let ok = read_user_into(iov_addr, &mut iov_buf).is_some();
+    let iov = unsafe { &mut *iov_buf.as_mut_ptr() };
+    if !ok {
         // A short array at a page end: the first iovec alone.
-        let mut first = [0u64; 2];
-        if !read_user(iov_addr, &mut first) {
+        let mut first = MaybeUninit::<[u64; 2]>::uninit();
+        let Some(first) = read_user_into(iov_addr, &mut first) else {
             return;
-        }
+        };
         iov[0] = first[0];
         iov[1] = first[1];
         iov[3] = 0;
     }
-    // Twice HEAD: the verifier sees `n < HEAD` plus `take <= HEAD` fit.
-    let mut head = [0u8; 2 * HEAD];
+    let mut words = MaybeUninit::uninit();
+    let head = zeroed_head(&mut words);
     let mut n = 0usize;
     let mut i = 0;
     while i < MAX_IOV {
@@ -655,7 +732,7 @@ fn iov_response_head(conn: &mut ConnState, iov_addr: u64, cnt: u64) {
         n += take as usize;
         i += 1;
     }
-    on_response_head(conn, &head, n);
+    on_response_head(conn, head, n);
 }
 
 /// The first `n` bytes of a response (written by a watched server, or read
@@ -680,8 +757,7 @@ fn on_response_head(conn: &mut ConnState, buf: &[u8; 2 * HEAD], n: usize) {
         return;
     }
     let Some(cfg) = config() else { return };
-    let req = *conn.requests.oldest();
-    count::count_request(conn, &req, cfg, status);
+    count::count_request(conn, conn.requests.oldest(), cfg, status);
     conn.requests.pop();
     if status == 101 {
         // The connection speaks another protocol from now on.
@@ -747,8 +823,8 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
     // Fields: skbaddr @8, skaddr @16, state @24, reason @28, saddr[28] @32
     // (a sockaddr_in/in6: family, then the local port in network order).
-    let skaddr: u64 = unsafe { ctx.read_at(16).unwrap_or(0) };
-    let port_be: u16 = unsafe { ctx.read_at(34).unwrap_or(0) };
+    let skaddr: u64 = tp_field(&ctx, 16);
+    let port_be: u16 = tp_field(&ctx, 34);
     let port = u16::from_be(port_be);
     let service = match unsafe { SERVER_PORTS.get(&port) } {
         Some(s) => *s,

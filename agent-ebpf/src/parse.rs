@@ -33,7 +33,8 @@ struct ParseCtx {
 pub fn parse_inbound(conn: *mut ConnState, cfg: &AgentConfig, scratch: *mut Scratch) {
     unsafe {
         (*conn).requests.begin_read();
-        (*scratch).iov_idx = 0;
+        // Volatile: two adjacent zero stores become a memset call otherwise.
+        core::ptr::write_volatile(&mut (*scratch).iov_idx, 0);
         (*scratch).off = 0;
     }
     let mut pc = ParseCtx {
