@@ -89,13 +89,11 @@ fn exit_ret(ctx: &TracePointContext) -> i64 {
 
 #[inline(always)]
 fn read_user<T: Copy>(addr: u64, out: &mut T) -> bool {
-    unsafe {
-        bpf_probe_read_user(
-            out as *mut T as *mut c_void,
-            core::mem::size_of::<T>() as u32,
-            addr as *const c_void,
-        ) == 0
-    }
+    // An initialised `T` is a valid `MaybeUninit<T>`.
+    read_user_into(addr, unsafe {
+        &mut *(out as *mut T as *mut MaybeUninit<T>)
+    })
+    .is_some()
 }
 
 /// Reads a `T` from user memory into uninitialised stack and returns it,
@@ -116,7 +114,8 @@ fn read_user_into<T: Copy>(addr: u64, out: &mut MaybeUninit<T>) -> Option<&T> {
 
 /// A zeroed `2 * HEAD`-byte buffer for the start of a response, zeroed
 /// with 8-byte stores in u64-aligned stack (a `[0u8; 32]` becomes a
-/// `memset` call of byte stores).
+/// `memset` call of byte stores). Twice HEAD: the verifier sees that a
+/// read of `take <= HEAD` bytes at `n < HEAD` fits.
 #[inline(always)]
 fn zeroed_head(words: &mut MaybeUninit<[u64; 2 * HEAD / 8]>) -> &mut [u8; 2 * HEAD] {
     mem::zero_words(words);
@@ -159,21 +158,8 @@ fn read_args(ctx: &TracePointContext, cfg: &AgentConfig) -> Option<ReadArgs> {
             buf = core::ptr::read(p.add(X86_64_ARG_REGS[1] as usize / 8));
             vlen = core::ptr::read(p.add(X86_64_ARG_REGS[2] as usize / 8));
         }
-    } else if off.regs_arg[1] == off.regs_arg[2] + 8 && off.regs_arg[0] == off.regs_arg[2] + 16 {
-        // x86_64 keeps dx, si, di side by side: one read.
-        let mut dx_si_di = [0u64; 3];
-        if unsafe {
-            bpf_probe_read_kernel(
-                dx_si_di.as_mut_ptr() as *mut c_void,
-                24,
-                (regs + off.regs_arg[2] as u64) as *const c_void,
-            )
-        } != 0
-        {
-            return None;
-        }
-        (vlen, buf, fd) = (dx_si_di[0], dx_si_di[1], dx_si_di[2]);
     } else {
+        // Other layouts (arm64: orig_x0, regs[1], regs[2]).
         let mut args = [0u64; 3];
         for (dst, at) in args.iter_mut().zip(off.regs_arg) {
             if unsafe {
@@ -520,10 +506,12 @@ pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
     let msg = arg_u64(&ctx, 1);
-    let mut hdr = [0u64; 4]; // user_msghdr: name, namelen, iov, iovlen
-    if !read_user(msg, &mut hdr) {
+    // user_msghdr: name, namelen, iov, iovlen (read whole by the helper,
+    // so not zeroed first: this runs on every sendmsg of the node).
+    let mut hdr = MaybeUninit::<[u64; 4]>::uninit();
+    let Some(hdr) = read_user_into(msg, &mut hdr) else {
         return 0;
-    }
+    };
     match write_conn(
         arg_u64(&ctx, 0) as u32,
         WriteStart::Iovecs(hdr[2], hdr[3]),
@@ -550,12 +538,10 @@ impl WriteStart {
     fn addr(self) -> u64 {
         match self {
             WriteStart::Buf(addr) => addr,
-            WriteStart::Iovecs(iov, cnt) => {
+            WriteStart::Iovecs(_, 0) => 0,
+            WriteStart::Iovecs(iov, _) => {
                 let mut first = MaybeUninit::<[u64; 2]>::uninit();
-                match read_user_into(iov, &mut first) {
-                    Some(first) if cnt > 0 => first[0],
-                    _ => 0,
-                }
+                read_user_into(iov, &mut first).map_or(0, |first| first[0])
             }
         }
     }
