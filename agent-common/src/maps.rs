@@ -279,6 +279,10 @@ pub struct ConnState {
     pub peer_addr: [u8; 16],
     /// See [`RequestKey::cgroup_id`].
     pub cgroup_id: u64,
+    /// The kernel's `struct sock` behind the descriptor (0 for ignored
+    /// connections): `sock:inet_sock_set_state` finds the connection by it
+    /// (`SOCKS`) and checks here that the descriptor still holds that socket.
+    pub sk: u64,
     pub requests: RequestStream,
 }
 

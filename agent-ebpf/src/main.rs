@@ -13,6 +13,8 @@
 //! - `close` enter: requests still queued are counted with status 000;
 //! - `accept`/`accept4` exit, `connect` enter: a new socket; stale state for
 //!   its descriptor number (left by an fd closed without `close`) is dropped;
+//! - `sock:inet_sock_set_state`: a watched socket ends without a `close`
+//!   we saw (process killed, peer reset): pending requests count as 000;
 //! - `tcp:tcp_send_reset`: resets and refused connections on a service port.
 //!
 //! A connection is recognised the first time a read returns a request line,
@@ -61,7 +63,7 @@ use burnwatch_common::{
 };
 
 use maps::{
-    CONNS, MATCHES, MAX_IOV, SCRATCH, SERVER_PORTS, SERVICE_PORTS, Scratch, TAIL_CALLS,
+    CONNS, MATCHES, MAX_IOV, SCRATCH, SERVER_PORTS, SERVICE_PORTS, SOCKS, Scratch, TAIL_CALLS,
     TAIL_PARSE_WRITE, bump, config,
 };
 
@@ -417,11 +419,23 @@ fn new_connection(
         conn.local_port = sock.local_port;
         if conn.role == role::SERVER {
             conn.ignored = ignored::NO;
+            conn.sk = sock.addr();
             // Remember the port serves HTTP, for resets and refusals.
             let _ = SERVER_PORTS.insert(&sock.local_port, &conn.service_id, BPF_NOEXIST);
         }
     }
-    store_conn(key, conn)
+    let sk = conn.sk;
+    let stored = store_conn(key, conn)?;
+    watch_socket(sk, key);
+    Some(stored)
+}
+
+/// Lets `inet_sock_set_state` find the connection `key` by its socket.
+#[inline(always)]
+fn watch_socket(sk: u64, key: u64) {
+    if sk != 0 {
+        let _ = SOCKS.insert(&sk, &key, 0);
+    }
 }
 
 /// The per-CPU scratch connection, reset: role 0 (ignored) under the
@@ -438,6 +452,7 @@ fn blank_conn(cfg: &AgentConfig) -> Option<&'static mut ConnState> {
     conn._pad2 = 0;
     conn.generation = cfg.match_generation;
     conn.peer_addr = [0; 16];
+    conn.sk = 0;
     // Read once per connection, and only when pods are attributed.
     conn.cgroup_id = if cfg.flags & config_flags::KEY_BY_CGROUP != 0 {
         unsafe { bpf_get_current_cgroup_id() }
@@ -606,7 +621,9 @@ fn new_client(cfg: &AgentConfig, key: u64, fd: u32, buf: u64, len: u64) -> Optio
             conn.ignored = ignored::NO;
             conn.local_port = port;
             conn.peer_port = port;
+            conn.sk = sock.addr();
             store_conn(key, conn)?;
+            watch_socket(sock.addr(), key);
             Some(Writer::Client(key))
         }
         None => {
@@ -797,6 +814,59 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         }
         let _ = CONNS.remove(&key);
     }
+    0
+}
+
+// --------------------------------------------------------- socket state
+
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_FIN_WAIT1: i32 = 4;
+const TCP_CLOSE: i32 = 7;
+const TCP_CLOSE_WAIT: i32 = 8;
+const TCP_LAST_ACK: i32 = 9;
+
+/// `sock:inet_sock_set_state`: a watched connection's socket can no longer
+/// carry an answer, and no `close` syscall told us: its process exited or
+/// was killed (the kernel closes the descriptors without a syscall), the
+/// peer reset it, or this side shut down sending. Requests still pending
+/// never get a response: count them with status 000 as `close` would, and
+/// forget the connection.
+///
+/// Acts on this side closing (ESTABLISHED -> FIN_WAIT1, CLOSE_WAIT ->
+/// LAST_ACK) and on CLOSE (reset, or the end of any close). The peer half-
+/// closing (-> CLOSE_WAIT) is not an end: the server may still answer.
+/// After a `close` syscall the connection is already gone (the syscall runs
+/// before the state changes), so the socket's later states find nothing.
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    // Fields: skaddr @8, oldstate @16, newstate @20.
+    let old: i32 = tp_field(&ctx, 16);
+    let new: i32 = tp_field(&ctx, 20);
+    let ends = new == TCP_CLOSE
+        || (old == TCP_ESTABLISHED && new == TCP_FIN_WAIT1)
+        || (old == TCP_CLOSE_WAIT && new == TCP_LAST_ACK);
+    if !ends {
+        return 0;
+    }
+    let sk: u64 = tp_field(&ctx, 8);
+    let Some(&key) = (unsafe { SOCKS.get(&sk) }) else {
+        return 0;
+    };
+    let _ = SOCKS.remove(&sk);
+    let Some(conn) = CONNS.get_ptr_mut(&key) else {
+        return 0;
+    };
+    let conn = unsafe { &mut *conn };
+    // The descriptor may hold another socket by now (closed and reused).
+    if conn.sk != sk {
+        return 0;
+    }
+    if conn.role != 0
+        && let Some(cfg) = config()
+    {
+        count::count_abandoned(conn, cfg);
+    }
+    let _ = CONNS.remove(&key);
     0
 }
 

@@ -19,6 +19,12 @@ pub static COUNTS: HashMap<RequestKey, RequestStats> = HashMap::with_max_entries
 #[map(name = "CONNS")]
 pub static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(CONNS_MAX, 0);
 
+/// `struct sock` address -> `CONNS` key of a watched connection (server or
+/// client), so a socket that closes without a `close` syscall (its process
+/// was killed, the peer reset it) still has its pending requests counted.
+#[map(name = "SOCKS")]
+pub static SOCKS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(CONNS_MAX, 0);
+
 /// The agent's config (one entry), rewritten by userspace on reload.
 #[map(name = "CONFIG")]
 pub static CONFIG: Array<AgentConfig> = Array::with_max_entries(1, 0);

@@ -18,6 +18,13 @@ pub struct TcpSocket {
 }
 
 impl TcpSocket {
+    /// The kernel's `struct sock` address: the socket's identity in the
+    /// `sock:*` tracepoints.
+    #[inline(always)]
+    pub fn addr(&self) -> u64 {
+        self.sk as u64
+    }
+
     /// The remote end: port (host order) and address (IPv4 as IPv4-mapped
     /// IPv6, `::ffff:a.b.c.d`). Only the client side needs it.
     #[inline(always)]

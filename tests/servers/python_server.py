@@ -16,6 +16,8 @@ Paths:
                   "HTTP/1.1 500 Internal Server Error"
   /close          no response: the connection is closed (logged as 000)
   /reset          no response: the connection is reset (logged as 000)
+  /hang           no response ever: the handler sleeps (logged as 000 when
+                  the request is read; for killing the server mid-request)
   anything else   200
 The tenant is the X-Tenant-ID header, or with the environment variable
 TENANT_FROM=host the Host header's first label, or with TENANT_FROM=path the
@@ -91,6 +93,9 @@ class Handler(BaseHTTPRequestHandler):
     def answer(self):
         self.read_body()
         tenant, path = self.tenant_and_route(self.path.split("?")[0])
+        if path == "/hang":
+            log_line("000", tenant, self.command, path)
+            threading.Event().wait()
         if path in ("/close", "/reset"):
             log_line("000", tenant, self.command, path)
             self.close_connection = True

@@ -44,6 +44,26 @@ impl Conn {
         }
     }
 
+    /// Aborts the connection with a RST (SO_LINGER 0, then close), as a
+    /// client that gives up on a request does.
+    pub fn reset(self) {
+        use std::os::fd::AsRawFd;
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        let rc = unsafe {
+            libc::setsockopt(
+                self.stream().as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                &linger as *const libc::linger as *const libc::c_void,
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+    }
+
     /// The socket, for shutdowns and socket options.
     pub fn stream(&self) -> &TcpStream {
         self.reader.get_ref()

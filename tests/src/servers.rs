@@ -321,6 +321,13 @@ impl ScriptServer {
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("requests.log")
     }
+
+    /// Kills the server with SIGKILL (no close syscalls: the kernel closes
+    /// its sockets as the process exits) and waits for it to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Server for ScriptServer {

@@ -1,6 +1,7 @@
 //! Capture features beyond the basic count, against real servers and their
 //! own logs: readv/recvmsg/sendmsg, requests closed or reset unanswered
-//! (`000` and `burnwatch_tcp_failures_total`), refused connections, tenants
+//! (`000` and `burnwatch_tcp_failures_total`), requests pending when a
+//! client resets or the server is killed, refused connections, tenants
 //! from the Host header and a path segment, the per-service tenant cap, and
 //! long chunked bodies that must not break the stream.
 
@@ -191,6 +192,68 @@ fn unanswered_requests_count_as_000() {
         e.text,
         agent.log()
     );
+}
+
+/// Requests pending when their socket ends without a `close` syscall the
+/// agent sees: the client resets the connection while the handler still
+/// works, and the server process is killed with requests in flight (the
+/// kernel closes a dead process's sockets, no `close` runs). Each counts
+/// as 000, exactly as the server logged it when it read the request, and
+/// each is a `closed_without_response` failure.
+#[test]
+fn requests_pending_when_a_socket_dies_count_as_000() {
+    require_root();
+    let mut s = ScriptServer::start(Kind::Python);
+    let agent = Agent::start(&agent::config(&[("python", s.port)]));
+    let mut sent = 0;
+    let mut keep_alive = Conn::open(s.port);
+    for i in 0..5 {
+        let code = CODES[i % CODES.len()];
+        let r = keep_alive.send_req(&Req::get(&status_path(code)).tenant(TENANTS[i % 4]));
+        assert_eq!(r.status, code);
+        sent += 1;
+    }
+    // Clients that give up: a RST while the handler sleeps.
+    for tenant in [Some("acme"), Some("globex")] {
+        let mut c = Conn::open(s.port);
+        c.send(&Req::get("/hang").tenant(tenant).bytes());
+        sent += 1;
+        s.wait_for_log_lines(sent);
+        c.reset();
+    }
+    // Requests in flight on three fresh connections and the keep-alive one
+    // when the server is killed.
+    let mut held = Vec::new();
+    for tenant in [Some("acme"), Some("initech"), None] {
+        let mut c = Conn::open(s.port);
+        c.send(&Req::new("POST", "/hang").tenant(tenant).body(b"x").bytes());
+        sent += 1;
+        held.push(c);
+    }
+    keep_alive.send(&Req::get("/hang").tenant(Some("globex")).bytes());
+    sent += 1;
+    s.wait_for_log_lines(sent);
+    let want = s.method_counts("unknown");
+    assert_eq!(want.values().sum::<u64>(), sent as u64);
+    s.kill();
+    let e = agent.settle_and_scrape();
+    let mut failures = String::new();
+    if let Some(d) = count_diff(&agent::method_counts_of(&e, "python"), &want) {
+        failures.push_str(&format!("counts:\n{d}"));
+    }
+    let closed = tcp_failures(&e, "python", "closed_without_response");
+    if closed != 6 {
+        failures.push_str(&format!(
+            "closed_without_response = {closed}, want 6 (2 client resets, 4 killed)\n"
+        ));
+    }
+    assert!(
+        failures.is_empty(),
+        "{failures}\nexposition:\n{}\nagent log:\n{}",
+        e.text,
+        agent.log()
+    );
+    drop(held);
 }
 
 /// connections refused on a watched port (no listener) are

@@ -27,6 +27,7 @@ pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("syscalls", "sys_exit_accept", "sys_exit_accept4"),
     ("syscalls", "sys_enter_connect", "sys_enter_connect"),
     ("tcp", "tcp_send_reset", "tcp_send_reset"),
+    ("sock", "inet_sock_set_state", "inet_sock_set_state"),
     ("syscalls", "sys_enter_write", "sys_enter_write"),
     ("syscalls", "sys_enter_sendto", "sys_enter_write"),
     ("syscalls", "sys_enter_writev", "sys_enter_writev"),
