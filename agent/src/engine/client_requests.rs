@@ -31,7 +31,7 @@ pub struct ClientLabels {
 
 #[derive(Default)]
 pub struct ClientTable {
-    by_key: HashMap<RequestKey, usize>,
+    by_key: super::requests::KernelKeyMap<RequestKey, usize>,
     by_labels: HashMap<ClientLabels, usize>,
     /// (labels, cumulative count).
     pub series: Vec<(ClientLabels, u64)>,

@@ -4,10 +4,12 @@
 //! Everything the rest of the agent knows about the kernel comes through
 //! [`Probe::read_counts`] and [`Probe::read_counters`].
 
+mod batch;
 pub mod btf;
 pub mod pins;
 pub mod preflight;
 
+use std::os::fd::AsFd;
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow};
@@ -25,6 +27,7 @@ use burnwatch_common::maps::{
 };
 use tracing::{info, warn};
 
+use batch::BatchReader;
 use pins::Pins;
 
 /// The eBPF object, built by build.rs through aya-build.
@@ -34,6 +37,10 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// from their pinned links, independently of this process (see [`pins`]).
 pub struct Probe {
     counts: BpfHashMap<MapData, RequestKey, RequestStats>,
+    /// `COUNTS` and `CONN_EVENTS` read in batches (the maps above are the
+    /// fallback for kernels without batch lookups).
+    counts_batch: BatchReader<RequestKey, RequestStats>,
+    conn_events_batch: BatchReader<ConnEventKey, u64>,
     counters: PerCpuArray<MapData, u64>,
     conn_events: BpfHashMap<MapData, ConnEventKey, u64>,
     config: Array<MapData, AgentConfig>,
@@ -126,6 +133,12 @@ impl Probe {
             let id = data.info()?.id();
             Ok((Map::from_map_data(data)?, id))
         };
+        let batch_fd = |name: &str| -> Result<std::os::fd::OwnedFd> {
+            let path = pins.map(name);
+            let data = MapData::from_pin(&path)
+                .with_context(|| format!("opening pinned map {}", path.display()))?;
+            Ok(data.fd().as_fd().try_clone_to_owned()?)
+        };
         let (counts, counts_id) = open(names::COUNTS)?;
         let config: Array<MapData, AgentConfig> = Array::try_from(open(names::CONFIG)?.0)?;
         let config_value = config.get(&0, 0)?;
@@ -135,6 +148,8 @@ impl Probe {
         let matches_now = matches.iter().filter_map(|e| e.ok()).collect();
         Ok(Probe {
             counts: BpfHashMap::try_from(counts)?,
+            counts_batch: BatchReader::new(batch_fd(names::COUNTS)?),
+            conn_events_batch: BatchReader::new(batch_fd(names::CONN_EVENTS)?),
             counters: PerCpuArray::try_from(open(names::COUNTERS)?.0)?,
             conn_events: BpfHashMap::try_from(open(names::CONN_EVENTS)?.0)?,
             config,
@@ -217,6 +232,13 @@ impl Probe {
     /// Calls `f` with every request series the kernel has counted. The
     /// values are cumulative since the map was created.
     pub fn read_counts(&self, mut f: impl FnMut(&RequestKey, &RequestStats)) -> Result<()> {
+        if self
+            .counts_batch
+            .read(&mut f)
+            .context("reading COUNTS in batches")?
+        {
+            return Ok(());
+        }
         for item in self.counts.iter() {
             match item {
                 Ok((k, v)) => f(&k, &v),
@@ -230,6 +252,13 @@ impl Probe {
 
     /// Calls `f` with every per-service connection event count (cumulative).
     pub fn read_conn_events(&self, mut f: impl FnMut(&ConnEventKey, u64)) -> Result<()> {
+        if self
+            .conn_events_batch
+            .read(|k, v| f(k, *v))
+            .context("reading CONN_EVENTS in batches")?
+        {
+            return Ok(());
+        }
         for item in self.conn_events.iter() {
             match item {
                 Ok((k, v)) => f(&k, v),
