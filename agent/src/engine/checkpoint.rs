@@ -612,6 +612,30 @@ mod tests {
         }
     }
 
+    /// A period ring widened past `u32` slots survives a restart exactly.
+    #[test]
+    fn widened_period_ring_is_restored_exactly() {
+        let dir = TempDir::new("widened");
+        let (mut original, now) = busy_engine();
+        // 6 billion events in one second: more than u32::MAX in one 6 h bucket.
+        original
+            .record(now, SloId(0), "acme", 6_000_000_000, 0)
+            .expect("known");
+        let period = |e: &Engine| {
+            let p = e.snapshot(now, SloId(0), "acme").expect("acme").period;
+            (p.good, p.bad)
+        };
+        assert!(period(&original).0 > 6e9);
+        let store = StateStore::open(&dir.0).expect("open");
+        store.save(&original, now).expect("save");
+        let mut restored = Engine::new(slos(CONFIG));
+        let report = store.restore(&mut restored, now).expect("restore");
+        assert_eq!(report.restored_series, 4);
+        assert_eq!(report.reset_period_history, 0);
+        assert_eq!(period(&restored), period(&original));
+        assert_eq!(snapshot_json(&restored, now), snapshot_json(&original, now));
+    }
+
     #[test]
     fn kernel_cursor_is_saved_with_the_windows() {
         let dir = TempDir::new("cursor");

@@ -2,7 +2,7 @@
 //!
 //! Little-endian, fixed layout (the store's format version covers changes to it).
 //! Bucket counters are LEB128 varints: most buckets of most tenants are zero or small,
-//! so a series takes ~0.4-1.5 KiB on disk instead of its ~5 KiB in memory.
+//! so a series takes ~0.4-1.5 KiB on disk instead of its ~3 KiB in memory.
 //!
 //! ```text
 //! u64 tracked_since, u64 period_since, u64 last_event
@@ -13,6 +13,16 @@
 //!                  1 calendar [u64 month start, u64 good, u64 bad]
 //! ```
 //!
+//! Counter width is not part of the layout: every bucket counter is a varint, whether the
+//! ring in memory holds `u32` or `u64` slots. So when the 1 h ring went from `u64` to
+//! saturating `u32` slots and the period ring to `u32` slots that widen on demand, the
+//! layout, and with it the store's format version, stayed the same. A record written
+//! before that change decodes as it always did, except that a 1 h bucket above
+//! `u32::MAX` saturates (exactly what the live ring now does with such a bucket) instead
+//! of making the whole file unusable; a period ring comes back wide when one of its
+//! stored buckets needs it. An older agent reads records written by this one (after a
+//! rollback), since their values always fit its wider slots.
+//!
 //! Alert tiers are stored by shape (severity and windows), not by index, so a restore
 //! into a config with different tiers maps them or drops the alert. The per-SLO objective
 //! is not stored: it comes from the current config.
@@ -22,8 +32,8 @@ use thiserror::Error;
 use super::alert::Severity;
 use super::ring::{Counter, Ring};
 use super::series::{
-    LAYOUT_1H, LAYOUT_1M, LAYOUT_5M, LAYOUT_10S, MonthCounts, PERIOD_SPANS, PeriodBuffer,
-    PeriodRing, Ring1h, Ring1m, Ring5m, Ring10s, Series,
+    LAYOUT_1H, LAYOUT_1M, LAYOUT_5M, LAYOUT_10S, MonthCounts, PERIOD_SLOTS, PERIOD_SPANS,
+    PeriodBuffer, PeriodRing, Ring1h, Ring1m, Ring5m, Ring10s, Series,
 };
 use super::slo::Slo;
 use super::window::Window;
@@ -96,7 +106,10 @@ pub(crate) fn encode(series: &Series, slo: &Slo, out: &mut Vec<u8>) {
         PeriodBuffer::Rolling(ring) => {
             out.push(0);
             out.extend_from_slice(&ring.width().to_le_bytes());
-            encode_ring(ring, out);
+            match ring {
+                PeriodRing::Narrow(ring) => encode_ring(ring, out),
+                PeriodRing::Wide(ring) => encode_ring(ring, out),
+            }
         }
         PeriodBuffer::Calendar(month) => {
             out.push(1);
@@ -156,15 +169,16 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<StoredSeries, CodecError> {
     let s10 = r.ring(LAYOUT_10S.0, LAYOUT_10S.1)?;
     let m1 = r.ring(LAYOUT_1M.0, LAYOUT_1M.1)?;
     let m5 = r.ring(LAYOUT_5M.0, LAYOUT_5M.1)?;
-    let h1 = r.ring(LAYOUT_1H.0, LAYOUT_1H.1)?;
+    // Saturating: before the 1 h ring had `u32` slots, its buckets could legitimately
+    // hold more (see the module doc).
+    let h1 = r.saturating_ring(LAYOUT_1H.0, LAYOUT_1H.1)?;
     let period = match r.u8()? {
         0 => {
             let width = r.u32()?;
             if width == 0 {
                 return Err(r.invalid("period bucket width", 0));
             }
-            let ring: PeriodRing = r.ring(width, PERIOD_SPANS)?;
-            PeriodBuffer::Rolling(ring)
+            PeriodBuffer::Rolling(r.period_ring(width)?)
         }
         1 => PeriodBuffer::Calendar(MonthCounts {
             start: r.u64()?,
@@ -259,6 +273,7 @@ impl Reader<'_> {
         }
         Ok(counter)
     }
+    /// A ring whose stored counters must fit its slots (a larger one means corruption).
     fn ring<C: Counter, const N: usize, const W: usize>(
         &mut self,
         width: u32,
@@ -271,6 +286,40 @@ impl Reader<'_> {
             slot[1] = self.counter()?;
         }
         Ok(Ring::from_parts(width, spans, head, slots))
+    }
+
+    /// Head and counters of a ring, as stored (any width).
+    fn raw_ring<const N: usize>(&mut self) -> Result<(u64, [[u64; 2]; N]), CodecError> {
+        let head = self.u64()?;
+        let mut slots = [[0; 2]; N];
+        for slot in &mut slots {
+            slot[0] = self.varint()?;
+            slot[1] = self.varint()?;
+        }
+        Ok((head, slots))
+    }
+
+    /// A ring whose stored counters may exceed its slots: they saturate.
+    fn saturating_ring<C: Counter, const N: usize, const W: usize>(
+        &mut self,
+        width: u32,
+        spans: [u16; W],
+    ) -> Result<Ring<C, N, W>, CodecError> {
+        let (head, raw) = self.raw_ring::<N>()?;
+        let slots = raw.map(|slot| slot.map(C::saturating_from));
+        Ok(Ring::from_parts(width, spans, head, slots))
+    }
+
+    /// The period ring, narrow unless a stored bucket needs `u64`.
+    fn period_ring(&mut self, width: u32) -> Result<PeriodRing, CodecError> {
+        let (head, raw) = self.raw_ring::<PERIOD_SLOTS>()?;
+        let narrow = u32::try_from(raw.iter().flatten().copied().max().unwrap_or(0)).is_ok();
+        Ok(if narrow {
+            let slots = raw.map(|slot| slot.map(u32::saturating_from));
+            PeriodRing::Narrow(Ring::from_parts(width, PERIOD_SPANS, head, slots))
+        } else {
+            PeriodRing::Wide(Ring::from_parts(width, PERIOD_SPANS, head, raw))
+        })
     }
 }
 
@@ -320,6 +369,12 @@ mod tests {
             assert_eq!(stored.m5, series.buffers.m5);
             assert_eq!(stored.h1, series.buffers.h1);
             assert_eq!(stored.period, series.buffers.period);
+            if let PeriodBuffer::Rolling(ring) = &stored.period {
+                assert!(
+                    matches!(ring, PeriodRing::Narrow(_)),
+                    "small counts stay narrow"
+                );
+            }
             let alert = stored.alert.expect("alert kept");
             assert_eq!((alert.long, alert.short), (Window::H6, Window::M30));
             assert_eq!(
@@ -327,6 +382,119 @@ mod tests {
                 (1_700_000_010, 1_700_000_005)
             );
         }
+    }
+
+    #[test]
+    fn roundtrip_narrow_and_widened_period_rings() {
+        let slo = slo("window: 30d,");
+        let mut series = sample(&slo);
+        let narrow = |s: &Series| {
+            matches!(
+                s.buffers.period,
+                PeriodBuffer::Rolling(PeriodRing::Narrow(_))
+            )
+        };
+        assert!(narrow(&series));
+        let roundtrip = |s: &Series| {
+            let mut buf = Vec::new();
+            encode(s, &slo, &mut buf);
+            decode(&buf).expect("decodes")
+        };
+        let stored = roundtrip(&series);
+        assert_eq!(stored.period, series.buffers.period);
+
+        // 5 billion events in one second: the 1 h bucket saturates, the period widens.
+        let t = series.last_event + 1;
+        series.record(t, slo.period.bounds(t), 5_000_000_000, 7);
+        assert!(!narrow(&series));
+        let stored = roundtrip(&series);
+        assert_eq!(stored.period, series.buffers.period);
+        assert_eq!(stored.h1, series.buffers.h1);
+        assert_eq!(
+            series.buffers.period(t, slo.period.bounds(t)).good,
+            100.0 * 5_000.0 + 5_000_000_000.0
+        );
+    }
+
+    /// A record as agents wrote it while the 1 h and period rings had `u64` slots: their
+    /// own encoding path, `encode_ring` over `u64` rings.
+    fn u64_layout_record(
+        rings: (&Ring10s, &Ring1m, &Ring5m),
+        h1: &Ring<u64, 73, 2>,
+        period: &Ring<u64, PERIOD_SLOTS, 1>,
+    ) -> Vec<u8> {
+        let mut out = Vec::new();
+        for v in [1_700_000_000u64, 1_700_000_000, 1_700_300_000] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.push(0); // no alert
+        encode_ring(rings.0, &mut out);
+        encode_ring(rings.1, &mut out);
+        encode_ring(rings.2, &mut out);
+        encode_ring(h1, &mut out);
+        out.push(0); // rolling
+        out.extend_from_slice(&period.width().to_le_bytes());
+        encode_ring(period, &mut out);
+        out
+    }
+
+    #[test]
+    fn decodes_records_of_the_u64_layout() {
+        let start = 1_700_000_000;
+        let mut s10 = Ring10s::new(LAYOUT_10S.0, LAYOUT_10S.1, start);
+        let mut m1 = Ring1m::new(LAYOUT_1M.0, LAYOUT_1M.1, start);
+        let mut m5 = Ring5m::new(LAYOUT_5M.0, LAYOUT_5M.1, start);
+        let mut h1: Ring<u64, 73, 2> = Ring::new(LAYOUT_1H.0, LAYOUT_1H.1, start);
+        let mut period: Ring<u64, PERIOD_SLOTS, 1> = Ring::new(21_600, PERIOD_SPANS, start);
+        let mut record = |t: u64, good: u64, bad: u64| {
+            s10.add(t, good, bad);
+            m1.add(t, good, bad);
+            m5.add(t, good, bad);
+            h1.add(t, good, bad);
+            period.add(t, good, bad);
+        };
+        let end = start + 4 * 86_400;
+        for t in (start..end).step_by(60) {
+            record(t, 6_000, t % 13);
+        }
+        let reads = [end - 1, end, end + 3_599, end + 86_400];
+
+        // Everything fits u32 (all real traffic below ~1.19 M req/s): same counts, narrow.
+        let old = u64_layout_record((&s10, &m1, &m5), &h1, &period);
+        let stored = decode(&old).expect("decodes");
+        assert_eq!(
+            (stored.s10, stored.m1, stored.m5),
+            (s10.clone(), m1.clone(), m5.clone())
+        );
+        let PeriodBuffer::Rolling(PeriodRing::Narrow(ring)) = &stored.period else {
+            panic!("narrow period ring expected: {:?}", stored.period);
+        };
+        assert_eq!(ring.width(), 21_600);
+        for now in reads {
+            for which in 0..2 {
+                assert_eq!(stored.h1.window(now, which), h1.window(now, which));
+            }
+            assert_eq!(ring.window(now, 0), period.window(now, 0));
+        }
+
+        // 5 billion events in the newest 1 h and 6 h buckets: the period ring comes back
+        // wide and exact, the 1 h bucket saturates as the live ring would have.
+        h1.add(end - 1, 5_000_000_000, 1);
+        period.add(end - 1, 5_000_000_000, 1);
+        let old = u64_layout_record((&s10, &m1, &m5), &h1, &period);
+        let stored = decode(&old).expect("a big bucket is not corruption");
+        assert_eq!(
+            stored.period,
+            PeriodBuffer::Rolling(PeriodRing::Wide(period.clone()))
+        );
+        let saturated = Ring1h::from_parts(
+            LAYOUT_1H.0,
+            LAYOUT_1H.1,
+            h1.head(),
+            h1.slots().map(|slot| slot.map(u32::saturating_from)),
+        );
+        assert_eq!(stored.h1, saturated);
+        assert_eq!(stored.h1.slots()[(h1.head() % 73) as usize][0], u32::MAX);
     }
 
     #[test]

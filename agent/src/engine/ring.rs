@@ -12,11 +12,15 @@
 //! of the oldest bucket that lies before the window start (see `window()`), so evaluating
 //! a series costs the same whether the ring has 31 or 121 slots.
 //!
-//! Counters: the 10 s, 1 min and 5 min rings use `u32` (a 5 min bucket overflows only
-//! above 14 million requests per second for one tenant on one node), the 1 h and period
-//! rings `u64` (a 6 h bucket would overflow `u32` at 200 k req/s, which a busy ingress
-//! node can reach). `u32` slots saturate instead of wrapping, and the running sums only
-//! ever add what the slot actually absorbed, so sums and slots stay consistent even then.
+//! Counters: the 10 s, 1 min, 5 min and 1 h rings use `u32`. A 1 h bucket overflows only
+//! above 1.19 million requests per second for one tenant on one node (a 5 min bucket
+//! above 14 million), far beyond what one node's agent sees for one tenant, so the rare
+//! overflow saturates rather than every series paying for `u64` slots. `u32` slots
+//! saturate instead of wrapping, and the running sums only ever add what the slot
+//! actually absorbed, so sums and slots stay consistent even then. The period ring is
+//! different: a 6 h bucket (30d period) would overflow `u32` at 200 k req/s, which a busy
+//! ingress node can reach, so it starts with `u32` slots and widens to `u64` instead of
+//! saturating ([`Ring::try_add`], [`Ring::widen`]; see `series.rs`).
 
 use std::fmt::Debug;
 
@@ -58,18 +62,18 @@ const BAD: usize = 1;
 ///
 /// Hot/cold split: the header (head, running sums, cached oldest bucket) is stored inline
 /// in the series, the slot array behind a `Box`. Evaluating a series only reads headers,
-/// so with all series' headers packed in one `Vec` the evaluator streams through ~0.5 KiB
-/// per series instead of touching lines spread over ~5 KiB (measured ~2x faster at
+/// so with all series' headers packed in one `Vec` the evaluator streams through ~0.4 KiB
+/// per series instead of touching lines spread over ~3 KiB (measured ~2x faster at
 /// 100k series, where nothing fits in the CPU caches). The slots are only touched when
 /// recording or when a bucket boundary passes.
 #[derive(Debug, Clone, PartialEq)]
 #[repr(C)]
 pub(crate) struct Ring<C: Counter, const N: usize, const W: usize> {
-    /// Absolute index (`unix_secs / width`) of the newest bucket.
+    /// Absolute index (`unix_secs / width`) of the newest bucket. Its first second,
+    /// `head * width`, is recomputed (one multiplication) rather than stored: the hot
+    /// paths still skip the division while `now` stays inside the newest bucket, and the
+    /// header the evaluator streams through stays 8 bytes smaller per ring.
     head: u64,
-    /// `head * width`: first second of the newest bucket (lets the hot paths skip a
-    /// division while `now` stays inside the newest bucket, i.e. almost always).
-    head_start: u64,
     width: u32,
     spans: [u16; W],
     /// Per window `i`: `[good, bad]` summed over buckets `head - spans[i] ..= head`.
@@ -94,7 +98,6 @@ impl<C: Counter, const N: usize, const W: usize> Ring<C, N, W> {
         let head = now / u64::from(width);
         Self {
             head,
-            head_start: head.saturating_mul(u64::from(width)),
             width,
             spans,
             sums: [[0; 2]; W],
@@ -108,7 +111,6 @@ impl<C: Counter, const N: usize, const W: usize> Ring<C, N, W> {
     pub fn from_parts(width: u32, spans: [u16; W], head: u64, slots: [[C; 2]; N]) -> Self {
         let mut ring = Self::new(width, spans, 0);
         ring.head = head;
-        ring.head_start = head.saturating_mul(u64::from(ring.width));
         *ring.slots = slots;
         for (i, &k) in ring.spans.iter().enumerate() {
             let mut sum = [0u64; 2];
@@ -142,8 +144,13 @@ impl<C: Counter, const N: usize, const W: usize> Ring<C, N, W> {
     }
 
     /// Heap bytes behind this ring (the slot array).
-    #[cfg_attr(not(test), allow(dead_code))] // used by the memory-per-series test
     pub const HEAP_BYTES: usize = std::mem::size_of::<[[C; 2]; N]>();
+
+    /// First second of the newest bucket.
+    #[inline]
+    fn head_start(&self) -> u64 {
+        self.head.saturating_mul(u64::from(self.width))
+    }
 
     /// Slot holding bucket `head - back` (`back < N`).
     #[inline]
@@ -157,7 +164,7 @@ impl<C: Counter, const N: usize, const W: usize> Ring<C, N, W> {
     /// records then land in the newest bucket.
     #[inline]
     pub fn advance(&mut self, now: u64) {
-        if now < self.head_start.saturating_add(u64::from(self.width)) {
+        if now < self.head_start().saturating_add(u64::from(self.width)) {
             return;
         }
         self.advance_slow(now);
@@ -175,7 +182,6 @@ impl<C: Counter, const N: usize, const W: usize> Ring<C, N, W> {
             self.sums = [[0; 2]; W];
             self.oldest = [[C::default(); 2]; W];
             self.head = target;
-            self.head_start = target.saturating_mul(u64::from(self.width));
             return;
         }
         for _ in 0..gap {
@@ -189,7 +195,6 @@ impl<C: Counter, const N: usize, const W: usize> Ring<C, N, W> {
             let reused = self.slot_back(0);
             self.slots[reused] = [C::default(); 2];
         }
-        self.head_start = self.head.saturating_mul(u64::from(self.width));
         self.refresh_oldest();
     }
 
@@ -212,6 +217,39 @@ impl<C: Counter, const N: usize, const W: usize> Ring<C, N, W> {
         }
     }
 
+    /// Like [`Ring::add`], but only if neither counter of the newest bucket would
+    /// saturate; otherwise the ring is left as it was (advanced to `now`) and the result
+    /// is `false`, so the caller can widen the ring and add there without losing events.
+    #[inline]
+    pub fn try_add(&mut self, now: u64, good: u64, bad: u64) -> bool {
+        self.advance(now);
+        let newest = self.slots[self.slot_back(0)];
+        let fits = |old: C, delta: u64| {
+            old.get()
+                .checked_add(delta)
+                .is_some_and(|v| C::saturating_from(v).get() == v)
+        };
+        if !fits(newest[GOOD], good) || !fits(newest[BAD], bad) {
+            return false;
+        }
+        self.add(now, good, bad);
+        true
+    }
+
+    /// The same ring with wider counters. Lossless: every slot, running sum and cached
+    /// oldest bucket keeps its value, so windows read exactly as before. Allocates the new
+    /// slot array (the caller does this once per series lifetime, off the common path).
+    pub fn widen<D: Counter + From<C>>(&self) -> Ring<D, N, W> {
+        Ring {
+            head: self.head,
+            width: self.width,
+            spans: self.spans,
+            sums: self.sums,
+            oldest: self.oldest.map(|slot| slot.map(D::from)),
+            slots: Box::new(self.slots.map(|slot| slot.map(D::from))),
+        }
+    }
+
     /// Events in window `which` (length `L = spans[which] * width`) ending at second `now`
     /// inclusive, i.e. seconds `now - L + 1 ..= now`.
     ///
@@ -226,8 +264,9 @@ impl<C: Counter, const N: usize, const W: usize> Ring<C, N, W> {
     pub fn window(&self, now: u64, which: usize) -> Counts {
         let w = u64::from(self.width);
         let k = u64::from(self.spans[which]);
-        let (gap, into_bucket) = if now >= self.head_start && now - self.head_start < w {
-            (0, now - self.head_start) // current ring: no division
+        let head_start = self.head_start();
+        let (gap, into_bucket) = if now >= head_start && now - head_start < w {
+            (0, now - head_start) // current ring: no division
         } else {
             let cur = (now / w).max(self.head);
             (cur - self.head, now.saturating_sub(cur * w).min(w - 1))

@@ -3,16 +3,19 @@
 //! Ring headers (running sums, newest-bucket position) are inline, slot arrays are on the
 //! heap (see `ring.rs` for why). Sizes of the slot arrays:
 //!
-//! | ring          | counter | slots | bytes |
-//! |---------------|---------|-------|-------|
-//! | 10 s          | u32     | 31    | 248   |
-//! | 1 min         | u32     | 61    | 488   |
-//! | 5 min         | u32     | 73    | 584   |
-//! | 1 h           | u64     | 73    | 1168  |
-//! | period / 120  | u64     | 121   | 1936  |
+//! | ring          | counter         | slots | bytes       |
+//! |---------------|-----------------|-------|-------------|
+//! | 10 s          | u32             | 31    | 248         |
+//! | 1 min         | u32             | 61    | 488         |
+//! | 5 min         | u32             | 73    | 584         |
+//! | 1 h           | u32             | 73    | 584         |
+//! | period / 120  | u32, u64 if big | 121   | 968 (1936)  |
 //!
-//! plus about 0.6 KiB of headers and sums inline: about 5 KiB per series (asserted
-//! <= 8 KiB in tests, heap included).
+//! plus 424 bytes of headers and sums inline: 3,296 bytes per series (asserted in
+//! tests, heap included; the engine's `Vec` of series adds up to 2x growth slack on the
+//! inline part). A series whose period ring widened (see [`PeriodRing`]) holds 968 bytes
+//! more. The `u32` rings saturate rather than wrap (see `ring.rs`); the period ring never
+//! saturates below `u64::MAX`.
 //! Idle series are dropped by the engine once nothing they hold is inside any window,
 //! so a tenant that stopped sending costs nothing after its period has passed.
 
@@ -27,8 +30,12 @@ use super::window::{Counts, Window};
 pub(crate) type Ring10s = Ring<u32, 31, 1>;
 pub(crate) type Ring1m = Ring<u32, 61, 2>;
 pub(crate) type Ring5m = Ring<u32, 73, 2>;
-pub(crate) type Ring1h = Ring<u64, 73, 2>;
-pub(crate) type PeriodRing = Ring<u64, 121, 1>;
+pub(crate) type Ring1h = Ring<u32, 73, 2>;
+pub(crate) type NarrowPeriodRing = Ring<u32, { PERIOD_SLOTS }, 1>;
+pub(crate) type WidePeriodRing = Ring<u64, { PERIOD_SLOTS }, 1>;
+
+/// Slots of the rolling-period ring: its 120 buckets plus the partially counted one.
+pub(crate) const PERIOD_SLOTS: usize = PERIOD_BUCKETS as usize + 1;
 
 /// (bucket width in seconds, window spans in buckets) of the fixed rings.
 pub(crate) const LAYOUT_10S: (u32, [u16; 1]) = (10, [30]); // 5m
@@ -47,6 +54,82 @@ pub(crate) struct MonthCounts {
     pub bad: u64,
 }
 
+/// The rolling-period ring. It starts with `u32` slots and switches to `u64` slots, for
+/// this series only, the first time an add would push one of its buckets past
+/// `u32::MAX`: with 6 h buckets (30d period) that is about 200 k req/s for one tenant on
+/// one node, which a busy ingress node can reach, and the period's budget must never
+/// undercount. Saturating like the fixed rings would silently lose events; always using
+/// `u64` would cost every series 968 bytes that almost none of them needs.
+///
+/// Once wide, a ring stays wide (narrowing back when the big buckets expire would save
+/// little and could flip back and forth); a checkpoint restore picks the width from the
+/// stored values again.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum PeriodRing {
+    Narrow(NarrowPeriodRing),
+    Wide(WidePeriodRing),
+}
+
+impl PeriodRing {
+    pub fn new(width: u32, now: u64) -> Self {
+        PeriodRing::Narrow(Ring::new(width, PERIOD_SPANS, now))
+    }
+
+    pub fn width(&self) -> u32 {
+        match self {
+            PeriodRing::Narrow(ring) => ring.width(),
+            PeriodRing::Wide(ring) => ring.width(),
+        }
+    }
+
+    #[inline]
+    pub fn advance(&mut self, now: u64) {
+        match self {
+            PeriodRing::Narrow(ring) => ring.advance(now),
+            PeriodRing::Wide(ring) => ring.advance(now),
+        }
+    }
+
+    #[inline]
+    pub fn add(&mut self, now: u64, good: u64, bad: u64) {
+        match self {
+            PeriodRing::Narrow(ring) => {
+                if !ring.try_add(now, good, bad) {
+                    self.widen_and_add(now, good, bad);
+                }
+            }
+            PeriodRing::Wide(ring) => ring.add(now, good, bad),
+        }
+    }
+
+    /// The one allocation of a series after its creation (a new slot array), at most
+    /// once in its lifetime.
+    #[cold]
+    fn widen_and_add(&mut self, now: u64, good: u64, bad: u64) {
+        if let PeriodRing::Narrow(ring) = self {
+            let mut wide: WidePeriodRing = ring.widen();
+            wide.add(now, good, bad);
+            *self = PeriodRing::Wide(wide);
+        }
+    }
+
+    #[inline]
+    pub fn window(&self, now: u64) -> Counts {
+        match self {
+            PeriodRing::Narrow(ring) => ring.window(now, 0),
+            PeriodRing::Wide(ring) => ring.window(now, 0),
+        }
+    }
+
+    /// Heap bytes behind this ring (the slot array).
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            PeriodRing::Narrow(_) => NarrowPeriodRing::HEAP_BYTES,
+            PeriodRing::Wide(_) => WidePeriodRing::HEAP_BYTES,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum PeriodBuffer {
     Rolling(PeriodRing),
@@ -57,7 +140,7 @@ impl PeriodBuffer {
     pub fn new(period: &Period, now: u64, bounds: PeriodBounds) -> Self {
         match period {
             Period::Rolling { .. } => {
-                PeriodBuffer::Rolling(Ring::new(period.bucket_width(), PERIOD_SPANS, now))
+                PeriodBuffer::Rolling(PeriodRing::new(period.bucket_width(), now))
             }
             Period::CalendarMonth { .. } => PeriodBuffer::Calendar(MonthCounts {
                 start: bounds.start,
@@ -95,7 +178,7 @@ impl PeriodBuffer {
 
     fn counts(&self, now: u64, bounds: PeriodBounds) -> Counts {
         match self {
-            PeriodBuffer::Rolling(ring) => ring.window(now, 0),
+            PeriodBuffer::Rolling(ring) => ring.window(now),
             PeriodBuffer::Calendar(month) if month.start == bounds.start => Counts {
                 good: month.good as f64,
                 bad: month.bad as f64,
@@ -203,7 +286,15 @@ impl Series {
         + Ring1m::HEAP_BYTES
         + Ring5m::HEAP_BYTES
         + Ring1h::HEAP_BYTES
-        + PeriodRing::HEAP_BYTES;
+        + NarrowPeriodRing::HEAP_BYTES;
+
+    /// Heap bytes beyond [`Series::BYTES`]: a widened period ring's larger slot array.
+    pub fn widened_bytes(&self) -> usize {
+        match &self.buffers.period {
+            PeriodBuffer::Rolling(ring) => ring.heap_bytes() - NarrowPeriodRing::HEAP_BYTES,
+            PeriodBuffer::Calendar(_) => 0,
+        }
+    }
 
     pub fn new(slo: &Slo, tenant: Arc<str>, now: u64, bounds: PeriodBounds) -> Self {
         let objective = slo.objective_for(&tenant);
@@ -246,11 +337,72 @@ mod tests {
     use super::*;
 
     #[test]
-    fn series_fits_in_8_kib() {
+    fn series_fits_in_3_25_kib() {
         let inline = std::mem::size_of::<Series>();
         let total = Series::BYTES;
         println!("series: {inline} bytes inline, {total} bytes with slot arrays");
-        assert!(total <= 8 * 1024, "{total}");
+        assert_eq!(total - inline, 248 + 488 + 584 + 584 + 968, "slot arrays");
+        assert!(inline <= 424, "{inline}");
+        assert!(total <= 3_328, "{total}");
+    }
+
+    /// The period ring widens instead of saturating: after any sequence of adds it holds
+    /// exactly what a ring with `u64` slots from the start would hold.
+    #[test]
+    fn widened_period_ring_counts_like_a_u64_ring() {
+        let width = 21_600; // 30d period
+        let start = 1_700_000_000;
+        let big = u64::from(u32::MAX);
+        let mut ring = PeriodRing::new(width, start);
+        let mut reference: WidePeriodRing = Ring::new(width, PERIOD_SPANS, start);
+        // (seconds after start, good, bad)
+        let adds = [
+            (0, 1_000, 3),
+            (60, big - 1_000, 0), // bucket's good is now exactly u32::MAX: still narrow
+            (7_200, 0, 17),
+            (21_600, big, 1), // next bucket: exactly u32::MAX again
+            (21_601, 0, 0),
+            (25_000, 1, 0), // same 6 h bucket, one past u32::MAX: widens here
+            (50_000, 5, big),
+            (100_000, big * 3, big + 7), // more than u32::MAX in a single add
+            (200_000, 9, 9),
+            (2_000_000, u64::MAX, 1), // saturates, like the u64 ring does
+            (2_000_001, 5, 0),
+            (40 * 86_400, 1, 1), // the big buckets have left the 30d window
+        ];
+        let mut widened_at = None;
+        for (i, (dt, good, bad)) in adds.into_iter().enumerate() {
+            let now = start + dt;
+            ring.add(now, good, bad);
+            reference.add(now, good, bad);
+            if widened_at.is_none() && matches!(ring, PeriodRing::Wide(_)) {
+                widened_at = Some(i);
+            }
+            for later in [now, now + 1, now + 3_600, now + 21_599, now + 30 * 86_400] {
+                assert_eq!(
+                    ring.window(later),
+                    reference.window(later, 0),
+                    "add {i}, read at +{}",
+                    later - now
+                );
+            }
+        }
+        assert_eq!(widened_at, Some(5), "widens on the first add past u32::MAX");
+        match &ring {
+            PeriodRing::Wide(wide) => assert_eq!(wide, &reference),
+            PeriodRing::Narrow(_) => panic!("should have widened"),
+        }
+    }
+
+    #[test]
+    fn widening_is_lossless() {
+        let mut narrow: NarrowPeriodRing = Ring::new(600, PERIOD_SPANS, 0);
+        let mut wide: WidePeriodRing = Ring::new(600, PERIOD_SPANS, 0);
+        for t in (0..200_000).step_by(37) {
+            narrow.add(t, t % 101, t % 7);
+            wide.add(t, t % 101, t % 7);
+        }
+        assert_eq!(narrow.widen::<u64>(), wide);
     }
 
     #[test]
