@@ -65,6 +65,10 @@ pub static CONN_EVENTS: HashMap<ConnEventKey, u64> = HashMap::with_max_entries(C
 /// Bytes scanned per `bpf_loop` iteration. The verifier explores every
 /// branch of the parser per byte of a chunk; 64 exceeds its 8192-branch limit.
 pub const CHUNK: usize = 16;
+/// Bytes of user memory read ahead per helper call: a chunk is scanned
+/// from this window while it holds the chunk's bytes, so a 400-byte header
+/// block costs 4 helper calls, not 25.
+pub const WINDOW: usize = 128;
 /// Chunks scanned per syscall at most: 64 KiB of headers (or of chunk-size
 /// lines) per read. Reads with bodies cost little more: body bytes are
 /// skipped, not scanned.
@@ -89,6 +93,16 @@ pub struct Scratch {
     pub conn_key: u64,
     pub key: RequestKey,
     pub stats: RequestStats,
+    /// The user bytes last read: `win_len` bytes of the iovec being scanned
+    /// from user address `win_base` (0: none). Emptied at the start of every
+    /// syscall, whose buffer may reuse the memory of the last one. `CHUNK`
+    /// spare bytes: a chunk copied from any offset below `WINDOW` fits.
+    pub win_base: u64,
+    pub win_len: u64,
+    pub win: [u8; WINDOW + CHUNK],
+    /// The chunk being scanned, copied out of the window: the scan indexes
+    /// it at constant offsets (indexing the window at a variable offset
+    /// multiplies the verifier's states past its 1M-instruction budget).
     pub buf: [u8; CHUNK],
 }
 

@@ -14,7 +14,7 @@ use burnwatch_common::{
 };
 
 use crate::count;
-use crate::maps::{CHUNK, MAX_CHUNKS, MAX_IOV, Scratch, bump};
+use crate::maps::{CHUNK, MAX_CHUNKS, MAX_IOV, Scratch, WINDOW, bump};
 
 /// Set as `iov_idx` when parsing stopped on purpose (stream not HTTP).
 const STOPPED: u64 = u64::MAX;
@@ -36,6 +36,7 @@ pub fn parse_inbound(conn: *mut ConnState, cfg: &AgentConfig, scratch: *mut Scra
         // Volatile: two adjacent zero stores become a memset call otherwise.
         core::ptr::write_volatile(&mut (*scratch).iov_idx, 0);
         (*scratch).off = 0;
+        core::ptr::write_volatile(&mut (*scratch).win_len, 0);
     }
     let mut pc = ParseCtx {
         conn,
@@ -96,36 +97,62 @@ extern "C" fn parse_chunk(_index: u64, ctx: *mut c_void) -> i64 {
         CHUNK as u64
     };
     let src = base + scratch.off;
-    // Always a constant-size read: a size derived from `off` would make the
-    // verifier track `off` precisely, and the callback's states would never
-    // converge. Near the end of a buffer (at a page edge) the full read can
-    // fault; then read the bytes one at a time.
-    if unsafe {
-        bpf_probe_read_user(
-            scratch.buf.as_mut_ptr() as *mut c_void,
-            CHUNK as u32,
-            src as *const c_void,
-        )
-    } != 0
-    {
-        let mut j = 0usize;
-        while j < CHUNK {
-            if j as u64 >= n {
-                break;
+    // The chunk's bytes: from the window when it holds them, else read a
+    // new window. Always constant-size reads: a size derived from `off`
+    // would make the verifier track `off` precisely, and the callback's
+    // states would never converge.
+    let in_window = src >= scratch.win_base && src + n <= scratch.win_base + scratch.win_len;
+    let fresh = !in_window
+        && unsafe {
+            bpf_probe_read_user(
+                scratch.win.as_mut_ptr() as *mut c_void,
+                WINDOW as u32,
+                src as *const c_void,
+            )
+        } == 0;
+    if fresh {
+        scratch.win_base = src;
+        scratch.win_len = if rest < WINDOW as u64 {
+            rest
+        } else {
+            WINDOW as u64
+        };
+    }
+    if in_window || fresh {
+        // `at + n <= WINDOW`; the mask only shows the verifier the bound.
+        let at = ((src - scratch.win_base) as usize) % WINDOW;
+        copy_chunk(&scratch.win, at, &mut scratch.buf);
+    } else {
+        // Near the end of a buffer (at a page edge) the window read can
+        // fault: read this chunk alone, or its bytes one at a time.
+        scratch.win_len = 0;
+        if unsafe {
+            bpf_probe_read_user(
+                scratch.buf.as_mut_ptr() as *mut c_void,
+                CHUNK as u32,
+                src as *const c_void,
+            )
+        } != 0
+        {
+            let mut j = 0usize;
+            while j < CHUNK {
+                if j as u64 >= n {
+                    break;
+                }
+                if unsafe {
+                    bpf_probe_read_user(
+                        scratch.buf.as_mut_ptr().add(j) as *mut c_void,
+                        1,
+                        (src + j as u64) as *const c_void,
+                    )
+                } != 0
+                {
+                    bump(counter::READ_FAULT);
+                    scratch.iov_idx = STOPPED;
+                    return 1;
+                }
+                j += 1;
             }
-            if unsafe {
-                bpf_probe_read_user(
-                    scratch.buf.as_mut_ptr().add(j) as *mut c_void,
-                    1,
-                    (src + j as u64) as *const c_void,
-                )
-            } != 0
-            {
-                bump(counter::READ_FAULT);
-                scratch.iov_idx = STOPPED;
-                return 1;
-            }
-            j += 1;
         }
     }
     let cfg = unsafe { &(*pc.cfg).parser };
@@ -174,4 +201,22 @@ extern "C" fn parse_chunk(_index: u64, ctx: *mut c_void) -> i64 {
     }
     scratch.off += i as u64;
     0
+}
+
+/// Copies `CHUNK` bytes of the window from `at`, which is not 8-aligned:
+/// byte moves, volatile because a plain copy loop becomes a call to a
+/// byte-at-a-time `memcpy` (see `mem.rs`).
+#[inline(always)]
+fn copy_chunk(win: &[u8; WINDOW + CHUNK], at: usize, out: &mut [u8; CHUNK]) {
+    let src = unsafe { win.as_ptr().add(at % WINDOW) };
+    let mut j = 0;
+    while j < CHUNK {
+        unsafe {
+            core::ptr::write_volatile(
+                out.as_mut_ptr().add(j),
+                core::ptr::read_volatile(src.add(j)),
+            )
+        };
+        j += 1;
+    }
 }
