@@ -100,32 +100,39 @@ fn encode_scrape(
     openmetrics: bool,
     gzip: bool,
 ) -> Result<(&'static str, Vec<u8>), std::io::Error> {
-    use std::io::Write;
     let started = std::time::Instant::now();
-    let body = prometheus::encode(&ctx.registry).map_err(std::io::Error::other)?;
-    let (content_type, body) = if openmetrics {
-        (prometheus::CONTENT_TYPE, body)
+    // Sized from the last scrape: no doubling growth (and its copy) on the
+    // way to tens of megabytes.
+    let last = ctx.stats.scrape_bytes.load(Ordering::Relaxed) as usize;
+    let text_format = !openmetrics;
+    let content_type = if openmetrics {
+        prometheus::CONTENT_TYPE
     } else {
-        (
-            prometheus::CONTENT_TYPE_TEXT,
-            prometheus::to_text_format(&body),
-        )
+        prometheus::CONTENT_TYPE_TEXT
     };
-    ctx.stats
-        .scrape_bytes
-        .store(body.len() as u64, Ordering::Relaxed);
-    let bytes = if gzip {
+    let (bytes, written) = if gzip {
         // The fastest level: metrics text compresses ~10x even so, and the
-        // scrape's CPU stays dominated by encoding, not compressing.
-        let mut z = flate2::write::GzEncoder::new(
-            Vec::with_capacity(body.len() / 8),
+        // scrape's CPU stays dominated by encoding, not compressing. The
+        // encoder writes in small pieces: buffer them before the deflater.
+        let z = flate2::write::GzEncoder::new(
+            Vec::with_capacity(last / 8),
             flate2::Compression::fast(),
         );
-        z.write_all(body.as_bytes())?;
-        z.finish()?
+        let mut w = prometheus::ScrapeWriter::new(
+            std::io::BufWriter::with_capacity(64 << 10, z),
+            text_format,
+        );
+        prometheus::encode_into(&ctx.registry, &mut w)?;
+        let (buffered, written) = w.finish()?;
+        let z = buffered.into_inner().map_err(|e| e.into_error())?;
+        (z.finish()?, written)
     } else {
-        body.into_bytes()
+        let mut w =
+            prometheus::ScrapeWriter::new(Vec::with_capacity(last + last / 16), text_format);
+        prometheus::encode_into(&ctx.registry, &mut w)?;
+        w.finish()?
     };
+    ctx.stats.scrape_bytes.store(written, Ordering::Relaxed);
     ctx.stats
         .scrape_ns
         .store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);

@@ -53,10 +53,25 @@ pub fn registry(
 }
 
 /// Encodes the registry in the OpenMetrics text format.
+#[cfg_attr(not(test), allow(dead_code))] // tests read the exposition whole
 pub fn encode(registry: &Registry) -> Result<String, fmt::Error> {
     let mut out = String::with_capacity(64 * 1024);
     prometheus_client::encoding::text::encode(&mut out, registry)?;
     Ok(out)
+}
+
+/// Encodes the registry into `w` (OpenMetrics, or the text format, as `w`
+/// converts).
+pub fn encode_into<W: std::io::Write>(
+    registry: &Registry,
+    w: &mut ScrapeWriter<W>,
+) -> std::io::Result<()> {
+    match prometheus_client::encoding::text::encode(w, registry) {
+        Ok(()) => Ok(()),
+        // A write error is kept by the writer and returned by `finish`.
+        Err(fmt::Error) if w.error.is_some() => Ok(()),
+        Err(e) => Err(std::io::Error::other(e)),
+    }
 }
 
 /// True when an `Accept` header asks for OpenMetrics (Prometheus does by
@@ -66,24 +81,88 @@ pub fn wants_openmetrics(accept: Option<&str>) -> bool {
 }
 
 /// Rewrites OpenMetrics text (as `prometheus-client` writes it) into the
-/// classic Prometheus text format 0.0.4.
-///
-/// Why by hand: `prometheus-client` only encodes OpenMetrics, and keeping a
-/// second encoder of every family (or a second metrics crate) would double
-/// the exposition code. For the metric types burnwatch uses (counter, gauge,
-/// histogram, info; no exemplars, no created timestamps) the two formats
-/// differ only in framing lines: OpenMetrics names a counter family without
-/// `_total` and an info family without `_info` in `# HELP`/`# TYPE` (0.0.4
-/// names them like their samples; info becomes a gauge), has `# UNIT` lines
-/// and ends with `# EOF`. Sample lines are identical and copied through.
-/// One pass, one output buffer.
+/// classic Prometheus text format 0.0.4 (see [`ScrapeWriter`]).
+#[cfg(test)]
 pub fn to_text_format(openmetrics: &str) -> String {
-    let mut out = String::with_capacity(openmetrics.len());
-    // `# HELP` comes before the `# TYPE` that says how to rename it.
-    let mut help: Option<&str> = None;
-    for line in openmetrics.lines() {
+    let mut w = ScrapeWriter::new(Vec::new(), true);
+    // Writing into a Vec cannot fail.
+    let _ = fmt::Write::write_str(&mut w, openmetrics);
+    let (out, _) = w.finish().unwrap_or_default();
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Where a scrape's text goes, as `prometheus-client` encodes it: straight
+/// to `out` (a buffer, or a gzip stream), converted on the fly, line by
+/// line, to the classic text format when the scraper did not ask for
+/// OpenMetrics. At 10,000 tenants the exposition is ~40 MiB: holding it
+/// whole, then a converted copy, then compressing it (with the doubling
+/// growth of the first buffer) was most of the agent's memory peak while
+/// scraping; this way a gzip scrape holds only the compressed bytes.
+///
+/// The conversion is by hand because `prometheus-client` only encodes
+/// OpenMetrics, and a second encoder of every family (or a second metrics
+/// crate) would double the exposition code. For the metric types burnwatch
+/// uses (counter, gauge, histogram, info; no exemplars, no created
+/// timestamps) the formats differ only in framing lines: OpenMetrics names
+/// a counter family without `_total` and an info family without `_info` in
+/// `# HELP`/`# TYPE` (0.0.4 names them like their samples; info becomes a
+/// gauge), has `# UNIT` lines and ends with `# EOF`. Sample lines are
+/// identical and copied through.
+pub struct ScrapeWriter<W: std::io::Write> {
+    out: W,
+    text_format: bool,
+    /// The line being assembled (text format only; the encoder writes a
+    /// line in many small pieces).
+    line: String,
+    /// A `# HELP` line's rest, held until the `# TYPE` line that says how
+    /// to rename it.
+    help: Option<String>,
+    /// Bytes written to `out` (before compression).
+    bytes: u64,
+    error: Option<std::io::Error>,
+}
+
+impl<W: std::io::Write> ScrapeWriter<W> {
+    pub fn new(out: W, text_format: bool) -> Self {
+        ScrapeWriter {
+            out,
+            text_format,
+            line: String::with_capacity(256),
+            help: None,
+            bytes: 0,
+            error: None,
+        }
+    }
+
+    /// The sink and the bytes written to it; the first write error, if any.
+    pub fn finish(mut self) -> std::io::Result<(W, u64)> {
+        if !self.line.is_empty() {
+            let line = std::mem::take(&mut self.line);
+            self.text_line(&line);
+        }
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok((self.out, self.bytes)),
+        }
+    }
+
+    fn emit(&mut self, parts: &[&str]) {
+        if self.error.is_some() {
+            return;
+        }
+        for p in parts {
+            if let Err(e) = self.out.write_all(p.as_bytes()) {
+                self.error = Some(e);
+                return;
+            }
+            self.bytes += p.len() as u64;
+        }
+    }
+
+    /// One complete OpenMetrics line (without its newline), in text format.
+    fn text_line(&mut self, line: &str) {
         if let Some(rest) = line.strip_prefix("# HELP ") {
-            help = Some(rest);
+            self.help = Some(rest.to_string());
         } else if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.rsplit_once(' ').unwrap_or((rest, "untyped"));
             let (suffix, kind) = match kind {
@@ -92,33 +171,48 @@ pub fn to_text_format(openmetrics: &str) -> String {
                 "stateset" | "gaugehistogram" | "unknown" => ("", "untyped"),
                 other => ("", other),
             };
-            if let Some(h) = help.take() {
-                let text = h.strip_prefix(name).unwrap_or(h);
-                out.push_str("# HELP ");
-                out.push_str(name);
-                out.push_str(suffix);
-                out.push_str(text);
-                out.push('\n');
+            if let Some(h) = self.help.take() {
+                let text = h.strip_prefix(name).unwrap_or(&h);
+                self.emit(&["# HELP ", name, suffix, text, "\n"]);
             }
-            out.push_str("# TYPE ");
-            out.push_str(name);
-            out.push_str(suffix);
-            out.push(' ');
-            out.push_str(kind);
-            out.push('\n');
+            self.emit(&["# TYPE ", name, suffix, " ", kind, "\n"]);
         } else if line.starts_with("# UNIT ") || line == "# EOF" {
-            continue;
         } else {
-            if let Some(h) = help.take() {
-                out.push_str("# HELP ");
-                out.push_str(h);
-                out.push('\n');
+            if let Some(h) = self.help.take() {
+                self.emit(&["# HELP ", &h, "\n"]);
             }
-            out.push_str(line);
-            out.push('\n');
+            self.emit(&[line, "\n"]);
         }
     }
-    out
+}
+
+impl<W: std::io::Write> fmt::Write for ScrapeWriter<W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if !self.text_format {
+            self.emit(&[s]);
+        } else {
+            let mut rest = s;
+            while let Some((head, tail)) = rest.split_once('\n') {
+                if self.line.is_empty() {
+                    self.text_line(head);
+                } else {
+                    self.line.push_str(head);
+                    let line = std::mem::take(&mut self.line);
+                    self.text_line(&line);
+                    // Keep the buffer's capacity for the next line.
+                    self.line = line;
+                    self.line.clear();
+                }
+                rest = tail;
+            }
+            self.line.push_str(rest);
+        }
+        if self.error.is_some() {
+            Err(fmt::Error)
+        } else {
+            Ok(())
+        }
+    }
 }
 
 impl Collector for StateCollector {
@@ -531,6 +625,34 @@ mod tests {
 # HELP a_build_info Build.\n# TYPE a_build_info gauge\na_build_info{version=\"1\"} 1\n\
 # HELP a_g G.\n# TYPE a_g gauge\na_g 1.5\n"
         );
+    }
+
+    /// The encoder writes lines in small pieces: any split gives the same
+    /// text format as the whole, and OpenMetrics passes through unchanged.
+    #[test]
+    fn scrape_writer_converts_lines_written_in_pieces() {
+        use std::fmt::Write as _;
+        let om = "# HELP a_requests Requests.\n# TYPE a_requests counter\na_requests_total{x=\"1\"} 3\n\
+# HELP a_g G.\n# TYPE a_g gauge\n# UNIT a_g seconds\na_g 1.5\n# EOF\n";
+        let whole = to_text_format(om);
+        for piece in 1..om.len() {
+            for text_format in [true, false] {
+                let mut w = ScrapeWriter::new(Vec::new(), text_format);
+                let mut rest = om;
+                while !rest.is_empty() {
+                    let mut cut = piece.min(rest.len());
+                    while !rest.is_char_boundary(cut) {
+                        cut += 1;
+                    }
+                    w.write_str(&rest[..cut]).unwrap();
+                    rest = &rest[cut..];
+                }
+                let (out, n) = w.finish().unwrap();
+                assert_eq!(n as usize, out.len());
+                let want = if text_format { whole.as_str() } else { om };
+                assert_eq!(String::from_utf8(out).unwrap(), want, "pieces of {piece}");
+            }
+        }
     }
 
     #[test]
