@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use procs::{Clients, foreign_pins, loadavg, other_agents, sh};
+use procs::{Clients, cpu_steal, foreign_pins, loadavg, other_agents, sh, steal_percent};
 use report::{Headline, Section};
 
 /// Tenants cycled by the fixed-rate overhead runs.
@@ -215,6 +215,7 @@ arms. Stop that agent, or remove its pins (`burnwatch uninstall --bpffs-dir DIR`
         );
     }
     let load_before = loadavg();
+    let steal_before = cpu_steal();
     let others_before = other_agents(&[]);
     sh("sysctl", &["-q", "-w", "kernel.bpf_stats_enabled=1"])?;
     // A phase that fails is reported in its place; the others still run.
@@ -250,6 +251,7 @@ arms. Stop that agent, or remove its pins (`burnwatch uninstall --bpffs-dir DIR`
         .collect();
     let _ = sh("sysctl", &["-q", "-w", "kernel.bpf_stats_enabled=0"]);
     let load_after = loadavg();
+    let steal = steal_percent(steal_before, cpu_steal());
     let others_after = other_agents(&[]);
 
     let mut md = String::new();
@@ -263,19 +265,19 @@ rewrites this file.\n"
     writeln!(md, "Machine: {}.\n", machine()?)?;
     writeln!(
         md,
-        "This run: {}{:.0} s; load average {load_before:.2} before, {load_after:.2} after; other burnwatch agents on \
-the node {others_before} before, {others_after} after.\n",
+        "This run: {}{:.0} s; load average {load_before:.2} before, {load_after:.2} after; CPU time stolen by the \
+hypervisor during the run {steal:.1}%; other burnwatch agents on the node {others_before} before, {others_after} after.\n",
         if ctx.plan.quick { "`--quick`, " } else { "" },
         started.elapsed().as_secs_f64()
     )?;
     // The bench itself keeps about one core busy; a load average after the
     // run above the core count means something else competed with it.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    if load_after > cores || others_before + others_after > 0 {
+    if load_after > cores || others_before + others_after > 0 || steal > 2.0 {
         writeln!(
             md,
-            "> Something else ran on this machine during the run (load average above the core count, or other \
-burnwatch agents): treat these figures as noisy upper bounds and re-run `cargo xtask bench` on a quiet machine \
+            "> Something else ran on this machine during the run (load average above the core count, CPU steal above \
+2%, or other burnwatch agents): treat these figures as noisy upper bounds and re-run `cargo xtask bench` on a quiet machine \
 before quoting them.\n"
         )?;
     } else {

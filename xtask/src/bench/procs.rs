@@ -822,6 +822,33 @@ pub fn foreign_pins() -> Vec<PathBuf> {
     out
 }
 
+/// (steal, total) jiffies of all CPUs since boot, from /proc/stat: on a
+/// virtual machine, time the hypervisor gave to other guests. Steal makes
+/// every figure of a run slower and noisier, whatever the agent does.
+pub fn cpu_steal() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return (0, 0);
+    };
+    // user nice system idle iowait irq softirq steal ...
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total = f.iter().take(8).sum();
+    (f.get(7).copied().unwrap_or(0), total)
+}
+
+/// Percent of CPU time stolen between two [`cpu_steal`] readings.
+pub fn steal_percent(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let total = after.1.saturating_sub(before.1);
+    if total == 0 {
+        return 0.0;
+    }
+    100.0 * after.0.saturating_sub(before.0) as f64 / total as f64
+}
+
 /// The 1-minute load average, to record how busy the machine was.
 pub fn loadavg() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
@@ -833,6 +860,14 @@ pub fn loadavg() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steal_percent_of_two_readings() {
+        assert_eq!(steal_percent((10, 1000), (60, 2000)), 5.0);
+        assert_eq!(steal_percent((10, 1000), (10, 1000)), 0.0);
+        let (steal, total) = cpu_steal();
+        assert!(total > 0 && steal <= total);
+    }
 
     #[test]
     fn parses_the_agents_self_metrics() {
