@@ -343,6 +343,10 @@ fn no_input_panics() {
             }
             assert!(s.len as usize <= PENDING_MAX);
             assert!(s.oldest().tenant_len as usize <= TENANT_MAX);
+            // What `step_method` relies on instead of clearing them.
+            if s.state == state::METHOD && s.token_len == 0 {
+                assert_eq!((s.acc, s.remaining), (0, 0), "{s:?}");
+            }
         }
     }
 }
@@ -383,4 +387,23 @@ fn first_tenant_header_wins() {
         &[b"GET / HTTP/1.1\r\nX-Tenant-ID: two\r\nHost: a\r\nx-tenant-id: one\r\n\r\n"],
     );
     assert_eq!(done, vec![(Method::Get, "two".to_string())]);
+}
+
+/// Sync lost after a Content-Length was read (here: an invalid header line)
+/// must not leave that length behind: the next read's request has no body,
+/// and the request after it is a request, not body bytes.
+#[test]
+fn no_body_length_survives_lost_sync() {
+    let c = cfg();
+    let (done, s, invalid) = run(
+        &c,
+        &[
+            b"POST /a HTTP/1.1\r\nContent-Length: 12\r\n: x\r\n",
+            b"GET /b HTTP/1.1\r\n\r\n",
+            b"GET /c HTTP/1.1\r\n\r\n",
+        ],
+    );
+    assert_eq!(invalid, 1);
+    assert_eq!(done.len(), 2, "{done:?}");
+    assert_eq!((s.state, s.remaining), (state::METHOD, 0));
 }
