@@ -215,8 +215,6 @@ fn fill_iovecs(scratch: &mut Scratch, args: &ReadArgs, ret: u64) -> bool {
             (hdr[2], hdr[3])
         }
     };
-    // struct iovec { base, len } x MAX_IOV, written whole by the read below.
-    let mut iov_buf = MaybeUninit::<[u64; 2 * MAX_IOV]>::uninit();
     let cnt = if vlen < MAX_IOV as u64 {
         vlen
     } else {
@@ -225,18 +223,10 @@ fn fill_iovecs(scratch: &mut Scratch, args: &ReadArgs, ret: u64) -> bool {
     if cnt == 0 {
         return false;
     }
-    // Read the whole array at once; a short array near a page end falls
-    // back to the first iovec.
-    let ok = read_user_into(iov_addr, &mut iov_buf).is_some();
-    let iov = unsafe { &mut *iov_buf.as_mut_ptr() };
-    if !ok {
-        let mut first = MaybeUninit::<[u64; 2]>::uninit();
-        let Some(first) = read_user_into(iov_addr, &mut first) else {
-            return false;
-        };
-        iov[0] = first[0];
-        iov[1] = first[1];
-    }
+    let mut iov_buf = MaybeUninit::uninit();
+    let Some(iov) = read_iovecs(iov_addr, &mut iov_buf) else {
+        return false;
+    };
     let mut left = ret;
     let mut i = 0;
     while i < MAX_IOV {
@@ -249,6 +239,26 @@ fn fill_iovecs(scratch: &mut Scratch, args: &ReadArgs, ret: u64) -> bool {
     }
     scratch.iov_cnt = cnt;
     true
+}
+
+/// The first `MAX_IOV` iovecs (`struct iovec { base, len }`) of the array
+/// at `iov_addr`, read whole into `buf` (not zeroed first). A short array
+/// at a page end gives its first iovec alone: the failed whole read left the
+/// rest zeroed (the helper zero-fills on failure), i.e. empty iovecs.
+#[inline(always)]
+fn read_iovecs(
+    iov_addr: u64,
+    buf: &mut MaybeUninit<[u64; 2 * MAX_IOV]>,
+) -> Option<&[u64; 2 * MAX_IOV]> {
+    let ok = read_user_into(iov_addr, buf).is_some();
+    let iov = unsafe { &mut *buf.as_mut_ptr() };
+    if !ok {
+        let mut first = MaybeUninit::<[u64; 2]>::uninit();
+        let first = read_user_into(iov_addr, &mut first)?;
+        iov[0] = first[0];
+        iov[1] = first[1];
+    }
+    Some(iov)
 }
 
 #[inline(always)]
@@ -424,18 +434,7 @@ fn new_connection(
             let _ = SERVER_PORTS.insert(&sock.local_port, &conn.service_id, BPF_NOEXIST);
         }
     }
-    let sk = conn.sk;
-    let stored = store_conn(key, conn)?;
-    watch_socket(sk, key);
-    Some(stored)
-}
-
-/// Lets `inet_sock_set_state` find the connection `key` by its socket.
-#[inline(always)]
-fn watch_socket(sk: u64, key: u64) {
-    if sk != 0 {
-        let _ = SOCKS.insert(&sk, &key, 0);
-    }
+    store_conn(key, conn)
 }
 
 /// The per-CPU scratch connection, reset: role 0 (ignored) under the
@@ -464,12 +463,17 @@ fn blank_conn(cfg: &AgentConfig) -> Option<&'static mut ConnState> {
 }
 
 /// Stores `conn` as the state of `key` (ignored connections too, so later
-/// syscalls skip them) and returns the stored copy.
+/// syscalls skip them) and returns the stored copy. A watched connection
+/// (`sk` set) is also registered in `SOCKS`, so `inet_sock_set_state` finds
+/// it by its socket.
 #[inline(always)]
 fn store_conn(key: u64, conn: &ConnState) -> Option<*mut ConnState> {
     if CONNS.insert(&key, conn, 0).is_err() {
         bump(counter::CONNS_FULL);
         return None;
+    }
+    if conn.sk != 0 {
+        let _ = SOCKS.insert(&conn.sk, &key, 0);
     }
     CONNS.get_ptr_mut(&key)
 }
@@ -623,7 +627,6 @@ fn new_client(cfg: &AgentConfig, key: u64, fd: u32, buf: u64, len: u64) -> Optio
             conn.peer_port = port;
             conn.sk = sock.addr();
             store_conn(key, conn)?;
-            watch_socket(sock.addr(), key);
             Some(Writer::Client(key))
         }
         None => {
@@ -691,21 +694,10 @@ fn iov_response_head(conn: &mut ConnState, iov_addr: u64, cnt: u64) {
     if cnt == 0 {
         return;
     }
-    // struct iovec { base, len } x MAX_IOV. The helper writes every byte
-    // (zeros on failure), so the array needs no zeroing first.
-    let mut iov_buf = MaybeUninit::<[u64; 2 * MAX_IOV]>::uninit();
-    let ok = read_user_into(iov_addr, &mut iov_buf).is_some();
-    let iov = unsafe { &mut *iov_buf.as_mut_ptr() };
-    if !ok {
-        // A short array at a page end: the first iovec alone.
-        let mut first = MaybeUninit::<[u64; 2]>::uninit();
-        let Some(first) = read_user_into(iov_addr, &mut first) else {
-            return;
-        };
-        iov[0] = first[0];
-        iov[1] = first[1];
-        iov[3] = 0;
-    }
+    let mut iov_buf = MaybeUninit::uninit();
+    let Some(iov) = read_iovecs(iov_addr, &mut iov_buf) else {
+        return;
+    };
     let mut words = MaybeUninit::uninit();
     let head = zeroed_head(&mut words);
     let mut n = 0usize;
@@ -805,16 +797,22 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let key = conn_key((id >> 32) as u32, arg_u64(&ctx, 0) as u32);
     if let Some(conn) = CONNS.get_ptr_mut(&key) {
-        let conn = unsafe { &mut *conn };
-        // Requests still waiting (server or client side) never got an answer.
-        if conn.role != 0
-            && let Some(cfg) = config()
-        {
-            count::count_abandoned(conn, cfg);
-        }
-        let _ = CONNS.remove(&key);
+        end_connection(key, unsafe { &mut *conn });
     }
     0
+}
+
+/// A connection ends (`close`, or its socket's end seen by
+/// `inet_sock_set_state`): requests still waiting, server or client side,
+/// never got an answer; count them, then forget the connection.
+#[inline(always)]
+fn end_connection(key: u64, conn: &mut ConnState) {
+    if conn.role != 0
+        && let Some(cfg) = config()
+    {
+        count::count_abandoned(conn, cfg);
+    }
+    let _ = CONNS.remove(&key);
 }
 
 // --------------------------------------------------------- socket state
@@ -861,12 +859,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     if conn.sk != sk {
         return 0;
     }
-    if conn.role != 0
-        && let Some(cfg) = config()
-    {
-        count::count_abandoned(conn, cfg);
-    }
-    let _ = CONNS.remove(&key);
+    end_connection(key, conn);
     0
 }
 

@@ -53,7 +53,7 @@ pub fn registry(
 }
 
 /// Encodes the registry in the OpenMetrics text format.
-#[cfg_attr(not(test), allow(dead_code))] // tests read the exposition whole
+#[cfg(test)] // tests read the exposition whole
 pub fn encode(registry: &Registry) -> Result<String, fmt::Error> {
     let mut out = String::with_capacity(64 * 1024);
     prometheus_client::encoding::text::encode(&mut out, registry)?;

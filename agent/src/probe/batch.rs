@@ -72,8 +72,8 @@ impl<K: aya::Pod, V: aya::Pod> BatchReader<K, V> {
             keys.resize_with(BATCH, MaybeUninit::uninit);
             values.resize_with(BATCH, MaybeUninit::uninit);
         }
-        // The position token: a bucket index for hash maps (u32); sized
-        // generously, the kernel writes at most a key's size.
+        // The position token: a bucket index (u32) for hash maps; sized
+        // generously.
         let mut token_in = [0u64; 16];
         let mut token_out = [0u64; 16];
         let mut first = true;
@@ -87,7 +87,6 @@ impl<K: aya::Pod, V: aya::Pod> BatchReader<K, V> {
                 map_fd: self.fd.as_raw_fd() as u32,
                 ..Default::default()
             };
-            debug_assert!(size_of::<K>() <= size_of_val(&token_out));
             let rc = unsafe {
                 libc::syscall(
                     libc::SYS_bpf,

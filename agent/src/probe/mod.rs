@@ -15,7 +15,7 @@ use std::path::Path;
 use anyhow::{Context, Result, anyhow};
 use aya::{
     EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap as BpfHashMap, IterableMap, Map, MapData, PerCpuArray, ProgramArray},
     programs::{
         ProgramInfo, TracePoint,
         links::{FdLink, PinnedLink},
@@ -133,12 +133,6 @@ impl Probe {
             let id = data.info()?.id();
             Ok((Map::from_map_data(data)?, id))
         };
-        let batch_fd = |name: &str| -> Result<std::os::fd::OwnedFd> {
-            let path = pins.map(name);
-            let data = MapData::from_pin(&path)
-                .with_context(|| format!("opening pinned map {}", path.display()))?;
-            Ok(data.fd().as_fd().try_clone_to_owned()?)
-        };
         let (counts, counts_id) = open(names::COUNTS)?;
         let config: Array<MapData, AgentConfig> = Array::try_from(open(names::CONFIG)?.0)?;
         let config_value = config.get(&0, 0)?;
@@ -146,12 +140,17 @@ impl Probe {
             BpfHashMap::try_from(open(names::MATCHES)?.0)?;
         // A restarted agent starts from what its predecessor left.
         let matches_now = matches.iter().filter_map(|e| e.ok()).collect();
+        let counts: BpfHashMap<MapData, RequestKey, RequestStats> = BpfHashMap::try_from(counts)?;
+        let conn_events: BpfHashMap<MapData, ConnEventKey, u64> =
+            BpfHashMap::try_from(open(names::CONN_EVENTS)?.0)?;
+        // The batch readers need the maps' descriptors (duplicated: aya keeps its own).
+        let batch_fd = |map: &MapData| map.fd().as_fd().try_clone_to_owned();
         Ok(Probe {
-            counts: BpfHashMap::try_from(counts)?,
-            counts_batch: BatchReader::new(batch_fd(names::COUNTS)?),
-            conn_events_batch: BatchReader::new(batch_fd(names::CONN_EVENTS)?),
+            counts_batch: BatchReader::new(batch_fd(counts.map())?),
+            conn_events_batch: BatchReader::new(batch_fd(conn_events.map())?),
+            counts,
+            conn_events,
             counters: PerCpuArray::try_from(open(names::COUNTERS)?.0)?,
-            conn_events: BpfHashMap::try_from(open(names::CONN_EVENTS)?.0)?,
             config,
             config_value,
             service_ports: BpfHashMap::try_from(open(names::SERVICE_PORTS)?.0)?,
