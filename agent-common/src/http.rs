@@ -12,6 +12,11 @@
 //! lowercased, into a 64-bit FNV-1a hash ([`header_hash`]) and compares that
 //! with the hashes of the few names it cares about. This costs one multiply
 //! per byte and needs no per-name state, which keeps the eBPF verifier happy.
+//! Most header lines are not even hashed: a line whose first byte cannot
+//! start a name the parser uses (`User-Agent`, `Accept`, `Cookie`... next to
+//! `Content-Length`, `Transfer-Encoding`, the tenant header) is passed over
+//! to its line feed eight bytes at a time ([`find_byte`]), as are ignored
+//! header values and request targets that carry no tenant.
 
 use crate::maps::{Method, PENDING_MAX, TENANT_MAX};
 
@@ -63,7 +68,11 @@ pub struct ParserConfig {
     pub tenant_source: u8,
     /// Length of `path_prefix` in bytes.
     pub path_prefix_len: u8,
-    pub _pad: [u8; 6],
+    /// The tenant header name's first byte, lowercased: a header line
+    /// starting with any other byte (and not `c`, `t`, or `h` for
+    /// `tenant_source::HOST_LABEL`) is skipped without hashing its name.
+    pub tenant_header_first: u8,
+    pub _pad: [u8; 5],
     /// For `tenant_source::PATH_SEGMENT`: the bytes before the tenant segment,
     /// e.g. `/tenants/`.
     pub path_prefix: [u8; PATH_PREFIX_MAX],
@@ -75,7 +84,12 @@ impl ParserConfig {
             tenant_header_hash: header_hash(name),
             tenant_source: tenant_source::HEADER,
             path_prefix_len: 0,
-            _pad: [0; 6],
+            tenant_header_first: if name.is_empty() {
+                0
+            } else {
+                name[0].to_ascii_lowercase()
+            },
+            _pad: [0; 5],
             path_prefix: [0; PATH_PREFIX_MAX],
         }
     }
@@ -438,9 +452,16 @@ impl RequestStream {
                 } else if b == b':' || b == b' ' || b == b'\t' {
                     // Empty names and obsolete line folding: not HTTP we trust.
                     self.invalid()
-                } else {
+                } else if is_wanted_header_start(b, cfg) {
                     self.state = state::HEADER_NAME;
                     self.acc = fnv_step(FNV_OFFSET, b);
+                    event::NONE
+                } else {
+                    // No header the parser uses starts with this byte:
+                    // the whole line is skipped like an ignored value,
+                    // without hashing its name (`User-Agent`, `Accept...`).
+                    self.state = state::HEADER_VALUE;
+                    self.start_value(value_kind::OTHER);
                     event::NONE
                 }
             }
@@ -703,30 +724,26 @@ impl RequestStream {
     }
 }
 
-/// Index (0..8) of the lowest byte of `x` that is zero, or 8.
-/// Bytes must not be preceded by a zero byte that was masked away: callers
-/// make unwanted low bytes non-zero first, so the classic borrow false
-/// positive (a 0x01 byte above a zero) cannot be the lowest hit.
+/// High bit of every byte of `y` that is zero (and possibly of bytes
+/// above a zero byte: the borrow's false positives). The lowest flagged
+/// byte is always a true zero byte.
 #[inline(always)]
-fn first_zero_byte(x: u64) -> usize {
-    let m = x.wrapping_sub(0x0101_0101_0101_0101) & !x & 0x8080_8080_8080_8080;
+fn zero_bytes(y: u64) -> u64 {
+    y.wrapping_sub(0x0101_0101_0101_0101) & !y & 0x8080_8080_8080_8080
+}
+
+/// Index (0..8) of the lowest flagged byte of a [`zero_bytes`] mask, or 8.
+/// No branches beyond the empty test and no ctz (BPF has none): the
+/// isolated bit times a constant whose byte `7 - k` is `k` puts the index
+/// in the top byte. Branch-free matters: this runs inside the parser's
+/// per-byte loop, whose every branch the eBPF verifier explores.
+#[inline(always)]
+fn lowest_flagged_byte(m: u64) -> usize {
     if m == 0 {
         return 8;
     }
-    // Index of the lowest set bit's byte, without a ctz instruction (BPF
-    // has none): binary search on the isolated bit.
-    let b = m & m.wrapping_neg();
-    let mut idx = 0usize;
-    if b >> 32 != 0 {
-        idx += 4;
-    }
-    if (b >> (idx * 8)) >> 16 != 0 {
-        idx += 2;
-    }
-    if (b >> (idx * 8)) >> 8 != 0 {
-        idx += 1;
-    }
-    idx
+    let bit = m & m.wrapping_neg();
+    ((bit >> 7).wrapping_mul(0x0001_0203_0405_0607) >> 56) as usize
 }
 
 /// Bytes `0..k` set (k < 8).
@@ -739,41 +756,100 @@ fn low_bytes(k: usize) -> u64 {
     }
 }
 
-/// Position of the first `needle` in `buf[from..to]`, or `to` when there is
-/// none: two 8-byte words at a time, for skipping header values the parser
-/// does not care about.
+/// Bytes of `x` equal to `needle` become zero (others non-zero).
 #[inline(always)]
-pub fn find_byte(buf: &[u8; 16], from: usize, to: usize, needle: u8) -> usize {
+fn zero_where(x: u64, needle: u8) -> u64 {
+    x ^ 0x0101_0101_0101_0101u64.wrapping_mul(needle as u64)
+}
+
+/// Index (0..8) of the lowest byte of `x` equal to one of `needles`, or
+/// 8, with the bytes below `from` (< 8) never matching. The three masks
+/// are OR-ed before one index search: the lowest flag of the union is the
+/// lowest true match of any needle.
+#[inline(always)]
+fn first_of(x: u64, from: usize, needles: [u8; 3]) -> usize {
+    let below = low_bytes(from);
+    lowest_flagged_byte(
+        zero_bytes(zero_where(x, needles[0]) | below)
+            | zero_bytes(zero_where(x, needles[1]) | below)
+            | zero_bytes(zero_where(x, needles[2]) | below),
+    )
+}
+
+/// Position of the first byte in `buf[from..to]` that is one of
+/// `needles`, or `to` when there is none: two 8-byte words at a time, for
+/// passing over bytes the parser does not need to step (see
+/// [`RequestStream::next_needed`]). Repeat a needle to look for fewer.
+#[inline(always)]
+pub fn find_byte(buf: &[u8; 16], from: usize, to: usize, needles: [u8; 3]) -> usize {
     if from >= to || from >= 16 {
         return to;
     }
-    let pat = 0x0101_0101_0101_0101u64.wrapping_mul(needle as u64);
-    let mut lo = u64::from_le_bytes([
+    let lo = u64::from_le_bytes([
         buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7],
-    ]) ^ pat;
-    let mut hi = u64::from_le_bytes([
+    ]);
+    let hi = u64::from_le_bytes([
         buf[8], buf[9], buf[10], buf[11], buf[12], buf[13], buf[14], buf[15],
-    ]) ^ pat;
-    // Bytes before `from` must not match: make them non-zero.
-    if from >= 8 {
-        lo = u64::MAX;
-        hi |= low_bytes(from - 8);
+    ]);
+    let pos = if from >= 8 {
+        8 + first_of(hi, from - 8, needles)
     } else {
-        lo |= low_bytes(from);
-    }
-    let p = first_zero_byte(lo);
-    let pos = if p < 8 { p } else { 8 + first_zero_byte(hi) };
+        let p = first_of(lo, from, needles);
+        if p < 8 {
+            p
+        } else {
+            8 + first_of(hi, 0, needles)
+        }
+    };
     if pos < to { pos } else { to }
 }
 
+/// Whether a header line starting with `b` may be one the parser uses:
+/// `Content-Length`, `Transfer-Encoding`, the tenant header, `Host` when
+/// the tenant is its first label. One compare per header line instead of
+/// hashing every name.
+#[inline(always)]
+fn is_wanted_header_start(b: u8, cfg: &ParserConfig) -> bool {
+    let b = b.to_ascii_lowercase();
+    b == b'c'
+        || b == b't'
+        || (cfg.tenant_source == tenant_source::HEADER && b == cfg.tenant_header_first)
+        || (cfg.tenant_source == tenant_source::HOST_LABEL && b == b'h')
+}
+
 impl RequestStream {
-    /// Whether the next bytes up to a line feed carry nothing the parser
-    /// uses, so [`find_byte`] may skip them.
+    /// Whether [`RequestStream::next_needed`] may pass over bytes: a cheap
+    /// test before the word search, so the common per-byte path stays
+    /// short (and so does the verifier's exploration of it).
     #[inline(always)]
-    pub fn skips_to_newline(&self) -> bool {
-        (self.state == state::HEADER_VALUE && self.value_kind == value_kind::OTHER)
+    pub fn may_skip(&self) -> bool {
+        self.state == state::HEADER_VALUE
+            || self.state == state::TARGET
             || self.state == state::TRAILER_LINE
             || self.state == state::CHUNK_EXT
+    }
+
+    /// The position in `chunk[from..to]` of the next byte the parser must
+    /// step: `from` itself, or further when the bytes in between carry
+    /// nothing it uses (an ignored header value or line, a trailer line, a
+    /// chunk extension: up to the line feed; a request target with no
+    /// tenant in it: up to the space that ends it, or a CR or LF). `to` when
+    /// none of them is needed.
+    #[inline(always)]
+    pub fn next_needed(&self, chunk: &[u8; 16], from: usize, to: usize) -> usize {
+        let needles = if (self.state == state::HEADER_VALUE && self.value_kind == value_kind::OTHER)
+            || self.state == state::TRAILER_LINE
+            || self.state == state::CHUNK_EXT
+        {
+            [b'\n'; 3]
+        } else if self.state == state::TARGET && self.path_match == 0xff {
+            // The space that ends it, or the CR / LF that make the line
+            // not a request line (`step_target`).
+            *b" \r\n"
+        } else {
+            return from;
+        };
+        find_byte(chunk, from, to, needles)
     }
 }
 

@@ -254,15 +254,18 @@ proptest! {
         prop_assert_eq!(parse_status_line(&buf, 16.min(line.len().max(n))), Some(code));
     }
 
-    /// `find_byte` equals a naive search on any chunk and range.
+    /// `find_byte` equals a naive search on any chunk and range, for one
+    /// needle or several.
     #[test]
-    fn find_byte_is_a_search(buf in any::<[u8; 16]>(), from in 0usize..20, to in 0usize..17, needle in any::<u8>()) {
-        let want = if from >= to || from >= 16 {
+    fn find_byte_is_a_search(buf in any::<[u8; 16]>(), from in 0usize..20, to in 0usize..17, needles in any::<[u8; 3]>()) {
+        let search = |n: [u8; 3]| if from >= to || from >= 16 {
             to
         } else {
-            (from..to).find(|&i| buf[i] == needle).unwrap_or(to)
+            (from..to).find(|&i| n.contains(&buf[i])).unwrap_or(to)
         };
-        prop_assert_eq!(find_byte(&buf, from, to, needle), want);
+        let one = [needles[0]; 3];
+        prop_assert_eq!(find_byte(&buf, from, to, one), search(one));
+        prop_assert_eq!(find_byte(&buf, from, to, needles), search(needles));
     }
 
     /// The request-prefix test never panics and accepts every corpus request.

@@ -9,7 +9,7 @@ use aya_ebpf::helpers::{
     generated::{bpf_loop, bpf_probe_read_user},
 };
 use burnwatch_common::{
-    http::{event, find_byte},
+    http::event,
     maps::{AgentConfig, ConnState, conn_event, counter},
 };
 
@@ -165,9 +165,10 @@ extern "C" fn parse_chunk(_index: u64, ctx: *mut c_void) -> i64 {
         if stream.skippable() > 0 {
             break;
         }
-        // Header values nobody asked for: jump to the line feed.
-        if stream.skips_to_newline() {
-            // The 16-byte window holding `i` (find_byte works on one).
+        // Bytes nobody asked for (an ignored header line, a request target
+        // without a tenant): jump to the next byte the parser needs.
+        if stream.may_skip() {
+            // The 16-byte window holding `i` (`next_needed` works on one).
             let base = (i & !15) % CHUNK;
             let win = unsafe { &*(scratch.buf.as_ptr().add(base) as *const [u8; 16]) };
             let lim = if (n as usize) < base + 16 {
@@ -175,8 +176,8 @@ extern "C" fn parse_chunk(_index: u64, ctx: *mut c_void) -> i64 {
             } else {
                 base + 16
             };
-            let j = base + find_byte(win, i - base, lim - base, b'\n');
-            // Only forward (the verifier cannot see find_byte never goes back).
+            let j = base + stream.next_needed(win, i - base, lim - base);
+            // Only forward (the verifier cannot see it never goes back).
             if j > i {
                 i = j;
             }

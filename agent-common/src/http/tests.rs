@@ -6,7 +6,7 @@ fn cfg() -> ParserConfig {
 }
 
 /// Feeds `reads` the way the kernel does (skip bodies, jump over ignored
-/// header values with `find_byte`, step other bytes, 16-byte chunks) and
+/// header values and targets with `next_needed`, step other bytes, 16-byte chunks) and
 /// returns every request that completed its headers, as (method, tenant),
 /// popping them as if each got a response right away.
 fn run(cfg: &ParserConfig, reads: &[&[u8]]) -> (Vec<(Method, String)>, RequestStream, u32) {
@@ -24,16 +24,14 @@ fn run(cfg: &ParserConfig, reads: &[&[u8]]) -> (Vec<(Method, String)>, RequestSt
                 i += n as usize;
                 continue;
             }
-            if s.skips_to_newline() {
-                let base = i - i % 16;
-                let mut chunk = [0u8; 16];
-                let end = (base + 16).min(read.len());
-                chunk[..end - base].copy_from_slice(&read[base..end]);
-                let j = base + find_byte(&chunk, i - base, end - base, b'\n');
-                if j > i {
-                    i = j;
-                    continue;
-                }
+            let base = i - i % 16;
+            let mut chunk = [0u8; 16];
+            let end = (base + 16).min(read.len());
+            chunk[..end - base].copy_from_slice(&read[base..end]);
+            let j = base + s.next_needed(&chunk, i - base, end - base);
+            if j > i {
+                i = j;
+                continue;
             }
             match s.step(read[i], cfg, 7) {
                 event::HEADERS_DONE if s.has_pending() => {
@@ -373,8 +371,16 @@ fn find_byte_matches_a_naive_search() {
         let to = (x >> 48) as usize % 17;
         let naive = (from..to).find(|&k| buf[k] == b'\n').unwrap_or(to);
         assert_eq!(
-            find_byte(&buf, from, to, b'\n'),
+            find_byte(&buf, from, to, [b'\n'; 3]),
             naive,
+            "{buf:?} {from} {to}"
+        );
+        let naive2 = (from..to)
+            .find(|&k| buf[k] == b'\n' || buf[k] == 0x0b || buf[k] == 1)
+            .unwrap_or(to);
+        assert_eq!(
+            find_byte(&buf, from, to, [0x0b, 1, b'\n']),
+            naive2,
             "{buf:?} {from} {to}"
         );
     }
@@ -406,4 +412,40 @@ fn no_body_length_survives_lost_sync() {
     assert_eq!(invalid, 1);
     assert_eq!(done.len(), 2, "{done:?}");
     assert_eq!((s.state, s.remaining), (state::METHOD, 0));
+}
+
+#[test]
+fn header_lines_are_skipped_by_their_first_byte_only_when_unused() {
+    // A tenant header sharing its first byte with skipped-looking headers,
+    // body framing in lower and upper case, and a line with no colon.
+    let cfg = ParserConfig::header(b"Acme-Tenant");
+    let (done, s, invalid) = run(
+        &cfg,
+        &[
+            b"POST /a/b/c?d=e HTTP/1.1\r\nAccept: */*\r\nUser-Agent: x\r\nnot a header\r\n\
+              ACME-TENANT: t1\r\ncontent-length: 3\r\n\r\nabc\
+              GET /x HTTP/1.1\r\nTRANSFER-ENCODING: chunked\r\nacme-tenant: t2\r\n\r\n\
+              1\r\nz\r\n0\r\n\r\n",
+        ],
+    );
+    assert_eq!(invalid, 0);
+    assert_eq!(
+        done,
+        vec![(Method::Post, "t1".into()), (Method::Get, "t2".into())]
+    );
+    assert_eq!(s.state, state::METHOD);
+    // Host is only looked at when the tenant comes from it.
+    let mut host = cfg;
+    host.tenant_source = tenant_source::HOST_LABEL;
+    let (done, _, _) = run(&host, &[b"GET / HTTP/1.1\r\nhost: globex.example\r\n\r\n"]);
+    assert_eq!(done, vec![(Method::Get, "globex".into())]);
+}
+
+#[test]
+fn a_request_target_cut_by_a_line_end_is_not_a_request() {
+    // The target is passed over in words, but CR and LF still end it.
+    for read in [&b"GET /abcdefghijklmnopqrstuvwxyz\r"[..], b"GET /abc\n"] {
+        let (done, s, invalid) = run(&cfg(), &[read]);
+        assert_eq!((done.len(), invalid, s.len), (0, 1, 0), "{read:?}");
+    }
 }

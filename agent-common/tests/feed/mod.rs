@@ -2,7 +2,7 @@
 //! shortcuts; shared by the property tests and the libFuzzer target
 //! (`agent-common/fuzz`).
 
-use burnwatch_common::http::{ParserConfig, RequestStream, event, find_byte, state};
+use burnwatch_common::http::{ParserConfig, RequestStream, event, state};
 use burnwatch_common::maps::{Method, PENDING_MAX, TENANT_MAX};
 
 /// What one run of the parser reported.
@@ -42,16 +42,14 @@ pub fn feed_kernel_like(cfg: &ParserConfig, reads: &[&[u8]], respond: bool) -> O
                 check_invariants(&s);
                 continue;
             }
-            if s.skips_to_newline() {
-                let base = i - i % 16;
-                let mut chunk = [0u8; 16];
-                let end = (base + 16).min(read.len());
-                chunk[..end - base].copy_from_slice(&read[base..end]);
-                let j = base + find_byte(&chunk, i - base, end - base, b'\n');
-                if j > i {
-                    i = j;
-                    continue;
-                }
+            let base = i - i % 16;
+            let mut chunk = [0u8; 16];
+            let end = (base + 16).min(read.len());
+            chunk[..end - base].copy_from_slice(&read[base..end]);
+            let j = base + s.next_needed(&chunk, i - base, end - base);
+            if j > i {
+                i = j;
+                continue;
             }
             record(&mut s, read[i], cfg, &mut out, respond);
             i += 1;
