@@ -5,11 +5,13 @@
 //! One point every [`STEP_SECS`] (5 min) for the last [`SLOTS`] steps (6 h), for the
 //! [`WINDOWS`] the paging tiers read (5m, 30m, 1h, 6h), each burn rate stored as a
 //! log-quantized `u16` (see [`encode`]). That is `72 x 4 x 2 = 576` bytes of points per
-//! series plus a fixed header ([`SeriesHistory::BYTES`]) and the map entry: 10,000 series
-//! take about 6.3 MiB (6,627,776 bytes by `approx_memory_bytes` in the unit test below), whatever the
-//! traffic. Series exist only where the engine has one, and the engine's tenants are
-//! capped per service, so hostile tenant names cannot grow this without bound.
-//!
+//! series, held only by series that burned budget in the last 6 h (see
+//! [`SeriesHistory`]), plus a fixed header and the map entry: 10,000 series that all
+//! burned take about 6.3 MiB, 10,000 that never did well under 1 MiB (both measured by
+//! `approx_memory_bytes` in the unit tests below), whatever the traffic. Series exist
+//! only where the engine has one, and the engine's tenants are capped per service, so
+//! hostile tenant names cannot grow this without bound.
+
 //! ## Sampling
 //! [`BurnHistory::update`] runs every poll but samples at most every [`SAMPLE_SECS`]:
 //! each sample overwrites the point of the current 5-minute step, so a step holds the
@@ -54,48 +56,112 @@ pub fn decode(v: u16) -> Option<f64> {
 }
 
 /// One series' ring of points.
+///
+/// Sparse: most series never burn (a healthy tenant's burn rate is 0 in every window),
+/// so the ring is only allocated at the first non-zero point and released again once
+/// every point it holds is 0 (or empty). Without a ring, the steps from `zero_since` to
+/// `newest_step` read as burn 0 and older ones as "no point". At 10,000 tenants x 2
+/// SLOs that is ~13 MiB of rings the agent does not hold when nothing burns.
 #[derive(Debug, Clone)]
 pub struct SeriesHistory {
     /// Step number (`unix / STEP_SECS`) of the newest point written.
     newest_step: u64,
-    /// `points[step % SLOTS][window]`.
-    points: Box<[[u16; WINDOWS.len()]; SLOTS]>,
+    /// Without `points`: first step of the run of zero points ending at `newest_step`.
+    zero_since: u64,
+    /// `points[step % SLOTS][window]`, while some point in the last [`SLOTS`] steps is
+    /// not 0.
+    points: Option<Box<Points>>,
     /// Sample generation that last saw the series (for removal).
     seen: u64,
 }
 
+type Points = [[u16; WINDOWS.len()]; SLOTS];
+
 impl SeriesHistory {
-    /// Bytes per series: the boxed points plus the struct.
+    /// Bytes per series while it has a ring: the boxed points plus the struct.
     #[cfg_attr(not(test), allow(dead_code))] // the memory bound's test
-    pub const BYTES: usize =
-        std::mem::size_of::<[[u16; WINDOWS.len()]; SLOTS]>() + std::mem::size_of::<SeriesHistory>();
+    pub const BYTES: usize = std::mem::size_of::<Points>() + std::mem::size_of::<SeriesHistory>();
 
     fn new(step: u64) -> Self {
         SeriesHistory {
             newest_step: step,
-            points: Box::new([[EMPTY; WINDOWS.len()]; SLOTS]),
+            zero_since: step,
+            points: None,
             seen: 0,
         }
     }
 
+    /// The stored point of `step`, which must be within the ring's span.
+    fn raw(&self, step: u64) -> [u16; WINDOWS.len()] {
+        match &self.points {
+            Some(points) => points[(step % SLOTS as u64) as usize],
+            None if step >= self.zero_since => [0; WINDOWS.len()],
+            None => [EMPTY; WINDOWS.len()],
+        }
+    }
+
     fn write(&mut self, step: u64, burns: [u16; WINDOWS.len()]) {
+        if step < self.newest_step && self.newest_step - step >= SLOTS as u64 {
+            return; // older than the ring (clock went back a lot)
+        }
+        let all_zero = burns == [0; WINDOWS.len()];
+        if self.points.is_none() {
+            if all_zero {
+                if step > self.newest_step + 1 {
+                    // Steps skipped (agent busy, clock jump) have no point.
+                    self.zero_since = step;
+                }
+                self.newest_step = self.newest_step.max(step);
+                self.zero_since = self.zero_since.min(step);
+                return;
+            }
+            // The first burn: materialise the ring as the zeros it stood for.
+            let mut points = Box::new([[EMPTY; WINDOWS.len()]; SLOTS]);
+            let oldest = self.newest_step.saturating_sub(SLOTS as u64 - 1);
+            for s in self.zero_since.max(oldest)..=self.newest_step {
+                points[(s % SLOTS as u64) as usize] = [0; WINDOWS.len()];
+            }
+            self.points = Some(points);
+        }
+        let Some(points) = self.points.as_mut() else {
+            return;
+        };
         if step > self.newest_step {
             // Steps skipped (agent busy, clock jump) have no point; clear them, at most a
             // full ring.
             let gap = (step - self.newest_step).min(SLOTS as u64);
             for s in (step - gap + 1)..step {
-                self.points[(s % SLOTS as u64) as usize] = [EMPTY; WINDOWS.len()];
+                points[(s % SLOTS as u64) as usize] = [EMPTY; WINDOWS.len()];
             }
             self.newest_step = step;
-        } else if self.newest_step - step >= SLOTS as u64 {
-            return; // older than the ring (clock went back a lot)
         }
-        self.points[(step % SLOTS as u64) as usize] = burns;
+        points[(step % SLOTS as u64) as usize] = burns;
+        if all_zero {
+            self.release_if_all_zero();
+        }
+    }
+
+    /// Drops the ring when it holds no burn: the newest run of zero points becomes
+    /// `zero_since..=newest_step` (an empty step before it ends the run).
+    fn release_if_all_zero(&mut self) {
+        let Some(points) = &self.points else { return };
+        if points.iter().flatten().any(|&v| v != 0 && v != EMPTY) {
+            return;
+        }
+        let oldest = self.newest_step.saturating_sub(SLOTS as u64 - 1);
+        let mut since = self.newest_step;
+        while since > oldest && points[((since - 1) % SLOTS as u64) as usize][0] != EMPTY {
+            since -= 1;
+        }
+        self.zero_since = since;
+        self.points = None;
     }
 
     /// The points of a series without any sample yet: all empty.
     pub fn empty_points(now: u64) -> Vec<(u64, [Option<f64>; WINDOWS.len()])> {
-        SeriesHistory::new(0).points(now)
+        let mut none = SeriesHistory::new(0);
+        none.zero_since = u64::MAX;
+        none.points(now)
     }
 
     /// Points oldest first as (step start unix seconds, burn per [`WINDOWS`]), ending at
@@ -107,7 +173,7 @@ impl SeriesHistory {
             .map(|step| {
                 let in_ring = step <= self.newest_step && self.newest_step - step < SLOTS as u64;
                 let raw = if in_ring {
-                    self.points[(step % SLOTS as u64) as usize]
+                    self.raw(step)
                 } else {
                     [EMPTY; WINDOWS.len()]
                 };
@@ -167,8 +233,8 @@ impl BurnHistory {
         self.slos.iter().map(HashMap::len).sum()
     }
 
-    /// Approximate heap held: map slots (key, value, control byte), boxed points and
-    /// tenant names.
+    /// Approximate heap held: map slots (key, value, control byte), boxed points (of
+    /// the series that burned in the last 6 h) and tenant names.
     #[cfg_attr(not(test), allow(dead_code))] // the memory bound's test
     pub fn approx_memory_bytes(&self) -> usize {
         let slot = std::mem::size_of::<(Arc<str>, SeriesHistory)>() + 1;
@@ -177,9 +243,11 @@ impl BurnHistory {
             .map(|tenants| {
                 tenants.capacity() * slot
                     + tenants
-                        .keys()
-                        .map(|t| {
-                            SeriesHistory::BYTES - std::mem::size_of::<SeriesHistory>()
+                        .iter()
+                        .map(|(t, h)| {
+                            h.points
+                                .as_ref()
+                                .map_or(0, |_| std::mem::size_of::<Points>())
                                 + t.len()
                                 + 16
                         })
@@ -250,9 +318,71 @@ mod tests {
         }
         h.update(&e, now);
         assert_eq!(h.len(), 10_000);
-        let bytes = h.approx_memory_bytes();
-        println!("history of 10,000 series: {bytes} bytes");
-        assert!(bytes < 8 << 20, "{bytes} bytes");
+        let healthy = h.approx_memory_bytes();
+        println!("history of 10,000 series that never burned: {healthy} bytes");
+        assert!(healthy < 1 << 20, "{healthy} bytes");
+        // Every series burns: each holds its ring.
+        for t in 0..10_000 {
+            e.record(now + 1, id, &format!("tenant-{t:05}"), 0, 1)
+                .expect("record");
+        }
+        e.evaluate(now + 1);
+        h.update(&e, now + SAMPLE_SECS);
+        let burning = h.approx_memory_bytes();
+        println!("history of 10,000 series that all burned: {burning} bytes");
+        assert!(burning > 10_000 * size_of::<Points>(), "{burning} bytes");
+        assert!(burning < 8 << 20, "{burning} bytes");
+    }
+
+    #[test]
+    fn rings_exist_only_while_something_burned() {
+        let mut h = SeriesHistory::new(100);
+        let zero = [0; WINDOWS.len()];
+        for step in 100..110 {
+            h.write(step, zero);
+        }
+        assert!(h.points.is_none());
+        let now = 109 * STEP_SECS;
+        let points = h.points(now);
+        // Steps before the series: no point; since its first sample: burn 0.
+        assert_eq!(points[SLOTS - 11].1[0], None);
+        assert!(points[SLOTS - 10..].iter().all(|(_, p)| p[0] == Some(0.0)));
+        // A burn materialises the ring with the same zeros behind it.
+        let burn = [encode(2.0), 0, 0, 0];
+        h.write(110, burn);
+        assert!(h.points.is_some());
+        let points = h.points(now + STEP_SECS);
+        assert_eq!(points[SLOTS - 12].1[0], None);
+        assert!(
+            points[SLOTS - 11..SLOTS - 1]
+                .iter()
+                .all(|(_, p)| p[0] == Some(0.0))
+        );
+        assert!((points[SLOTS - 1].1[0].expect("point") - 2.0).abs() < 1e-3);
+        // A gap (no sample for two steps), then zeros until the burn leaves the ring.
+        for step in 113..(110 + SLOTS as u64) {
+            h.write(step, zero);
+        }
+        assert!(h.points.is_some(), "the burn is still in the ring");
+        let before = h.points((110 + SLOTS as u64) * STEP_SECS);
+        h.write(110 + SLOTS as u64, zero);
+        assert!(h.points.is_none(), "released once the burn left");
+        let after = h.points((110 + SLOTS as u64) * STEP_SECS);
+        // Released ring reads as it did: zeros after the gap, nothing in the gap.
+        assert_eq!(before.len(), after.len());
+        assert_eq!(after[SLOTS - 1].1[0], Some(0.0));
+        let gap_at = after.iter().position(|(t, _)| *t == 112 * STEP_SECS);
+        if let Some(i) = gap_at {
+            assert_eq!(after[i].1[0], None);
+        }
+        assert!(
+            after
+                .iter()
+                .filter(|(t, _)| *t >= 113 * STEP_SECS)
+                .all(|(_, p)| p[0] == Some(0.0))
+        );
+        assert_eq!(&before[..SLOTS - 1], &after[..SLOTS - 1]);
+        assert_eq!(before[SLOTS - 1].1[0], None);
     }
 
     #[test]
