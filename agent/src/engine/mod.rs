@@ -117,8 +117,8 @@ impl Engine {
 
     /// Approximate memory held by all series, for the agent's self-metrics.
     pub fn approx_memory_bytes(&self) -> usize {
-        // The walk over all series only reads their inline part (the period ring's
-        // variant), like every evaluation does.
+        // The walk over all series only reads their inline part (each ring's slot
+        // width), like every evaluation does.
         self.series.capacity() * std::mem::size_of::<Series>()
             + self.series.len() * (Series::BYTES - std::mem::size_of::<Series>())
             + self.series.iter().map(Series::widened_bytes).sum::<usize>()
