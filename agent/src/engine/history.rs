@@ -6,9 +6,12 @@
 //! [`WINDOWS`] the paging tiers read (5m, 30m, 1h, 6h), each burn rate stored as a
 //! log-quantized `u16` (see [`encode`]). That is `72 x 4 x 2 = 576` bytes of points per
 //! series plus a fixed header ([`SeriesHistory::BYTES`]) and the map entry: 10,000 series
-//! take about 6.3 MiB (6,627,776 bytes by `approx_memory_bytes` in the unit test below), whatever the
-//! traffic. Series exist only where the engine has one, and the engine's tenants are
-//! capped per service, so hostile tenant names cannot grow this without bound.
+//! take about 6.1 MiB (6,347,776 bytes by `approx_memory_bytes` in the unit test below),
+//! whatever the traffic. The map's keys are the engine's own tenant names (shared
+//! `Arc`s), not copies. The points stay boxed: inline they would make every map slot
+//! ~600 bytes, and the map keeps up to ~2x empty slots. Series exist only where the
+//! engine has one, and the engine's tenants are capped per service, so hostile tenant
+//! names cannot grow this without bound.
 //!
 //! ## Sampling
 //! [`BurnHistory::update`] runs every poll but samples at most every [`SAMPLE_SECS`]:
@@ -146,9 +149,15 @@ impl BurnHistory {
             let tenants = &mut self.slos[slo];
             let history = match tenants.get_mut(snap.tenant) {
                 Some(h) => h,
-                None => tenants
-                    .entry(Arc::from(snap.tenant))
-                    .or_insert_with(|| SeriesHistory::new(step)),
+                None => {
+                    // Share the engine's name rather than copying it.
+                    let name = engine
+                        .tenant_name(snap.slo, snap.tenant)
+                        .unwrap_or_else(|| Arc::from(snap.tenant));
+                    tenants
+                        .entry(name)
+                        .or_insert_with(|| SeriesHistory::new(step))
+                }
             };
             history.write(step, burns);
             history.seen = self.generation;
@@ -167,24 +176,15 @@ impl BurnHistory {
         self.slos.iter().map(HashMap::len).sum()
     }
 
-    /// Approximate heap held: map slots (key, value, control byte), boxed points and
-    /// tenant names.
+    /// Approximate heap held: map slots (key, value, control byte) and boxed points.
+    /// The tenant names are the engine's (shared `Arc`s), not counted here.
     #[cfg_attr(not(test), allow(dead_code))] // the memory bound's test
     pub fn approx_memory_bytes(&self) -> usize {
         let slot = std::mem::size_of::<(Arc<str>, SeriesHistory)>() + 1;
+        let points = SeriesHistory::BYTES - std::mem::size_of::<SeriesHistory>();
         self.slos
             .iter()
-            .map(|tenants| {
-                tenants.capacity() * slot
-                    + tenants
-                        .keys()
-                        .map(|t| {
-                            SeriesHistory::BYTES - std::mem::size_of::<SeriesHistory>()
-                                + t.len()
-                                + 16
-                        })
-                        .sum::<usize>()
-            })
+            .map(|tenants| tenants.capacity() * slot + tenants.len() * points)
             .sum()
     }
 }
@@ -253,6 +253,18 @@ mod tests {
         let bytes = h.approx_memory_bytes();
         println!("history of 10,000 series: {bytes} bytes");
         assert!(bytes < 8 << 20, "{bytes} bytes");
+    }
+
+    #[test]
+    fn tenant_names_are_shared_with_the_engine() {
+        let mut e = engine();
+        let id = e.slo_id("a").expect("slo");
+        let mut h = BurnHistory::default();
+        e.record(1_700_000_000, id, "acme", 1, 0).expect("record");
+        h.update(&e, 1_700_000_000);
+        let (key, _) = h.slos[id.index()].get_key_value("acme").expect("history");
+        let engines = e.tenant_name(id, "acme").expect("engine's name");
+        assert!(Arc::ptr_eq(key, &engines));
     }
 
     #[test]

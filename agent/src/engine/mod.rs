@@ -216,6 +216,14 @@ impl Engine {
         self.snapshot_of(self.series.get(position)?, now)
     }
 
+    /// The engine's own `Arc` of `tenant`'s name for `slo` (the one its index and series
+    /// share), so per-series state kept elsewhere can share it instead of copying the
+    /// name. `None` if the tenant has no series for this SLO.
+    pub fn tenant_name(&self, slo: SloId, tenant: &str) -> Option<Arc<str>> {
+        let (name, _) = self.index.get(slo.index())?.tenants.get_key_value(tenant)?;
+        Some(Arc::clone(name))
+    }
+
     /// Release gate for a change to `slo` as seen by `tenant` (see `budget.rs` for the
     /// decision table). A tenant without data has its whole budget: approve.
     pub fn gate(
