@@ -14,14 +14,17 @@
 //! ```
 //!
 //! Counter width is not part of the layout: every bucket counter is a varint, whether the
-//! ring in memory holds `u32` or `u64` slots. So when the 1 h ring went from `u64` to
-//! saturating `u32` slots and the period ring to `u32` slots that widen on demand, the
-//! layout, and with it the store's format version, stayed the same. A record written
-//! before that change decodes as it always did, except that a 1 h bucket above
-//! `u32::MAX` saturates (exactly what the live ring now does with such a bucket) instead
-//! of making the whole file unusable; a period ring comes back wide when one of its
-//! stored buckets needs it. An older agent reads records written by this one (after a
-//! rollback), since their values always fit its wider slots.
+//! ring in memory holds `u16`, `u32` or `u64` slots. So when the 1 h ring went from `u64`
+//! to saturating `u32` slots, the period ring to `u32` slots that widen on demand, and
+//! then every ring to `u16` slots that widen on demand, the layout, and with it the
+//! store's format version, stayed the same. A decoded ring gets the narrowest slots that
+//! hold its stored counters, whatever width it had when saved (a ring that widened for a
+//! burst comes back narrow once the burst has left it). A record written before these
+//! changes decodes as it always did, except that a 1 h bucket above `u32::MAX` saturates
+//! (exactly what the live ring now does with such a bucket) instead of making the whole
+//! file unusable. An older agent reads records written by this one (after a rollback),
+//! since their values always fit its slots (`u32` for the fixed rings, `u64` at most for
+//! the period ring).
 //!
 //! Alert tiers are stored by shape (severity and windows), not by index, so a restore
 //! into a config with different tiers maps them or drops the alert. The per-SLO objective
@@ -30,10 +33,10 @@
 use thiserror::Error;
 
 use super::alert::Severity;
-use super::ring::{Counter, Ring};
+use super::ring::{Counter, Geometry, Ring};
 use super::series::{
-    LAYOUT_1H, LAYOUT_1M, LAYOUT_5M, LAYOUT_10S, MonthCounts, PERIOD_SLOTS, PERIOD_SPANS,
-    PeriodBuffer, PeriodRing, Ring1h, Ring1m, Ring5m, Ring10s, Series,
+    Layout1h, Layout1m, Layout5m, Layout10s, MonthCounts, PeriodBuffer, PeriodLayout, Ring1h,
+    Ring1m, Ring5m, Ring10s, Series,
 };
 use super::slo::Slo;
 use super::window::Window;
@@ -106,10 +109,7 @@ pub(crate) fn encode(series: &Series, slo: &Slo, out: &mut Vec<u8>) {
         PeriodBuffer::Rolling(ring) => {
             out.push(0);
             out.extend_from_slice(&ring.width().to_le_bytes());
-            match ring {
-                PeriodRing::Narrow(ring) => encode_ring(ring, out),
-                PeriodRing::Wide(ring) => encode_ring(ring, out),
-            }
+            encode_ring(ring, out);
         }
         PeriodBuffer::Calendar(month) => {
             out.push(1);
@@ -120,16 +120,16 @@ pub(crate) fn encode(series: &Series, slo: &Slo, out: &mut Vec<u8>) {
     }
 }
 
-fn encode_ring<C: Counter, const N: usize, const W: usize>(
-    ring: &Ring<C, N, W>,
+fn encode_ring<M: Counter, const N: usize, const W: usize, G: Geometry<W>>(
+    ring: &Ring<M, N, W, G>,
     out: &mut Vec<u8>,
 ) {
     out.extend_from_slice(&ring.head().to_le_bytes());
-    for slot in ring.slots() {
+    ring.for_each_slot(|slot| {
         for counter in slot {
-            put_varint(counter.get(), out);
+            put_varint(counter, out);
         }
-    }
+    });
 }
 
 /// LEB128: 7 bits per byte, high bit set on all but the last byte.
@@ -166,19 +166,20 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<StoredSeries, CodecError> {
         }
         v => return Err(r.invalid("alert flag", v.into())),
     };
-    let s10 = r.ring(LAYOUT_10S.0, LAYOUT_10S.1)?;
-    let m1 = r.ring(LAYOUT_1M.0, LAYOUT_1M.1)?;
-    let m5 = r.ring(LAYOUT_5M.0, LAYOUT_5M.1)?;
+    let s10 = r.ring(Layout10s, Overflow::Reject)?;
+    let m1 = r.ring(Layout1m, Overflow::Reject)?;
+    let m5 = r.ring(Layout5m, Overflow::Reject)?;
     // Saturating: before the 1 h ring had `u32` slots, its buckets could legitimately
     // hold more (see the module doc).
-    let h1 = r.saturating_ring(LAYOUT_1H.0, LAYOUT_1H.1)?;
+    let h1 = r.ring(Layout1h, Overflow::Saturate)?;
     let period = match r.u8()? {
         0 => {
             let width = r.u32()?;
             if width == 0 {
                 return Err(r.invalid("period bucket width", 0));
             }
-            PeriodBuffer::Rolling(r.period_ring(width)?)
+            // Never overflows: the period ring holds any `u64`.
+            PeriodBuffer::Rolling(r.ring(PeriodLayout::new(width), Overflow::Reject)?)
         }
         1 => PeriodBuffer::Calendar(MonthCounts {
             start: r.u64()?,
@@ -265,68 +266,42 @@ impl Reader<'_> {
             at: start,
         })
     }
-    fn counter<C: Counter>(&mut self) -> Result<C, CodecError> {
-        let value = self.varint()?;
-        let counter = C::saturating_from(value);
-        if counter.get() != value {
-            return Err(self.invalid("bucket counter", value));
-        }
-        Ok(counter)
-    }
-    /// A ring whose stored counters must fit its slots (a larger one means corruption).
-    fn ring<C: Counter, const N: usize, const W: usize>(
+    /// A ring as stored, with the narrowest slots that hold its counters (see
+    /// [`Ring::from_parts`]). `overflow` says what a counter above the ring's widest
+    /// slots means.
+    fn ring<M: Counter, const N: usize, const W: usize, G: Geometry<W>>(
         &mut self,
-        width: u32,
-        spans: [u16; W],
-    ) -> Result<Ring<C, N, W>, CodecError> {
+        geometry: G,
+        overflow: Overflow,
+    ) -> Result<Ring<M, N, W, G>, CodecError> {
         let head = self.u64()?;
-        let mut slots = [[C::default(); 2]; N];
-        for slot in &mut slots {
-            slot[0] = self.counter()?;
-            slot[1] = self.counter()?;
+        let mut counts = [[0; 2]; N];
+        for slot in &mut counts {
+            for counter in slot {
+                *counter = self.varint()?;
+                if *counter > M::MAX && overflow == Overflow::Reject {
+                    return Err(self.invalid("bucket counter", *counter));
+                }
+            }
         }
-        Ok(Ring::from_parts(width, spans, head, slots))
+        Ok(Ring::from_parts(geometry, head, &counts))
     }
+}
 
-    /// Head and counters of a ring, as stored (any width).
-    fn raw_ring<const N: usize>(&mut self) -> Result<(u64, [[u64; 2]; N]), CodecError> {
-        let head = self.u64()?;
-        let mut slots = [[0; 2]; N];
-        for slot in &mut slots {
-            slot[0] = self.varint()?;
-            slot[1] = self.varint()?;
-        }
-        Ok((head, slots))
-    }
-
-    /// A ring whose stored counters may exceed its slots: they saturate.
-    fn saturating_ring<C: Counter, const N: usize, const W: usize>(
-        &mut self,
-        width: u32,
-        spans: [u16; W],
-    ) -> Result<Ring<C, N, W>, CodecError> {
-        let (head, raw) = self.raw_ring::<N>()?;
-        let slots = raw.map(|slot| slot.map(C::saturating_from));
-        Ok(Ring::from_parts(width, spans, head, slots))
-    }
-
-    /// The period ring, narrow unless a stored bucket needs `u64`.
-    fn period_ring(&mut self, width: u32) -> Result<PeriodRing, CodecError> {
-        let (head, raw) = self.raw_ring::<PERIOD_SLOTS>()?;
-        let narrow = u32::try_from(raw.iter().flatten().copied().max().unwrap_or(0)).is_ok();
-        Ok(if narrow {
-            let slots = raw.map(|slot| slot.map(u32::saturating_from));
-            PeriodRing::Narrow(Ring::from_parts(width, PERIOD_SPANS, head, slots))
-        } else {
-            PeriodRing::Wide(Ring::from_parts(width, PERIOD_SPANS, head, raw))
-        })
-    }
+/// What a stored bucket counter larger than a ring can hold means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Overflow {
+    /// Corruption: the record is unusable.
+    Reject,
+    /// A bucket written when the ring had wider slots: it saturates.
+    Saturate,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::engine::alert::AlertState;
+    use crate::engine::series::PeriodRing;
     use crate::engine::spec::SloConfig;
     use std::sync::Arc;
 
@@ -354,27 +329,58 @@ mod tests {
         s
     }
 
+    fn roundtrip(series: &Series, slo: &Slo) -> StoredSeries {
+        let mut buf = Vec::new();
+        encode(series, slo, &mut buf);
+        decode(&buf).expect("decodes")
+    }
+
+    /// Counter widths of the five rings (0 for a calendar period).
+    fn bits(rings: (&Ring10s, &Ring1m, &Ring5m, &Ring1h, &PeriodBuffer)) -> [u32; 5] {
+        let period = match rings.4 {
+            PeriodBuffer::Rolling(ring) => ring.counter_bits(),
+            PeriodBuffer::Calendar(_) => 0,
+        };
+        [
+            rings.0.counter_bits(),
+            rings.1.counter_bits(),
+            rings.2.counter_bits(),
+            rings.3.counter_bits(),
+            period,
+        ]
+    }
+
+    fn stored_bits(s: &StoredSeries) -> [u32; 5] {
+        bits((&s.s10, &s.m1, &s.m5, &s.h1, &s.period))
+    }
+
+    fn live_bits(s: &Series) -> [u32; 5] {
+        let b = &s.buffers;
+        bits((&b.s10, &b.m1, &b.m5, &b.h1, &b.period))
+    }
+
+    fn assert_same_counts(stored: &StoredSeries, series: &Series) {
+        let b = &series.buffers;
+        assert_eq!(stored.s10, b.s10);
+        assert_eq!(stored.m1, b.m1);
+        assert_eq!(stored.m5, b.m5);
+        assert_eq!(stored.h1, b.h1);
+        assert_eq!(stored.period, b.period);
+    }
+
     #[test]
     fn roundtrip_rolling_and_calendar() {
         for period in ["window: 30d,", "calendar: month, timezone: Europe/Paris,"] {
             let slo = slo(period);
             let series = sample(&slo);
-            let mut buf = Vec::new();
-            encode(&series, &slo, &mut buf);
-            let stored = decode(&buf).expect("decodes");
+            let stored = roundtrip(&series, &slo);
             assert_eq!(stored.tracked_since, series.tracked_since);
             assert_eq!(stored.last_event, series.last_event);
-            assert_eq!(stored.s10, series.buffers.s10);
-            assert_eq!(stored.m1, series.buffers.m1);
-            assert_eq!(stored.m5, series.buffers.m5);
-            assert_eq!(stored.h1, series.buffers.h1);
-            assert_eq!(stored.period, series.buffers.period);
-            if let PeriodBuffer::Rolling(ring) = &stored.period {
-                assert!(
-                    matches!(ring, PeriodRing::Narrow(_)),
-                    "small counts stay narrow"
-                );
-            }
+            assert_same_counts(&stored, &series);
+            // 100 req/s: the 1 h and 6 h buckets need u32, the others stay u16.
+            let period_bits = if period.starts_with("window") { 32 } else { 0 };
+            assert_eq!(stored_bits(&stored), [16, 16, 16, 32, period_bits]);
+            assert_eq!(stored_bits(&stored), live_bits(&series));
             let alert = stored.alert.expect("alert kept");
             assert_eq!((alert.long, alert.short), (Window::H6, Window::M30));
             assert_eq!(
@@ -384,44 +390,58 @@ mod tests {
         }
     }
 
+    /// Widened rings survive a save and restore exactly, at the width they need.
     #[test]
-    fn roundtrip_narrow_and_widened_period_rings() {
+    fn roundtrip_widened_rings() {
         let slo = slo("window: 30d,");
         let mut series = sample(&slo);
-        let narrow = |s: &Series| {
-            matches!(
-                s.buffers.period,
-                PeriodBuffer::Rolling(PeriodRing::Narrow(_))
-            )
-        };
-        assert!(narrow(&series));
-        let roundtrip = |s: &Series| {
-            let mut buf = Vec::new();
-            encode(s, &slo, &mut buf);
-            decode(&buf).expect("decodes")
-        };
-        let stored = roundtrip(&series);
-        assert_eq!(stored.period, series.buffers.period);
+        assert_eq!(live_bits(&series), [16, 16, 16, 32, 32]);
 
-        // 5 billion events in one second: the 1 h bucket saturates, the period widens.
+        // 70,000 events in one second: the 10 s, 1 min and 5 min buckets pass u16::MAX.
         let t = series.last_event + 1;
+        series.record(t, slo.period.bounds(t), 70_000, 3);
+        assert_eq!(live_bits(&series), [32, 32, 32, 32, 32]);
+        let stored = roundtrip(&series, &slo);
+        assert_same_counts(&stored, &series);
+        assert_eq!(stored_bits(&stored), [32, 32, 32, 32, 32]);
+
+        // 5 billion more: the fixed rings saturate at u32::MAX, the period ring widens to
+        // u64 and stays exact.
         series.record(t, slo.period.bounds(t), 5_000_000_000, 7);
-        assert!(!narrow(&series));
-        let stored = roundtrip(&series);
-        assert_eq!(stored.period, series.buffers.period);
-        assert_eq!(stored.h1, series.buffers.h1);
+        assert_eq!(live_bits(&series), [32, 32, 32, 32, 64]);
+        let stored = roundtrip(&series, &slo);
+        assert_same_counts(&stored, &series);
+        assert_eq!(stored_bits(&stored), [32, 32, 32, 32, 64]);
+        let newest = (stored.s10.head() % 31) as usize;
+        assert_eq!(stored.s10.slot(newest), [u64::from(u32::MAX), 10]);
         assert_eq!(
             series.buffers.period(t, slo.period.bounds(t)).good,
-            100.0 * 5_000.0 + 5_000_000_000.0
+            100.0 * 5_000.0 + 70_000.0 + 5_000_000_000.0
         );
+        let PeriodBuffer::Rolling(ring) = &stored.period else {
+            panic!("rolling");
+        };
+        assert_eq!(
+            ring.window(t, 0),
+            series.buffers.period(t, slo.period.bounds(t))
+        );
+
+        // Once the burst has left the 10 s and 1 min rings they stay wide in memory (no
+        // flip-flopping), but a restore picks the narrowest width again.
+        let later = t + 80 * 60;
+        series.buffers.advance(later, slo.period.bounds(later));
+        assert_eq!(live_bits(&series), [32, 32, 32, 32, 64]);
+        let stored = roundtrip(&series, &slo);
+        assert_same_counts(&stored, &series);
+        assert_eq!(stored_bits(&stored), [16, 16, 32, 32, 64]);
     }
 
     /// A record as agents wrote it while the 1 h and period rings had `u64` slots: their
-    /// own encoding path, `encode_ring` over `u64` rings.
+    /// own encoding path, `encode_ring` over rings that hold `u64` counts.
     fn u64_layout_record(
         rings: (&Ring10s, &Ring1m, &Ring5m),
-        h1: &Ring<u64, 73, 2>,
-        period: &Ring<u64, PERIOD_SLOTS, 1>,
+        h1: &Ring<u64, 73, 2, Layout1h>,
+        period: &PeriodRing,
     ) -> Vec<u8> {
         let mut out = Vec::new();
         for v in [1_700_000_000u64, 1_700_000_000, 1_700_300_000] {
@@ -441,11 +461,11 @@ mod tests {
     #[test]
     fn decodes_records_of_the_u64_layout() {
         let start = 1_700_000_000;
-        let mut s10 = Ring10s::new(LAYOUT_10S.0, LAYOUT_10S.1, start);
-        let mut m1 = Ring1m::new(LAYOUT_1M.0, LAYOUT_1M.1, start);
-        let mut m5 = Ring5m::new(LAYOUT_5M.0, LAYOUT_5M.1, start);
-        let mut h1: Ring<u64, 73, 2> = Ring::new(LAYOUT_1H.0, LAYOUT_1H.1, start);
-        let mut period: Ring<u64, PERIOD_SLOTS, 1> = Ring::new(21_600, PERIOD_SPANS, start);
+        let mut s10 = Ring10s::new(Layout10s, start);
+        let mut m1 = Ring1m::new(Layout1m, start);
+        let mut m5 = Ring5m::new(Layout5m, start);
+        let mut h1: Ring<u64, 73, 2, Layout1h> = Ring::new(Layout1h, start);
+        let mut period = PeriodRing::new(PeriodLayout::new(21_600), start);
         let mut record = |t: u64, good: u64, bad: u64| {
             s10.add(t, good, bad);
             m1.add(t, good, bad);
@@ -459,15 +479,14 @@ mod tests {
         }
         let reads = [end - 1, end, end + 3_599, end + 86_400];
 
-        // Everything fits u32 (all real traffic below ~1.19 M req/s): same counts, narrow.
+        // Everything fits u32 (all real traffic below ~1.19 M req/s): same counts, at
+        // the narrowest width that holds them.
         let old = u64_layout_record((&s10, &m1, &m5), &h1, &period);
         let stored = decode(&old).expect("decodes");
-        assert_eq!(
-            (stored.s10, stored.m1, stored.m5),
-            (s10.clone(), m1.clone(), m5.clone())
-        );
-        let PeriodBuffer::Rolling(PeriodRing::Narrow(ring)) = &stored.period else {
-            panic!("narrow period ring expected: {:?}", stored.period);
+        assert_eq!((&stored.s10, &stored.m1, &stored.m5), (&s10, &m1, &m5));
+        assert_eq!(stored_bits(&stored), [16, 16, 16, 32, 32]);
+        let PeriodBuffer::Rolling(ring) = &stored.period else {
+            panic!("rolling period expected: {:?}", stored.period);
         };
         assert_eq!(ring.width(), 21_600);
         for now in reads {
@@ -483,18 +502,37 @@ mod tests {
         period.add(end - 1, 5_000_000_000, 1);
         let old = u64_layout_record((&s10, &m1, &m5), &h1, &period);
         let stored = decode(&old).expect("a big bucket is not corruption");
-        assert_eq!(
-            stored.period,
-            PeriodBuffer::Rolling(PeriodRing::Wide(period.clone()))
-        );
-        let saturated = Ring1h::from_parts(
-            LAYOUT_1H.0,
-            LAYOUT_1H.1,
-            h1.head(),
-            h1.slots().map(|slot| slot.map(u32::saturating_from)),
-        );
+        assert_eq!(stored.period, PeriodBuffer::Rolling(period.clone()));
+        assert_eq!(stored_bits(&stored), [16, 16, 16, 32, 64]);
+        let mut counts = [[0; 2]; 73];
+        for (i, count) in counts.iter_mut().enumerate() {
+            *count = h1.slot(i);
+        }
+        let saturated = Ring1h::from_parts(Layout1h, h1.head(), &counts);
         assert_eq!(stored.h1, saturated);
-        assert_eq!(stored.h1.slots()[(h1.head() % 73) as usize][0], u32::MAX);
+        let newest = (h1.head() % 73) as usize;
+        assert_eq!(stored.h1.slot(newest)[0], u64::from(u32::MAX));
+    }
+
+    #[test]
+    fn a_fixed_ring_counter_above_u32_is_corruption() {
+        let start = 1_700_000_000;
+        let mut wide: Ring<u64, 31, 1, Layout10s> = Ring::new(Layout10s, start);
+        wide.add(start, u64::from(u32::MAX) + 1, 0);
+        let mut buf = Vec::new();
+        encode_ring(&wide, &mut buf);
+        let mut r = Reader {
+            bytes: &buf,
+            pos: 0,
+        };
+        let ring: Result<Ring10s, _> = r.ring(Layout10s, Overflow::Reject);
+        assert!(matches!(
+            ring,
+            Err(CodecError::Invalid {
+                what: "bucket counter",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -7,9 +7,10 @@
 //! log-quantized `u16` (see [`encode`]). That is `72 x 4 x 2 = 576` bytes of points per
 //! series, held only by series that burned budget in the last 6 h (see
 //! [`SeriesHistory`]), plus a fixed header and the map entry: 10,000 series that all
-//! burned take about 6.3 MiB, 10,000 that never did well under 1 MiB (both measured by
-//! `approx_memory_bytes` in the unit tests below), whatever the traffic. Series exist
-//! only where the engine has one, and the engine's tenants are capped per service, so
+//! burned take about 6.1 MiB, 10,000 that never did well under 1 MiB (both measured by
+//! `approx_memory_bytes` in the unit tests below), whatever the traffic. The map's keys
+//! are the engine's own tenant names (shared `Arc`s), not copies. Series exist only
+//! where the engine has one, and the engine's tenants are capped per service, so
 //! hostile tenant names cannot grow this without bound.
 
 //! ## Sampling
@@ -78,10 +79,6 @@ pub struct SeriesHistory {
 type Points = [[u16; WINDOWS.len()]; SLOTS];
 
 impl SeriesHistory {
-    /// Bytes per series while it has a ring: the boxed points plus the struct.
-    #[cfg_attr(not(test), allow(dead_code))] // the memory bound's test
-    pub const BYTES: usize = std::mem::size_of::<Points>() + std::mem::size_of::<SeriesHistory>();
-
     fn new(step: u64) -> Self {
         SeriesHistory {
             newest_step: step,
@@ -212,9 +209,15 @@ impl BurnHistory {
             let tenants = &mut self.slos[slo];
             let history = match tenants.get_mut(snap.tenant) {
                 Some(h) => h,
-                None => tenants
-                    .entry(Arc::from(snap.tenant))
-                    .or_insert_with(|| SeriesHistory::new(step)),
+                None => {
+                    // Share the engine's name rather than copying it.
+                    let name = engine
+                        .tenant_name(snap.slo, snap.tenant)
+                        .unwrap_or_else(|| Arc::from(snap.tenant));
+                    tenants
+                        .entry(name)
+                        .or_insert_with(|| SeriesHistory::new(step))
+                }
             };
             history.write(step, burns);
             history.seen = self.generation;
@@ -233,25 +236,18 @@ impl BurnHistory {
         self.slos.iter().map(HashMap::len).sum()
     }
 
-    /// Approximate heap held: map slots (key, value, control byte), boxed points (of
-    /// the series that burned in the last 6 h) and tenant names.
+    /// Approximate heap held: map slots (key, value, control byte) and the boxed points
+    /// of the series that burned in the last 6 h. The tenant names are the engine's
+    /// (shared `Arc`s), not counted here.
     #[cfg_attr(not(test), allow(dead_code))] // the memory bound's test
     pub fn approx_memory_bytes(&self) -> usize {
         let slot = std::mem::size_of::<(Arc<str>, SeriesHistory)>() + 1;
+        let points = std::mem::size_of::<Points>();
         self.slos
             .iter()
             .map(|tenants| {
                 tenants.capacity() * slot
-                    + tenants
-                        .iter()
-                        .map(|(t, h)| {
-                            h.points
-                                .as_ref()
-                                .map_or(0, |_| std::mem::size_of::<Points>())
-                                + t.len()
-                                + 16
-                        })
-                        .sum::<usize>()
+                    + tenants.values().filter(|h| h.points.is_some()).count() * points
             })
             .sum()
     }
@@ -383,6 +379,18 @@ mod tests {
         );
         assert_eq!(&before[..SLOTS - 1], &after[..SLOTS - 1]);
         assert_eq!(before[SLOTS - 1].1[0], None);
+    }
+
+    #[test]
+    fn tenant_names_are_shared_with_the_engine() {
+        let mut e = engine();
+        let id = e.slo_id("a").expect("slo");
+        let mut h = BurnHistory::default();
+        e.record(1_700_000_000, id, "acme", 1, 0).expect("record");
+        h.update(&e, 1_700_000_000);
+        let (key, _) = h.slos[id.index()].get_key_value("acme").expect("history");
+        let engines = e.tenant_name(id, "acme").expect("engine's name");
+        assert!(Arc::ptr_eq(key, &engines));
     }
 
     #[test]

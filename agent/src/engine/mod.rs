@@ -117,8 +117,8 @@ impl Engine {
 
     /// Approximate memory held by all series, for the agent's self-metrics.
     pub fn approx_memory_bytes(&self) -> usize {
-        // The walk over all series only reads their inline part (the period ring's
-        // variant), like every evaluation does.
+        // The walk over all series only reads their inline part (each ring's slot
+        // width), like every evaluation does.
         self.series.capacity() * std::mem::size_of::<Series>()
             + self.series.len() * (Series::BYTES - std::mem::size_of::<Series>())
             + self.series.iter().map(Series::widened_bytes).sum::<usize>()
@@ -214,6 +214,14 @@ impl Engine {
     pub fn snapshot(&self, now: u64, slo: SloId, tenant: &str) -> Option<SeriesSnapshot<'_>> {
         let position = *self.index.get(slo.index())?.tenants.get(tenant)?;
         self.snapshot_of(self.series.get(position)?, now)
+    }
+
+    /// The engine's own `Arc` of `tenant`'s name for `slo` (the one its index and series
+    /// share), so per-series state kept elsewhere can share it instead of copying the
+    /// name. `None` if the tenant has no series for this SLO.
+    pub fn tenant_name(&self, slo: SloId, tenant: &str) -> Option<Arc<str>> {
+        let (name, _) = self.index.get(slo.index())?.tenants.get_key_value(tenant)?;
+        Some(Arc::clone(name))
     }
 
     /// Release gate for a change to `slo` as seen by `tenant` (see `budget.rs` for the

@@ -1,21 +1,27 @@
 //! The counts kept for one (SLO, tenant) pair.
 //!
-//! Ring headers (running sums, newest-bucket position) are inline, slot arrays are on the
-//! heap (see `ring.rs` for why). Sizes of the slot arrays:
+//! Ring headers (running sums, newest-bucket position, slot width) are inline, slot
+//! arrays are on the heap (see `ring.rs` for why). Every ring starts with `u16` slots and
+//! widens on its own, the first time one of its buckets passes `u16::MAX` (see `ring.rs`
+//! for the rates at which that happens: e.g. 6,553 req/s for one tenant fills a 10 s
+//! bucket, 18 req/s a 1 h bucket). Sizes of the slot arrays:
 //!
-//! | ring          | counter         | slots | bytes       |
-//! |---------------|-----------------|-------|-------------|
-//! | 10 s          | u32             | 31    | 248         |
-//! | 1 min         | u32             | 61    | 488         |
-//! | 5 min         | u32             | 73    | 584         |
-//! | 1 h           | u32             | 73    | 584         |
-//! | period / 120  | u32, u64 if big | 121   | 968 (1936)  |
+//! | ring          | counter                | slots | bytes              |
+//! |---------------|------------------------|-------|--------------------|
+//! | 10 s          | u16, u32 if needed     | 31    | 124 (248)          |
+//! | 1 min         | u16, u32 if needed     | 61    | 244 (488)          |
+//! | 5 min         | u16, u32 if needed     | 73    | 292 (584)          |
+//! | 1 h           | u16, u32 if needed     | 73    | 292 (584)          |
+//! | period / 120  | u16, u32, u64 if needed| 121   | 484 (968, 1936)    |
 //!
-//! plus 424 bytes of headers and sums inline: 3,296 bytes per series (asserted in
-//! tests, heap included; the engine's `Vec` of series adds up to 2x growth slack on the
-//! inline part). A series whose period ring widened (see [`PeriodRing`]) holds 968 bytes
-//! more. The `u32` rings saturate rather than wrap (see `ring.rs`); the period ring never
-//! saturates below `u64::MAX`.
+//! plus 424 bytes of headers and sums inline: 1,860 bytes per series whose rings all
+//! stayed `u16` (asserted in tests, heap included; the engine's `Vec` of series adds up
+//! to 2x growth slack on the inline part), 3,296 with every ring at `u32` (what every
+//! series cost before the rings started at `u16`), 968 more with the period ring at
+//! `u64`. A tenant at a steady 20 req/s, say, widens only its 1 h and period rings:
+//! 2,636 bytes. The fixed rings saturate at
+//! `u32::MAX` rather than wrap (see `ring.rs`); the period ring never saturates below
+//! `u64::MAX`.
 //! Idle series are dropped by the engine once nothing they hold is inside any window,
 //! so a tenant that stopped sending costs nothing after its period has passed.
 
@@ -23,26 +29,82 @@ use std::sync::Arc;
 
 use super::alert::AlertState;
 use super::period::{PERIOD_BUCKETS, Period, PeriodBounds};
-use super::ring::Ring;
+use super::ring::{Geometry, Ring};
 use super::slo::{Slo, SloId};
 use super::window::{Counts, Window};
 
-pub(crate) type Ring10s = Ring<u32, 31, 1>;
-pub(crate) type Ring1m = Ring<u32, 61, 2>;
-pub(crate) type Ring5m = Ring<u32, 73, 2>;
-pub(crate) type Ring1h = Ring<u32, 73, 2>;
-pub(crate) type NarrowPeriodRing = Ring<u32, { PERIOD_SLOTS }, 1>;
-pub(crate) type WidePeriodRing = Ring<u64, { PERIOD_SLOTS }, 1>;
+/// A fixed ring's geometry: bucket width and window spans are constants, so its header
+/// stores neither.
+macro_rules! fixed_layout {
+    ($(#[$doc:meta])* $name:ident: $width:literal s, $spans:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+        pub(crate) struct $name;
+
+        impl Geometry<{ $spans.len() }> for $name {
+            const SPANS: [u16; $spans.len()] = $spans;
+            #[inline]
+            fn width(self) -> u32 {
+                $width
+            }
+        }
+    };
+}
+
+fixed_layout!(
+    /// 10 s buckets serving 5m.
+    Layout10s: 10 s, [30]
+);
+fixed_layout!(
+    /// 1 min buckets serving 30m and 1h.
+    Layout1m: 60 s, [30, 60]
+);
+fixed_layout!(
+    /// 5 min buckets serving 2h and 6h.
+    Layout5m: 300 s, [24, 72]
+);
+fixed_layout!(
+    /// 1 h buckets serving 1d and 3d.
+    Layout1h: 3_600 s, [24, 72]
+);
+
+/// The rolling-period ring's geometry: `period / 120` second buckets, one window of 120
+/// buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PeriodLayout {
+    width: u32,
+}
+
+impl PeriodLayout {
+    /// `width` is clamped to at least 1 s.
+    pub fn new(width: u32) -> Self {
+        Self {
+            width: width.max(1),
+        }
+    }
+}
+
+impl Geometry<1> for PeriodLayout {
+    const SPANS: [u16; 1] = [PERIOD_BUCKETS as u16];
+    #[inline]
+    fn width(self) -> u32 {
+        self.width
+    }
+}
+
+/// The fixed rings widen up to `u32` and saturate there; see `ring.rs`.
+pub(crate) type Ring10s = Ring<u32, 31, 1, Layout10s>;
+pub(crate) type Ring1m = Ring<u32, 61, 2, Layout1m>;
+pub(crate) type Ring5m = Ring<u32, 73, 2, Layout5m>;
+pub(crate) type Ring1h = Ring<u32, 73, 2, Layout1h>;
+/// The rolling-period ring widens up to `u64` and never saturates below it: with 6 h
+/// buckets (30d period) a bucket passes `u32::MAX` at about 200 k req/s for one tenant
+/// on one node, which a busy ingress node can reach, and the period's budget must never
+/// undercount.
+pub(crate) type PeriodRing = Ring<u64, { PERIOD_SLOTS }, 1, PeriodLayout>;
 
 /// Slots of the rolling-period ring: its 120 buckets plus the partially counted one.
 pub(crate) const PERIOD_SLOTS: usize = PERIOD_BUCKETS as usize + 1;
-
-/// (bucket width in seconds, window spans in buckets) of the fixed rings.
-pub(crate) const LAYOUT_10S: (u32, [u16; 1]) = (10, [30]); // 5m
-pub(crate) const LAYOUT_1M: (u32, [u16; 2]) = (60, [30, 60]); // 30m, 1h
-pub(crate) const LAYOUT_5M: (u32, [u16; 2]) = (300, [24, 72]); // 2h, 6h
-pub(crate) const LAYOUT_1H: (u32, [u16; 2]) = (3_600, [24, 72]); // 1d, 3d
-pub(crate) const PERIOD_SPANS: [u16; 1] = [PERIOD_BUCKETS as u16];
 
 /// Events of the current calendar month. Nothing expires inside a month, so two counters
 /// replace a ring; they are reset when the month changes.
@@ -52,82 +114,6 @@ pub(crate) struct MonthCounts {
     pub start: u64,
     pub good: u64,
     pub bad: u64,
-}
-
-/// The rolling-period ring. It starts with `u32` slots and switches to `u64` slots, for
-/// this series only, the first time an add would push one of its buckets past
-/// `u32::MAX`: with 6 h buckets (30d period) that is about 200 k req/s for one tenant on
-/// one node, which a busy ingress node can reach, and the period's budget must never
-/// undercount. Saturating like the fixed rings would silently lose events; always using
-/// `u64` would cost every series 968 bytes that almost none of them needs.
-///
-/// Once wide, a ring stays wide (narrowing back when the big buckets expire would save
-/// little and could flip back and forth); a checkpoint restore picks the width from the
-/// stored values again.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum PeriodRing {
-    Narrow(NarrowPeriodRing),
-    Wide(WidePeriodRing),
-}
-
-impl PeriodRing {
-    pub fn new(width: u32, now: u64) -> Self {
-        PeriodRing::Narrow(Ring::new(width, PERIOD_SPANS, now))
-    }
-
-    pub fn width(&self) -> u32 {
-        match self {
-            PeriodRing::Narrow(ring) => ring.width(),
-            PeriodRing::Wide(ring) => ring.width(),
-        }
-    }
-
-    #[inline]
-    pub fn advance(&mut self, now: u64) {
-        match self {
-            PeriodRing::Narrow(ring) => ring.advance(now),
-            PeriodRing::Wide(ring) => ring.advance(now),
-        }
-    }
-
-    #[inline]
-    pub fn add(&mut self, now: u64, good: u64, bad: u64) {
-        match self {
-            PeriodRing::Narrow(ring) => {
-                if !ring.try_add(now, good, bad) {
-                    self.widen_and_add(now, good, bad);
-                }
-            }
-            PeriodRing::Wide(ring) => ring.add(now, good, bad),
-        }
-    }
-
-    /// The one allocation of a series after its creation (a new slot array), at most
-    /// once in its lifetime.
-    #[cold]
-    fn widen_and_add(&mut self, now: u64, good: u64, bad: u64) {
-        if let PeriodRing::Narrow(ring) = self {
-            let mut wide: WidePeriodRing = ring.widen();
-            wide.add(now, good, bad);
-            *self = PeriodRing::Wide(wide);
-        }
-    }
-
-    #[inline]
-    pub fn window(&self, now: u64) -> Counts {
-        match self {
-            PeriodRing::Narrow(ring) => ring.window(now, 0),
-            PeriodRing::Wide(ring) => ring.window(now, 0),
-        }
-    }
-
-    /// Heap bytes behind this ring (the slot array).
-    pub fn heap_bytes(&self) -> usize {
-        match self {
-            PeriodRing::Narrow(_) => NarrowPeriodRing::HEAP_BYTES,
-            PeriodRing::Wide(_) => WidePeriodRing::HEAP_BYTES,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -140,7 +126,7 @@ impl PeriodBuffer {
     pub fn new(period: &Period, now: u64, bounds: PeriodBounds) -> Self {
         match period {
             Period::Rolling { .. } => {
-                PeriodBuffer::Rolling(PeriodRing::new(period.bucket_width(), now))
+                PeriodBuffer::Rolling(Ring::new(PeriodLayout::new(period.bucket_width()), now))
             }
             Period::CalendarMonth { .. } => PeriodBuffer::Calendar(MonthCounts {
                 start: bounds.start,
@@ -178,7 +164,7 @@ impl PeriodBuffer {
 
     fn counts(&self, now: u64, bounds: PeriodBounds) -> Counts {
         match self {
-            PeriodBuffer::Rolling(ring) => ring.window(now),
+            PeriodBuffer::Rolling(ring) => ring.window(now, 0),
             PeriodBuffer::Calendar(month) if month.start == bounds.start => Counts {
                 good: month.good as f64,
                 bad: month.bad as f64,
@@ -201,10 +187,10 @@ pub(crate) struct Buffers {
 impl Buffers {
     pub fn new(period: &Period, now: u64, bounds: PeriodBounds) -> Self {
         Self {
-            s10: Ring::new(LAYOUT_10S.0, LAYOUT_10S.1, now),
-            m1: Ring::new(LAYOUT_1M.0, LAYOUT_1M.1, now),
-            m5: Ring::new(LAYOUT_5M.0, LAYOUT_5M.1, now),
-            h1: Ring::new(LAYOUT_1H.0, LAYOUT_1H.1, now),
+            s10: Ring::new(Layout10s, now),
+            m1: Ring::new(Layout1m, now),
+            m5: Ring::new(Layout5m, now),
+            h1: Ring::new(Layout1h, now),
             period: PeriodBuffer::new(period, now, bounds),
         }
     }
@@ -279,21 +265,29 @@ pub(crate) fn allowed_error_ratio(objective_percent: f64) -> f64 {
 }
 
 impl Series {
-    /// Memory of one series: inline part plus its slot arrays (the tenant name, shared
-    /// with the index, and allocator overhead come on top).
+    /// Memory of one series whose rings have not widened: inline part plus its `u16`
+    /// slot arrays (the tenant name, shared with the index, and allocator overhead come
+    /// on top).
     pub const BYTES: usize = std::mem::size_of::<Series>()
-        + Ring10s::HEAP_BYTES
-        + Ring1m::HEAP_BYTES
-        + Ring5m::HEAP_BYTES
-        + Ring1h::HEAP_BYTES
-        + NarrowPeriodRing::HEAP_BYTES;
+        + Ring10s::NARROW_HEAP_BYTES
+        + Ring1m::NARROW_HEAP_BYTES
+        + Ring5m::NARROW_HEAP_BYTES
+        + Ring1h::NARROW_HEAP_BYTES
+        + PeriodRing::NARROW_HEAP_BYTES;
 
-    /// Heap bytes beyond [`Series::BYTES`]: a widened period ring's larger slot array.
+    /// Heap bytes beyond [`Series::BYTES`]: the larger slot arrays of widened rings.
+    /// Reads only the inline headers (each ring's slot width).
     pub fn widened_bytes(&self) -> usize {
-        match &self.buffers.period {
-            PeriodBuffer::Rolling(ring) => ring.heap_bytes() - NarrowPeriodRing::HEAP_BYTES,
+        let b = &self.buffers;
+        let period = match &b.period {
+            PeriodBuffer::Rolling(ring) => ring.heap_bytes() - PeriodRing::NARROW_HEAP_BYTES,
             PeriodBuffer::Calendar(_) => 0,
-        }
+        };
+        (b.s10.heap_bytes() - Ring10s::NARROW_HEAP_BYTES)
+            + (b.m1.heap_bytes() - Ring1m::NARROW_HEAP_BYTES)
+            + (b.m5.heap_bytes() - Ring5m::NARROW_HEAP_BYTES)
+            + (b.h1.heap_bytes() - Ring1h::NARROW_HEAP_BYTES)
+            + period
     }
 
     pub fn new(slo: &Slo, tenant: Arc<str>, now: u64, bounds: PeriodBounds) -> Self {
@@ -322,7 +316,7 @@ impl Series {
     /// True when no window (fixed or period) can still contain any of this series'
     /// events, so dropping it loses nothing.
     pub fn is_expired(&self, now: u64, period: &Period, bounds: PeriodBounds) -> bool {
-        let longest_fixed = Window::D3.secs() + u64::from(LAYOUT_1H.0);
+        let longest_fixed = Window::D3.secs() + u64::from(Layout1h.width());
         let idle = now.saturating_sub(self.last_event);
         let period_empty = match period {
             Period::Rolling { secs } => idle >= secs + u64::from(period.bucket_width()),
@@ -337,72 +331,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn series_fits_in_3_25_kib() {
+    fn narrow_series_fits_in_1_9_kib() {
         let inline = std::mem::size_of::<Series>();
         let total = Series::BYTES;
         println!("series: {inline} bytes inline, {total} bytes with slot arrays");
-        assert_eq!(total - inline, 248 + 488 + 584 + 584 + 968, "slot arrays");
+        assert_eq!(total - inline, 124 + 244 + 292 + 292 + 484, "slot arrays");
         assert!(inline <= 424, "{inline}");
-        assert!(total <= 3_328, "{total}");
-    }
-
-    /// The period ring widens instead of saturating: after any sequence of adds it holds
-    /// exactly what a ring with `u64` slots from the start would hold.
-    #[test]
-    fn widened_period_ring_counts_like_a_u64_ring() {
-        let width = 21_600; // 30d period
-        let start = 1_700_000_000;
-        let big = u64::from(u32::MAX);
-        let mut ring = PeriodRing::new(width, start);
-        let mut reference: WidePeriodRing = Ring::new(width, PERIOD_SPANS, start);
-        // (seconds after start, good, bad)
-        let adds = [
-            (0, 1_000, 3),
-            (60, big - 1_000, 0), // bucket's good is now exactly u32::MAX: still narrow
-            (7_200, 0, 17),
-            (21_600, big, 1), // next bucket: exactly u32::MAX again
-            (21_601, 0, 0),
-            (25_000, 1, 0), // same 6 h bucket, one past u32::MAX: widens here
-            (50_000, 5, big),
-            (100_000, big * 3, big + 7), // more than u32::MAX in a single add
-            (200_000, 9, 9),
-            (2_000_000, u64::MAX, 1), // saturates, like the u64 ring does
-            (2_000_001, 5, 0),
-            (40 * 86_400, 1, 1), // the big buckets have left the 30d window
-        ];
-        let mut widened_at = None;
-        for (i, (dt, good, bad)) in adds.into_iter().enumerate() {
-            let now = start + dt;
-            ring.add(now, good, bad);
-            reference.add(now, good, bad);
-            if widened_at.is_none() && matches!(ring, PeriodRing::Wide(_)) {
-                widened_at = Some(i);
-            }
-            for later in [now, now + 1, now + 3_600, now + 21_599, now + 30 * 86_400] {
-                assert_eq!(
-                    ring.window(later),
-                    reference.window(later, 0),
-                    "add {i}, read at +{}",
-                    later - now
-                );
-            }
-        }
-        assert_eq!(widened_at, Some(5), "widens on the first add past u32::MAX");
-        match &ring {
-            PeriodRing::Wide(wide) => assert_eq!(wide, &reference),
-            PeriodRing::Narrow(_) => panic!("should have widened"),
-        }
+        assert_eq!(total, 1_860);
     }
 
     #[test]
-    fn widening_is_lossless() {
-        let mut narrow: NarrowPeriodRing = Ring::new(600, PERIOD_SPANS, 0);
-        let mut wide: WidePeriodRing = Ring::new(600, PERIOD_SPANS, 0);
-        for t in (0..200_000).step_by(37) {
-            narrow.add(t, t % 101, t % 7);
-            wide.add(t, t % 101, t % 7);
+    fn widened_bytes_follow_each_ring() {
+        let period = Period::Rolling { secs: 30 * 86_400 };
+        let now = 1_699_999_200; // an hour boundary, inside one 6 h bucket
+        let bounds = period.bounds(now);
+        let mut series = Series {
+            slo: SloId(0),
+            tenant: Arc::from("t"),
+            objective: 99.9,
+            allowed_error_ratio: 0.001,
+            tracked_since: now,
+            period_since: now,
+            last_event: now,
+            alert: None,
+            buffers: Buffers::new(&period, now, bounds),
+        };
+        assert_eq!(series.widened_bytes(), 0);
+        // 20 req/s for an hour: the 1 h and 6 h buckets pass u16::MAX, nothing else.
+        for t in now..now + 3_600 {
+            series.record(t, period.bounds(t), 20, 0);
         }
-        assert_eq!(narrow.widen::<u64>(), wide);
+        assert_eq!(series.widened_bytes(), 292 + 484);
+        let b = &series.buffers;
+        assert_eq!(
+            [
+                b.s10.counter_bits(),
+                b.m1.counter_bits(),
+                b.m5.counter_bits()
+            ],
+            [16; 3]
+        );
+        assert_eq!(b.h1.counter_bits(), 32);
     }
 
     #[test]
