@@ -55,7 +55,8 @@ pub struct State {
     /// Directory of the state store.
     #[serde(default = "default_state_dir")]
     pub dir: PathBuf,
-    /// Seconds between checkpoints (also written on shutdown).
+    /// Seconds between checkpoints (also written on shutdown). The agent
+    /// stretches it when a save takes over 2% of it (very many series).
     #[serde(default = "default_checkpoint_secs")]
     pub checkpoint_interval_secs: u64,
     /// bpffs directory where the kernel maps, programs and links are pinned,
