@@ -282,3 +282,20 @@ fn evaluate_100k_series() {
         super::series::Series::BYTES
     );
 }
+
+#[test]
+fn shared_tenant_names_are_not_copied() {
+    let mut e = Engine::new(set(
+        "slos:\n  - { name: a, service: s, objective: 99.9 }\n  - { name: b, service: s, objective: 99 }\n",
+    ));
+    let (a, b) = (e.slo_id("a").expect("a"), e.slo_id("b").expect("b"));
+    let tenant: std::sync::Arc<str> = std::sync::Arc::from("acme");
+    e.record_shared(1_700_000_000, a, &tenant, 5, 1).expect("a");
+    e.record_shared(1_700_000_000, b, &tenant, 6, 0).expect("b");
+    for slo in [a, b] {
+        let name = e.tenant_name(slo, "acme").expect("series");
+        assert!(std::sync::Arc::ptr_eq(&name, &tenant));
+    }
+    // The caller's Arc, the two series and the two index entries.
+    assert_eq!(std::sync::Arc::strong_count(&tenant), 5);
+}

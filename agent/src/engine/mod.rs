@@ -137,6 +137,33 @@ impl Engine {
         good: u64,
         bad: u64,
     ) -> Result<(), EngineError> {
+        self.record_with(now, slo, tenant, || Arc::from(tenant), good, bad)
+    }
+
+    /// [`Engine::record`] with the caller's own `Arc` of the tenant name, which a new
+    /// series shares instead of copying the name (the agent's request table already
+    /// holds one per tenant: at 10,000 tenants x 2 SLOs that is 20,000 allocations
+    /// fewer).
+    pub fn record_shared(
+        &mut self,
+        now: u64,
+        slo: SloId,
+        tenant: &Arc<str>,
+        good: u64,
+        bad: u64,
+    ) -> Result<(), EngineError> {
+        self.record_with(now, slo, tenant, || tenant.clone(), good, bad)
+    }
+
+    fn record_with(
+        &mut self,
+        now: u64,
+        slo: SloId,
+        tenant: &str,
+        name: impl FnOnce() -> Arc<str>,
+        good: u64,
+        bad: u64,
+    ) -> Result<(), EngineError> {
         let Some(def) = self.slos.get(slo) else {
             return Err(EngineError::UnknownSlo(slo));
         };
@@ -145,7 +172,7 @@ impl Engine {
             Some(&i) => i,
             None if good == 0 && bad == 0 => return Ok(()),
             None => {
-                let name: Arc<str> = Arc::from(tenant);
+                let name = name();
                 self.series
                     .push(Series::new(def, name.clone(), now, bounds));
                 let i = self.series.len() - 1;

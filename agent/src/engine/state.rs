@@ -221,7 +221,7 @@ impl AgentState {
                 continue;
             }
             if dg + db > 0 {
-                let _ = self.engine.record(now, key.0, &key.1, dg, db);
+                let _ = self.engine.record_shared(now, key.0, &key.1, dg, db);
             }
         }
         self.feed_totals = totals;
