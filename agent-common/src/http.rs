@@ -851,6 +851,21 @@ impl RequestStream {
         };
         find_byte(chunk, from, to, needles)
     }
+
+    /// [`RequestStream::next_needed`] at byte `i` of a whole read, through the
+    /// 16-byte window holding `i`, as the kernel's chunk loop sees it: the
+    /// host-side feeds (unit, property and fuzz tests) model the kernel with it.
+    pub fn next_needed_in(&self, read: &[u8], i: usize) -> usize {
+        let base = i - i % 16;
+        let end = if base + 16 < read.len() {
+            base + 16
+        } else {
+            read.len()
+        };
+        let mut chunk = [0u8; 16];
+        chunk[..end - base].copy_from_slice(&read[base..end]);
+        base + self.next_needed(&chunk, i - base, end - base)
+    }
 }
 
 /// Parses the start of a response: `HTTP/1.x NNN`. Returns the status code,

@@ -42,11 +42,7 @@ pub fn feed_kernel_like(cfg: &ParserConfig, reads: &[&[u8]], respond: bool) -> O
                 check_invariants(&s);
                 continue;
             }
-            let base = i - i % 16;
-            let mut chunk = [0u8; 16];
-            let end = (base + 16).min(read.len());
-            chunk[..end - base].copy_from_slice(&read[base..end]);
-            let j = base + s.next_needed(&chunk, i - base, end - base);
+            let j = s.next_needed_in(read, i);
             if j > i {
                 i = j;
                 continue;

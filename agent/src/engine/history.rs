@@ -12,7 +12,7 @@
 //! are the engine's own tenant names (shared `Arc`s), not copies. Series exist only
 //! where the engine has one, and the engine's tenants are capped per service, so
 //! hostile tenant names cannot grow this without bound.
-
+//!
 //! ## Sampling
 //! [`BurnHistory::update`] runs every poll but samples at most every [`SAMPLE_SECS`]:
 //! each sample overwrites the point of the current 5-minute step, so a step holds the
