@@ -16,8 +16,14 @@ pub const LATENCY_BUCKETS: usize = 16;
 
 /// Distinct (service, tenant, method, status) series the kernel can count.
 pub const COUNTS_MAX: u32 = 65_536;
-/// Connections tracked at once (LRU: the least recently used is evicted).
+/// Connections tracked at once (LRU: the least recently used is evicted;
+/// an eviction is counted as the `state_evicted` capture anomaly).
 pub const CONNS_MAX: u32 = 65_536;
+/// Watched sockets remembered in `SOCKS` (LRU): twice `CONNS_MAX`, so a
+/// socket still has its entry after its connection state was evicted from
+/// `CONNS`, which is how the eviction is noticed (small entries: ~10 MiB
+/// of kernel memory).
+pub const SOCKS_MAX: u32 = 2 * CONNS_MAX;
 
 /// Map names.
 pub mod names {
@@ -286,6 +292,19 @@ pub struct ConnState {
     pub requests: RequestStream,
 }
 
+/// Value of `SOCKS` (keyed by `struct sock` address): whose connection
+/// state the socket has in `CONNS`, and the service to blame if that state
+/// is found missing (evicted).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockOwner {
+    /// The `CONNS` key ([`conn_key`]).
+    pub conn_key: u64,
+    pub service_id: u32,
+    pub local_port: u16,
+    pub _pad: u16,
+}
+
 /// Key of a connection: the process (tgid) and the file descriptor.
 #[inline(always)]
 pub const fn conn_key(tgid: u32, fd: u32) -> u64 {
@@ -337,6 +356,11 @@ pub mod conn_event {
     pub const TENANT_NOT_FOUND: u16 = 2;
     /// More pipelined requests than the per-connection queue holds.
     pub const PIPELINE_OVERFLOW: u16 = 3;
+    /// A watched connection's state was evicted from the full `CONNS` map
+    /// (more connections than [`super::CONNS_MAX`] at once). Its pending
+    /// requests, if any, were lost; the connection is counted again from
+    /// its next request line.
+    pub const STATE_EVICTED: u16 = 4;
     /// Bytes on an HTTP connection stopped parsing as HTTP/1.x.
     pub const PARSE_INVALID: u16 = 5;
     /// A read was longer than one syscall may scan; the rest was not parsed.
@@ -358,6 +382,7 @@ pub mod conn_event {
             OPEN_AT_CLOSE => "request_open_at_close",
             TENANT_NOT_FOUND => "tenant_not_found",
             PIPELINE_OVERFLOW => "pipeline_overflow",
+            STATE_EVICTED => "state_evicted",
             PARSE_INVALID => "not_http",
             SCAN_LIMIT => "scan_limit",
             TENANT_TRUNCATED => "tenant_truncated",

@@ -57,8 +57,8 @@ use aya_ebpf::{
 use burnwatch_common::{
     http::{RequestStream, looks_like_request, parse_status_line},
     maps::{
-        AgentConfig, ConnState, MatchKey, ReadArgs, SERVICE_AUTO, config_flags, conn_event,
-        conn_key, counter, ignored, match_kind, read_kind, role,
+        AgentConfig, ConnState, MatchKey, ReadArgs, SERVICE_AUTO, SockOwner, config_flags,
+        conn_event, conn_key, counter, ignored, match_kind, read_kind, role,
     },
 };
 
@@ -282,7 +282,7 @@ fn finish_read(ctx: &TracePointContext) {
         }
         // Decided before userspace knew of new matching processes: look
         // again.
-        let _ = CONNS.remove(&key);
+        forget_conn(key, unsafe { &*c });
         known = None;
     }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
@@ -465,17 +465,47 @@ fn blank_conn(cfg: &AgentConfig) -> Option<&'static mut ConnState> {
 /// Stores `conn` as the state of `key` (ignored connections too, so later
 /// syscalls skip them) and returns the stored copy. A watched connection
 /// (`sk` set) is also registered in `SOCKS`, so `inet_sock_set_state` finds
-/// it by its socket.
+/// it by its socket. If `SOCKS` still names this very connection, its
+/// state was evicted from `CONNS` (nothing else removes one without
+/// removing the other, see [`forget_conn`]): counted, once, here.
 #[inline(always)]
 fn store_conn(key: u64, conn: &ConnState) -> Option<*mut ConnState> {
+    if conn.sk != 0
+        && let Some(owner) = unsafe { SOCKS.get(&conn.sk) }
+        && owner.conn_key == key
+    {
+        count::conn_event(
+            owner.service_id,
+            owner.local_port,
+            conn_event::STATE_EVICTED,
+        );
+    }
     if CONNS.insert(&key, conn, 0).is_err() {
         bump(counter::CONNS_FULL);
         return None;
     }
     if conn.sk != 0 {
-        let _ = SOCKS.insert(&conn.sk, &key, 0);
+        let owner = SockOwner {
+            conn_key: key,
+            service_id: conn.service_id,
+            local_port: conn.local_port,
+            _pad: 0,
+        };
+        let _ = SOCKS.insert(&conn.sk, &owner, 0);
     }
     CONNS.get_ptr_mut(&key)
+}
+
+/// Removes the state of `key` (which is `conn`) on purpose, and its
+/// socket's `SOCKS` entry with it, so a `SOCKS` entry without its state
+/// always means an eviction.
+#[inline(always)]
+fn forget_conn(key: u64, conn: &ConnState) {
+    let sk = conn.sk;
+    let _ = CONNS.remove(&key);
+    if sk != 0 {
+        let _ = SOCKS.remove(&sk);
+    }
 }
 
 // --------------------------------------------------------------- writes
@@ -772,7 +802,10 @@ fn forget_fd(ctx: &TracePointContext) {
         return;
     }
     let id = bpf_get_current_pid_tgid();
-    let _ = CONNS.remove(&conn_key((id >> 32) as u32, fd as u32));
+    let key = conn_key((id >> 32) as u32, fd as u32);
+    if let Some(conn) = CONNS.get_ptr_mut(&key) {
+        forget_conn(key, unsafe { &*conn });
+    }
 }
 
 /// Attached to the exits of accept and accept4.
@@ -786,7 +819,10 @@ pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
-    let _ = CONNS.remove(&conn_key((id >> 32) as u32, arg_u64(&ctx, 0) as u32));
+    let key = conn_key((id >> 32) as u32, arg_u64(&ctx, 0) as u32);
+    if let Some(conn) = CONNS.get_ptr_mut(&key) {
+        forget_conn(key, unsafe { &*conn });
+    }
     0
 }
 
@@ -812,7 +848,7 @@ fn end_connection(key: u64, conn: &mut ConnState) {
     {
         count::count_abandoned(conn, cfg);
     }
-    let _ = CONNS.remove(&key);
+    forget_conn(key, conn);
 }
 
 // --------------------------------------------------------- socket state
@@ -833,8 +869,10 @@ const TCP_LAST_ACK: i32 = 9;
 /// Acts on this side closing (ESTABLISHED -> FIN_WAIT1, CLOSE_WAIT ->
 /// LAST_ACK) and on CLOSE (reset, or the end of any close). The peer half-
 /// closing (-> CLOSE_WAIT) is not an end: the server may still answer.
-/// After a `close` syscall the connection is already gone (the syscall runs
-/// before the state changes), so the socket's later states find nothing.
+/// After a `close` syscall the connection and its `SOCKS` entry are already
+/// gone (the syscall runs before the state changes), so the socket's later
+/// states find nothing. An entry whose connection state is missing means
+/// `CONNS` evicted that state: counted as `state_evicted`.
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     // Fields: skaddr @8, oldstate @16, newstate @20.
@@ -847,18 +885,24 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let sk: u64 = tp_field(&ctx, 8);
-    let Some(&key) = (unsafe { SOCKS.get(&sk) }) else {
+    let Some(&owner) = (unsafe { SOCKS.get(&sk) }) else {
         return 0;
     };
     let _ = SOCKS.remove(&sk);
-    let Some(conn) = CONNS.get_ptr_mut(&key) else {
-        return 0;
+    let key = owner.conn_key;
+    let conn = match CONNS.get_ptr_mut(&key) {
+        Some(conn) if unsafe { (*conn).sk } == sk => unsafe { &mut *conn },
+        // The state is gone (or its descriptor holds another socket), yet
+        // nothing removed it on purpose: `CONNS` evicted it.
+        _ => {
+            count::conn_event(
+                owner.service_id,
+                owner.local_port,
+                conn_event::STATE_EVICTED,
+            );
+            return 0;
+        }
     };
-    let conn = unsafe { &mut *conn };
-    // The descriptor may hold another socket by now (closed and reused).
-    if conn.sk != sk {
-        return 0;
-    }
     end_connection(key, conn);
     0
 }

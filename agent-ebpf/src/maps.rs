@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use burnwatch_common::maps::{
     AgentConfig, CONN_EVENTS_MAX, CONNS_MAX, COUNTS_MAX, ConnEventKey, ConnState, MATCHES_MAX,
-    MatchKey, RequestKey, RequestStats, counter,
+    MatchKey, RequestKey, RequestStats, SOCKS_MAX, SockOwner, counter,
 };
 
 /// Requests per (service, tenant, method, status): the product.
@@ -19,11 +19,14 @@ pub static COUNTS: HashMap<RequestKey, RequestStats> = HashMap::with_max_entries
 #[map(name = "CONNS")]
 pub static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(CONNS_MAX, 0);
 
-/// `struct sock` address -> `CONNS` key of a watched connection (server or
-/// client), so a socket that closes without a `close` syscall (its process
-/// was killed, the peer reset it) still has its pending requests counted.
+/// `struct sock` address -> owner (`CONNS` key, service) of a watched
+/// connection (server or client), so a socket that closes without a `close`
+/// syscall (its process was killed, the peer reset it) still has its
+/// pending requests counted. Every deliberate removal from `CONNS` removes
+/// the socket's entry here too, so an entry whose connection state is gone
+/// tells that `CONNS` evicted it.
 #[map(name = "SOCKS")]
-pub static SOCKS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(CONNS_MAX, 0);
+pub static SOCKS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(SOCKS_MAX, 0);
 
 /// The agent's config (one entry), rewritten by userspace on reload.
 #[map(name = "CONFIG")]

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use burnwatch_e2e::agent::{Agent, counts_of};
+use burnwatch_e2e::agent::{self, Agent, counts_of};
 use burnwatch_e2e::client::{Conn, request_bytes};
 use burnwatch_e2e::nginx::Nginx;
 use burnwatch_e2e::{count_diff, require_root};
@@ -199,6 +199,10 @@ fn flood(port: u16, from: u64, n: u64) {
     }
 }
 
+/// `burnwatch_common::maps::CONNS_MAX`: connection states the kernel keeps
+/// at once (the harness does not depend on the agent's crates).
+const CONNS_MAX: usize = 65_536;
+
 /// `burnwatch_common::maps::PENDING_MAX` (the harness does not depend on
 /// the agent's crates).
 const fn burnwatch_common_pending_max() -> u64 {
@@ -362,6 +366,17 @@ fn hostile_traffic_leaves_other_tenants_exact_and_memory_bounded() {
         "requests answered on the held connections"
     );
     watch.sample(&mut agent, "many connections");
+    // More connections than the kernel keeps states for: the least recently
+    // used were evicted between their two requests, and that is reported
+    // (their second requests were counted all the same: "many" is exact).
+    let evicted = agent::capture_counter(&agent.settle_and_scrape(), "state_evicted");
+    eprintln!("hostile: {connections} connections, {evicted} connection states evicted");
+    if connections > CONNS_MAX + 10_000 {
+        assert!(
+            evicted > 0,
+            "{connections} connections held at once, yet no state_evicted anomaly"
+        );
+    }
 
     let flood_start = Instant::now();
     let done = Arc::new(AtomicU64::new(0));
