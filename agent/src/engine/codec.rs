@@ -14,12 +14,15 @@
 //! ```
 //!
 //! Counter width is not part of the layout: every bucket counter is a varint, whether the
-//! ring in memory holds `u16`, `u32` or `u64` slots. So when the 1 h ring went from `u64`
-//! to saturating `u32` slots, the period ring to `u32` slots that widen on demand, and
-//! then every ring to `u16` slots that widen on demand, the layout, and with it the
-//! store's format version, stayed the same. A decoded ring gets the narrowest slots that
-//! hold its stored counters, whatever width it had when saved (a ring that widened for a
-//! burst comes back narrow once the burst has left it). A record written before these
+//! ring in memory holds good-only `u16` slots or `u16`, `u32` or `u64` pairs. So when the
+//! 1 h ring went from `u64` to saturating `u32` slots, the period ring to `u32` slots that
+//! widen on demand, then every ring to `u16` slots that widen on demand, and then to
+//! good-only `u16` slots (no bad counters until a bad event), the layout, and with it
+//! the store's format version, stayed the same: a good-only slot is written as a good
+//! count and a bad count of 0. A decoded ring gets the narrowest form that holds its
+//! stored counters (good-only when every bad counter is 0), whatever form it had when
+//! saved (a ring that widened for a burst or for a bad event comes back narrow once
+//! those have left it). A record written before these
 //! changes decodes as it always did, except that a 1 h bucket above `u32::MAX` saturates
 //! (exactly what the live ring now does with such a bucket) instead of making the whole
 //! file unusable. An older agent reads records written by this one (after a rollback),
@@ -301,6 +304,7 @@ enum Overflow {
 mod tests {
     use super::*;
     use crate::engine::alert::AlertState;
+    use crate::engine::ring::SlotForm;
     use crate::engine::series::PeriodRing;
     use crate::engine::spec::SloConfig;
     use std::sync::Arc;
@@ -335,28 +339,27 @@ mod tests {
         decode(&buf).expect("decodes")
     }
 
-    /// Counter widths of the five rings (0 for a calendar period).
-    fn bits(rings: (&Ring10s, &Ring1m, &Ring5m, &Ring1h, &PeriodBuffer)) -> [u32; 5] {
-        let period = match rings.4 {
-            PeriodBuffer::Rolling(ring) => ring.counter_bits(),
-            PeriodBuffer::Calendar(_) => 0,
-        };
-        [
-            rings.0.counter_bits(),
-            rings.1.counter_bits(),
-            rings.2.counter_bits(),
-            rings.3.counter_bits(),
-            period,
-        ]
+    /// Slot forms of the rings (four with a calendar period, five with a rolling one).
+    fn forms(rings: (&Ring10s, &Ring1m, &Ring5m, &Ring1h, &PeriodBuffer)) -> Vec<SlotForm> {
+        let mut all = vec![
+            rings.0.form(),
+            rings.1.form(),
+            rings.2.form(),
+            rings.3.form(),
+        ];
+        if let PeriodBuffer::Rolling(ring) = rings.4 {
+            all.push(ring.form());
+        }
+        all
     }
 
-    fn stored_bits(s: &StoredSeries) -> [u32; 5] {
-        bits((&s.s10, &s.m1, &s.m5, &s.h1, &s.period))
+    fn stored_forms(s: &StoredSeries) -> Vec<SlotForm> {
+        forms((&s.s10, &s.m1, &s.m5, &s.h1, &s.period))
     }
 
-    fn live_bits(s: &Series) -> [u32; 5] {
+    fn live_forms(s: &Series) -> Vec<SlotForm> {
         let b = &s.buffers;
-        bits((&b.s10, &b.m1, &b.m5, &b.h1, &b.period))
+        forms((&b.s10, &b.m1, &b.m5, &b.h1, &b.period))
     }
 
     fn assert_same_counts(stored: &StoredSeries, series: &Series) {
@@ -370,6 +373,7 @@ mod tests {
 
     #[test]
     fn roundtrip_rolling_and_calendar() {
+        use SlotForm::{U16, U32};
         for period in ["window: 30d,", "calendar: month, timezone: Europe/Paris,"] {
             let slo = slo(period);
             let series = sample(&slo);
@@ -377,10 +381,14 @@ mod tests {
             assert_eq!(stored.tracked_since, series.tracked_since);
             assert_eq!(stored.last_event, series.last_event);
             assert_same_counts(&stored, &series);
-            // 100 req/s: the 1 h and 6 h buckets need u32, the others stay u16.
-            let period_bits = if period.starts_with("window") { 32 } else { 0 };
-            assert_eq!(stored_bits(&stored), [16, 16, 16, 32, period_bits]);
-            assert_eq!(stored_bits(&stored), live_bits(&series));
+            // 100 req/s with bad events: the 1 h and 6 h buckets need u32 pairs, the
+            // others u16 pairs.
+            let mut expected = vec![U16, U16, U16, U32];
+            if period.starts_with("window") {
+                expected.push(U32);
+            }
+            assert_eq!(stored_forms(&stored), expected);
+            assert_eq!(stored_forms(&stored), live_forms(&series));
             let alert = stored.alert.expect("alert kept");
             assert_eq!((alert.long, alert.short), (Window::H6, Window::M30));
             assert_eq!(
@@ -393,25 +401,26 @@ mod tests {
     /// Widened rings survive a save and restore exactly, at the width they need.
     #[test]
     fn roundtrip_widened_rings() {
+        use SlotForm::{Good16, U16, U32, U64};
         let slo = slo("window: 30d,");
         let mut series = sample(&slo);
-        assert_eq!(live_bits(&series), [16, 16, 16, 32, 32]);
+        assert_eq!(live_forms(&series), [U16, U16, U16, U32, U32]);
 
         // 70,000 events in one second: the 10 s, 1 min and 5 min buckets pass u16::MAX.
         let t = series.last_event + 1;
         series.record(t, slo.period.bounds(t), 70_000, 3);
-        assert_eq!(live_bits(&series), [32, 32, 32, 32, 32]);
+        assert_eq!(live_forms(&series), [U32; 5]);
         let stored = roundtrip(&series, &slo);
         assert_same_counts(&stored, &series);
-        assert_eq!(stored_bits(&stored), [32, 32, 32, 32, 32]);
+        assert_eq!(stored_forms(&stored), [U32; 5]);
 
         // 5 billion more: the fixed rings saturate at u32::MAX, the period ring widens to
         // u64 and stays exact.
         series.record(t, slo.period.bounds(t), 5_000_000_000, 7);
-        assert_eq!(live_bits(&series), [32, 32, 32, 32, 64]);
+        assert_eq!(live_forms(&series), [U32, U32, U32, U32, U64]);
         let stored = roundtrip(&series, &slo);
         assert_same_counts(&stored, &series);
-        assert_eq!(stored_bits(&stored), [32, 32, 32, 32, 64]);
+        assert_eq!(stored_forms(&stored), [U32, U32, U32, U32, U64]);
         let newest = (stored.s10.head() % 31) as usize;
         assert_eq!(stored.s10.slot(newest), [u64::from(u32::MAX), 10]);
         assert_eq!(
@@ -426,14 +435,15 @@ mod tests {
             series.buffers.period(t, slo.period.bounds(t))
         );
 
-        // Once the burst has left the 10 s and 1 min rings they stay wide in memory (no
-        // flip-flopping), but a restore picks the narrowest width again.
+        // Once the burst, and every bad event, has left the 10 s and 1 min rings they
+        // stay wide in memory (no flip-flopping), but a restore picks the narrowest form
+        // again: good-only for those two, empty now.
         let later = t + 80 * 60;
         series.buffers.advance(later, slo.period.bounds(later));
-        assert_eq!(live_bits(&series), [32, 32, 32, 32, 64]);
+        assert_eq!(live_forms(&series), [U32, U32, U32, U32, U64]);
         let stored = roundtrip(&series, &slo);
         assert_same_counts(&stored, &series);
-        assert_eq!(stored_bits(&stored), [16, 16, 32, 32, 64]);
+        assert_eq!(stored_forms(&stored), [Good16, Good16, U32, U32, U64]);
     }
 
     /// A record as agents wrote it while the 1 h and period rings had `u64` slots: their
@@ -460,6 +470,7 @@ mod tests {
 
     #[test]
     fn decodes_records_of_the_u64_layout() {
+        use SlotForm::{U16, U32, U64};
         let start = 1_700_000_000;
         let mut s10 = Ring10s::new(Layout10s, start);
         let mut m1 = Ring1m::new(Layout1m, start);
@@ -484,7 +495,7 @@ mod tests {
         let old = u64_layout_record((&s10, &m1, &m5), &h1, &period);
         let stored = decode(&old).expect("decodes");
         assert_eq!((&stored.s10, &stored.m1, &stored.m5), (&s10, &m1, &m5));
-        assert_eq!(stored_bits(&stored), [16, 16, 16, 32, 32]);
+        assert_eq!(stored_forms(&stored), [U16, U16, U16, U32, U32]);
         let PeriodBuffer::Rolling(ring) = &stored.period else {
             panic!("rolling period expected: {:?}", stored.period);
         };
@@ -503,7 +514,7 @@ mod tests {
         let old = u64_layout_record((&s10, &m1, &m5), &h1, &period);
         let stored = decode(&old).expect("a big bucket is not corruption");
         assert_eq!(stored.period, PeriodBuffer::Rolling(period.clone()));
-        assert_eq!(stored_bits(&stored), [16, 16, 16, 32, 64]);
+        assert_eq!(stored_forms(&stored), [U16, U16, U16, U32, U64]);
         let mut counts = [[0; 2]; 73];
         for (i, count) in counts.iter_mut().enumerate() {
             *count = h1.slot(i);

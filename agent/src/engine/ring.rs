@@ -12,10 +12,20 @@
 //! of the oldest bucket that lies before the window start (see `window()`), so evaluating
 //! a series costs the same whether the ring has 31 or 121 slots.
 //!
-//! Counters: every ring starts with `u16` slots and widens, for this ring of this series
-//! only, the first time an add would push one of its buckets past `u16::MAX`. Most
-//! series are small tenants whose buckets never get there, and `u16` slots halve the
-//! bulk of a series' memory. The thresholds, for one tenant on one node:
+//! Slots: every ring starts *good-only*, one `u16` per bucket holding its good count,
+//! its bad count implicitly 0 ([`SlotForm::Good16`]). The first add with a bad event, or
+//! one that would push a bucket's good count past `u16::MAX`, widens this ring of this
+//! series only to `[good, bad]` pairs of the narrowest counter type that holds the
+//! values (`u16`, `u32`, or for the period ring `u64`); later adds widen the pairs
+//! further the same way, the first time a bucket would pass what they hold.
+//!
+//! Why good-only first: an SLO is mostly good (99.9% for a typical objective), and a
+//! healthy tenant never sends a bad event into most of its rings, so their bad column
+//! is all zeros, yet it was half of the slot memory. A new series carries no bad column
+//! at all (718 bytes of slots instead of 1,436, see `series.rs`); a ring pays for its
+//! bad counters from its first bad event on. Why `u16`: most series are small tenants
+//! whose buckets never get past `u16::MAX`, and `u16` halves memory again against `u32`.
+//! The `u16` thresholds (good-only or pairs alike), for one tenant on one node:
 //!
 //! | ring          | `u16` overflows above | `u32` overflows above           |
 //! |---------------|-----------------------|---------------------------------|
@@ -25,19 +35,31 @@
 //! | 1 h           | 18.2 req/s            | 1.19 M req/s                    |
 //! | period (6 h)  | 3.0 req/s (30d)       | 199 k req/s (30d)               |
 //!
-//! The 10 s, 1 min, 5 min and 1 h rings widen `u16` -> `u32` and then saturate at
-//! `u32::MAX` (far beyond what one node's agent sees for one tenant): saturating slots
-//! absorb what fits and the running sums only ever add what a slot actually absorbed, so
-//! sums and slots stay consistent even then. The period ring widens `u16` -> `u32` ->
-//! `u64` and never saturates below `u64::MAX`: a period's budget must never undercount,
-//! and a busy ingress node can pass 200 k req/s for one tenant. A ring that widened
-//! stays wide (narrowing back when the big buckets expire would save little and could
-//! flip back and forth); a checkpoint restore picks the narrowest width that holds the
-//! stored values ([`Ring::from_parts`]). Widening, one new slot array, is the only
-//! allocation of a series after its creation; it happens at most twice per ring.
+//! The forms, narrowest first, and the bytes per slot:
 //!
-//! Recording costs one branch on the slot width. Reading a window never looks at the
-//! slots (see [`Ring`]), so it does not depend on the width at all.
+//! | form              | holds                                   | bytes |
+//! |-------------------|-----------------------------------------|-------|
+//! | good-only `u16`   | good <= `u16::MAX`, bad = 0             | 2     |
+//! | `u16` pairs       | good and bad <= `u16::MAX`              | 4     |
+//! | `u32` pairs       | good and bad <= `u32::MAX`              | 8     |
+//! | `u64` pairs       | anything (period ring only)             | 16    |
+//!
+//! A ring can skip forms (good-only -> `u32` pairs when the first bad event, or a good
+//! count, needs `u32` at once). The 10 s, 1 min, 5 min and 1 h rings widen up to `u32`
+//! pairs and then saturate at `u32::MAX` (far beyond what one node's agent sees for one
+//! tenant): saturating slots absorb what fits and the running sums only ever add what a
+//! slot actually absorbed, so sums and slots stay consistent even then. The period ring
+//! widens up to `u64` pairs and never saturates below `u64::MAX`: a period's budget must
+//! never undercount, and a busy ingress node can pass 200 k req/s for one tenant. A ring
+//! that widened stays wide (narrowing back when the big buckets, or the bad events,
+//! expire would save little and could flip back and forth); a checkpoint restore picks
+//! the narrowest form that holds the stored values ([`Ring::from_parts`]), good-only
+//! when every stored bad count is 0. Widening, one new slot array, is the only
+//! allocation of a series after its creation; it happens at most three times per ring
+//! (twice for the fixed rings).
+//!
+//! Recording costs one branch on the slot form. Reading a window never looks at the
+//! slots (see [`Ring`]), so it does not depend on the form at all.
 
 use std::fmt::Debug;
 
@@ -79,18 +101,101 @@ pub(crate) trait Geometry<const W: usize>: Copy + Debug + PartialEq + 'static {
 const GOOD: usize = 0;
 const BAD: usize = 1;
 
-/// The slot array, at its current counter width.
+/// One bucket's `[good, bad]` counts, stored in one of the slot forms.
+trait Slot: Copy + Default + Debug + 'static {
+    /// Largest count this form holds in a counter.
+    const MAX: u64;
+    /// `[good, bad]`.
+    fn counts(self) -> [u64; 2];
+    /// True when this form stores `counts` exactly.
+    fn holds(counts: [u64; 2]) -> bool;
+    /// `counts` with each counter saturated at [`Slot::MAX`]. Only called with a bad
+    /// count a form can store (0 for good-only slots): widening and restoring pick a
+    /// form that [`Slot::holds`] the counts, and only pairs saturate.
+    fn saturating_from(counts: [u64; 2]) -> Self;
+}
+
+/// `[good, bad]` pairs.
+impl<C: Counter> Slot for [C; 2] {
+    const MAX: u64 = C::MAX;
+    #[inline]
+    fn counts(self) -> [u64; 2] {
+        self.map(Counter::get)
+    }
+    #[inline]
+    fn holds(counts: [u64; 2]) -> bool {
+        counts[GOOD] <= C::MAX && counts[BAD] <= C::MAX
+    }
+    #[inline]
+    fn saturating_from(counts: [u64; 2]) -> Self {
+        counts.map(C::saturating_from)
+    }
+}
+
+/// A good count; the bad count is 0 (the form cannot store any other).
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(transparent)]
+struct GoodOnly(u16);
+
+impl Slot for GoodOnly {
+    const MAX: u64 = u16::MAX as u64;
+    #[inline]
+    fn counts(self) -> [u64; 2] {
+        [u64::from(self.0), 0]
+    }
+    #[inline]
+    fn holds(counts: [u64; 2]) -> bool {
+        counts[GOOD] <= Self::MAX && counts[BAD] == 0
+    }
+    #[inline]
+    fn saturating_from(counts: [u64; 2]) -> Self {
+        debug_assert_eq!(counts[BAD], 0, "a good-only slot cannot store bad events");
+        GoodOnly(u16::saturating_from(counts[GOOD]))
+    }
+}
+
+/// How a ring stores its buckets, narrowest first (the order of widening).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum SlotForm {
+    /// Good counts only, as `u16`; every bad count is 0.
+    Good16,
+    /// `[good, bad]` as `u16`.
+    U16,
+    /// `[good, bad]` as `u32`.
+    U32,
+    /// `[good, bad]` as `u64` (period ring only).
+    U64,
+}
+
+impl SlotForm {
+    /// The narrowest form whose slots hold `counts`.
+    pub fn to_hold(counts: [u64; 2]) -> Self {
+        if GoodOnly::holds(counts) {
+            Self::Good16
+        } else if <[u16; 2]>::holds(counts) {
+            Self::U16
+        } else if <[u32; 2]>::holds(counts) {
+            Self::U32
+        } else {
+            Self::U64
+        }
+    }
+}
+
+/// The slot array, in its current form.
 #[derive(Debug, Clone)]
 enum Slots<const N: usize> {
+    Good16(Box<[GoodOnly; N]>),
     U16(Box<[[u16; 2]; N]>),
     U32(Box<[[u32; 2]; N]>),
     U64(Box<[[u64; 2]; N]>),
 }
 
-/// Runs `$body` with `$s` bound to the slot array at its actual width.
+/// Runs `$body` with `$s` bound to the slot array in its actual form.
 macro_rules! at_width {
     ($slots:expr, $s:ident => $body:expr) => {
         match $slots {
+            Slots::Good16($s) => $body,
             Slots::U16($s) => $body,
             Slots::U32($s) => $body,
             Slots::U64($s) => $body,
@@ -107,10 +212,11 @@ fn slot_index<const N: usize>(head: u64, back: u64) -> usize {
 
 /// `N` slots of `geometry.width()` seconds serving `W` windows of `G::SPANS[i]` buckets
 /// each (`SPANS[i] < N`, so the partially covered oldest bucket is still in the ring).
-/// Counters start as `u16` and widen on demand up to `M` (see the module doc): `u32` for
-/// the fixed rings, which saturate there, `u64` for the period ring.
+/// Slots start good-only and widen on demand to `[good, bad]` pairs up to `M` (see the
+/// module doc): `u32` for the fixed rings, which saturate there, `u64` for the period
+/// ring.
 ///
-/// Hot/cold split: the header (head, running sums, cached oldest bucket, slot width) is
+/// Hot/cold split: the header (head, running sums, cached oldest bucket, slot form) is
 /// stored inline in the series, the slot array behind a `Box`. Evaluating a series only
 /// reads headers, so with all series' headers packed in one `Vec` the evaluator streams
 /// through ~0.4 KiB per series instead of touching lines spread over the slot arrays
@@ -136,7 +242,7 @@ pub(crate) struct Ring<M: Counter, const N: usize, const W: usize, G: Geometry<W
     slots: Slots<N>,
 }
 
-/// Equal when they hold the same counts, whatever the slot width.
+/// Equal when they hold the same counts, whatever the slot form.
 impl<M: Counter, const N: usize, const W: usize, G: Geometry<W>> PartialEq for Ring<M, N, W, G> {
     fn eq(&self, other: &Self) -> bool {
         self.head == other.head
@@ -158,10 +264,11 @@ impl<M: Counter, const N: usize, const W: usize, G: Geometry<W>> Ring<M, N, W, G
         }
     };
 
-    /// Heap bytes behind a ring that has not widened (its `u16` slot array).
-    pub const NARROW_HEAP_BYTES: usize = std::mem::size_of::<[[u16; 2]; N]>();
+    /// Heap bytes behind a new ring (its good-only slot array): what a ring costs until
+    /// its first bad event or `u16` overflow.
+    pub const NEW_HEAP_BYTES: usize = std::mem::size_of::<[GoodOnly; N]>();
 
-    /// An empty ring (`u16` slots) whose newest bucket contains `now`.
+    /// An empty ring (good-only slots) whose newest bucket contains `now`.
     pub fn new(geometry: G, now: u64) -> Self {
         let () = Self::VALID;
         Self {
@@ -169,21 +276,25 @@ impl<M: Counter, const N: usize, const W: usize, G: Geometry<W>> Ring<M, N, W, G
             geometry,
             sums: [[0; 2]; W],
             oldest: [[M::default(); 2]; W],
-            slots: Slots::U16(Box::new([[0; 2]; N])),
+            slots: Slots::Good16(Box::new([GoodOnly::default(); N])),
         }
     }
 
     /// Rebuilds a ring from stored counts (`counts[i]` is slot `i`), recomputing the
-    /// running sums (stored sums are never trusted). The slots get the narrowest width
-    /// that holds every count; counts above `M::MAX` saturate.
+    /// running sums (stored sums are never trusted). The slots get the narrowest form
+    /// that holds every count (good-only when every bad count is 0); counts above
+    /// `M::MAX` saturate.
     pub fn from_parts(geometry: G, head: u64, counts: &[[u64; 2]; N]) -> Self {
         let mut ring = Self::new(geometry, 0);
         ring.head = head;
-        let largest = counts.iter().flatten().copied().max().unwrap_or(0);
-        ring.widen_to_hold(largest.min(M::MAX));
+        let mut largest = [0u64; 2];
+        for count in counts {
+            largest = [largest[GOOD].max(count[GOOD]), largest[BAD].max(count[BAD])];
+        }
+        ring.widen_to_hold(largest);
         at_width!(&mut ring.slots, s => {
-            for (slot, count) in s.iter_mut().zip(counts) {
-                *slot = count.map(Counter::saturating_from);
+            for (slot, &count) in s.iter_mut().zip(counts) {
+                *slot = Slot::saturating_from(count);
             }
         });
         for i in 0..W {
@@ -217,26 +328,27 @@ impl<M: Counter, const N: usize, const W: usize, G: Geometry<W>> Ring<M, N, W, G
 
     /// `[good, bad]` of slot `i` (`i < N`).
     pub fn slot(&self, i: usize) -> [u64; 2] {
-        at_width!(&self.slots, s => s[i].map(Counter::get))
+        at_width!(&self.slots, s => s[i].counts())
     }
 
     /// Calls `f` with `[good, bad]` of every slot, in slot order.
     pub fn for_each_slot(&self, mut f: impl FnMut([u64; 2])) {
-        at_width!(&self.slots, s => s.iter().for_each(|slot| f(slot.map(Counter::get))))
+        at_width!(&self.slots, s => s.iter().for_each(|slot| f(slot.counts())))
     }
 
-    /// Bits per counter in the slot array right now: 16, 32 or 64.
-    pub fn counter_bits(&self) -> u32 {
+    /// How the slot array stores its counts right now.
+    pub fn form(&self) -> SlotForm {
         match self.slots {
-            Slots::U16(_) => 16,
-            Slots::U32(_) => 32,
-            Slots::U64(_) => 64,
+            Slots::Good16(_) => SlotForm::Good16,
+            Slots::U16(_) => SlotForm::U16,
+            Slots::U32(_) => SlotForm::U32,
+            Slots::U64(_) => SlotForm::U64,
         }
     }
 
-    /// Heap bytes behind this ring (the slot array at its current width).
+    /// Heap bytes behind this ring (the slot array in its current form).
     pub fn heap_bytes(&self) -> usize {
-        Self::NARROW_HEAP_BYTES * self.counter_bits() as usize / 16
+        at_width!(&self.slots, s => std::mem::size_of_val::<[_; N]>(s))
     }
 
     /// First second of the newest bucket.
@@ -265,7 +377,7 @@ impl<M: Counter, const N: usize, const W: usize, G: Geometry<W>> Ring<M, N, W, G
         }
         let gap = target - self.head;
         if gap >= N as u64 {
-            // Everything expired. The slots keep their width (see the module doc).
+            // Everything expired. The slots keep their form (see the module doc).
             at_width!(&mut self.slots, s => s.fill(Default::default()));
             self.sums = [[0; 2]; W];
             self.oldest = [[M::default(); 2]; W];
@@ -279,9 +391,10 @@ impl<M: Counter, const N: usize, const W: usize, G: Geometry<W>> Ring<M, N, W, G
         self.refresh_oldest();
     }
 
-    /// Adds events observed at `now` (advancing first). If a counter of the newest
-    /// bucket would pass what the slots hold, the ring first widens to the narrowest
-    /// width that holds it, up to `M` (where it saturates).
+    /// Adds events observed at `now` (advancing first). If the newest bucket's counts
+    /// would no longer fit the slots (a first bad event in good-only slots, or a counter
+    /// past what they hold), the ring first widens to the narrowest form that holds
+    /// them, up to `M` pairs (where it saturates).
     #[inline]
     pub fn add(&mut self, now: u64, good: u64, bad: u64) {
         self.advance(now);
@@ -290,7 +403,7 @@ impl<M: Counter, const N: usize, const W: usize, G: Geometry<W>> Ring<M, N, W, G
         }
     }
 
-    /// Adds to the newest bucket, unless that needs wider slots (then `false`, nothing
+    /// Adds to the newest bucket, unless that needs a wider form (then `false`, nothing
     /// changed).
     #[inline]
     fn add_to_newest(&mut self, good: u64, bad: u64) -> bool {
@@ -303,24 +416,28 @@ impl<M: Counter, const N: usize, const W: usize, G: Geometry<W>> Ring<M, N, W, G
     #[inline(never)]
     fn widen_and_add(&mut self, good: u64, bad: u64) {
         let newest = self.slot(slot_index::<N>(self.head, 0));
-        let needed = newest[GOOD]
-            .saturating_add(good)
-            .max(newest[BAD].saturating_add(bad));
-        self.widen_to_hold(needed.min(M::MAX));
+        self.widen_to_hold([
+            newest[GOOD].saturating_add(good),
+            newest[BAD].saturating_add(bad),
+        ]);
         let added = self.add_to_newest(good, bad);
         debug_assert!(added, "widened ring must take the add");
     }
 
-    /// Widens the slots (never narrows) to the narrowest width that holds `value`.
-    /// Lossless: every slot keeps its value, sums and cached oldest buckets are untouched.
-    fn widen_to_hold(&mut self, value: u64) {
-        let wider = match &self.slots {
-            Slots::U16(s) if value > u64::from(u32::MAX) => Slots::U64(widened(s)),
-            Slots::U16(s) if value > u64::from(u16::MAX) => Slots::U32(widened(s)),
-            Slots::U32(s) if value > u64::from(u32::MAX) => Slots::U64(widened(s)),
-            _ => return,
-        };
-        self.slots = wider;
+    /// Widens the slots (never narrows) to the narrowest form that holds `counts`, each
+    /// capped at `M::MAX`. Lossless: every slot keeps its counts (each form holds all
+    /// counts of the narrower ones), sums and cached oldest buckets are untouched.
+    fn widen_to_hold(&mut self, counts: [u64; 2]) {
+        let target = SlotForm::to_hold(counts.map(|c| c.min(M::MAX)));
+        if target <= self.form() {
+            return;
+        }
+        self.slots = at_width!(&self.slots, s => match target {
+            SlotForm::Good16 => return, // never wider than the current form
+            SlotForm::U16 => Slots::U16(widened(s)),
+            SlotForm::U32 => Slots::U32(widened(s)),
+            SlotForm::U64 => Slots::U64(widened(s)),
+        });
     }
 
     /// Events in window `which` (length `L = SPANS[which] * width`) ending at second
@@ -373,17 +490,19 @@ impl<M: Counter, const N: usize, const W: usize, G: Geometry<W>> Ring<M, N, W, G
     }
 }
 
-/// The slot array with each counter converted to the wider type `D`.
-fn widened<C: Counter, D: Counter + From<C>, const N: usize>(
-    slots: &[[C; 2]; N],
-) -> Box<[[D; 2]; N]> {
-    Box::new(slots.map(|slot| slot.map(D::from)))
+/// The slot array in the wider form `D`: every slot keeps its counts.
+fn widened<S: Slot, D: Slot, const N: usize>(slots: &[S; N]) -> Box<[D; N]> {
+    Box::new(slots.map(|slot| {
+        let counts = slot.counts();
+        debug_assert!(D::holds(counts), "widening must be lossless");
+        D::saturating_from(counts)
+    }))
 }
 
 /// Advances `head` by `gap < N` buckets: subtracts what leaves each window from its
 /// running sum and clears the reused slots.
-fn expire<C: Counter, const N: usize, const W: usize>(
-    slots: &mut [[C; 2]; N],
+fn expire<S: Slot, const N: usize, const W: usize>(
+    slots: &mut [S; N],
     head: &mut u64,
     sums: &mut [[u64; 2]; W],
     spans: [u16; W],
@@ -391,39 +510,39 @@ fn expire<C: Counter, const N: usize, const W: usize>(
 ) {
     for _ in 0..gap {
         for (sum, &k) in sums.iter_mut().zip(&spans) {
-            let leaving = slots[slot_index::<N>(*head, u64::from(k))];
-            sum[GOOD] = sum[GOOD].saturating_sub(leaving[GOOD].get());
-            sum[BAD] = sum[BAD].saturating_sub(leaving[BAD].get());
+            let leaving = slots[slot_index::<N>(*head, u64::from(k))].counts();
+            sum[GOOD] = sum[GOOD].saturating_sub(leaving[GOOD]);
+            sum[BAD] = sum[BAD].saturating_sub(leaving[BAD]);
         }
         *head += 1;
         slots[slot_index::<N>(*head, 0)] = Default::default();
     }
 }
 
-/// Adds `good`/`bad` to one slot of counter type `C` in a ring that widens up to `M`,
-/// and what the slot absorbed to every running sum. Returns `false`, changing nothing,
-/// when a counter would pass `C::MAX` while `C` is narrower than `M`; at `M` it
-/// saturates.
+/// Adds `good`/`bad` to one slot of form `S` in a ring that widens up to `M` pairs, and
+/// what the slot absorbed to every running sum. Returns `false`, changing nothing, when
+/// `S` cannot hold the new counts while it is narrower than `M` pairs (a good-only slot
+/// holds no bad event at all); at `M` pairs it saturates.
 #[inline]
-fn add_to<C: Counter, M: Counter, const W: usize>(
-    slot: &mut [C; 2],
+fn add_to<S: Slot, M: Counter, const W: usize>(
+    slot: &mut S,
     sums: &mut [[u64; 2]; W],
     good: u64,
     bad: u64,
 ) -> bool {
-    let new_good = slot[GOOD].get().saturating_add(good);
-    let new_bad = slot[BAD].get().saturating_add(bad);
-    if C::MAX < M::MAX && (new_good > C::MAX || new_bad > C::MAX) {
+    let old = slot.counts();
+    let new = [old[GOOD].saturating_add(good), old[BAD].saturating_add(bad)];
+    if S::MAX < M::MAX && !S::holds(new) {
         return false;
     }
-    for (kind, delta, new) in [(GOOD, good, new_good), (BAD, bad, new_bad)] {
-        if delta == 0 {
+    let stored = S::saturating_from(new);
+    let now = stored.counts();
+    *slot = stored;
+    for kind in [GOOD, BAD] {
+        let absorbed = now[kind] - old[kind];
+        if absorbed == 0 {
             continue;
         }
-        let old = slot[kind].get();
-        let stored = C::saturating_from(new);
-        let absorbed = stored.get() - old;
-        slot[kind] = stored;
         for sum in sums.iter_mut() {
             sum[kind] = sum[kind].saturating_add(absorbed);
         }
@@ -433,7 +552,7 @@ fn add_to<C: Counter, M: Counter, const W: usize>(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, BTreeSet};
 
     use super::*;
     use crate::engine::series::{Layout1m, Layout10s, PERIOD_SLOTS, PeriodLayout};
@@ -520,17 +639,119 @@ mod tests {
     #[test]
     fn fixed_rings_widen_once_then_saturate_and_sums_stay_consistent() {
         let mut ring = TenSec::new(Layout10s, 0);
-        assert_eq!((ring.counter_bits(), ring.heap_bytes()), (16, 124));
+        assert_eq!((ring.form(), ring.heap_bytes()), (SlotForm::Good16, 62));
         ring.add(0, u64::MAX, 0);
         ring.add(1, 5, 0);
-        assert_eq!((ring.counter_bits(), ring.heap_bytes()), (32, 248));
+        assert_eq!((ring.form(), ring.heap_bytes()), (SlotForm::U32, 248));
         assert_eq!(ring.slot(0), [u64::from(u32::MAX), 0]);
         let rebuilt = TenSec::from_parts(Layout10s, ring.head(), &slots_of(&ring));
         assert_eq!(rebuilt, ring);
-        assert_eq!(rebuilt.counter_bits(), 32);
+        assert_eq!(rebuilt.form(), SlotForm::U32);
         ring.advance(10_000);
         assert_eq!(ring.window(10_000, 0), Counts::default());
-        assert_eq!(ring.counter_bits(), 32, "a widened ring stays wide");
+        assert_eq!(ring.form(), SlotForm::U32, "a widened ring stays wide");
+    }
+
+    #[test]
+    fn good_only_ring_holds_u16_max_good_then_widens_to_u32_pairs() {
+        let u16_max = u64::from(u16::MAX);
+        let mut ring = TenSec::new(Layout10s, 0);
+        ring.add(0, u16_max - 1, 0);
+        ring.add(1, 1, 0);
+        ring.add(2, 0, 0);
+        assert_eq!((ring.form(), ring.heap_bytes()), (SlotForm::Good16, 62));
+        assert_eq!(ring.slot(0), [u16_max, 0]);
+        // One more good event than a `u16` holds: no bad event yet, but the narrowest
+        // pair form that holds it.
+        ring.add(3, 1, 0);
+        assert_eq!((ring.form(), ring.heap_bytes()), (SlotForm::U32, 248));
+        assert_eq!(ring.slot(0), [u16_max + 1, 0]);
+        assert_eq!(ring.window(9, 0).good, (u16_max + 1) as f64);
+        assert_eq!(ring.window(9, 0).bad, 0.0);
+    }
+
+    /// A first bad event turns good-only slots into `u16` pairs: every good count stays,
+    /// sums and cached oldest buckets are untouched (reads before and after differ only
+    /// by the new event).
+    #[test]
+    fn first_bad_event_widens_good_only_slots_to_u16_pairs_losslessly() {
+        let u16_max = u64::from(u16::MAX);
+        let mut ring: Ring<u32, 61, 2, Layout1m> = Ring::new(Layout1m, 0);
+        for t in (0..3_600).step_by(20) {
+            ring.add(t, t % 7 + 1, 0);
+        }
+        ring.add(3_540, u16_max - ring.slot(59)[0], 0);
+        assert_eq!(ring.slot(59)[0], u16_max);
+        assert_eq!(ring.form(), SlotForm::Good16);
+        let before_slots = slots_of(&ring);
+        let reads = |ring: &Ring<u32, 61, 2, Layout1m>| {
+            [3_599, 3_600, 3_650, 5_000].map(|t| [ring.window(t, 0), ring.window(t, 1)])
+        };
+        let before = reads(&ring);
+
+        ring.add(3_599, 0, 1);
+        assert_eq!((ring.form(), ring.heap_bytes()), (SlotForm::U16, 244));
+        let mut expected = before_slots;
+        expected[59][1] = 1;
+        assert_eq!(slots_of(&ring), expected);
+        let after = reads(&ring);
+        for (b, a) in before.iter().flatten().zip(after.iter().flatten()) {
+            assert_eq!(a.good, b.good);
+        }
+        // The bad event is in the newest bucket: fully inside every read up to the
+        // window's end.
+        assert_eq!(after[0][0].bad, 1.0);
+        assert_eq!(after[0][1].bad, 1.0);
+        assert_eq!(
+            ring,
+            Ring::from_parts(Layout1m, ring.head(), &slots_of(&ring))
+        );
+    }
+
+    #[test]
+    fn first_bad_event_too_big_for_u16_widens_straight_to_u32_or_u64_pairs() {
+        let u16_max = u64::from(u16::MAX);
+        let u32_max = u64::from(u32::MAX);
+        let good_only = || {
+            let mut ring = TenSec::new(Layout10s, 0);
+            ring.add(0, 7, 0);
+            ring
+        };
+        let mut ring = good_only();
+        ring.add(1, 0, u16_max + 1);
+        assert_eq!(
+            (ring.form(), ring.slot(0)),
+            (SlotForm::U32, [7, u16_max + 1])
+        );
+        // A fixed ring saturates at u32 pairs, even on its first bad event.
+        let mut ring = good_only();
+        ring.add(1, 0, u64::MAX);
+        assert_eq!((ring.form(), ring.slot(0)), (SlotForm::U32, [7, u32_max]));
+        assert_eq!(ring.window(1, 0).bad, u32_max as f64);
+
+        let width = 21_600;
+        let start = 1_700_000_000 / width * width;
+        let period = || {
+            let mut ring = Period::new(PeriodLayout::new(21_600), start);
+            ring.add(start, 7, 0);
+            ring
+        };
+        for (bad, form) in [
+            (1, SlotForm::U16),
+            (u16_max, SlotForm::U16),
+            (u16_max + 1, SlotForm::U32),
+            (u32_max, SlotForm::U32),
+            (u32_max + 1, SlotForm::U64),
+            (u64::MAX, SlotForm::U64),
+        ] {
+            let mut ring = period();
+            assert_eq!(ring.form(), SlotForm::Good16);
+            ring.add(start + 1, 0, bad);
+            assert_eq!(ring.form(), form, "bad {bad}");
+            let newest = slot_index::<PERIOD_SLOTS>(ring.head(), 0);
+            assert_eq!(ring.slot(newest), [7, bad]);
+            assert_eq!(ring.window(start + 1, 0).bad, bad as f64);
+        }
     }
 
     #[test]
@@ -539,30 +760,46 @@ mod tests {
         for t in (1_700_000_000..1_700_000_000 + 40 * 86_400).step_by(600) {
             ring.add(t, 100, 2);
         }
-        assert_eq!(ring.counter_bits(), 16, "3,600 events per bucket");
+        assert_eq!(ring.form(), SlotForm::U16, "3,600 events per bucket");
         let rebuilt = Ring::from_parts(PeriodLayout::new(21_600), ring.head(), &slots_of(&ring));
         assert_eq!(rebuilt, ring);
     }
 
     #[test]
-    fn from_parts_picks_the_narrowest_width_and_saturates_above_the_ring_max() {
+    fn from_parts_picks_the_narrowest_form_and_saturates_above_the_ring_max() {
+        use SlotForm::{Good16, U16, U32, U64};
         let mut counts = [[0u64; 2]; 31];
         let narrowest = |counts: &[[u64; 2]; 31]| {
             let period_like: Ring<u64, 31, 1, Layout10s> = Ring::from_parts(Layout10s, 7, counts);
-            (
-                TenSec::from_parts(Layout10s, 7, counts).counter_bits(),
-                period_like.counter_bits(),
-            )
+            let fixed = TenSec::from_parts(Layout10s, 7, counts);
+            assert_eq!(slots_of(&period_like), *counts, "no saturation below u64");
+            (fixed.form(), period_like.form())
         };
-        assert_eq!(narrowest(&counts), (16, 16));
+        assert_eq!(narrowest(&counts), (Good16, Good16));
+        counts[3] = [u64::from(u16::MAX), 0];
+        assert_eq!(narrowest(&counts), (Good16, Good16));
+        counts[4] = [0, 1];
+        assert_eq!(narrowest(&counts), (U16, U16));
+        counts[4] = [0, 0];
+        counts[30] = [u64::from(u16::MAX) + 1, 0];
+        assert_eq!(narrowest(&counts), (U32, U32), "good past u16, no bad");
+        counts[30] = [0, 0];
         counts[3] = [u64::from(u16::MAX), 1];
-        assert_eq!(narrowest(&counts), (16, 16));
+        assert_eq!(narrowest(&counts), (U16, U16));
         counts[5] = [0, u64::from(u16::MAX) + 1];
-        assert_eq!(narrowest(&counts), (32, 32));
+        assert_eq!(narrowest(&counts), (U32, U32));
+        counts[5] = [0, 0];
         counts[9] = [u64::from(u32::MAX) + 1, 0];
-        assert_eq!(narrowest(&counts), (32, 64));
-        let saturated = TenSec::from_parts(Layout10s, 7, &counts);
-        assert_eq!(saturated.slot(9), [u64::from(u32::MAX), 0]);
+        let fixed = TenSec::from_parts(Layout10s, 7, &counts);
+        assert_eq!(fixed.form(), U32);
+        assert_eq!(fixed.slot(9), [u64::from(u32::MAX), 0], "saturated");
+        assert_eq!(fixed.slot(3), [u64::from(u16::MAX), 1]);
+        let period_like: Ring<u64, 31, 1, Layout10s> = Ring::from_parts(Layout10s, 7, &counts);
+        assert_eq!(period_like.form(), U64);
+        counts[3] = [0, 0];
+        let period_like: Ring<u64, 31, 1, Layout10s> = Ring::from_parts(Layout10s, 7, &counts);
+        assert_eq!(period_like.form(), U64, "good past u32, no bad");
+        assert_eq!(slots_of(&period_like), counts);
     }
 
     fn slots_of<M: Counter, const N: usize, const W: usize, G: Geometry<W>>(
@@ -584,7 +821,8 @@ mod tests {
         cap: u64,
         head: u64,
         buckets: BTreeMap<u64, [u64; 2]>,
-        largest: u64,
+        /// Largest good and largest bad count any bucket ever had.
+        largest: [u64; 2],
     }
 
     impl Reference {
@@ -593,7 +831,10 @@ mod tests {
             let bucket = self.buckets.entry(self.head).or_default();
             bucket[0] = bucket[0].saturating_add(good).min(self.cap);
             bucket[1] = bucket[1].saturating_add(bad).min(self.cap);
-            self.largest = self.largest.max(bucket[0]).max(bucket[1]);
+            self.largest = [
+                self.largest[0].max(bucket[0]),
+                self.largest[1].max(bucket[1]),
+            ];
         }
         fn bucket(&self, b: u64) -> [u64; 2] {
             self.buckets.get(&b).copied().unwrap_or_default()
@@ -604,8 +845,11 @@ mod tests {
             let cur = (now / self.width).max(self.head);
             let into = now.saturating_sub(cur * self.width).min(self.width - 1);
             let mut sum = [0u64; 2];
-            for b in cur.saturating_sub(k)..=cur {
-                let count = self.bucket(b);
+            for count in self
+                .buckets
+                .range(cur.saturating_sub(k)..=cur)
+                .map(|(_, c)| c)
+            {
                 sum[0] += count[0];
                 sum[1] += count[1];
             }
@@ -620,12 +864,18 @@ mod tests {
                 bad: sum[1] as f64 - oldest[1] as f64 * cut,
             }
         }
-        /// Counter width a ring holding these buckets must have.
-        fn bits(&self) -> u32 {
-            match self.largest {
-                v if v <= u64::from(u16::MAX) => 16,
-                v if v <= u64::from(u32::MAX) => 32,
-                _ => 64,
+        /// Form a ring that has held these buckets must have: it never narrows, so
+        /// the narrowest form holding every bucket it ever had.
+        fn form(&self) -> SlotForm {
+            let [good, bad] = self.largest;
+            if bad == 0 && good <= u64::from(u16::MAX) {
+                SlotForm::Good16
+            } else {
+                match good.max(bad) {
+                    v if v <= u64::from(u16::MAX) => SlotForm::U16,
+                    v if v <= u64::from(u32::MAX) => SlotForm::U32,
+                    _ => SlotForm::U64,
+                }
             }
         }
     }
@@ -644,14 +894,54 @@ mod tests {
         }
     }
 
+    const STEPS: u64 = 20_000;
+
+    /// How a randomized run feeds the ring.
+    #[derive(Debug, Clone, Copy)]
+    struct Run {
+        seed: u64,
+        steps: u64,
+        /// Before this step every delta is below 50 (the ring stays `u16`).
+        calm_until: u64,
+        /// Before this step every add is good-only; at it comes the first bad event.
+        first_bad: u64,
+        /// Size of the first bad event: `Some(class)` (see [`first_bad_size`]), or `None`
+        /// for a random class.
+        first_bad_class: Option<u64>,
+    }
+
+    /// A first bad count of class `class`: 1, up to `u16::MAX`, past `u16::MAX` up to
+    /// `u32::MAX`, past `u32::MAX` (the ring's form must hold it at once: good-only ->
+    /// `u16`, `u32` or `u64` pairs; fixed rings saturate at `u32`).
+    fn first_bad_size(class: u64, rng: &mut Rng) -> u64 {
+        let (u16_max, u32_max) = (u64::from(u16::MAX), u64::from(u32::MAX));
+        match class % 4 {
+            0 => 1,
+            1 => 1 + rng.below(u16_max),
+            2 => u16_max + 1 + rng.below(u32_max - u16_max),
+            _ => u32_max + 1 + rng.below(3),
+        }
+    }
+
+    /// What a run did to the ring's form.
+    #[derive(Debug)]
+    struct Forms {
+        widest: SlotForm,
+        /// Forms just before and just after the first bad event.
+        first_bad: Option<(SlotForm, SlotForm)>,
+    }
+
     /// Random adds and advances, with deltas around the `u16` and `u32` limits: the ring
-    /// widens exactly when a bucket first passes what its slots hold, and at every step
-    /// its slots and windows equal the `u64` reference (capped at `u32::MAX` for the fixed
-    /// rings, which saturate there).
+    /// starts good-only, widens exactly when a bucket first holds what its form cannot
+    /// (a first bad event, or a count past its counters), and at every step its newest
+    /// slot and windows equal the `u64` reference (capped at `u32::MAX` for the fixed
+    /// rings, which saturate there), all its slots too every 16 steps and whenever the
+    /// form changes; a restore from its slots gives the same ring in the narrowest form
+    /// that holds them.
     fn matches_reference<M: Counter, const N: usize, const W: usize, G: Geometry<W>>(
         geometry: G,
-        seed: u64,
-    ) -> u32 {
+        run: Run,
+    ) -> Forms {
         let width = u64::from(geometry.width());
         let start = 1_700_000_000 / width * width + width / 3;
         let mut ring: Ring<M, N, W, G> = Ring::new(geometry, start);
@@ -660,42 +950,60 @@ mod tests {
             cap: M::MAX,
             head: start / width,
             buckets: BTreeMap::new(),
-            largest: 0,
+            largest: [0; 2],
         };
-        let mut rng = Rng(seed);
+        let mut rng = Rng(run.seed);
         let mut now = start;
-        let mut widest = 16;
-        for step in 0..20_000 {
+        let mut forms = Forms {
+            widest: ring.form(),
+            first_bad: None,
+        };
+        for step in 0..run.steps {
             now += match rng.below(100) {
                 0..=59 => 0,
                 60..=89 => rng.below(width),
                 90..=98 => rng.below(width * 8),
                 _ => rng.below(width * N as u64 * 2),
             };
-            let mut delta = || match rng.below(100) {
+            let calm = step < run.calm_until;
+            let delta = |rng: &mut Rng| match rng.below(100) {
+                _ if calm => rng.below(50),
                 0..=49 => rng.below(50),
                 50..=79 => rng.below(3_000),
                 80..=94 => rng.below(40_000),
                 95..=98 => rng.below(2_000_000_000),
                 _ => u64::from(u32::MAX) - rng.below(3),
             };
-            let (good, bad) = (delta(), delta());
-            let before = ring.counter_bits();
+            let good = delta(&mut rng);
+            let bad = match step.cmp(&run.first_bad) {
+                std::cmp::Ordering::Less => 0,
+                std::cmp::Ordering::Greater => delta(&mut rng),
+                std::cmp::Ordering::Equal => {
+                    let class = run.first_bad_class.unwrap_or_else(|| rng.below(4));
+                    first_bad_size(class, &mut rng)
+                }
+            };
+            let before = ring.form();
             ring.add(now, good, bad);
             reference.add(now, good, bad);
-            assert_eq!(ring.counter_bits(), reference.bits(), "step {step}");
-            if ring.counter_bits() != before {
-                // Only the add that first overflowed the newest bucket widens.
+            assert_eq!(ring.form(), reference.form(), "step {step}, {run:?}");
+            if ring.form() != before {
+                // Only the add whose newest bucket first needs a wider form widens.
                 let newest = reference.bucket(reference.head);
-                assert!(newest[0].max(newest[1]) > u64::MAX >> (64 - before));
+                assert!(SlotForm::to_hold(newest) > before, "step {step}, {run:?}");
             }
-            widest = widest.max(ring.counter_bits());
-            for back in 0..N as u64 {
+            if step == run.first_bad {
+                assert!(bad > 0);
+                forms.first_bad = Some((before, ring.form()));
+            }
+            forms.widest = forms.widest.max(ring.form());
+            let all_slots = step % 16 == 0 || ring.form() != before || step == run.first_bad;
+            for back in 0..if all_slots { N as u64 } else { 1 } {
                 let b = reference.head - back;
                 assert_eq!(
                     ring.slot(slot_index::<N>(ring.head(), back)),
                     reference.bucket(b),
-                    "step {step}, bucket -{back}"
+                    "step {step}, bucket -{back}, {run:?}"
                 );
             }
             for later in [now, now + 1, now + width - 1, now + 5 * width] {
@@ -703,58 +1011,135 @@ mod tests {
                     assert_eq!(
                         ring.window(later, i),
                         reference.window(later, u64::from(k)),
-                        "step {step}, window {i}, read at +{}",
+                        "step {step}, window {i}, read at +{}, {run:?}",
                         later - now
                     );
                 }
             }
-            if step % 1_000 == 0 {
-                let rebuilt = Ring::from_parts(geometry, ring.head(), &slots_of(&ring));
-                assert_eq!(rebuilt, ring, "step {step}");
+            if step % 500 == 0 || step == run.first_bad {
+                let slots = slots_of(&ring);
+                let rebuilt = Ring::from_parts(geometry, ring.head(), &slots);
+                assert_eq!(rebuilt, ring, "step {step}, {run:?}");
+                let narrowest = slots.iter().map(|&s| SlotForm::to_hold(s)).max();
+                assert_eq!(Some(rebuilt.form()), narrowest, "step {step}, {run:?}");
             }
         }
-        widest
+        forms
+    }
+
+    /// Runs of each seed: bad events from the first step (the ring leaves good-only at
+    /// once), none at all (it widens to pairs on good counts alone), a first bad event
+    /// at a random step after random traffic (the ring is often wide already), and one
+    /// run per first-bad size class with a first bad event after calm traffic (the ring
+    /// is still good-only then), followed by random traffic for 3,000 steps.
+    fn runs(seeds: &[u64]) -> Vec<Run> {
+        let mut all = Vec::new();
+        for &seed in seeds {
+            let mut rng = Rng(seed ^ 0x5DEE_CE66);
+            let full = |calm_until, first_bad| Run {
+                seed,
+                steps: STEPS,
+                calm_until,
+                first_bad,
+                first_bad_class: None,
+            };
+            let late_bad = rng.below(STEPS);
+            all.extend([
+                full(0, 0),
+                full(0, STEPS),
+                full(rng.below(late_bad + 1), late_bad),
+            ]);
+            for class in 0..4 {
+                let first_bad = rng.below(5_000);
+                all.push(Run {
+                    seed: seed.wrapping_add(class),
+                    steps: first_bad + 3_000,
+                    calm_until: first_bad + 1,
+                    first_bad,
+                    first_bad_class: Some(class),
+                });
+            }
+        }
+        all
+    }
+
+    /// Checks every run with `check` and returns the widest form and the set of (form
+    /// before, form after) of the first bad events.
+    fn check_runs(
+        seeds: &[u64],
+        check: impl Fn(Run) -> Forms,
+    ) -> (SlotForm, BTreeSet<(SlotForm, SlotForm)>) {
+        let mut widest = SlotForm::Good16;
+        let mut firsts = BTreeSet::new();
+        for run in runs(seeds) {
+            let forms = check(run);
+            widest = widest.max(forms.widest);
+            if run.first_bad < run.steps {
+                firsts.insert(forms.first_bad.expect("a first bad event"));
+            } else {
+                // Widened on good counts alone, to pairs.
+                assert_eq!(forms.first_bad, None);
+                assert!(forms.widest >= SlotForm::U32, "{run:?}: {forms:?}");
+            }
+        }
+        (widest, firsts)
     }
 
     #[test]
     fn fixed_ring_widens_to_u32_then_saturates_like_a_capped_u64_ring() {
-        for seed in [1, 0x9E37_79B9_7F4A_7C15, 42] {
-            let widest = matches_reference::<u32, 61, 2, Layout1m>(Layout1m, seed);
-            assert_eq!(widest, 32, "seed {seed}");
-            let widest = matches_reference::<u32, 31, 1, Layout10s>(Layout10s, seed);
-            assert_eq!(widest, 32, "seed {seed}");
-        }
+        use SlotForm::{Good16, U16, U32};
+        let seeds = [1, 0x9E37_79B9_7F4A_7C15, 42];
+        let (widest, firsts) = check_runs(&seeds, |run| {
+            matches_reference::<u32, 61, 2, Layout1m>(Layout1m, run)
+        });
+        assert_eq!(widest, U32);
+        // First bad events met good-only and wide rings, and took good-only ones to
+        // `u16` and straight to `u32` pairs.
+        let expected = BTreeSet::from([(Good16, U16), (Good16, U32), (U32, U32)]);
+        assert_eq!(firsts, expected);
+        let (widest, firsts) = check_runs(&seeds, |run| {
+            matches_reference::<u32, 31, 1, Layout10s>(Layout10s, run)
+        });
+        assert_eq!(widest, U32);
+        assert_eq!(firsts, expected);
     }
 
     #[test]
     fn period_ring_widens_to_u64_and_counts_like_a_u64_ring() {
-        for seed in [7, 0xDEAD_BEEF, 1_234_567] {
-            let widest = matches_reference::<u64, PERIOD_SLOTS, 1, PeriodLayout>(
-                PeriodLayout::new(600),
-                seed,
-            );
-            assert_eq!(widest, 64, "seed {seed}");
+        use SlotForm::{Good16, U16, U32, U64};
+        let (widest, firsts) = check_runs(&[7, 0xDEAD_BEEF, 1_234_567], |run| {
+            matches_reference::<u64, PERIOD_SLOTS, 1, PeriodLayout>(PeriodLayout::new(600), run)
+        });
+        assert_eq!(widest, U64);
+        for first in [(Good16, U16), (Good16, U32), (Good16, U64)] {
+            assert!(firsts.contains(&first), "{first:?} in {firsts:?}");
         }
+        assert!(
+            firsts.iter().any(|&(before, _)| before >= U32),
+            "a first bad event in a ring already wide: {firsts:?}"
+        );
     }
 
     #[test]
-    fn widening_steps_through_u32_at_the_u16_and_u32_limits() {
+    fn widening_steps_through_each_form_at_the_limits() {
+        use SlotForm::{Good16, U16, U32, U64};
         let width = 21_600;
         let start = 1_700_000_000 / width * width;
         let mut ring = Period::new(PeriodLayout::new(21_600), start);
         let u16_max = u64::from(u16::MAX);
         let u32_max = u64::from(u32::MAX);
         let steps = [
-            (0, u16_max - 1, 0, 16),
-            (60, 1, u16_max, 16), // exactly u16::MAX in both counters: still narrow
-            (61, 0, 1, 32),       // one past: widens
-            (21_600, u32_max, 0, 32), // next bucket, exactly u32::MAX: no further
-            (21_601, 1, 0, 64),   // one past u32::MAX
-            (21_602, u64::MAX, 0, 64), // saturates at u64::MAX only
+            (0, u16_max - 1, 0, Good16, 242),
+            (59, 1, 0, Good16, 242), // exactly u16::MAX good: still good-only
+            (60, 0, u16_max, U16, 484), // first bad event, exactly u16::MAX: u16 pairs
+            (61, 0, 1, U32, 968),    // one past: widens
+            (21_600, u32_max, 0, U32, 968), // next bucket, exactly u32::MAX: no further
+            (21_601, 1, 0, U64, 1_936), // one past u32::MAX
+            (21_602, u64::MAX, 0, U64, 1_936), // saturates at u64::MAX only
         ];
-        for (dt, good, bad, bits) in steps {
+        for (dt, good, bad, form, bytes) in steps {
             ring.add(start + dt, good, bad);
-            assert_eq!(ring.counter_bits(), bits, "at +{dt}");
+            assert_eq!((ring.form(), ring.heap_bytes()), (form, bytes), "at +{dt}");
         }
         // The running sum saturates too.
         assert_eq!(ring.window(start + 21_602, 0).good, u64::MAX as f64);

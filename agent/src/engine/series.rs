@@ -1,27 +1,30 @@
 //! The counts kept for one (SLO, tenant) pair.
 //!
-//! Ring headers (running sums, newest-bucket position, slot width) are inline, slot
-//! arrays are on the heap (see `ring.rs` for why). Every ring starts with `u16` slots and
-//! widens on its own, the first time one of its buckets passes `u16::MAX` (see `ring.rs`
-//! for the rates at which that happens: e.g. 6,553 req/s for one tenant fills a 10 s
-//! bucket, 18 req/s a 1 h bucket). Sizes of the slot arrays:
+//! Ring headers (running sums, newest-bucket position, slot form) are inline, slot
+//! arrays are on the heap (see `ring.rs` for why). Every ring starts good-only (one
+//! `u16` good count per bucket, no bad column: most series of a healthy service never
+//! see a bad event in most rings) and widens on its own to `[good, bad]` pairs at its
+//! first bad event, or the first time one of its buckets passes `u16::MAX` (see
+//! `ring.rs` for the rates at which that happens: e.g. 6,553 req/s for one tenant fills
+//! a 10 s bucket, 18 req/s a 1 h bucket). Sizes of the slot arrays:
 //!
-//! | ring          | counter                | slots | bytes              |
-//! |---------------|------------------------|-------|--------------------|
-//! | 10 s          | u16, u32 if needed     | 31    | 124 (248)          |
-//! | 1 min         | u16, u32 if needed     | 61    | 244 (488)          |
-//! | 5 min         | u16, u32 if needed     | 73    | 292 (584)          |
-//! | 1 h           | u16, u32 if needed     | 73    | 292 (584)          |
-//! | period / 120  | u16, u32, u64 if needed| 121   | 484 (968, 1936)    |
+//! | ring          | forms                          | slots | bytes                   |
+//! |---------------|--------------------------------|-------|-------------------------|
+//! | 10 s          | good u16, u16, u32 pairs       | 31    | 62 (124, 248)           |
+//! | 1 min         | good u16, u16, u32 pairs       | 61    | 122 (244, 488)          |
+//! | 5 min         | good u16, u16, u32 pairs       | 73    | 146 (292, 584)          |
+//! | 1 h           | good u16, u16, u32 pairs       | 73    | 146 (292, 584)          |
+//! | period / 120  | good u16, u16, u32, u64 pairs  | 121   | 242 (484, 968, 1936)    |
 //!
-//! plus 424 bytes of headers and sums inline: 1,860 bytes per series whose rings all
-//! stayed `u16` (asserted in tests, heap included; the engine's `Vec` of series adds up
-//! to 2x growth slack on the inline part), 3,296 with every ring at `u32` (what every
-//! series cost before the rings started at `u16`), 968 more with the period ring at
-//! `u64`. A tenant at a steady 20 req/s, say, widens only its 1 h and period rings:
-//! 2,636 bytes. The fixed rings saturate at
-//! `u32::MAX` rather than wrap (see `ring.rs`); the period ring never saturates below
-//! `u64::MAX`.
+//! plus 424 bytes of headers and sums inline: 1,142 bytes per new series, i.e. one
+//! whose rings have seen no bad event and no bucket past `u16::MAX` (asserted in tests,
+//! heap included; the engine's `Vec` of series adds up to 2x growth slack on the inline
+//! part); 1,860 once a bad event has reached every ring while they all stay within
+//! `u16` (what every new series cost before the good-only form), 3,296 with every ring
+//! at `u32` pairs, 968 more with the period ring at `u64`. A tenant at a steady 20
+//! req/s, say, widens only its 1 h and period rings: 2,306 bytes without bad events,
+//! 2,636 with. The fixed rings saturate at `u32::MAX` rather than wrap (see `ring.rs`);
+//! the period ring never saturates below `u64::MAX`.
 //! Idle series are dropped by the engine once nothing they hold is inside any window,
 //! so a tenant that stopped sending costs nothing after its period has passed.
 
@@ -265,28 +268,29 @@ pub(crate) fn allowed_error_ratio(objective_percent: f64) -> f64 {
 }
 
 impl Series {
-    /// Memory of one series whose rings have not widened: inline part plus its `u16`
-    /// slot arrays (the tenant name, shared with the index, and allocator overhead come
-    /// on top).
+    /// Memory of a new series, whose rings are all good-only: inline part plus its
+    /// good-only `u16` slot arrays (the tenant name, shared with the index, and
+    /// allocator overhead come on top).
     pub const BYTES: usize = std::mem::size_of::<Series>()
-        + Ring10s::NARROW_HEAP_BYTES
-        + Ring1m::NARROW_HEAP_BYTES
-        + Ring5m::NARROW_HEAP_BYTES
-        + Ring1h::NARROW_HEAP_BYTES
-        + PeriodRing::NARROW_HEAP_BYTES;
+        + Ring10s::NEW_HEAP_BYTES
+        + Ring1m::NEW_HEAP_BYTES
+        + Ring5m::NEW_HEAP_BYTES
+        + Ring1h::NEW_HEAP_BYTES
+        + PeriodRing::NEW_HEAP_BYTES;
 
-    /// Heap bytes beyond [`Series::BYTES`]: the larger slot arrays of widened rings.
-    /// Reads only the inline headers (each ring's slot width).
+    /// Heap bytes beyond [`Series::BYTES`]: the larger slot arrays of rings that widened
+    /// (a bad event, or a bucket past `u16::MAX`). Reads only the inline headers (each
+    /// ring's slot form).
     pub fn widened_bytes(&self) -> usize {
         let b = &self.buffers;
         let period = match &b.period {
-            PeriodBuffer::Rolling(ring) => ring.heap_bytes() - PeriodRing::NARROW_HEAP_BYTES,
+            PeriodBuffer::Rolling(ring) => ring.heap_bytes() - PeriodRing::NEW_HEAP_BYTES,
             PeriodBuffer::Calendar(_) => 0,
         };
-        (b.s10.heap_bytes() - Ring10s::NARROW_HEAP_BYTES)
-            + (b.m1.heap_bytes() - Ring1m::NARROW_HEAP_BYTES)
-            + (b.m5.heap_bytes() - Ring5m::NARROW_HEAP_BYTES)
-            + (b.h1.heap_bytes() - Ring1h::NARROW_HEAP_BYTES)
+        (b.s10.heap_bytes() - Ring10s::NEW_HEAP_BYTES)
+            + (b.m1.heap_bytes() - Ring1m::NEW_HEAP_BYTES)
+            + (b.m5.heap_bytes() - Ring5m::NEW_HEAP_BYTES)
+            + (b.h1.heap_bytes() - Ring1h::NEW_HEAP_BYTES)
             + period
     }
 
@@ -330,22 +334,10 @@ impl Series {
 mod tests {
     use super::*;
 
-    #[test]
-    fn narrow_series_fits_in_1_9_kib() {
-        let inline = std::mem::size_of::<Series>();
-        let total = Series::BYTES;
-        println!("series: {inline} bytes inline, {total} bytes with slot arrays");
-        assert_eq!(total - inline, 124 + 244 + 292 + 292 + 484, "slot arrays");
-        assert!(inline <= 424, "{inline}");
-        assert_eq!(total, 1_860);
-    }
+    use crate::engine::ring::SlotForm;
 
-    #[test]
-    fn widened_bytes_follow_each_ring() {
-        let period = Period::Rolling { secs: 30 * 86_400 };
-        let now = 1_699_999_200; // an hour boundary, inside one 6 h bucket
-        let bounds = period.bounds(now);
-        let mut series = Series {
+    fn new_series(period: &Period, now: u64) -> Series {
+        Series {
             slo: SloId(0),
             tenant: Arc::from("t"),
             objective: 99.9,
@@ -354,24 +346,75 @@ mod tests {
             period_since: now,
             last_event: now,
             alert: None,
-            buffers: Buffers::new(&period, now, bounds),
+            buffers: Buffers::new(period, now, period.bounds(now)),
+        }
+    }
+
+    fn forms(series: &Series) -> [SlotForm; 5] {
+        let b = &series.buffers;
+        let PeriodBuffer::Rolling(period) = &b.period else {
+            panic!("rolling period expected");
         };
+        [
+            b.s10.form(),
+            b.m1.form(),
+            b.m5.form(),
+            b.h1.form(),
+            period.form(),
+        ]
+    }
+
+    #[test]
+    fn new_series_fits_in_1_2_kib_and_one_bad_event_costs_1_9_kib() {
+        let inline = std::mem::size_of::<Series>();
+        let total = Series::BYTES;
+        println!("series: {inline} bytes inline, {total} bytes with slot arrays");
+        assert_eq!(
+            total - inline,
+            62 + 122 + 146 + 146 + 242,
+            "good-only slot arrays"
+        );
+        assert!(inline <= 424, "{inline}");
+        assert_eq!(total, 1_142);
+
+        let period = Period::Rolling { secs: 30 * 86_400 };
+        let now = 1_699_999_200;
+        let mut series = new_series(&period, now);
+        series.record(now, period.bounds(now), 5_000, 0);
+        assert_eq!(forms(&series), [SlotForm::Good16; 5]);
+        assert_eq!(series.widened_bytes(), 0, "good events only");
+        // One bad event reaches every ring: `u16` pairs everywhere, what every new
+        // series cost before the good-only form.
+        series.record(now + 1, period.bounds(now + 1), 5_000, 1);
+        assert_eq!(forms(&series), [SlotForm::U16; 5]);
+        assert_eq!(
+            series.widened_bytes(),
+            124 + 244 + 292 + 292 + 484 - (total - inline)
+        );
+        assert_eq!(total + series.widened_bytes(), 1_860);
+    }
+
+    #[test]
+    fn widened_bytes_follow_each_ring() {
+        use SlotForm::{Good16, U16, U32};
+        let period = Period::Rolling { secs: 30 * 86_400 };
+        let now = 1_699_999_200; // an hour boundary, inside one 6 h bucket
+        let mut series = new_series(&period, now);
         assert_eq!(series.widened_bytes(), 0);
-        // 20 req/s for an hour: the 1 h and 6 h buckets pass u16::MAX, nothing else.
+        // 20 req/s for an hour, all good: the 1 h and 6 h buckets pass u16::MAX and
+        // those rings widen to u32 pairs, nothing else widens.
         for t in now..now + 3_600 {
             series.record(t, period.bounds(t), 20, 0);
         }
-        assert_eq!(series.widened_bytes(), 292 + 484);
-        let b = &series.buffers;
-        assert_eq!(
-            [
-                b.s10.counter_bits(),
-                b.m1.counter_bits(),
-                b.m5.counter_bits()
-            ],
-            [16; 3]
-        );
-        assert_eq!(b.h1.counter_bits(), 32);
+        assert_eq!(forms(&series), [Good16, Good16, Good16, U32, U32]);
+        assert_eq!(series.widened_bytes(), (584 - 146) + (968 - 242));
+        assert_eq!(Series::BYTES + series.widened_bytes(), 2_306);
+        // A bad event: the good-only rings turn to u16 pairs, the others are wide
+        // enough already.
+        let t = now + 3_600;
+        series.record(t, period.bounds(t), 20, 1);
+        assert_eq!(forms(&series), [U16, U16, U16, U32, U32]);
+        assert_eq!(Series::BYTES + series.widened_bytes(), 2_636);
     }
 
     #[test]
