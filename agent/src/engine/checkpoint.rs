@@ -637,6 +637,62 @@ mod tests {
         assert_eq!(snapshot_json(&restored, now), snapshot_json(&original, now));
     }
 
+    /// Slot forms survive a restart: series without bad events come back good-only, or
+    /// at the pairs their counts need, and cost the same memory as before.
+    #[test]
+    fn slot_forms_are_restored() {
+        use crate::engine::ring::SlotForm::{self, Good16, U16, U32, U64};
+        let dir = TempDir::new("forms");
+        let mut original = Engine::new(slos(CONFIG));
+        let end = T0 + 3_600;
+        for now in T0..end {
+            let slo = SloId(0);
+            original.record(now, slo, "calm", 2, 0).expect("known");
+            let bad = u64::from(now == end - 1);
+            original.record(now, slo, "flaky", 2, bad).expect("known");
+            original.record(now, slo, "busy", 100, 0).expect("known");
+        }
+        original
+            .record(end - 1, SloId(0), "huge", 6_000_000_000, 0)
+            .expect("known");
+        let forms = |e: &Engine| {
+            let mut all: Vec<(String, Vec<SlotForm>)> = e
+                .series
+                .iter()
+                .map(|s| {
+                    let b = &s.buffers;
+                    let mut forms = vec![b.s10.form(), b.m1.form(), b.m5.form(), b.h1.form()];
+                    if let PeriodBuffer::Rolling(ring) = &b.period {
+                        forms.push(ring.form());
+                    }
+                    (s.tenant.to_string(), forms)
+                })
+                .collect();
+            all.sort();
+            all
+        };
+        let widened = |e: &Engine| e.series.iter().map(Series::widened_bytes).sum::<usize>();
+        let expected = vec![
+            ("busy".to_owned(), vec![Good16, Good16, Good16, U32, U32]),
+            ("calm".to_owned(), vec![Good16; 5]),
+            ("flaky".to_owned(), vec![U16; 5]),
+            ("huge".to_owned(), vec![U32, U32, U32, U32, U64]),
+        ];
+        assert_eq!(forms(&original), expected);
+
+        let store = StateStore::open(&dir.0).expect("open");
+        store.save(&original, end - 1).expect("save");
+        let mut restored = Engine::new(slos(CONFIG));
+        let report = store.restore(&mut restored, end - 1).expect("restore");
+        assert_eq!(report.restored_series, 4);
+        assert_eq!(forms(&restored), expected);
+        assert_eq!(widened(&restored), widened(&original));
+        assert_eq!(
+            snapshot_json(&restored, end - 1),
+            snapshot_json(&original, end - 1)
+        );
+    }
+
     #[test]
     fn kernel_cursor_is_saved_with_the_windows() {
         let dir = TempDir::new("cursor");

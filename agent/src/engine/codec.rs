@@ -446,6 +446,47 @@ mod tests {
         assert_eq!(stored_forms(&stored), [Good16, Good16, U32, U32, U64]);
     }
 
+    /// A series without bad events stays good-only through a save and restore (where
+    /// its buckets fit `u16`); one bad event turns its rings into pairs, and a restore
+    /// brings back good-only slots in the rings that event has left.
+    #[test]
+    fn roundtrip_good_only_series() {
+        use SlotForm::{Good16, U16, U32};
+        let slo = slo("window: 30d,");
+        let now = 1_700_000_000;
+        let mut series = Series::new(&slo, Arc::from("calm"), now, slo.period.bounds(now));
+        assert_eq!(live_forms(&series), [Good16; 5]);
+        let stored = roundtrip(&series, &slo);
+        assert_same_counts(&stored, &series);
+        assert_eq!(stored_forms(&stored), [Good16; 5]);
+
+        // 100 req/s, all good: the 1 h and 6 h buckets pass u16::MAX, u32 pairs.
+        for t in now..now + 5_000 {
+            series.record(t, slo.period.bounds(t), 100, 0);
+        }
+        assert_eq!(live_forms(&series), [Good16, Good16, Good16, U32, U32]);
+        let stored = roundtrip(&series, &slo);
+        assert_same_counts(&stored, &series);
+        assert_eq!(stored_forms(&stored), [Good16, Good16, Good16, U32, U32]);
+
+        let t = now + 5_000;
+        series.record(t, slo.period.bounds(t), 100, 1);
+        assert_eq!(live_forms(&series), [U16, U16, U16, U32, U32]);
+        let stored = roundtrip(&series, &slo);
+        assert_same_counts(&stored, &series);
+        assert_eq!(stored_forms(&stored), [U16, U16, U16, U32, U32]);
+        assert_eq!(stored.s10.window(t, 0).bad, 1.0);
+
+        // 62 minutes later the bad event has left the 10 s and 1 min rings (not the
+        // 5 min one, 6 h long).
+        let later = t + 62 * 60;
+        series.buffers.advance(later, slo.period.bounds(later));
+        assert_eq!(live_forms(&series), [U16, U16, U16, U32, U32]);
+        let stored = roundtrip(&series, &slo);
+        assert_same_counts(&stored, &series);
+        assert_eq!(stored_forms(&stored), [Good16, Good16, U16, U32, U32]);
+    }
+
     /// A record as agents wrote it while the 1 h and period rings had `u64` slots: their
     /// own encoding path, `encode_ring` over rings that hold `u64` counts.
     fn u64_layout_record(
