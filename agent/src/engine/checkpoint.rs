@@ -46,7 +46,7 @@ pub const FORMAT_VERSION: u64 = 1;
 const FILE_NAME: &str = "state.redb";
 /// redb's default page cache is 1 GiB; the agent reads the file once at start and
 /// writes it periodically, so a small cache is enough.
-const CACHE_BYTES: usize = 8 * 1024 * 1024;
+const CACHE_BYTES: usize = 2 * 1024 * 1024;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const SLO_FINGERPRINTS: TableDefinition<&str, u64> = TableDefinition::new("slo_data_fingerprints");
