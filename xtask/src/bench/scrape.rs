@@ -45,6 +45,9 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
     let mut sizes = Vec::new();
     let mut lines = 0usize;
     let mut rss = Vec::new();
+    // The engine's own account of its windows: tells engine growth (rings
+    // widening at bad events) from allocator or exporter growth.
+    let mut engine_bytes = Vec::new();
     let start = Instant::now();
     let mut next = start;
     while start.elapsed().as_secs_f64() < secs {
@@ -52,6 +55,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
         times.push(t * 1e3);
         sizes.push(body.len() as f64);
         lines = body.lines().filter(|l| !l.starts_with('#')).count();
+        engine_bytes.push(gauge(&body, "burnwatch_slo_engine_memory_bytes"));
         rss.push(agent.rss_kib()?.0);
         next += Duration::from_secs(1);
         if let Some(wait) = next.checked_duration_since(Instant::now()) {
@@ -72,11 +76,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
     let (_, hwm) = agent.rss_kib()?;
     let metrics = agent.get("/metrics")?;
     let without = without_slos(ctx, &nginx)?;
-    let slo_series: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("burnwatch_slo_series"))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum();
+    let slo_series = gauge(&metrics, "burnwatch_slo_series");
 
     // Samples per metric family (histogram suffixes folded), largest first:
     // where the payload goes.
@@ -150,6 +150,12 @@ byte, from CPU 1's side of loopback). RSS is VmRSS after each scrape.\n"
         md,
         "| RSS peak, first third vs last third of the run | {early_max} vs {late_max} KiB ({}) |",
         if bounded { "bounded" } else { "**growing**" }
+    )?;
+    writeln!(
+        md,
+        "| SLO engine's windows (`burnwatch_slo_engine_memory_bytes`), first / last scrape | {:.1} / {:.1} MiB |",
+        engine_bytes.first().copied().unwrap_or(0.0) / 1048576.0,
+        engine_bytes.last().copied().unwrap_or(0.0) / 1048576.0,
     )?;
     writeln!(
         md,
@@ -245,4 +251,15 @@ fn without_slos(ctx: &Ctx, nginx: &Nginx) -> Result<WithoutSlos> {
         scrape_ms: secs * 1e3,
         bytes: body.len(),
     })
+}
+
+/// Sum of the samples of gauge `name` in a text exposition.
+fn gauge(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
 }
