@@ -55,7 +55,7 @@ impl Plan {
             fixed_rates: vec![1_000, 10_000],
             tenant_counts: vec![10, 1_000, 100_000],
             matrix_rounds: 3,
-            scrape_secs: 60.0,
+            scrape_secs: 90.0,
             detection_rounds: 3,
             loss_secs: 10.0,
             engine_series: 100_000,
