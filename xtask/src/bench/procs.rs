@@ -592,6 +592,17 @@ fn dechunk(body: &str) -> Result<String> {
 }
 
 /// The label value `name="..."` in a series line.
+/// Sum of the samples of gauge `name` in a text exposition (every label set).
+pub fn gauge(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
 pub fn label<'a>(series: &'a str, name: &str) -> Option<&'a str> {
     series
         .split(&format!("{name}=\""))

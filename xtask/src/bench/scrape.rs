@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::procs::{Agent, CLIENT_CPU, Nginx};
+use super::procs::{Agent, CLIENT_CPU, Nginx, gauge};
 use super::report::{Headline, Section, Spread};
 use super::{Ctx, two_slo_config};
 
@@ -264,15 +264,4 @@ fn without_slos(ctx: &Ctx, nginx: &Nginx) -> Result<WithoutSlos> {
         scrape_ms: secs * 1e3,
         bytes: body.len(),
     })
-}
-
-/// Sum of the samples of gauge `name` in a text exposition.
-fn gauge(body: &str, name: &str) -> f64 {
-    body.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with([' ', '{']))
-        })
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
 }

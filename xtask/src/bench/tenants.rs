@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use anyhow::Result;
 
-use super::procs::{Agent, Cost, Nginx};
+use super::procs::{Agent, Cost, Nginx, gauge};
 use super::report::{Headline, Section, Spread};
 use super::{Ctx, two_slo_config};
 
@@ -103,11 +103,7 @@ Median (min..max) over rounds.\n",
         }
         let st = agent.stats()?;
         let metrics = agent.get("/metrics")?;
-        let series: f64 = metrics
-            .lines()
-            .filter(|l| l.starts_with("burnwatch_slo_series"))
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .sum();
+        let series = gauge(&metrics, "burnwatch_slo_series");
         let (_, hwm) = agent.rss_kib()?;
         for (i, &rate) in rates.iter().enumerate() {
             let c = &cells[i];
