@@ -474,11 +474,7 @@ fn store_conn(key: u64, conn: &ConnState) -> Option<*mut ConnState> {
         && let Some(owner) = unsafe { SOCKS.get(&conn.sk) }
         && owner.conn_key == key
     {
-        count::conn_event(
-            owner.service_id,
-            owner.local_port,
-            conn_event::STATE_EVICTED,
-        );
+        count_evicted(owner);
     }
     if CONNS.insert(&key, conn, 0).is_err() {
         bump(counter::CONNS_FULL);
@@ -506,6 +502,25 @@ fn forget_conn(key: u64, conn: &ConnState) {
     if sk != 0 {
         let _ = SOCKS.remove(&sk);
     }
+}
+
+/// [`forget_conn`] for whatever state `key` has, if any.
+#[inline(always)]
+fn forget_key(key: u64) {
+    if let Some(conn) = CONNS.get_ptr_mut(&key) {
+        forget_conn(key, unsafe { &*conn });
+    }
+}
+
+/// A watched socket's state is gone from `CONNS` while its `SOCKS` entry,
+/// `owner`, remains: the map evicted it. +1 `state_evicted` on the service.
+#[inline(always)]
+fn count_evicted(owner: &SockOwner) {
+    count::conn_event(
+        owner.service_id,
+        owner.local_port,
+        conn_event::STATE_EVICTED,
+    );
 }
 
 // --------------------------------------------------------------- writes
@@ -803,9 +818,7 @@ fn forget_fd(ctx: &TracePointContext) {
     }
     let id = bpf_get_current_pid_tgid();
     let key = conn_key((id >> 32) as u32, fd as u32);
-    if let Some(conn) = CONNS.get_ptr_mut(&key) {
-        forget_conn(key, unsafe { &*conn });
-    }
+    forget_key(key);
 }
 
 /// Attached to the exits of accept and accept4.
@@ -820,9 +833,7 @@ pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let key = conn_key((id >> 32) as u32, arg_u64(&ctx, 0) as u32);
-    if let Some(conn) = CONNS.get_ptr_mut(&key) {
-        forget_conn(key, unsafe { &*conn });
-    }
+    forget_key(key);
     0
 }
 
@@ -895,11 +906,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         // The state is gone (or its descriptor holds another socket), yet
         // nothing removed it on purpose: `CONNS` evicted it.
         _ => {
-            count::conn_event(
-                owner.service_id,
-                owner.local_port,
-                conn_event::STATE_EVICTED,
-            );
+            count_evicted(&owner);
             return 0;
         }
     };
