@@ -3,6 +3,10 @@
 //! Hand-written rather than indicatif: indicatif draws nothing when stderr is not a
 //! terminal, and long simulations run in CI logs as often as in terminals. Here a
 //! terminal gets one line rewritten in place, a log gets a line every 5 s.
+//!
+//! Runs shorter than a second print nothing. `BURNWATCH_PROGRESS_AFTER_MS` changes that
+//! delay (0 reports from the first step), so a test sees progress however fast the
+//! machine is.
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
@@ -24,7 +28,10 @@ impl Progress {
             started: Instant::now(),
             last: None,
             tty: std::io::stderr().is_terminal(),
-            quiet_for: Duration::from_secs(1),
+            quiet_for: std::env::var("BURNWATCH_PROGRESS_AFTER_MS")
+                .ok()
+                .and_then(|ms| ms.parse().ok())
+                .map_or(Duration::from_secs(1), Duration::from_millis),
             printed: false,
         }
     }
