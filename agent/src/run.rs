@@ -249,6 +249,7 @@ async fn run_async(config: Config, config_path: Option<&Path>, cleanup: bool) ->
             stats.clone(),
             config.exporters.labels.pairs(),
         ),
+        stats.clone(),
     ));
 
     let mut names = ServiceNames::new(config.services.iter().map(|s| s.name.clone()))

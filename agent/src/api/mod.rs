@@ -3,6 +3,7 @@
 //! the status page at `/`. One port, one server.
 
 mod page;
+mod server;
 pub mod types;
 pub mod views;
 
@@ -32,7 +33,15 @@ struct Ctx {
     stats: Arc<SelfStats>,
     /// The node's host name, shown by the status page and the CLI.
     node: Arc<str>,
+    /// Scrapes in flight, from encoding to the last byte sent.
+    scrapes: Arc<tokio::sync::Semaphore>,
 }
+
+/// Scrapes served at once. Each holds its compressed exposition (2 MiB at
+/// 10,000 tenants x 2 SLOs) until the scraper has read it; beyond this,
+/// `/metrics` answers 503 at once, as node_exporter does past its
+/// `--web.max-requests`. Two Prometheus replicas and a person with curl fit.
+const MAX_SCRAPES_IN_FLIGHT: usize = 8;
 
 /// `labels`: the config's `exporters.labels`, added to every series.
 pub fn router(
@@ -45,6 +54,7 @@ pub fn router(
         state,
         stats,
         node: Arc::from(node_name()),
+        scrapes: Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES_IN_FLIGHT)),
     };
     Router::new()
         .route("/metrics", get(metrics))
@@ -65,8 +75,11 @@ pub async fn bind(listen: SocketAddr) -> Result<TcpListener> {
         .with_context(|| format!("cannot listen on {listen}"))
 }
 
-pub async fn serve(listener: TcpListener, router: Router) -> Result<()> {
-    axum::serve(listener, router).await.context("HTTP server")
+/// Serves the API with the connection limits of [`server::LIMITS`].
+pub async fn serve(listener: TcpListener, router: Router, stats: Arc<SelfStats>) -> Result<()> {
+    server::serve(listener, router, stats, server::LIMITS)
+        .await
+        .context("HTTP server")
 }
 
 /// OpenMetrics when the scraper asks for it, the classic text format
@@ -83,17 +96,45 @@ async fn metrics(State(ctx): State<Ctx>, headers: HeaderMap) -> impl IntoRespons
     let header = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     let openmetrics = prometheus::wants_openmetrics(header(header::ACCEPT));
     let gzip = header(header::ACCEPT_ENCODING).is_some_and(|v| v.contains("gzip"));
+    let Ok(permit) = ctx.scrapes.clone().try_acquire_owned() else {
+        ctx.stats
+            .api
+            .scrapes_refused
+            .fetch_add(1, Ordering::Relaxed);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            "too many scrapes in flight\n",
+        )
+            .into_response();
+    };
     let encoded = tokio::task::spawn_blocking(move || encode_scrape(&ctx, openmetrics)).await;
     let Ok(Ok((content_type, compressed))) = encoded else {
         return (StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n").into_response();
     };
     let content_type = [(header::CONTENT_TYPE, content_type)];
+    // The body holds the permit: it is released when the last byte is sent
+    // or the connection ends, not when this handler returns.
+    let hold = move |chunk| {
+        let _ = &permit;
+        chunk
+    };
     if gzip {
         let encoding = [(header::CONTENT_ENCODING, "gzip")];
-        (StatusCode::OK, content_type, encoding, compressed).into_response()
+        let size = [(header::CONTENT_LENGTH, compressed.len().to_string())];
+        let whole = futures::stream::once(std::future::ready(Ok::<_, std::io::Error>(
+            bytes::Bytes::from(compressed),
+        )));
+        let body = axum::body::Body::from_stream(futures::StreamExt::map(whole, hold));
+        (StatusCode::OK, content_type, encoding, size, body).into_response()
     } else {
-        let body = axum::body::Body::from_stream(inflated_chunks(compressed));
-        (StatusCode::OK, content_type, body).into_response()
+        let chunks = futures::StreamExt::map(inflated_chunks(compressed), hold);
+        (
+            StatusCode::OK,
+            content_type,
+            axum::body::Body::from_stream(chunks),
+        )
+            .into_response()
     }
 }
 

@@ -167,6 +167,17 @@ pub struct SelfStats {
     pub otlp_metrics: ExportCounters,
     pub otlp_logs: ExportCounters,
     pub alertmanager: ExportCounters,
+    pub api: ApiCounters,
+}
+
+/// Clients of the API the agent turned away (`api/server.rs`).
+#[derive(Debug, Default)]
+pub struct ApiCounters {
+    /// Connections closed because a request head did not arrive in time (or
+    /// the connection sat idle) or a response write stalled.
+    pub timed_out: AtomicU64,
+    /// `/metrics` requests answered 503: too many scrapes in flight.
+    pub scrapes_refused: AtomicU64,
 }
 
 /// What one push exporter did.

@@ -423,6 +423,21 @@ fn encode_self_stats(s: &SelfStats, enc: &mut DescriptorEncoder) -> Result<(), f
     m.encode_family(&[("map", "CONN_EVENTS")])?
         .encode_gauge(&i64::from(burnwatch_common::maps::CONN_EVENTS_MAX))?;
 
+    let mut m = enc.encode_descriptor(
+        "burnwatch_api_rejected",
+        "API requests and connections the agent turned away: scrapes over the in-flight cap \
+(answered 503), connections that sent no request head in time, sat idle, or stopped reading.",
+        None,
+        MetricType::Counter,
+    )?;
+    for (reason, c) in [
+        ("scrapes_in_flight", &s.api.scrapes_refused),
+        ("timeout", &s.api.timed_out),
+    ] {
+        m.encode_family(&[("reason", reason)])?
+            .encode_counter::<NoLabelSet, _, u64>(&c.load(Ordering::Relaxed), None)?;
+    }
+
     let sinks = [
         ("otlp", "metrics", &s.otlp_metrics),
         ("otlp", "logs", &s.otlp_logs),
