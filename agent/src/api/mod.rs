@@ -109,6 +109,8 @@ async fn metrics(State(ctx): State<Ctx>, headers: HeaderMap) -> impl IntoRespons
             .into_response();
     };
     let encoded = tokio::task::spawn_blocking(move || encode_scrape(&ctx, openmetrics)).await;
+    // Not awaited: the scraper need not wait for it.
+    tokio::task::spawn_blocking(release_freed_memory);
     let Ok(Ok((content_type, compressed))) = encoded else {
         return (StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n").into_response();
     };
@@ -135,6 +137,22 @@ async fn metrics(State(ctx): State<Ctx>, headers: HeaderMap) -> impl IntoRespons
             axum::body::Body::from_stream(chunks),
         )
             .into_response()
+    }
+}
+
+/// Gives the pages of freed heap memory back to the kernel. A scrape's
+/// transient buffers (encoder, the previous scrape's compressed bytes) are
+/// freed, but glibc keeps the pages: scraped every second, RSS crept 3-4 MiB
+/// over 90 s while the live heap stayed flat (heaptrack, 10,000 tenants x 2
+/// SLOs: 45.90 MB between scrapes at 30 s, 45.94 MB at 100 s). Once per
+/// scrape, after its encoding: RSS by third of a 90 s run went from 56.8 /
+/// 58.9 / 60.5 MiB to 55.3 / 55.6 / 55.9 MiB (`cargo xtask bench --only
+/// scrape`).
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
