@@ -325,6 +325,16 @@ impl RequestStream {
         self.len > 0
     }
 
+    /// Whether the queue is full: the next request line would start an
+    /// untracked request ([`event::QUEUE_FULL`]). The kernel checks this when
+    /// a request's headers end ([`event::HEADERS_DONE`]) and moves the
+    /// oldest request out (`SPILL`, then [`RequestStream::pop`]), so deep
+    /// pipelines keep every request; the newest, just parsed, stays.
+    #[inline(always)]
+    pub fn is_full(&self) -> bool {
+        self.len as usize >= PENDING_MAX
+    }
+
     /// The oldest request awaiting a response.
     #[inline(always)]
     pub fn oldest(&self) -> &PendingRequest {

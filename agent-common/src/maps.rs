@@ -9,8 +9,17 @@ use crate::offsets::KernelOffsets;
 
 /// Longest tenant id kept (bytes); longer values are cut and flagged.
 pub const TENANT_MAX: usize = 64;
-/// Requests per connection that may await a response (pipelining depth).
+/// Requests per connection that await a response in the connection's own
+/// state. Deeper pipelines move their oldest requests to `SPILL`.
 pub const PENDING_MAX: usize = 4;
+/// Pipelined requests of one connection kept in `SPILL` at most (beyond
+/// its own [`PENDING_MAX`]): a pipeline deeper than `PENDING_MAX +
+/// SPILL_PER_CONN` counts the excess as `pipeline_overflow`.
+pub const SPILL_PER_CONN: u16 = 1024;
+/// Entries of the `SPILL` LRU map, shared by every connection (~1.6 MiB).
+/// A spilled request pushed out before its response is counted as
+/// `pipeline_overflow`.
+pub const SPILL_MAX: u32 = 16_384;
 /// Latency histogram buckets; the last one is +Inf.
 pub const LATENCY_BUCKETS: usize = 16;
 
@@ -38,6 +47,7 @@ pub mod names {
     pub const SERIES: &str = "SERIES";
     pub const MATCHES: &str = "MATCHES";
     pub const TAIL_CALLS: &str = "TAIL_CALLS";
+    pub const SPILL: &str = "SPILL";
 }
 
 /// Entries of the `MATCHES` map (process, cgroup, comm and client-port
@@ -277,7 +287,9 @@ pub struct ConnState {
     pub ignored: u8,
     /// Client side: the upstream (see [`RequestKey::peer_addr`]).
     pub peer_port: u16,
-    pub _pad2: u16,
+    /// Requests of this connection moved to `SPILL` (all older than those
+    /// in `requests`), at sequence numbers `spill_head..spill_head + spilled`.
+    pub spilled: u16,
     /// With role 0: the [`AgentConfig::match_generation`] the decision was
     /// made under. When userspace learns of new matching processes it bumps
     /// the generation, and ignored connections are looked at again.
@@ -289,7 +301,19 @@ pub struct ConnState {
     /// connections): `sock:inet_sock_set_state` finds the connection by it
     /// (`SOCKS`) and checks here that the descriptor still holds that socket.
     pub sk: u64,
+    /// Sequence number of the oldest spilled request (see `spilled`).
+    pub spill_head: u32,
+    pub _pad3: u32,
     pub requests: RequestStream,
+}
+
+/// Key of the `SPILL` map: a pipelined request that did not fit in its
+/// connection's queue, by connection ([`conn_key`]) and sequence number.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpillKey {
+    pub conn_key: u64,
+    pub seq: u64,
 }
 
 /// Value of `SOCKS` (keyed by `struct sock` address): whose connection
@@ -354,7 +378,9 @@ pub mod conn_event {
     pub const OPEN_AT_CLOSE: u16 = 1;
     /// The tenant header was not found in the scanned bytes.
     pub const TENANT_NOT_FOUND: u16 = 2;
-    /// More pipelined requests than the per-connection queue holds.
+    /// A pipelined request that could not be kept: deeper than
+    /// `PENDING_MAX + SPILL_PER_CONN`, or pushed out of the full `SPILL`
+    /// map before its response.
     pub const PIPELINE_OVERFLOW: u16 = 3;
     /// A watched connection's state was evicted from the full `CONNS` map
     /// (more connections than [`super::CONNS_MAX`] at once). Its pending

@@ -18,7 +18,7 @@ use burnwatch_common::http::{
     ParserConfig, find_byte, looks_like_request, parse_status_line, tenant_source,
 };
 use burnwatch_common::maps::{Method, PENDING_MAX, TENANT_MAX};
-use feed::{feed_bytewise, feed_kernel_like, split_at};
+use feed::{feed_bytewise, feed_kernel_like, feed_kernel_spilling, split_at};
 use proptest::prelude::*;
 
 /// Real requests (from curl, browsers, wrk, Go and Python clients) with the
@@ -159,6 +159,25 @@ proptest! {
         prop_assert_eq!(whole.requests.len() as u32 + whole.queue_full, picks.len() as u32);
         let reads = split_at(&stream, &cuts);
         prop_assert_eq!(&feed_kernel_like(&cfg, &reads, false), &whole);
+    }
+
+    /// Unanswered pipelines of any depth, with the kernel's spilling (the
+    /// oldest queued request moves out when a request's headers end with
+    /// the queue full): no request is untracked, and responses would
+    /// answer every one in request order, whatever the split.
+    #[test]
+    fn deep_unanswered_pipelines_spill_and_keep_every_request_in_order(
+        picks in proptest::collection::vec(0..REQUESTS.len(), 1..40),
+        cuts in proptest::collection::vec(any::<usize>(), 0..24),
+    ) {
+        let stream: Vec<u8> = picks.iter().flat_map(|&i| REQUESTS[i].0.iter().copied()).collect();
+        let want: Vec<(Method, Vec<u8>)> = picks
+            .iter()
+            .map(|&i| (REQUESTS[i].1, REQUESTS[i].2.as_bytes().to_vec()))
+            .collect();
+        let cfg = header_cfg();
+        let reads = split_at(&stream, &cuts);
+        prop_assert_eq!(feed_kernel_spilling(&cfg, &reads), (want, 0));
     }
 
     /// Arbitrary bytes, arbitrary reads, any config: no panic, invariants

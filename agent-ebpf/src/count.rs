@@ -10,8 +10,7 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::HashMap};
 use burnwatch_common::{
     http::PendingRequest,
     maps::{
-        AgentConfig, ConnEventKey, ConnState, LATENCY_BUCKETS, PENDING_MAX, RequestStats,
-        TENANT_MAX, counter,
+        AgentConfig, ConnEventKey, ConnState, LATENCY_BUCKETS, RequestStats, TENANT_MAX, counter,
     },
 };
 
@@ -189,12 +188,12 @@ fn add_stats(key: &burnwatch_common::maps::RequestKey, dur: u64, bucket: usize) 
     true
 }
 
-/// A connection closes with requests still pending: each is counted with
-/// status 000 (the client never got an answer), and the close is a
-/// `closed_without_response` failure.
+/// A connection closes with requests still pending (queued or spilled):
+/// each is counted with status 000 (the client never got an answer), and
+/// the close is a `closed_without_response` failure.
 #[inline(always)]
-pub fn count_abandoned(conn: &mut ConnState, cfg: &AgentConfig) {
-    if !conn.requests.has_pending() {
+pub fn count_abandoned(conn: &mut ConnState, conn_key: u64, cfg: &AgentConfig) {
+    if !crate::spill::has_pending(conn) {
         return;
     }
     conn_event(
@@ -202,19 +201,5 @@ pub fn count_abandoned(conn: &mut ConnState, cfg: &AgentConfig) {
         conn.local_port,
         burnwatch_common::maps::conn_event::FAIL_CLOSED_WITHOUT_RESPONSE,
     );
-    let mut i = 0;
-    while i < PENDING_MAX {
-        if !conn.requests.has_pending() {
-            break;
-        }
-        let req = *conn.requests.oldest();
-        count_request(conn, &req, cfg, 0);
-        conn.requests.pop();
-        conn_event(
-            conn.service_id,
-            conn.local_port,
-            burnwatch_common::maps::conn_event::OPEN_AT_CLOSE,
-        );
-        i += 1;
-    }
+    crate::spill::abandon_all(conn, conn_key, cfg);
 }

@@ -23,7 +23,8 @@
 //! Reads on anything else cost a map lookup and an 8-byte peek.
 //!
 //! Modules: `maps` (every map), `socket` (fd -> TCP socket), `parse`
-//! (scanning reads), `count` (series and events).
+//! (scanning reads), `count` (series and events), `spill` (pipelines
+//! deeper than a connection's own queue).
 #![no_std]
 #![no_main]
 // The BPF target has no `AtomicU64::fetch_add` (no CAS); the intrinsic
@@ -39,6 +40,7 @@ mod maps;
 mod mem;
 mod parse;
 mod socket;
+mod spill;
 
 use core::{ffi::c_void, mem::MaybeUninit};
 
@@ -303,7 +305,7 @@ fn finish_read(ctx: &TracePointContext) {
     };
     let conn = unsafe { &mut *conn };
     if conn.role == role::SERVER {
-        parse::parse_inbound(conn, cfg, scratch);
+        parse::parse_inbound(conn, key, cfg, scratch);
     } else if conn.role == role::CLIENT {
         // A watched client reads its response: the status line answers the
         // oldest request it wrote.
@@ -312,6 +314,7 @@ fn finish_read(ctx: &TracePointContext) {
         if len >= 12 && read_user(buf, &mut head) {
             on_response_head(
                 conn,
+                key,
                 &head,
                 if len < HEAD as u64 {
                     len as usize
@@ -448,7 +451,9 @@ fn blank_conn(cfg: &AgentConfig) -> Option<&'static mut ConnState> {
     conn.role = 0;
     conn.ignored = ignored::NOT_OURS;
     conn.peer_port = 0;
-    conn._pad2 = 0;
+    conn.spilled = 0;
+    conn.spill_head = 0;
+    conn._pad3 = 0;
     conn.generation = cfg.match_generation;
     conn.peer_addr = [0; 16];
     conn.sk = 0;
@@ -531,7 +536,7 @@ pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
     let fd = arg_u64(&ctx, 0) as u32;
     let (buf, len) = (arg_u64(&ctx, 1), arg_u64(&ctx, 2));
     match write_conn(fd, WriteStart::Buf(buf), len) {
-        Some(Writer::Server(conn)) => {
+        Some(Writer::Server(key, conn)) => {
             let mut words = MaybeUninit::uninit();
             let head = zeroed_head(&mut words);
             let n = if len < HEAD as u64 { len } else { HEAD as u64 };
@@ -544,7 +549,7 @@ pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
                     )
                 } == 0
             {
-                on_response_head(conn, head, n as usize);
+                on_response_head(conn, key, head, n as usize);
             }
         }
         Some(Writer::Client(key)) => client_write(&ctx, key, read_kind::BUF, buf, len),
@@ -559,7 +564,7 @@ pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
 pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
     let (iov, cnt) = (arg_u64(&ctx, 1), arg_u64(&ctx, 2));
     match write_conn(arg_u64(&ctx, 0) as u32, WriteStart::Iovecs(iov, cnt), 8) {
-        Some(Writer::Server(conn)) => iov_response_head(conn, iov, cnt),
+        Some(Writer::Server(key, conn)) => iov_response_head(conn, key, iov, cnt),
         Some(Writer::Client(key)) => client_write(&ctx, key, read_kind::IOVEC, iov, cnt),
         None => {}
     }
@@ -581,7 +586,7 @@ pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
         WriteStart::Iovecs(hdr[2], hdr[3]),
         8,
     ) {
-        Some(Writer::Server(conn)) => iov_response_head(conn, hdr[2], hdr[3]),
+        Some(Writer::Server(key, conn)) => iov_response_head(conn, key, hdr[2], hdr[3]),
         Some(Writer::Client(key)) => client_write(&ctx, key, read_kind::MSGHDR, msg, 0),
         None => {}
     }
@@ -611,10 +616,11 @@ impl WriteStart {
     }
 }
 
-/// Who writes on a descriptor: a watched server (its responses), or a
-/// watched client (its requests, by connection key).
+/// Who writes on a descriptor: a watched server (its responses; the
+/// connection key and state), or a watched client (its requests, by
+/// connection key).
 enum Writer {
-    Server(&'static mut ConnState),
+    Server(u64, &'static mut ConnState),
     Client(u64),
 }
 
@@ -628,7 +634,7 @@ fn write_conn(fd: u32, start: WriteStart, len: u64) -> Option<Writer> {
     if let Some(conn) = CONNS.get_ptr_mut(&key) {
         let conn = unsafe { &mut *conn };
         if conn.role == role::SERVER {
-            return Some(Writer::Server(conn));
+            return Some(Writer::Server(key, conn));
         }
         if conn.role == role::CLIENT {
             return Some(Writer::Client(key));
@@ -724,7 +730,7 @@ pub fn parse_client_write(_ctx: TracePointContext) -> u32 {
     };
     let key = unsafe { (*scratch).conn_key };
     if let Some(conn) = CONNS.get_ptr_mut(&key) {
-        parse::parse_inbound(conn, cfg, scratch);
+        parse::parse_inbound(conn, key, cfg, scratch);
     }
     0
 }
@@ -735,7 +741,7 @@ const HEAD: usize = 16;
 /// Gathers the first `HEAD` bytes of an iovec array (a status line split
 /// over iovecs, as Varnish writes it, is whole again) and looks at them.
 #[inline(always)]
-fn iov_response_head(conn: &mut ConnState, iov_addr: u64, cnt: u64) {
+fn iov_response_head(conn: &mut ConnState, conn_key: u64, iov_addr: u64, cnt: u64) {
     if cnt == 0 {
         return;
     }
@@ -772,18 +778,19 @@ fn iov_response_head(conn: &mut ConnState, iov_addr: u64, cnt: u64) {
         n += take as usize;
         i += 1;
     }
-    on_response_head(conn, head, n);
+    on_response_head(conn, conn_key, head, n);
 }
 
 /// The first `n` bytes of a response (written by a watched server, or read
-/// by a watched client): a status line answers the oldest queued request.
+/// by a watched client): a status line answers the oldest request awaiting
+/// one (spilled or queued, see `spill.rs`).
 #[inline(always)]
-fn on_response_head(conn: &mut ConnState, buf: &[u8; 2 * HEAD], n: usize) {
+fn on_response_head(conn: &mut ConnState, conn_key: u64, buf: &[u8; 2 * HEAD], n: usize) {
     let head = unsafe { &*(buf.as_ptr() as *const [u8; HEAD]) };
     let Some(status) = parse_status_line(head, if n < HEAD { n } else { HEAD }) else {
         return;
     };
-    if !conn.requests.has_pending() {
+    if !spill::has_pending(conn) {
         count::conn_event(
             conn.service_id,
             conn.local_port,
@@ -797,8 +804,7 @@ fn on_response_head(conn: &mut ConnState, buf: &[u8; 2 * HEAD], n: usize) {
         return;
     }
     let Some(cfg) = config() else { return };
-    count::count_request(conn, conn.requests.oldest(), cfg, status);
-    conn.requests.pop();
+    spill::answer_oldest(conn, conn_key, cfg, status);
     if status == 101 {
         // The connection speaks another protocol from now on.
         conn.role = 0;
@@ -857,7 +863,7 @@ fn end_connection(key: u64, conn: &mut ConnState) {
     if conn.role != 0
         && let Some(cfg) = config()
     {
-        count::count_abandoned(conn, cfg);
+        count::count_abandoned(conn, key, cfg);
     }
     forget_conn(key, conn);
 }

@@ -5,9 +5,12 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
-use burnwatch_common::maps::{
-    AgentConfig, CONN_EVENTS_MAX, CONNS_MAX, COUNTS_MAX, ConnEventKey, ConnState, MATCHES_MAX,
-    MatchKey, RequestKey, RequestStats, SOCKS_MAX, SockOwner, counter,
+use burnwatch_common::{
+    http::PendingRequest,
+    maps::{
+        AgentConfig, CONN_EVENTS_MAX, CONNS_MAX, COUNTS_MAX, ConnEventKey, ConnState, MATCHES_MAX,
+        MatchKey, RequestKey, RequestStats, SOCKS_MAX, SPILL_MAX, SockOwner, SpillKey, counter,
+    },
 };
 
 /// Requests per (service, tenant, method, status): the product.
@@ -18,6 +21,12 @@ pub static COUNTS: HashMap<RequestKey, RequestStats> = HashMap::with_max_entries
 /// least recently used connection rather than refusing new ones.
 #[map(name = "CONNS")]
 pub static CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(CONNS_MAX, 0);
+
+/// Pipelined requests that did not fit in their connection's queue
+/// (`ConnState::requests`), oldest first per connection (see `spill.rs`).
+/// LRU: one connection's deep pipeline cannot fill it for good.
+#[map(name = "SPILL")]
+pub static SPILL: LruHashMap<SpillKey, PendingRequest> = LruHashMap::with_max_entries(SPILL_MAX, 0);
 
 /// `struct sock` address -> owner (`CONNS` key, service) of a watched
 /// connection (server or client), so a socket that closes without a `close`

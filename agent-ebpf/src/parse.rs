@@ -13,8 +13,8 @@ use burnwatch_common::{
     maps::{AgentConfig, ConnState, conn_event, counter},
 };
 
-use crate::count;
 use crate::maps::{CHUNK, MAX_CHUNKS, MAX_IOV, Scratch, WINDOW, bump};
+use crate::{count, spill};
 
 /// Set as `iov_idx` when parsing stopped on purpose (stream not HTTP).
 const STOPPED: u64 = u64::MAX;
@@ -23,6 +23,8 @@ const STOPPED: u64 = u64::MAX;
 #[repr(C)]
 struct ParseCtx {
     conn: *mut ConnState,
+    /// The connection's `CONNS` key (for `SPILL`).
+    conn_key: u64,
     cfg: *const AgentConfig,
     scratch: *mut Scratch,
     now: u64,
@@ -30,7 +32,12 @@ struct ParseCtx {
 
 /// Parses the iovecs in `scratch` (`iov_base`, `iov_len`, `iov_cnt`).
 #[inline(always)]
-pub fn parse_inbound(conn: *mut ConnState, cfg: &AgentConfig, scratch: *mut Scratch) {
+pub fn parse_inbound(
+    conn: *mut ConnState,
+    conn_key: u64,
+    cfg: &AgentConfig,
+    scratch: *mut Scratch,
+) {
     unsafe {
         (*conn).requests.begin_read();
         // Volatile: two adjacent zero stores become a memset call otherwise.
@@ -40,6 +47,7 @@ pub fn parse_inbound(conn: *mut ConnState, cfg: &AgentConfig, scratch: *mut Scra
     }
     let mut pc = ParseCtx {
         conn,
+        conn_key,
         cfg,
         scratch,
         now: unsafe { bpf_ktime_get_ns() },
@@ -82,12 +90,11 @@ extern "C" fn parse_chunk(_index: u64, ctx: *mut c_void) -> i64 {
         return 0;
     }
     let conn = unsafe { &mut *pc.conn };
-    let stream = &mut conn.requests;
     let rest = len - scratch.off;
-    let skip = stream.skippable();
+    let skip = conn.requests.skippable();
     if skip > 0 {
         let n = if skip < rest { skip } else { rest };
-        stream.skip(n);
+        conn.requests.skip(n);
         scratch.off += n;
         return 0;
     }
@@ -162,12 +169,12 @@ extern "C" fn parse_chunk(_index: u64, ctx: *mut c_void) -> i64 {
             break;
         }
         // A body starts inside this chunk: let the next iteration skip it.
-        if stream.skippable() > 0 {
+        if conn.requests.skippable() > 0 {
             break;
         }
         // Bytes nobody asked for (an ignored header line, a request target
         // without a tenant): jump to the next byte the parser needs.
-        if stream.may_skip() {
+        if conn.requests.may_skip() {
             // The 16-byte window holding `i` (`next_needed` works on one).
             let base = (i & !15) % CHUNK;
             let win = unsafe { &*(scratch.buf.as_ptr().add(base) as *const [u8; 16]) };
@@ -176,7 +183,7 @@ extern "C" fn parse_chunk(_index: u64, ctx: *mut c_void) -> i64 {
             } else {
                 base + 16
             };
-            let j = base + stream.next_needed(win, i - base, lim - base);
+            let j = base + conn.requests.next_needed(win, i - base, lim - base);
             // Only forward (the verifier cannot see it never goes back).
             if j > i {
                 i = j;
@@ -185,7 +192,11 @@ extern "C" fn parse_chunk(_index: u64, ctx: *mut c_void) -> i64 {
                 break;
             }
         }
-        match stream.step(scratch.buf[i % CHUNK], cfg, pc.now) {
+        match conn.requests.step(scratch.buf[i % CHUNK], cfg, pc.now) {
+            // A deep pipeline: make room for the next request.
+            event::HEADERS_DONE if conn.requests.is_full() => {
+                spill::spill_oldest(conn, pc.conn_key)
+            }
             event::QUEUE_FULL => count::conn_event(
                 conn.service_id,
                 conn.local_port,

@@ -121,6 +121,33 @@ fn drive_mix(server: &dyn Server) -> usize {
         }
     }
 
+    // Deep pipelines: 40 requests in one write, far deeper than the
+    // kernel's per-connection queue (4; the rest spill to a map), with
+    // bodies among them, on a fresh connection and on a busy one.
+    let deep = |salt: usize| -> Vec<Req> {
+        (0..40)
+            .map(|j| {
+                let code = CODES[(salt + j) % CODES.len()];
+                let tenant = TENANTS[(salt + j * 5) % TENANTS.len()];
+                match j % 4 {
+                    0 => Req::new("POST", &status_path(code))
+                        .tenant(tenant)
+                        .body(&[b'd'; 300]),
+                    1 => Req::new("HEAD", &status_path(code)).tenant(tenant),
+                    _ => Req::get(&status_path(code)).tenant(tenant),
+                }
+            })
+            .collect()
+    };
+    for (salt, c) in [(3, &mut Conn::open(port)), (4, &mut conns[0])] {
+        let reqs = deep(salt);
+        let resps = c.pipeline(&reqs);
+        for (req, r) in reqs.iter().zip(resps) {
+            let code: u16 = req.path.trim_start_matches("/status/").parse().unwrap();
+            t.check(r, code, "deep pipeline");
+        }
+    }
+
     // One byte per write, on a connection the agent already knows; a GET,
     // then a POST with a body, then a normal request.
     let c = &mut conns[1];
@@ -367,6 +394,11 @@ fn mix_matches_every_server_log() {
         agent.log()
     );
     assert_no_drops(&agent, "mix");
+    assert_eq!(
+        agent::capture_counter(&agent.scrape(), "pipeline_overflow"),
+        0,
+        "mix: pipelined requests were not kept (deep pipelines spill)"
+    );
 }
 
 /// The capture lost nothing, and no connection state was reported evicted:

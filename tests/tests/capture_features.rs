@@ -256,6 +256,61 @@ fn requests_pending_when_a_socket_dies_count_as_000() {
     drop(held);
 }
 
+/// A deep pipeline still unanswered when its socket dies: the server reads
+/// a batch of 30 requests in one read (the kernel parses all 30: 4 stay
+/// in the connection's queue, 26 spill to a map), answers none because the
+/// first hangs, and is killed. Every request read counts as 000 (the
+/// server logged only the first, the one it started on: it never parsed
+/// the rest, so the log cannot be the reference here), each is
+/// `request_open_at_close`, and the connection is one
+/// `closed_without_response`.
+#[test]
+fn a_deep_pipeline_pending_when_the_server_dies_counts_every_request_as_000() {
+    require_root();
+    let mut s = ScriptServer::start(Kind::Python);
+    let agent = Agent::start(&agent::config(&[("python", s.port)]));
+    let mut c = Conn::open(s.port);
+    let r = c.send_req(&Req::get("/status/200").tenant(Some("warm")));
+    assert_eq!(r.status, 200);
+    let mut batch = Req::get("/hang").tenant(Some("deep")).bytes();
+    for i in 0..29 {
+        batch.extend(
+            Req::get(&status_path(CODES[i % CODES.len()]))
+                .tenant(Some("deep"))
+                .bytes(),
+        );
+    }
+    c.send(&batch);
+    s.wait_for_log_lines(2);
+    s.kill();
+    let e = agent.settle_and_scrape();
+    let got = agent::method_counts_of(&e, "python");
+    let mut want = MethodCounts::new();
+    want.insert(("warm".into(), "GET".into(), "200".into()), 1);
+    want.insert(("deep".into(), "GET".into(), "000".into()), 30);
+    let mut failures = String::new();
+    if let Some(d) = count_diff(&got, &want) {
+        failures.push_str(&format!("counts:\n{d}"));
+    }
+    let open = agent::capture_counter(&e, "request_open_at_close");
+    let closed = tcp_failures(&e, "python", "closed_without_response");
+    let overflow = agent::capture_counter(&e, "pipeline_overflow");
+    if (open, closed, overflow) != (30, 1, 0) {
+        failures.push_str(&format!(
+            "(request_open_at_close, closed_without_response, pipeline_overflow) = \
+             {:?}, want (30, 1, 0)\n",
+            (open, closed, overflow)
+        ));
+    }
+    assert!(
+        failures.is_empty(),
+        "{failures}\nexposition:\n{}\nagent log:\n{}",
+        e.text,
+        agent.log()
+    );
+    drop(c);
+}
+
 /// connections refused on a watched port (no listener) are
 /// `refused` TCP failures of that service.
 #[test]

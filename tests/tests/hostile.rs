@@ -158,9 +158,10 @@ fn huge_headers(port: u16) -> u64 {
 /// connection after `keepalive_requests`); returns when every response was
 /// read.
 fn flood(port: u16, from: u64, n: u64) {
-    // The kernel tracks 4 pipelined requests per connection (PENDING_MAX);
-    // deeper pipelines are counted as pipeline_overflow, not as requests.
-    const BATCH: u64 = burnwatch_common_pending_max();
+    // Batches of 32: deeper than the 4 requests a connection's own kernel
+    // state queues (`PENDING_MAX`), so the flood exercises the `SPILL` map
+    // on every connection, a million times over.
+    const BATCH: u64 = 32;
     const PER_CONN: u64 = 50_000;
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut rbuf = vec![0u8; 256 * 1024];
@@ -202,12 +203,6 @@ fn flood(port: u16, from: u64, n: u64) {
 /// `burnwatch_common::maps::CONNS_MAX`: connection states the kernel keeps
 /// at once (the harness does not depend on the agent's crates).
 const CONNS_MAX: usize = 65_536;
-
-/// `burnwatch_common::maps::PENDING_MAX` (the harness does not depend on
-/// the agent's crates).
-const fn burnwatch_common_pending_max() -> u64 {
-    4
-}
 
 /// Python helper holding connections: opens `n` connections from source
 /// address `src`, sends one request on each, reads every response, prints
@@ -452,6 +447,11 @@ fn hostile_traffic_leaves_other_tenants_exact_and_memory_bounded() {
     assert_eq!(
         flood_counted, FLOOD_TENANTS,
         "flood requests counted (own tenant or __overflow__)"
+    );
+    assert_eq!(
+        agent::capture_counter(&e, "pipeline_overflow"),
+        0,
+        "pipelined flood requests were not kept"
     );
     let tenants_seen = got
         .keys()

@@ -149,6 +149,50 @@ fn queue_full_does_not_touch_other_requests() {
     assert!(!s.has_pending());
 }
 
+/// The kernel's answer to deep pipelines: at `HEADERS_DONE` with a full
+/// queue, the oldest request moves out (to `SPILL`), so the next request
+/// line finds room. Responses then answer the spilled requests first, then
+/// the queue: in request order, none lost, at any read split.
+#[test]
+fn spilling_the_oldest_at_headers_done_keeps_deep_pipelines_in_order() {
+    use std::collections::VecDeque;
+    let n = 40;
+    let mut stream = Vec::new();
+    for i in 0..n {
+        stream.extend_from_slice(
+            format!("GET /{i} HTTP/1.1\r\nHost: x\r\nX-Tenant-ID: t{i}\r\n\r\n").as_bytes(),
+        );
+    }
+    let want: Vec<String> = (0..n).map(|i| format!("t{i}")).collect();
+    for cut in [0, 1, 17, 100, stream.len() / 2, stream.len() - 1] {
+        let mut s = RequestStream::new();
+        let mut spill: VecDeque<PendingRequest> = VecDeque::new();
+        for read in [&stream[..cut], &stream[cut..]] {
+            s.begin_read();
+            for &b in read {
+                match s.step(b, &cfg(), 1) {
+                    event::HEADERS_DONE if s.is_full() => {
+                        spill.push_back(*s.oldest());
+                        s.pop();
+                    }
+                    event::QUEUE_FULL => panic!("queue full at cut {cut}"),
+                    _ => {}
+                }
+            }
+        }
+        assert_eq!(spill.len(), n - (PENDING_MAX - 1), "cut {cut}");
+        let mut answered = Vec::new();
+        while let Some(r) = spill.pop_front() {
+            answered.push(String::from_utf8_lossy(r.tenant()).into_owned());
+        }
+        while s.has_pending() {
+            answered.push(String::from_utf8_lossy(s.oldest().tenant()).into_owned());
+            s.pop();
+        }
+        assert_eq!(answered, want, "cut {cut}");
+    }
+}
+
 #[test]
 fn long_tenant_is_cut_and_flagged() {
     let long = "x".repeat(100);

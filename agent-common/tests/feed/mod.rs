@@ -54,6 +54,53 @@ pub fn feed_kernel_like(cfg: &ParserConfig, reads: &[&[u8]], respond: bool) -> O
     out
 }
 
+/// Feeds `reads` like the kernel does, with no responses and the kernel's
+/// answer to deep pipelines: when a request's headers end with the queue
+/// full, its oldest request moves to a spill list (the `SPILL` map).
+/// Returns every request in the order responses answer them (spilled
+/// first, then the queue) and the number of QUEUE_FULL events.
+#[allow(dead_code)] // not used by the fuzz target
+pub fn feed_kernel_spilling(cfg: &ParserConfig, reads: &[&[u8]]) -> (Vec<(Method, Vec<u8>)>, u32) {
+    let mut s = RequestStream::new();
+    let mut spilled = Vec::new();
+    let mut queue_full = 0;
+    for read in reads {
+        s.begin_read();
+        let mut i = 0usize;
+        while i < read.len() {
+            let skip = s.skippable();
+            if skip > 0 {
+                let n = skip.min((read.len() - i) as u64);
+                s.skip(n);
+                i += n as usize;
+                continue;
+            }
+            let j = s.next_needed_in(read, i);
+            if j > i {
+                i = j;
+                continue;
+            }
+            match s.step(read[i], cfg, 1) {
+                event::HEADERS_DONE if s.is_full() => {
+                    let oldest = *s.oldest();
+                    spilled.push((Method::from_u8(oldest.method), oldest.tenant().to_vec()));
+                    s.pop();
+                }
+                event::QUEUE_FULL => queue_full += 1,
+                _ => {}
+            }
+            check_invariants(&s);
+            i += 1;
+        }
+    }
+    while s.has_pending() {
+        let oldest = *s.oldest();
+        spilled.push((Method::from_u8(oldest.method), oldest.tenant().to_vec()));
+        s.pop();
+    }
+    (spilled, queue_full)
+}
+
 /// Feeds every byte through `step` (no shortcuts), read boundaries kept.
 pub fn feed_bytewise(cfg: &ParserConfig, reads: &[&[u8]], respond: bool) -> Outcome {
     let mut s = RequestStream::new();
