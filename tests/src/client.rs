@@ -22,7 +22,16 @@ pub struct Response {
 
 impl Conn {
     pub fn open(port: u16) -> Conn {
-        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        Conn::open_at(("127.0.0.1", port))
+    }
+
+    /// A connection to `[::1]:port`.
+    pub fn open_v6(port: u16) -> Conn {
+        Conn::open_at(("::1", port))
+    }
+
+    fn open_at(addr: (&str, u16)) -> Conn {
+        let s = TcpStream::connect(addr).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s.set_nodelay(true).unwrap();
         Conn {

@@ -41,6 +41,21 @@ impl Nginx {
     /// extra `http` directives and extra `listen` parameters (for hostile and
     /// connection-count tests).
     pub fn start_tuned(main: &str, events: &str, http: &str, listen: &str) -> Nginx {
+        Nginx::start_full(main, events, http, listen, false)
+    }
+
+    /// [`Nginx::start`], listening on `[::1]` too, same port (IPv6 tests).
+    pub fn start_dual_stack() -> Nginx {
+        Nginx::start_full(
+            "worker_processes 1;",
+            "events { worker_connections 1024; }",
+            "",
+            "",
+            true,
+        )
+    }
+
+    fn start_full(main: &str, events: &str, http: &str, listen: &str, ipv6: bool) -> Nginx {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let d = dir.path().display();
@@ -53,6 +68,11 @@ impl Nginx {
             .map(|i| format!("line {i} of the chunked body\n"))
             .collect();
         std::fs::write(dir.path().join("chunked.txt"), chunked).unwrap();
+        let listen6 = if ipv6 {
+            format!("listen [::1]:{port} {listen};")
+        } else {
+            String::new()
+        };
         let conf = format!(
             r#"
 {main}
@@ -74,6 +94,7 @@ http {{
   sendfile off;
   server {{
     listen 127.0.0.1:{port} {listen};
+    {listen6}
     location = /ok {{ return 200 "ok\n"; }}
     location = /created {{ return 201 "created\n"; }}
     location = /missing {{ return 404 "missing\n"; }}

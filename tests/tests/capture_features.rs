@@ -346,6 +346,87 @@ fn refused_connections_are_tcp_failures() {
     );
 }
 
+/// IPv6 connections count exactly as IPv4 ones do: nginx listening on
+/// 127.0.0.1 and [::1] (one port), the same traffic over both families
+/// (keep-alive, a connection per request, a deep pipeline, a closed
+/// connection without an answer), counts per (tenant, method, status) equal
+/// to nginx's log; refusals on a watched IPv6 port with no listener are
+/// `refused` failures.
+#[test]
+fn ipv6_connections_count_like_ipv4() {
+    require_root();
+    let nginx = burnwatch_e2e::nginx::Nginx::start_dual_stack();
+    let port = nginx.port;
+    let down = free_port();
+    let agent = Agent::start(&agent::config(&[("dual", port), ("down", down)]));
+    let mut sent = 0;
+    let mut closes = 0;
+    for (family, open) in [("v4", Conn::open as fn(u16) -> Conn), ("v6", Conn::open_v6)] {
+        let mut c = open(port);
+        for i in 0..10 {
+            let code = CODES[i % CODES.len()];
+            let method = ["GET", "HEAD", "POST"][i % 3];
+            let tenant = format!("{family}-{}", i % 3);
+            let r = c.send_req(&Req::new(method, &status_path(code)).tenant(Some(&tenant)));
+            assert_eq!(r.status, code, "{family}");
+            let r = open(port).send_req(
+                &Req::get(&status_path(code))
+                    .tenant(Some(&tenant))
+                    .header("Connection: close"),
+            );
+            assert_eq!(r.status, code, "{family}: connection per request");
+            sent += 2;
+        }
+        let reqs: Vec<Req> = (0..12)
+            .map(|j| Req::get(&status_path(CODES[j % CODES.len()])).tenant(Some(family)))
+            .collect();
+        for (j, r) in c.pipeline(&reqs).into_iter().enumerate() {
+            assert_eq!(r.status, CODES[j % CODES.len()], "{family}: pipelined");
+            sent += 1;
+        }
+        c.send(&Req::get("/close").tenant(Some(family)).bytes());
+        assert!(
+            c.drain(Duration::from_secs(5)).is_empty(),
+            "{family}: /close answered"
+        );
+        sent += 1;
+        closes += 1;
+    }
+    for _ in 0..3 {
+        let err = std::net::TcpStream::connect(("::1", down))
+            .expect_err("nothing listens on the down port");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    }
+    nginx.wait_for_log_lines(sent);
+    // nginx logs its no-answer `return 444` as 444; the agent sees 000.
+    let mut want = MethodCounts::new();
+    for ((t, m, st), n) in Server::method_counts(&nginx, "unknown") {
+        let st = if st == "444" { "000".to_string() } else { st };
+        *want.entry((t, m, st)).or_insert(0) += n;
+    }
+    assert_eq!(want.values().sum::<u64>(), sent as u64);
+    let e = agent.settle_and_scrape();
+    let mut failures = String::new();
+    if let Some(d) = count_diff(&agent::method_counts_of(&e, "dual"), &want) {
+        failures.push_str(&format!("counts:\n{d}"));
+    }
+    let got = (
+        tcp_failures(&e, "dual", "closed_without_response"),
+        tcp_failures(&e, "down", "refused"),
+    );
+    if got != (closes, 3) {
+        failures.push_str(&format!(
+            "(closed_without_response, refused) = {got:?}, want ({closes}, 3)\n"
+        ));
+    }
+    assert!(
+        failures.is_empty(),
+        "{failures}\nexposition:\n{}\nagent log:\n{}",
+        e.text,
+        agent.log()
+    );
+}
+
 /// Runs `reqs` (with their expected status) on one keep-alive connection,
 /// one fresh connection each, and pipelined in fours. Returns requests sent.
 fn drive_tenant_requests(port: u16, reqs: &[(Req, u16)]) -> usize {

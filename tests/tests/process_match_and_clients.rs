@@ -134,3 +134,45 @@ fn client_requests_match_the_upstream_log() {
     assert_same_counts("upstream (client side)", &got, &want, &agent);
     assert_eq!(upstreams, vec![format!("127.0.0.1:{port}")]);
 }
+
+/// The client side over IPv6 and IPv4 to one upstream (nginx listening on
+/// both): curl and raw-socket clients on each family; the client counts
+/// equal nginx's log per (tenant, method, status), and each family is its
+/// own upstream, `127.0.0.1:port` and `[::1]:port`.
+#[test]
+fn client_requests_over_ipv6_are_counted_per_upstream() {
+    require_root();
+    let nginx = burnwatch_e2e::nginx::Nginx::start_dual_stack();
+    let port = nginx.port;
+    let agent = Agent::start(&format!(
+        "services:\n  - name: unrelated\n    match: {{port: 1}}\n\
+         clients:\n  - name: upstream\n    match: {{port: {port}}}\n\
+         tenant:\n  header: X-Tenant-ID\n  missing: unknown\n"
+    ));
+    let mut sent = 0;
+    for (host, tenant) in [("127.0.0.1", "four"), ("[::1]", "six")] {
+        let header = format!("X-Tenant-ID: {tenant}");
+        let urls: Vec<String> = CODES
+            .iter()
+            .map(|c| format!("http://{host}:{port}/status/{c}"))
+            .collect();
+        assert_eq!(client::curl(&["-g", "-H", &header], &urls), CODES.to_vec());
+        sent += CODES.len();
+    }
+    let mut c = Conn::open_v6(port);
+    for (i, code) in CODES.iter().enumerate() {
+        let method = ["GET", "POST", "HEAD"][i % 3];
+        let r = c.send_req(&Req::new(method, &format!("/status/{code}")).tenant(TENANTS[i % 3]));
+        assert_eq!(r.status, *code);
+        sent += 1;
+    }
+    nginx.wait_for_log_lines(sent);
+    let want = Server::method_counts(&nginx, "unknown");
+    let (got, mut upstreams) = client_counts(&agent.settle_and_scrape(), "upstream");
+    assert_same_counts("upstream over IPv4 and IPv6", &got, &want, &agent);
+    upstreams.sort();
+    assert_eq!(
+        upstreams,
+        vec![format!("127.0.0.1:{port}"), format!("[::1]:{port}")]
+    );
+}
