@@ -410,6 +410,7 @@ fn hostile_traffic_leaves_other_tenants_exact_and_memory_bounded() {
     let log = nginx.counts("unknown");
     let e = agent.settle_and_scrape();
     watch.sample(&mut agent, "final scrape");
+    check_recursion_misses(&agent);
     let got = counts_of(&e, "shop");
     let only = |m: &BTreeMap<(String, String), u64>, tenants: &[&str]| {
         m.iter()
@@ -474,5 +475,52 @@ fn hostile_traffic_leaves_other_tenants_exact_and_memory_bounded() {
         e.find("burnwatch_dropped_events_total", &[])
             .map(|s| (s.labels["reason"].clone(), s.value))
             .collect::<Vec<_>>()
+    );
+}
+
+/// The runs the kernel skipped (a socket-state tracepoint firing in an
+/// interrupt while a syscall program ran: this test's connection churn makes
+/// some) are reported as the kernel counts them: read from each pinned
+/// program with bpftool before and after a poll of the agent.
+fn check_recursion_misses(agent: &Agent) {
+    let programs: Vec<String> = agent
+        .scrape()
+        .find("burnwatch_bpf_program_recursion_misses_total", &[])
+        .map(|s| s.labels["program"].clone())
+        .collect();
+    assert!(
+        programs.len() >= 9,
+        "recursion misses per program: {programs:?}"
+    );
+    let build = std::fs::read_dir(&agent.pins)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("progs").is_dir())
+        .expect("the agent's pin directory");
+    let kernel = || -> u64 {
+        programs
+            .iter()
+            .map(|name| {
+                let out = Command::new("bpftool")
+                    .args(["-j", "prog", "show", "pinned"])
+                    .arg(build.join("progs").join(name))
+                    .output()
+                    .expect("bpftool (cargo xtask setup)");
+                assert!(out.status.success(), "bpftool: {out:?}");
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                v["recursion_misses"].as_u64().unwrap_or(0)
+            })
+            .sum()
+    };
+    let before = kernel();
+    std::thread::sleep(Duration::from_millis(2500));
+    let reported = agent
+        .scrape()
+        .sum("burnwatch_bpf_program_recursion_misses_total", &[]) as u64;
+    let after = kernel();
+    eprintln!("hostile: eBPF runs skipped by the kernel (recursion misses): {reported}");
+    assert!(
+        before <= reported && reported <= after,
+        "recursion misses reported {reported}, the kernel counted {before} then {after}"
     );
 }

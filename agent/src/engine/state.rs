@@ -32,7 +32,7 @@ pub struct AgentState {
     pub polls: u64,
     /// Per eBPF program: (name, runs, run time ns), when the kernel keeps
     /// BPF statistics (`kernel.bpf_stats_enabled=1`).
-    pub bpf_stats: Vec<(&'static str, u64, u64)>,
+    pub bpf_stats: Vec<crate::probe::ProgramStats>,
     pub engine: Engine,
     /// Cumulative (good, bad) per (SLO, tenant) fed to the engine so far.
     pub slo_events: SloTenantMap<(u64, u64)>,

@@ -347,9 +347,9 @@ impl Collector for StateCollector {
             None,
             MetricType::Counter,
         )?;
-        for (name, runs, _) in &state.bpf_stats {
-            m.encode_family(&[("program", *name)])?
-                .encode_counter::<NoLabelSet, _, u64>(runs, None)?;
+        for p in &state.bpf_stats {
+            m.encode_family(&[("program", p.name)])?
+                .encode_counter::<NoLabelSet, _, u64>(&p.runs, None)?;
         }
         let mut m = enc.encode_descriptor(
             "burnwatch_bpf_program_run_seconds",
@@ -357,9 +357,21 @@ impl Collector for StateCollector {
             None,
             MetricType::Counter,
         )?;
-        for (name, _, ns) in &state.bpf_stats {
-            m.encode_family(&[("program", *name)])?
-                .encode_counter::<NoLabelSet, _, f64>(&(*ns as f64 / 1e9), None)?;
+        for p in &state.bpf_stats {
+            m.encode_family(&[("program", p.name)])?
+                .encode_counter::<NoLabelSet, _, f64>(&(p.run_ns as f64 / 1e9), None)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "burnwatch_bpf_program_recursion_misses",
+            "Runs of each eBPF program the kernel skipped because a BPF program was already \
+             running on that CPU (an interrupt during a syscall program): events the capture \
+             may have missed.",
+            None,
+            MetricType::Counter,
+        )?;
+        for p in &state.bpf_stats {
+            m.encode_family(&[("program", p.name)])?
+                .encode_counter::<NoLabelSet, _, u64>(&p.recursion_misses, None)?;
         }
 
         let mut m = enc.encode_descriptor(

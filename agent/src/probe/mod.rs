@@ -268,16 +268,22 @@ impl Probe {
         Ok(())
     }
 
-    /// Per program: (name, runs, run time in ns) since load. Zero unless
-    /// `kernel.bpf_stats_enabled` is 1 (the kernel only times programs then).
-    pub fn bpf_stats(&self) -> Vec<(&'static str, u64, u64)> {
+    /// Per program, since it was loaded: runs and run time (zero unless
+    /// `kernel.bpf_stats_enabled` is 1: the kernel only times programs
+    /// then), and runs the kernel skipped (counted always).
+    pub fn bpf_stats(&self) -> Vec<ProgramStats> {
         let mut names: Vec<&'static str> = preflight::TRACEPOINTS.iter().map(|t| t.2).collect();
         names.dedup();
         names
             .into_iter()
             .filter_map(|name| {
                 let info = ProgramInfo::from_pin(self.pins.program(name)).ok()?;
-                Some((name, info.run_count(), info.run_time().as_nanos() as u64))
+                Some(ProgramStats {
+                    name,
+                    runs: info.run_count(),
+                    run_ns: info.run_time().as_nanos() as u64,
+                    recursion_misses: recursion_misses(&info),
+                })
             })
             .collect()
     }
@@ -368,6 +374,39 @@ fn load_and_pin(pins: &Pins) -> Result<Vec<TracePointLink>> {
     Ok(Vec::new())
 }
 
+/// One eBPF program's statistics since it was loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramStats {
+    pub name: &'static str,
+    pub runs: u64,
+    pub run_ns: u64,
+    /// Runs the kernel skipped because a BPF program was already running
+    /// on that CPU: a socket-state or reset tracepoint that fired in an
+    /// interrupt taken during one of the syscall programs. Each is an event
+    /// the capture may have missed.
+    pub recursion_misses: u64,
+}
+
+/// `recursion_misses` of a program, from its fdinfo (aya's `ProgramInfo`
+/// does not expose the field; the kernel has printed it since 5.12).
+fn recursion_misses(info: &ProgramInfo) -> u64 {
+    use std::os::fd::AsRawFd;
+    let Ok(fd) = info.fd() else { return 0 };
+    let raw = fd.as_fd().as_raw_fd();
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{raw}"))
+        .ok()
+        .and_then(|text| fdinfo_field(&text, "recursion_misses"))
+        .unwrap_or(0)
+}
+
+/// A numeric `name:\tvalue` line of an fdinfo file.
+fn fdinfo_field(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        (k.trim() == name).then(|| v.trim().parse().ok())?
+    })
+}
+
 /// The boot id and the `COUNTS` map id: map ids are not reused within a boot.
 fn counts_epoch(counts_map_id: u32) -> u64 {
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
@@ -397,6 +436,15 @@ pub fn kernel_offsets() -> Result<burnwatch_common::offsets::KernelOffsets> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn fdinfo_fields_are_read_by_name() {
+        let text = "pos:\t0\nflags:\t02000002\nprog_type:\t5\nrun_time_ns:\t1200\n\
+                    run_cnt:\t7\nrecursion_misses:\t79\nverified_insns:\t3000\n";
+        assert_eq!(super::fdinfo_field(text, "recursion_misses"), Some(79));
+        assert_eq!(super::fdinfo_field(text, "run_cnt"), Some(7));
+        assert_eq!(super::fdinfo_field(text, "missing"), None);
+    }
+
     /// A bounds check or `unwrap` in the eBPF code links `core::panicking`
     /// into the object, and the verifier then rejects the program with
     /// "last insn is not an exit or jmp". Caught here, on the host, with the
