@@ -25,6 +25,15 @@ pub const LATENCY_BUCKETS: usize = 16;
 
 /// Distinct (service, tenant, method, status) series the kernel can count.
 pub const COUNTS_MAX: u32 = 65_536;
+/// Series past which every new tenant's requests fold into `__overflow__`
+/// whatever the per-service cap: the last entries of `COUNTS` are kept for
+/// the `__overflow__` series themselves, so a full map folds requests
+/// instead of dropping them (`tenant.max_per_service` times the services
+/// can exceed what the map holds).
+pub const COUNTS_SOFT_MAX: u64 = COUNTS_MAX as u64 - 4096;
+/// Key of the `SERIES` entry that counts every series in `COUNTS` (the
+/// others are `service_id << 16 | local_port`, below 2^48).
+pub const SERIES_ALL: u64 = u64::MAX;
 /// Connections tracked at once (LRU: the least recently used is evicted;
 /// an eviction is counted as the `state_evicted` capture anomaly).
 pub const CONNS_MAX: u32 = 65_536;

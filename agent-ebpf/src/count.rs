@@ -10,7 +10,8 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::HashMap};
 use burnwatch_common::{
     http::PendingRequest,
     maps::{
-        AgentConfig, ConnEventKey, ConnState, LATENCY_BUCKETS, RequestStats, TENANT_MAX, counter,
+        AgentConfig, COUNTS_SOFT_MAX, ConnEventKey, ConnState, LATENCY_BUCKETS, RequestStats,
+        SERIES_ALL, TENANT_MAX, counter,
     },
 };
 
@@ -123,16 +124,12 @@ pub fn count_request(conn: &ConnState, req: &PendingRequest, cfg: &AgentConfig, 
         return;
     }
     // A new series. Past the service's cap, fold it into __overflow__ so one
-    // service's tenant flood cannot fill the map for everyone.
+    // service's tenant flood cannot fill the map for everyone; past the
+    // map's own soft cap too (several services' caps may add up to more
+    // than the map holds), so a full map folds rather than drops.
     let series_key = ((conn.service_id as u64) << 16) | conn.local_port as u64;
-    let n = match SERIES.get_ptr_mut(&series_key) {
-        Some(p) => unsafe { *p },
-        None => {
-            let _ = SERIES.insert(&series_key, &0, BPF_NOEXIST);
-            0
-        }
-    };
-    if n >= cfg.max_series_per_service as u64 {
+    let n = series_count(series_key);
+    if n >= cfg.max_series_per_service as u64 || series_count(SERIES_ALL) >= COUNTS_SOFT_MAX {
         let key = &mut scratch.key;
         key.tenant = [0; TENANT_MAX];
         let mut k = 0;
@@ -152,8 +149,10 @@ pub fn count_request(conn: &ConnState, req: &PendingRequest, cfg: &AgentConfig, 
     stats.buckets[bucket] = 1;
     match COUNTS.insert(&scratch.key, stats, BPF_NOEXIST) {
         Ok(()) => {
-            if let Some(p) = SERIES.get_ptr_mut(&series_key) {
-                xadd(p, 1);
+            for key in [series_key, SERIES_ALL] {
+                if let Some(p) = SERIES.get_ptr_mut(&key) {
+                    xadd(p, 1);
+                }
             }
         }
         // Another CPU created the series first: add to it.
@@ -161,6 +160,18 @@ pub fn count_request(conn: &ConnState, req: &PendingRequest, cfg: &AgentConfig, 
             add_stats(&scratch.key, dur, bucket);
         }
         Err(_) => bump(counter::COUNTS_FULL),
+    }
+}
+
+/// The `SERIES` count under `key`, created at 0 when missing.
+#[inline(always)]
+fn series_count(key: u64) -> u64 {
+    match SERIES.get_ptr_mut(&key) {
+        Some(p) => unsafe { *p },
+        None => {
+            let _ = SERIES.insert(&key, &0, BPF_NOEXIST);
+            0
+        }
     }
 }
 

@@ -524,3 +524,78 @@ fn check_recursion_misses(agent: &Agent) {
         "recursion misses reported {reported}, the kernel counted {before} then {after}"
     );
 }
+
+/// More tenants than the kernel's `COUNTS` map holds, under a per-service
+/// cap that would allow them all (`max_per_service: 100000` allows 1.6
+/// million series; the map holds 65,536): past the map's soft cap, new
+/// tenants fold into `__overflow__` instead of being dropped. Every flood
+/// request is counted, under its own tenant or `__overflow__`; no event is
+/// dropped; a tenant from before the flood stays exact.
+#[test]
+fn a_full_counts_map_folds_new_tenants_instead_of_dropping_them() {
+    require_root();
+    const TENANTS: u64 = 80_000;
+    let nginx = Nginx::start_tuned(
+        "worker_processes 2;",
+        "events { worker_connections 1024; }",
+        "",
+        "reuseport",
+    );
+    let port = nginx.port;
+    let mut agent = Agent::start(&format!(
+        "services:\n  - name: shop\n    match:\n      port: {port}\n\
+         tenant:\n  header: X-Tenant-ID\n  missing: unknown\n  max_per_service: 100000\n"
+    ));
+    let mut c = Conn::open(port);
+    for _ in 0..10 {
+        c.request("GET", "/ok", Some("before"));
+    }
+    let floods: Vec<_> = (0..8u64)
+        .map(|k| std::thread::spawn(move || flood(port, k * (TENANTS / 8), TENANTS / 8)))
+        .collect();
+    for f in floods {
+        f.join().unwrap();
+    }
+    for _ in 0..10 {
+        c.request("GET", "/ok", Some("before"));
+    }
+    assert!(!agent.exited(), "agent died:\n{}", agent.log());
+    let e = agent.settle_and_scrape();
+    let got = counts_of(&e, "shop");
+    let log = nginx.counts("unknown");
+    let flood_tenant = |t: &str| t.starts_with('f') && t[1..].parse::<u64>().is_ok();
+    let in_log: u64 = log
+        .iter()
+        .filter(|((t, _), _)| flood_tenant(t))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(in_log, TENANTS);
+    let own: u64 = got
+        .iter()
+        .filter(|((t, _), _)| flood_tenant(t))
+        .map(|(_, n)| n)
+        .sum();
+    let folded: u64 = got
+        .iter()
+        .filter(|((t, _), _)| t == "__overflow__")
+        .map(|(_, n)| n)
+        .sum();
+    eprintln!("full map: {own} flood requests under their own tenant, {folded} folded");
+    assert_eq!(
+        own + folded,
+        TENANTS,
+        "flood requests counted (own tenant or __overflow__)"
+    );
+    assert!(folded > 0 && own < 65_536, "own {own}, folded {folded}");
+    assert_eq!(
+        got.get(&("before".to_string(), "200".to_string())),
+        Some(&20),
+        "the tenant from before the flood"
+    );
+    assert_eq!(
+        e.sum("burnwatch_dropped_events_total", &[]),
+        0.0,
+        "dropped events:\n{}",
+        e.text
+    );
+}

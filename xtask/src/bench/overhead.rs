@@ -28,6 +28,8 @@ struct Run {
     /// Saturation, with the agent: the same load again with the kernel
     /// timing the programs (`cost` and `programs` come from it), as req/s.
     timed_rps: Option<f64>,
+    /// Requests of the run `programs` were read over.
+    programs_requests: u64,
     /// With the agent only.
     cost: Cost,
     counted: u64,
@@ -111,6 +113,7 @@ fn measured(
     };
     run.exact = run.counted >= run.requests && run.counted <= run.requests + slack;
     run.programs = program_delta(&before.programs, &after.programs);
+    run.programs_requests = run.requests;
     run.rss_kib = agent.rss_kib()?.0;
     Ok((run, after))
 }
@@ -175,6 +178,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
             with[i].push(Run {
                 cost: timed.cost,
                 programs: timed.programs,
+                programs_requests: timed.programs_requests,
                 exact: plain.exact && timed.exact,
                 timed_rps: Some(timed.rps),
                 ..plain
@@ -401,7 +405,7 @@ and the 2.2 s settle after it; nginx's and wrk's syscalls both):\n"
         )?;
         writeln!(md, "| program | runs / request | ns / run | ns / request |")?;
         writeln!(md, "|---|---|---|---|")?;
-        let reqs = last.requests.max(1) as f64;
+        let reqs = last.programs_requests.max(1) as f64;
         let mut programs = last.programs.clone();
         programs.sort_by_key(|p| std::cmp::Reverse(p.2));
         for (name, runs, ns) in &programs {
