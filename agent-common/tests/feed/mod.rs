@@ -24,12 +24,14 @@ pub fn check_invariants(s: &RequestStream) {
     }
 }
 
-/// Feeds `reads` like the kernel does (body skipping, SWAR jump to the
-/// next newline in 16-byte chunks). With `respond`, each request gets its
-/// response as soon as its headers are done (it is popped).
-pub fn feed_kernel_like(cfg: &ParserConfig, reads: &[&[u8]], respond: bool) -> Outcome {
+/// Walks `reads` the way the kernel does (body skipping, SWAR jump to the
+/// next needed byte in 16-byte chunks), handing every byte the kernel
+/// steps to `step` with the stream.
+fn walk_kernel_like(
+    reads: &[&[u8]],
+    mut step: impl FnMut(&mut RequestStream, u8),
+) -> RequestStream {
     let mut s = RequestStream::new();
-    let mut out = Outcome::default();
     for read in reads {
         s.begin_read();
         let mut i = 0usize;
@@ -47,10 +49,18 @@ pub fn feed_kernel_like(cfg: &ParserConfig, reads: &[&[u8]], respond: bool) -> O
                 i = j;
                 continue;
             }
-            record(&mut s, read[i], cfg, &mut out, respond);
+            step(&mut s, read[i]);
             i += 1;
         }
     }
+    s
+}
+
+/// Feeds `reads` like the kernel does. With `respond`, each request gets
+/// its response as soon as its headers are done (it is popped).
+pub fn feed_kernel_like(cfg: &ParserConfig, reads: &[&[u8]], respond: bool) -> Outcome {
+    let mut out = Outcome::default();
+    walk_kernel_like(reads, |s, b| record(s, b, cfg, &mut out, respond));
     out
 }
 
@@ -61,38 +71,20 @@ pub fn feed_kernel_like(cfg: &ParserConfig, reads: &[&[u8]], respond: bool) -> O
 /// first, then the queue) and the number of QUEUE_FULL events.
 #[allow(dead_code)] // not used by the fuzz target
 pub fn feed_kernel_spilling(cfg: &ParserConfig, reads: &[&[u8]]) -> (Vec<(Method, Vec<u8>)>, u32) {
-    let mut s = RequestStream::new();
     let mut spilled = Vec::new();
     let mut queue_full = 0;
-    for read in reads {
-        s.begin_read();
-        let mut i = 0usize;
-        while i < read.len() {
-            let skip = s.skippable();
-            if skip > 0 {
-                let n = skip.min((read.len() - i) as u64);
-                s.skip(n);
-                i += n as usize;
-                continue;
+    let mut s = walk_kernel_like(reads, |s, b| {
+        match s.step(b, cfg, 1) {
+            event::HEADERS_DONE if s.is_full() => {
+                let oldest = *s.oldest();
+                spilled.push((Method::from_u8(oldest.method), oldest.tenant().to_vec()));
+                s.pop();
             }
-            let j = s.next_needed_in(read, i);
-            if j > i {
-                i = j;
-                continue;
-            }
-            match s.step(read[i], cfg, 1) {
-                event::HEADERS_DONE if s.is_full() => {
-                    let oldest = *s.oldest();
-                    spilled.push((Method::from_u8(oldest.method), oldest.tenant().to_vec()));
-                    s.pop();
-                }
-                event::QUEUE_FULL => queue_full += 1,
-                _ => {}
-            }
-            check_invariants(&s);
-            i += 1;
+            event::QUEUE_FULL => queue_full += 1,
+            _ => {}
         }
-    }
+        check_invariants(s);
+    });
     while s.has_pending() {
         let oldest = *s.oldest();
         spilled.push((Method::from_u8(oldest.method), oldest.tenant().to_vec()));
