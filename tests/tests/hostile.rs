@@ -200,6 +200,20 @@ fn flood(port: u16, from: u64, n: u64) {
     }
 }
 
+/// A tenant `flood` made: `f<number>`.
+fn is_flood_tenant(t: &str) -> bool {
+    t.starts_with('f') && t[1..].parse::<u64>().is_ok()
+}
+
+/// Requests per (tenant, status) summed over the tenants `tenant` accepts.
+fn requests_of(counts: &BTreeMap<(String, String), u64>, tenant: impl Fn(&str) -> bool) -> u64 {
+    counts
+        .iter()
+        .filter(|((t, _), _)| tenant(t))
+        .map(|(_, n)| n)
+        .sum()
+}
+
 /// `burnwatch_common::maps::CONNS_MAX`: connection states the kernel keeps
 /// at once (the harness does not depend on the agent's crates).
 const CONNS_MAX: usize = 65_536;
@@ -432,19 +446,9 @@ fn hostile_traffic_leaves_other_tenants_exact_and_memory_bounded() {
         only(&log, &hostile)
     );
     // Every flood request is counted, under its own tenant or __overflow__.
-    let flood_in_log: u64 = log
-        .iter()
-        .filter(|((t, _), _)| t.starts_with('f') && t[1..].parse::<u64>().is_ok())
-        .map(|(_, n)| n)
-        .sum();
+    let flood_in_log = requests_of(&log, is_flood_tenant);
     assert_eq!(flood_in_log, FLOOD_TENANTS);
-    let flood_counted: u64 = got
-        .iter()
-        .filter(|((t, _), _)| {
-            t == "__overflow__" || (t.starts_with('f') && t[1..].parse::<u64>().is_ok())
-        })
-        .map(|(_, n)| n)
-        .sum();
+    let flood_counted = requests_of(&got, |t| t == "__overflow__" || is_flood_tenant(t));
     assert_eq!(
         flood_counted, FLOOD_TENANTS,
         "flood requests counted (own tenant or __overflow__)"
@@ -563,23 +567,9 @@ fn a_full_counts_map_folds_new_tenants_instead_of_dropping_them() {
     let e = agent.settle_and_scrape();
     let got = counts_of(&e, "shop");
     let log = nginx.counts("unknown");
-    let flood_tenant = |t: &str| t.starts_with('f') && t[1..].parse::<u64>().is_ok();
-    let in_log: u64 = log
-        .iter()
-        .filter(|((t, _), _)| flood_tenant(t))
-        .map(|(_, n)| n)
-        .sum();
-    assert_eq!(in_log, TENANTS);
-    let own: u64 = got
-        .iter()
-        .filter(|((t, _), _)| flood_tenant(t))
-        .map(|(_, n)| n)
-        .sum();
-    let folded: u64 = got
-        .iter()
-        .filter(|((t, _), _)| t == "__overflow__")
-        .map(|(_, n)| n)
-        .sum();
+    assert_eq!(requests_of(&log, is_flood_tenant), TENANTS);
+    let own = requests_of(&got, is_flood_tenant);
+    let folded = requests_of(&got, |t| t == "__overflow__");
     eprintln!("full map: {own} flood requests under their own tenant, {folded} folded");
     assert_eq!(
         own + folded,
