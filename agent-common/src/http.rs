@@ -527,13 +527,7 @@ impl RequestStream {
                 event::NONE
             }
             state::CHUNK_SIZE => {
-                let digit = match b {
-                    b'0'..=b'9' => Some(b - b'0'),
-                    b'a'..=b'f' => Some(b - b'a' + 10),
-                    b'A'..=b'F' => Some(b - b'A' + 10),
-                    _ => None,
-                };
-                if let Some(d) = digit {
+                if let Some(d) = hex_digit(b) {
                     self.remaining = (self.remaining << 4) | d as u64;
                     if self.remaining > BODY_MAX {
                         return self.invalid();
@@ -706,16 +700,7 @@ impl RequestStream {
                 }
             }
             value_kind::TRANSFER_ENCODING => {
-                let m = self.chunked_match as usize;
-                if b == b' ' || b == b'\t' {
-                    // trailing white space keeps the match
-                } else if m < CHUNKED.len() && b.to_ascii_lowercase() == CHUNKED[m % 7] {
-                    self.chunked_match += 1;
-                } else if b.eq_ignore_ascii_case(&b'c') {
-                    self.chunked_match = 1;
-                } else {
-                    self.chunked_match = 0;
-                }
+                self.chunked_match = chunked_step(self.chunked_match, b);
             }
             _ => {}
         }
@@ -731,6 +716,35 @@ impl RequestStream {
             _ => {}
         }
         self.value_kind = value_kind::OTHER;
+    }
+}
+
+/// The value of a hex digit (chunk sizes).
+#[inline(always)]
+fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// One byte of a `Transfer-Encoding` value: progress `m` of matching
+/// `chunked` as its last coding becomes the returned progress
+/// (`CHUNKED.len()` when the value so far ends in `chunked`).
+#[inline(always)]
+fn chunked_step(m: u8, b: u8) -> u8 {
+    let i = m as usize;
+    if b == b' ' || b == b'\t' {
+        // trailing white space keeps the match
+        m
+    } else if i < CHUNKED.len() && b.to_ascii_lowercase() == CHUNKED[i % 7] {
+        m + 1
+    } else if b.eq_ignore_ascii_case(&b'c') {
+        1
+    } else {
+        0
     }
 }
 
@@ -922,6 +936,8 @@ pub fn looks_like_request(buf: &[u8; 8], len: usize) -> bool {
     }
     true
 }
+
+pub mod response;
 
 #[cfg(test)]
 mod tests;

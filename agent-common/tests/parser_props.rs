@@ -12,6 +12,8 @@
 //! - the status-line parser and the request-prefix test agree with their
 //!   specifications on any bytes.
 
+// Shared with the response framing's tests and the fuzz target.
+#[allow(dead_code)]
 mod feed;
 
 use burnwatch_common::http::{

@@ -2,6 +2,7 @@
 //! parser config, through the kernel's way of driving the parser and the
 //! plain byte-by-byte way: neither may panic (out-of-bounds indexing would),
 //! the state must stay in range, and both must report the same requests.
+//! The stream is also framed as a buffer of responses, both ways.
 //!
 //! Input layout: byte 0 picks the tenant source and whether requests get
 //! their responses, byte 1 the number of read boundaries, then that many
@@ -30,6 +31,14 @@ fuzz_target!(|data: &[u8]| {
     let a = feed::feed_kernel_like(&cfg, &reads, respond);
     let b = feed::feed_bytewise(&cfg, &reads, respond);
     assert_eq!(a, b, "kernel shortcuts changed the outcome");
+    // The same bytes as a buffer of responses (a coalesced write), with the
+    // cut bytes saying which answers are to HEAD requests.
+    let head: Vec<bool> = data[2..2 + n_cuts].iter().map(|&b| b & 1 != 0).collect();
+    assert_eq!(
+        feed::frame_kernel_like(stream, &head),
+        feed::frame_bytewise(stream, &head),
+        "kernel shortcuts changed the response framing"
+    );
 
     for w in stream.windows(16).take(64) {
         let buf: [u8; 16] = w.try_into().unwrap();

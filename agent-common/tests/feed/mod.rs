@@ -143,3 +143,69 @@ pub fn split_at<'a>(bytes: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
     out.retain(|r| !r.is_empty());
     out
 }
+
+/// Frames one buffer of responses the way the kernel does (16-byte chunks,
+/// bodies skipped, SWAR jump to the next line feed in skipped lines) and
+/// returns the status codes found, in order. `head[k]` says whether the
+/// k-th final response answers a HEAD request (the caller of the kernel's
+/// framing sets `no_body` from the request it answers).
+pub fn frame_kernel_like(buf: &[u8], head: &[bool]) -> Vec<u16> {
+    frame(buf, head, true)
+}
+
+/// The same, stepping every byte (no skipping, no SWAR search).
+pub fn frame_bytewise(buf: &[u8], head: &[bool]) -> Vec<u16> {
+    frame(buf, head, false)
+}
+
+fn frame(buf: &[u8], head: &[bool], shortcuts: bool) -> Vec<u16> {
+    use burnwatch_common::http::response::{ResponseStream, event as rev, state as rstate};
+    let mut s = ResponseStream::new();
+    let mut statuses = Vec::new();
+    let mut answered = 0usize;
+    let mut off = 0usize;
+    'outer: while off < buf.len() && !s.is_done() {
+        let skip = s.skippable();
+        if shortcuts && skip > 0 {
+            let n = skip.min((buf.len() - off) as u64);
+            s.skip(n);
+            off += n as usize;
+            continue;
+        }
+        let n = (buf.len() - off).min(16);
+        let mut chunk = [0u8; 16];
+        chunk[..n].copy_from_slice(&buf[off..off + n]);
+        let mut i = 0;
+        while i < n {
+            if shortcuts && s.skippable() > 0 {
+                break;
+            }
+            if shortcuts && s.may_skip() {
+                let j = s.next_needed(&chunk, i, n);
+                if j > i {
+                    i = j;
+                }
+                if i >= n {
+                    break;
+                }
+            }
+            match s.step(chunk[i]) {
+                rev::STATUS => {
+                    statuses.push(s.status);
+                    if s.status >= 200 || s.status == 101 {
+                        if head.get(answered).copied().unwrap_or(false) {
+                            s.no_body = 1;
+                        }
+                        answered += 1;
+                    }
+                }
+                rev::DONE => break 'outer,
+                _ => {}
+            }
+            assert!(s.state <= rstate::DONE, "response state {}", s.state);
+            i += 1;
+        }
+        off += i;
+    }
+    statuses
+}
