@@ -36,6 +36,7 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 mod count;
+mod frame;
 mod maps;
 mod mem;
 mod parse;
@@ -66,7 +67,7 @@ use burnwatch_common::{
 
 use maps::{
     CONNS, MATCHES, MAX_IOV, SCRATCH, SERVER_PORTS, SERVICE_PORTS, SOCKS, Scratch, TAIL_CALLS,
-    TAIL_PARSE_WRITE, bump, config,
+    TAIL_FRAME_RESPONSES, TAIL_PARSE_WRITE, bump, config,
 };
 
 const BPF_NOEXIST: u64 = 1;
@@ -308,7 +309,14 @@ fn finish_read(ctx: &TracePointContext) {
         parse::parse_inbound(conn, key, cfg, scratch);
     } else if conn.role == role::CLIENT {
         // A watched client reads its response: the status line answers the
-        // oldest request it wrote.
+        // oldest request it wrote. With several requests out, one read may
+        // hold several responses: frame it all.
+        if spill::has_several_pending(conn) {
+            unsafe {
+                (*scratch).conn_key = key;
+                TAIL_CALLS.tail_call(ctx, TAIL_FRAME_RESPONSES);
+            }
+        }
         let (buf, len) = unsafe { ((*scratch).iov_base[0], (*scratch).iov_len[0]) };
         let mut head = [0u8; 2 * HEAD];
         if len >= 12 && read_user(buf, &mut head) {
@@ -537,6 +545,9 @@ pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
     let (buf, len) = (arg_u64(&ctx, 1), arg_u64(&ctx, 2));
     match write_conn(fd, WriteStart::Buf(buf), len) {
         Some(Writer::Server(key, conn)) => {
+            if spill::has_several_pending(conn) {
+                tail_scan(&ctx, key, read_kind::BUF, buf, len, TAIL_FRAME_RESPONSES);
+            }
             let mut words = MaybeUninit::uninit();
             let head = zeroed_head(&mut words);
             let n = if len < HEAD as u64 { len } else { HEAD as u64 };
@@ -552,7 +563,9 @@ pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
                 on_response_head(conn, key, head, n as usize);
             }
         }
-        Some(Writer::Client(key)) => client_write(&ctx, key, read_kind::BUF, buf, len),
+        Some(Writer::Client(key)) => {
+            tail_scan(&ctx, key, read_kind::BUF, buf, len, TAIL_PARSE_WRITE)
+        }
         None => {}
     }
     0
@@ -564,8 +577,15 @@ pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
 pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
     let (iov, cnt) = (arg_u64(&ctx, 1), arg_u64(&ctx, 2));
     match write_conn(arg_u64(&ctx, 0) as u32, WriteStart::Iovecs(iov, cnt), 8) {
-        Some(Writer::Server(key, conn)) => iov_response_head(conn, key, iov, cnt),
-        Some(Writer::Client(key)) => client_write(&ctx, key, read_kind::IOVEC, iov, cnt),
+        Some(Writer::Server(key, conn)) => {
+            if spill::has_several_pending(conn) {
+                tail_scan(&ctx, key, read_kind::IOVEC, iov, cnt, TAIL_FRAME_RESPONSES);
+            }
+            iov_response_head(conn, key, iov, cnt)
+        }
+        Some(Writer::Client(key)) => {
+            tail_scan(&ctx, key, read_kind::IOVEC, iov, cnt, TAIL_PARSE_WRITE)
+        }
         None => {}
     }
     0
@@ -586,8 +606,15 @@ pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
         WriteStart::Iovecs(hdr[2], hdr[3]),
         8,
     ) {
-        Some(Writer::Server(key, conn)) => iov_response_head(conn, key, hdr[2], hdr[3]),
-        Some(Writer::Client(key)) => client_write(&ctx, key, read_kind::MSGHDR, msg, 0),
+        Some(Writer::Server(key, conn)) => {
+            if spill::has_several_pending(conn) {
+                tail_scan(&ctx, key, read_kind::MSGHDR, msg, 0, TAIL_FRAME_RESPONSES);
+            }
+            iov_response_head(conn, key, hdr[2], hdr[3])
+        }
+        Some(Writer::Client(key)) => {
+            tail_scan(&ctx, key, read_kind::MSGHDR, msg, 0, TAIL_PARSE_WRITE)
+        }
         None => {}
     }
     0
@@ -688,10 +715,12 @@ fn new_client(cfg: &AgentConfig, key: u64, fd: u32, buf: u64, len: u64) -> Optio
     }
 }
 
-/// A watched client writes (part of) requests: hand the bytes to the
-/// request parser, in the tail-called `parse_client_write` program.
+/// Hands a write's whole buffers to a tail-called program (`slot`): a
+/// watched client's requests to the request parser, or a server's write
+/// that may hold several responses to the framing. Returns only if the
+/// tail call failed (the caller then goes on as if it had not been tried).
 #[inline(always)]
-fn client_write(ctx: &TracePointContext, key: u64, kind: u32, buf: u64, vlen: u64) {
+fn tail_scan(ctx: &TracePointContext, key: u64, kind: u32, buf: u64, vlen: u64, slot: u32) {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -716,8 +745,25 @@ fn client_write(ctx: &TracePointContext, key: u64, kind: u32, buf: u64, vlen: u6
     }
     scratch.conn_key = key;
     unsafe {
-        TAIL_CALLS.tail_call(ctx, TAIL_PARSE_WRITE);
+        TAIL_CALLS.tail_call(ctx, slot);
     }
+}
+
+/// Tail-called by the write programs of a server connection, and by the
+/// read program of a client connection, when two or more requests await a
+/// response: frames the buffer in `SCRATCH` and answers a request per
+/// response found (`frame.rs`).
+#[tracepoint]
+pub fn frame_responses(_ctx: TracePointContext) -> u32 {
+    let Some(cfg) = config() else { return 0 };
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    let key = unsafe { (*scratch).conn_key };
+    if let Some(conn) = CONNS.get_ptr_mut(&key) {
+        frame::frame_buffer(conn, key, cfg, scratch);
+    }
+    0
 }
 
 /// Tail-called by the write programs: parses a watched client's write (in

@@ -54,12 +54,15 @@ pub static SERVER_PORTS: HashMap<u16, u32> = HashMap::with_max_entries(4096, 0);
 #[map(name = "MATCHES")]
 pub static MATCHES: HashMap<MatchKey, u32> = HashMap::with_max_entries(MATCHES_MAX, 0);
 
-/// Programs reached by tail call. Slot [`TAIL_PARSE_WRITE`]: the request
-/// parser run on a watched client's writes, in its own program so the
-/// parser is verified once more, not once per write program.
+/// Programs reached by tail call, each in its own program so it is
+/// verified once, not once per program that calls it. Slot
+/// [`TAIL_PARSE_WRITE`]: the request parser run on a watched client's
+/// writes. Slot [`TAIL_FRAME_RESPONSES`]: framing a buffer that may hold
+/// several responses (`frame.rs`).
 #[map(name = "TAIL_CALLS")]
-pub static TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+pub static TAIL_CALLS: ProgramArray = ProgramArray::with_max_entries(2, 0);
 pub const TAIL_PARSE_WRITE: u32 = 0;
+pub const TAIL_FRAME_RESPONSES: u32 = 1;
 
 /// (service id << 16 | local port) -> series in `COUNTS`, for the
 /// per-service series cap.
@@ -109,6 +112,8 @@ pub struct Scratch {
     /// from user address `win_base` (0: none). Emptied at the start of every
     /// syscall, whose buffer may reuse the memory of the last one. `CHUNK`
     /// spare bytes: a chunk copied from any offset below `WINDOW` fits.
+    /// Framing the responses of one buffer (`frame.rs`).
+    pub resp: burnwatch_common::http::response::ResponseStream,
     pub win_base: u64,
     pub win_len: u64,
     pub win: [u8; WINDOW + CHUNK],

@@ -17,7 +17,7 @@ use crate::maps::{CHUNK, MAX_CHUNKS, MAX_IOV, Scratch, WINDOW, bump};
 use crate::{count, spill};
 
 /// Set as `iov_idx` when parsing stopped on purpose (stream not HTTP).
-const STOPPED: u64 = u64::MAX;
+pub const STOPPED: u64 = u64::MAX;
 
 /// Shared with the `bpf_loop` callback (lives on the caller's stack).
 #[repr(C)]
@@ -73,37 +73,42 @@ pub fn parse_inbound(
     }
 }
 
-/// One `bpf_loop` iteration: skip body bytes, or scan up to `CHUNK` bytes.
-/// Returns 1 to stop the loop.
-extern "C" fn parse_chunk(_index: u64, ctx: *mut c_void) -> i64 {
-    let pc = unsafe { &mut *(ctx as *mut ParseCtx) };
-    let scratch = unsafe { &mut *pc.scratch };
+/// Where the scan of a syscall's buffers stands, at the start of a
+/// `bpf_loop` iteration.
+pub enum Cursor {
+    /// Every buffer was scanned (or the scan was stopped).
+    Done,
+    /// Moved on to the next iovec: nothing to scan this iteration.
+    NextIovec,
+    /// `rest` bytes of the current iovec are left, from user address `src`.
+    At { src: u64, rest: u64 },
+}
+
+/// The scan's position in the iovecs of `scratch`.
+#[inline(always)]
+pub fn cursor(scratch: &mut Scratch) -> Cursor {
     let idx = scratch.iov_idx;
     if idx >= scratch.iov_cnt || idx >= MAX_IOV as u64 {
-        return 1;
+        return Cursor::Done;
     }
     let base = scratch.iov_base[idx as usize % MAX_IOV];
     let len = scratch.iov_len[idx as usize % MAX_IOV];
     if scratch.off >= len {
         scratch.iov_idx += 1;
         scratch.off = 0;
-        return 0;
+        return Cursor::NextIovec;
     }
-    let conn = unsafe { &mut *pc.conn };
-    let rest = len - scratch.off;
-    let skip = conn.requests.skippable();
-    if skip > 0 {
-        let n = if skip < rest { skip } else { rest };
-        conn.requests.skip(n);
-        scratch.off += n;
-        return 0;
+    Cursor::At {
+        src: base + scratch.off,
+        rest: len - scratch.off,
     }
-    let n = if rest < CHUNK as u64 {
-        rest
-    } else {
-        CHUNK as u64
-    };
-    let src = base + scratch.off;
+}
+
+/// Puts the next `n <= CHUNK` bytes, at user address `src` with `rest`
+/// left in the iovec, into `scratch.buf`. False when they cannot be read
+/// (the scan is then stopped).
+#[inline(always)]
+pub fn load_chunk(scratch: &mut Scratch, src: u64, rest: u64, n: u64) -> bool {
     // The chunk's bytes: from the window when it holds them, else read a
     // new window. Always constant-size reads: a size derived from `off`
     // would make the verifier track `off` precisely, and the callback's
@@ -129,38 +134,68 @@ extern "C" fn parse_chunk(_index: u64, ctx: *mut c_void) -> i64 {
         // `at + n <= WINDOW`; the mask only shows the verifier the bound.
         let at = ((src - scratch.win_base) as usize) % WINDOW;
         copy_chunk(&scratch.win, at, &mut scratch.buf);
-    } else {
-        // Near the end of a buffer (at a page edge) the window read can
-        // fault: read this chunk alone, or its bytes one at a time.
-        scratch.win_len = 0;
+        return true;
+    }
+    // Near the end of a buffer (at a page edge) the window read can
+    // fault: read this chunk alone, or its bytes one at a time.
+    scratch.win_len = 0;
+    if unsafe {
+        bpf_probe_read_user(
+            scratch.buf.as_mut_ptr() as *mut c_void,
+            CHUNK as u32,
+            src as *const c_void,
+        )
+    } == 0
+    {
+        return true;
+    }
+    let mut j = 0usize;
+    while j < CHUNK {
+        if j as u64 >= n {
+            break;
+        }
         if unsafe {
             bpf_probe_read_user(
-                scratch.buf.as_mut_ptr() as *mut c_void,
-                CHUNK as u32,
-                src as *const c_void,
+                scratch.buf.as_mut_ptr().add(j) as *mut c_void,
+                1,
+                (src + j as u64) as *const c_void,
             )
         } != 0
         {
-            let mut j = 0usize;
-            while j < CHUNK {
-                if j as u64 >= n {
-                    break;
-                }
-                if unsafe {
-                    bpf_probe_read_user(
-                        scratch.buf.as_mut_ptr().add(j) as *mut c_void,
-                        1,
-                        (src + j as u64) as *const c_void,
-                    )
-                } != 0
-                {
-                    bump(counter::READ_FAULT);
-                    scratch.iov_idx = STOPPED;
-                    return 1;
-                }
-                j += 1;
-            }
+            bump(counter::READ_FAULT);
+            scratch.iov_idx = STOPPED;
+            return false;
         }
+        j += 1;
+    }
+    true
+}
+
+/// One `bpf_loop` iteration: skip body bytes, or scan up to `CHUNK` bytes.
+/// Returns 1 to stop the loop.
+extern "C" fn parse_chunk(_index: u64, ctx: *mut c_void) -> i64 {
+    let pc = unsafe { &mut *(ctx as *mut ParseCtx) };
+    let scratch = unsafe { &mut *pc.scratch };
+    let (src, rest) = match cursor(scratch) {
+        Cursor::Done => return 1,
+        Cursor::NextIovec => return 0,
+        Cursor::At { src, rest } => (src, rest),
+    };
+    let conn = unsafe { &mut *pc.conn };
+    let skip = conn.requests.skippable();
+    if skip > 0 {
+        let n = if skip < rest { skip } else { rest };
+        conn.requests.skip(n);
+        scratch.off += n;
+        return 0;
+    }
+    let n = if rest < CHUNK as u64 {
+        rest
+    } else {
+        CHUNK as u64
+    };
+    if !load_chunk(scratch, src, rest, n) {
+        return 1;
     }
     let cfg = unsafe { &(*pc.cfg).parser };
     let mut i = 0usize;

@@ -43,17 +43,27 @@ pub fn has_pending(conn: &ConnState) -> bool {
     conn.spilled > 0 || conn.requests.has_pending()
 }
 
+/// Whether two or more requests of `conn` await a response: a buffer of
+/// responses may then answer several (see `frame.rs`).
+#[inline(always)]
+pub fn has_several_pending(conn: &ConnState) -> bool {
+    conn.spilled as usize + conn.requests.len as usize >= 2
+}
+
 /// Counts the oldest request of `conn` awaiting a response with `status`
 /// (0: none came) and removes it. A spilled request the LRU pushed out is
-/// counted as `pipeline_overflow`.
+/// counted as `pipeline_overflow`. Returns the request's method (a
+/// `Method` as u8; `Method::Unknown` when there was none to count).
 #[inline(always)]
-pub fn answer_oldest(conn: &mut ConnState, conn_key: u64, cfg: &AgentConfig, status: u16) {
+pub fn answer_oldest(conn: &mut ConnState, conn_key: u64, cfg: &AgentConfig, status: u16) -> u8 {
     if conn.spilled == 0 {
         if conn.requests.has_pending() {
+            let method = conn.requests.oldest().method;
             count::count_request(conn, conn.requests.oldest(), cfg, status);
             conn.requests.pop();
+            return method;
         }
-        return;
+        return 0;
     }
     let key = SpillKey {
         conn_key,
@@ -63,14 +73,19 @@ pub fn answer_oldest(conn: &mut ConnState, conn_key: u64, cfg: &AgentConfig, sta
     conn.spilled -= 1;
     match SPILL.get_ptr(&key) {
         Some(req) => {
+            let method = unsafe { (*req).method };
             count::count_request(conn, unsafe { &*req }, cfg, status);
             let _ = SPILL.remove(&key);
+            method
         }
-        None => count::conn_event(
-            conn.service_id,
-            conn.local_port,
-            conn_event::PIPELINE_OVERFLOW,
-        ),
+        None => {
+            count::conn_event(
+                conn.service_id,
+                conn.local_port,
+                conn_event::PIPELINE_OVERFLOW,
+            );
+            0
+        }
     }
 }
 

@@ -67,7 +67,7 @@ pub struct Probe {
 
 /// Programs reached only by tail call (loaded and pinned, never attached),
 /// by slot in `TAIL_CALLS`. The pinned program array keeps them registered.
-const TAIL_CALLED: &[(u32, &str)] = &[(0, "parse_client_write")];
+const TAIL_CALLED: &[(u32, &str)] = &[(0, "parse_client_write"), (1, "frame_responses")];
 
 impl Probe {
     /// Checks the kernel, then reuses this build's pinned programs and maps

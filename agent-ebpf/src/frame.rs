@@ -1,0 +1,155 @@
+//! Several responses in one buffer: a server that writes the responses of
+//! pipelined requests together, a client that reads them together. The
+//! buffer is framed (`burnwatch_common::http::response`) and each status
+//! line answers the oldest request still awaiting one.
+//!
+//! Only for connections with two or more requests awaiting a response:
+//! otherwise a buffer answers at most one request, and the status line at
+//! its start is all the write and read programs look at. Reached by tail
+//! call, so the programs on every write stay small.
+
+use core::{ffi::c_void, ptr::write_volatile};
+
+use aya_ebpf::helpers::generated::bpf_loop;
+use burnwatch_common::{
+    http::response::{ResponseStream, event},
+    maps::{AgentConfig, ConnState, Method, conn_event},
+};
+
+use crate::maps::{CHUNK, MAX_CHUNKS, Scratch};
+use crate::parse::{Cursor, STOPPED, cursor, load_chunk};
+use crate::{count, spill};
+
+/// Shared with the `bpf_loop` callback (lives on the caller's stack).
+#[repr(C)]
+struct FrameCtx {
+    conn: *mut ConnState,
+    conn_key: u64,
+    cfg: *const AgentConfig,
+    scratch: *mut Scratch,
+}
+
+/// Frames the buffers in `scratch` (`iov_base`, `iov_len`, `iov_cnt`, the
+/// whole write or read) as responses of `conn`.
+#[inline(always)]
+pub fn frame_buffer(conn: *mut ConnState, conn_key: u64, cfg: &AgentConfig, scratch: *mut Scratch) {
+    unsafe {
+        // A fresh `ResponseStream` is all zeros (state STATUS): four word
+        // stores, volatile so they do not become a `memset` call.
+        let words = &mut (*scratch).resp as *mut ResponseStream as *mut u64;
+        let mut w = 0;
+        while w < core::mem::size_of::<ResponseStream>() / 8 {
+            write_volatile(words.add(w), 0);
+            w += 1;
+        }
+        write_volatile(&mut (*scratch).iov_idx, 0);
+        (*scratch).off = 0;
+        write_volatile(&mut (*scratch).win_len, 0);
+    }
+    let mut fc = FrameCtx {
+        conn,
+        conn_key,
+        cfg,
+        scratch,
+    };
+    unsafe {
+        bpf_loop(
+            MAX_CHUNKS,
+            frame_chunk as *mut c_void,
+            &mut fc as *mut FrameCtx as *mut c_void,
+            0,
+        );
+    }
+}
+
+/// One `bpf_loop` iteration: skip body bytes, or frame up to `CHUNK` bytes.
+/// Returns 1 to stop the loop.
+extern "C" fn frame_chunk(_index: u64, ctx: *mut c_void) -> i64 {
+    let fc = unsafe { &mut *(ctx as *mut FrameCtx) };
+    let scratch = unsafe { &mut *fc.scratch };
+    let (src, rest) = match cursor(scratch) {
+        Cursor::Done => return 1,
+        Cursor::NextIovec => return 0,
+        Cursor::At { src, rest } => (src, rest),
+    };
+    let skip = scratch.resp.skippable();
+    if skip > 0 {
+        let n = if skip < rest { skip } else { rest };
+        scratch.resp.skip(n);
+        scratch.off += n;
+        return 0;
+    }
+    let n = if rest < CHUNK as u64 {
+        rest
+    } else {
+        CHUNK as u64
+    };
+    if !load_chunk(scratch, src, rest, n) {
+        return 1;
+    }
+    // Bytes up to the next event; the event is handled after the loop, so
+    // the verifier explores the counting code once, not once per byte.
+    let mut i = 0usize;
+    let mut ev = event::NONE;
+    while i < CHUNK {
+        if i as u64 >= n {
+            break;
+        }
+        if scratch.resp.skippable() > 0 {
+            break;
+        }
+        if scratch.resp.may_skip() {
+            let j = scratch.resp.next_needed(&scratch.buf, i, n as usize);
+            if j > i {
+                i = j;
+            }
+            if i >= n as usize || i >= CHUNK {
+                break;
+            }
+        }
+        ev = scratch.resp.step(scratch.buf[i % CHUNK]);
+        i += 1;
+        if ev != event::NONE {
+            break;
+        }
+    }
+    scratch.off += i as u64;
+    if ev == event::DONE {
+        return stop(scratch);
+    }
+    if ev == event::STATUS {
+        let status = scratch.resp.status;
+        // 1xx other than 101 are interim: the final status follows.
+        if status >= 200 || status == 101 {
+            let conn = unsafe { &mut *fc.conn };
+            if !spill::has_pending(conn) {
+                count::conn_event(
+                    conn.service_id,
+                    conn.local_port,
+                    conn_event::UNMATCHED_RESPONSE,
+                );
+                return stop(scratch);
+            }
+            let method = spill::answer_oldest(conn, fc.conn_key, unsafe { &*fc.cfg }, status);
+            if method == Method::Head as u8 {
+                scratch.resp.no_body = 1;
+            }
+            if status == 101 {
+                // Another protocol from now on.
+                conn.role = 0;
+                return stop(scratch);
+            }
+            if !spill::has_pending(conn) {
+                // Nothing left to answer: the rest needs no framing.
+                return stop(scratch);
+            }
+        }
+    }
+    0
+}
+
+#[inline(always)]
+fn stop(scratch: &mut Scratch) -> i64 {
+    scratch.iov_idx = STOPPED;
+    1
+}
