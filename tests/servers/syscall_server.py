@@ -19,6 +19,12 @@ WRITE, how a response goes out:
             one writev whose iovecs are the status line's fields, as
             Varnish writes them: "HTTP/1.1", " ", "200", " ", "OK", "\\r\\n",
             then the headers and the body
+  batched   the responses of pipelined requests gathered and written
+            together by one os.write once no whole request is left unread
+            (as asyncio transports under back-pressure, hyper's
+            pipeline_flush and proxies do), with varied framing: paths
+            /chunked/<code> answer with a chunked body, 204 and 304 with
+            none, `Expect: 100-continue` gets its interim 100 in the batch
 
 One log line per answered request, flushed, written just before the
 response: `<status> <X-Tenant-ID or -> <method> <path>`. Paths:
@@ -48,6 +54,7 @@ class Conn:
         self.log = log
         self.body_dir = body_dir
         self.buf = b""
+        self.batch = b""
 
     # ------------------------------------------------------------ reading
     def fill(self):
@@ -94,14 +101,17 @@ class Conn:
         fields = [b"HTTP/1.1", b" ", str(status).encode(), b" ",
                   reason.encode(), b"\r\n"]
         headers = b"Content-Type: text/plain\r\n"
-        if status != 204:
+        if status not in (204, 304):
             headers += b"Content-Length: %d\r\n" % len(body)
         headers += b"\r\n"
         head = b"".join(fields) + headers
-        if head_only or status == 204:
+        if head_only or status in (204, 304):
             body = b""
         m = self.mode_write
-        if m == "write":
+        if m == "batched":
+            self.batch += head + body
+            self.flush_batch()
+        elif m == "write":
             self.write_all(head, lambda v: os.write(self.fd, v))
             self.write_all(body, lambda v: os.write(self.fd, v))
         elif m == "sendto":
@@ -131,6 +141,26 @@ class Conn:
         else:
             raise SystemExit(f"unknown WRITE mode {m}")
 
+    def flush_batch(self, force=False):
+        """Writes the gathered responses in one go unless another whole
+        request head is already read (its response joins the batch)."""
+        if self.batch and (force or b"\r\n\r\n" not in self.buf):
+            self.write_all(self.batch, lambda v: os.write(self.fd, v))
+            self.batch = b""
+
+    def respond_chunked(self, status, body, head_only):
+        head = (b"HTTP/1.1 %d %s\r\nTransfer-Encoding: chunked\r\n"
+                b"Content-Type: text/plain\r\n\r\n"
+                % (status, REASONS.get(status, "Status").encode()))
+        if not head_only:
+            half = len(body) // 2
+            for part in (body[:half], body[half:]):
+                if part:
+                    head += b"%x;part=1\r\n%s\r\n" % (len(part), part)
+            head += b"0\r\n\r\n"
+        self.batch += head
+        self.flush_batch()
+
     # ------------------------------------------------------------ serving
     def serve(self):
         while True:
@@ -142,6 +172,12 @@ class Conn:
                 if ":" in line:
                     name, value = line.split(":", 1)
                     headers.setdefault(name.strip().lower(), value.strip())
+            if (self.mode_write == "batched"
+                    and headers.get("expect", "").lower() == "100-continue"):
+                self.batch += b"HTTP/1.1 100 Continue\r\n\r\n"
+                if len(self.buf) == 0:
+                    # The client waits for it before sending the body.
+                    self.flush_batch(force=True)
             if "chunked" in headers.get("transfer-encoding", "").lower():
                 while True:
                     size = int(self.read_until(b"\r\n").split(b";")[0].strip(), 16)
@@ -155,15 +191,22 @@ class Conn:
             path = target.split("?")[0]
             tenant = headers.get("x-tenant-id", "") or "-"
             status, body = 200, b"ok\n"
-            if path.startswith("/status/"):
-                status = int(path[len("/status/"):])
+            chunked = path.startswith("/chunked/")
+            if path.startswith("/status/") or chunked:
+                status = int(path.rsplit("/", 1)[1])
                 body = b"status %d\n" % status
+                if self.mode_write == "batched":
+                    # Bodies that look like responses: framing must skip them.
+                    body = b"HTTP/1.1 %d fake\r\nContent-Length: 0\r\n\r\n" % status
             elif path == "/big":
                 body = BIG
             with LOG_LOCK:
                 self.log.write(f"{status} {tenant} {method} {path}\n")
                 self.log.flush()
-            self.respond(status, body, method == "HEAD")
+            if chunked and self.mode_write == "batched":
+                self.respond_chunked(status, body, method == "HEAD")
+            else:
+                self.respond(status, body, method == "HEAD")
 
 
 def handle(sock, mode_read, mode_write, log, body_dir):

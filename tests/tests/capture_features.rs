@@ -852,3 +852,96 @@ fn blocked_reader_from_before_the_agent_counts_its_next_request() {
     let want = servers::parse_log(&after, "unknown");
     assert_same_counts("py", &agent.method_counts("py"), &want, &agent);
 }
+
+/// A server that writes the responses of pipelined requests together, in
+/// one `write` (as asyncio transports under back-pressure, hyper's
+/// `pipeline_flush` and proxies do), and a watched client that reads them
+/// together: each response answers its own request, on both sides. The
+/// batches mix every framing: Content-Length, chunked (with extensions),
+/// none for HEAD, 204 and 304, an interim 100 before a final status, and
+/// bodies that are themselves written like responses. Before framing, a
+/// batch of N responses counted 1 and left N - 1 requests to be counted as
+/// 000 when the connection closed.
+#[test]
+fn responses_written_and_read_together_each_answer_their_request() {
+    require_root();
+    let s = ScriptServer::start(Kind::Syscalls("read", "batched"));
+    let port = s.port;
+    let agent = Agent::start(&format!(
+        "services:\n  - name: batched\n    match: {{port: {port}}}\n\
+         clients:\n  - name: upstream\n    match: {{port: {port}}}\n\
+         tenant:\n  header: X-Tenant-ID\n  missing: unknown\n"
+    ));
+    let codes = [200, 201, 204, 304, 404, 429, 500, 503];
+    let mut sent = 0;
+    let mut c = Conn::open(port);
+    for (round, depth) in [2usize, 3, 5, 12, 40, 7].into_iter().enumerate() {
+        let reqs: Vec<Req> = (0..depth)
+            .map(|j| {
+                let k = round * 7 + j;
+                let code = codes[k % codes.len()];
+                let path = if k % 4 == 1 {
+                    format!("/chunked/{code}")
+                } else {
+                    status_path(code)
+                };
+                let tenant = TENANTS[k % TENANTS.len()];
+                match k % 5 {
+                    0 => Req::new("HEAD", &path).tenant(tenant),
+                    1 => Req::new("POST", &path).tenant(tenant).body(&[b'b'; 700]),
+                    2 => Req::new("PUT", &path)
+                        .tenant(tenant)
+                        .chunked(vec![b"one".to_vec(), vec![b'2'; 300]]),
+                    3 => Req::new("POST", &path)
+                        .tenant(tenant)
+                        .header("Expect: 100-continue")
+                        .body(b"sent without waiting"),
+                    _ => Req::get(&path).tenant(tenant),
+                }
+            })
+            .collect();
+        let want: Vec<u16> = reqs
+            .iter()
+            .map(|r| r.path.rsplit('/').next().unwrap().parse().unwrap())
+            .collect();
+        let got: Vec<u16> = c.pipeline(&reqs).iter().map(|r| r.status).collect();
+        assert_eq!(got, want, "pipeline of {depth}");
+        sent += depth;
+        // Between batches, a lone request: one response per write.
+        let r = c.send_req(&Req::get("/status/202").tenant(Some("lone")));
+        assert_eq!(r.status, 202);
+        sent += 1;
+    }
+    drop(c);
+    s.wait_for_log_lines(sent);
+    let want = s.method_counts("unknown");
+    let e = agent.settle_and_scrape();
+    let got = agent::method_counts_of(&e, "batched");
+    assert_same_counts("server writing responses together", &got, &want, &agent);
+    let mut client = MethodCounts::new();
+    for x in e.find(
+        "burnwatch_http_client_requests_total",
+        &[("service", "upstream")],
+    ) {
+        let key = (
+            x.labels["tenant"].clone(),
+            x.labels["method"].clone(),
+            x.labels["status_code"].clone(),
+        );
+        *client.entry(key).or_insert(0) += x.value as u64;
+    }
+    client.retain(|_, n| *n > 0);
+    assert_same_counts("client reading responses together", &client, &want, &agent);
+    for kind in [
+        "request_open_at_close",
+        "response_without_request",
+        "pipeline_overflow",
+    ] {
+        assert_eq!(agent::capture_counter(&e, kind), 0, "{kind}:\n{}", e.text);
+    }
+    let unanswered = e.sum(
+        "burnwatch_tcp_failures_total",
+        &[("kind", "closed_without_response")],
+    );
+    assert_eq!(unanswered, 0.0, "{}", e.text);
+}
