@@ -5,8 +5,8 @@
 //!
 //! Bugs (see each test for the bytes that show it):
 //! - a response body whose own write starts like a status line answers the
-//!   next pipelined request (responses are not framed: the agent looks for
-//!   a status line at the start of each write).
+//!   next pipelined request (responses are framed within one write, not
+//!   across writes: the agent takes a write to start a response).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
