@@ -123,6 +123,11 @@ pub struct Scratch {
     pub buf: [u8; CHUNK],
 }
 
+// `copy_chunk` moves words between `win` and `buf`.
+const _: () = assert!(
+    core::mem::offset_of!(Scratch, win) % 8 == 0 && core::mem::offset_of!(Scratch, buf) % 8 == 0
+);
+
 #[map(name = "SCRATCH")]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
