@@ -179,6 +179,9 @@ pub mod event {
     pub const QUEUE_FULL: u8 = 3;
     /// The bytes are not HTTP/1.x; the stream went to `state::INVALID`.
     pub const INVALID: u8 = 4;
+    /// A request target ended: the version comes next, which
+    /// [`super::RequestStream::take_version`] takes whole at a chunk's start.
+    pub const TARGET_DONE: u8 = 5;
 }
 
 /// Which header value we are inside.
@@ -646,7 +649,7 @@ impl RequestStream {
         if b == b' ' {
             self.state = state::VERSION;
             self.token_len = 0;
-            return event::NONE;
+            return event::TARGET_DONE;
         }
         if b == b'\r' || b == b'\n' {
             // HTTP/0.9-style request lines are not HTTP/1.x.
@@ -826,6 +829,49 @@ pub fn find_byte(buf: &[u8; 16], from: usize, to: usize, needles: [u8; 3]) -> us
         }
     };
     if pos < to { pos } else { to }
+}
+
+/// `HTTP/1.` as the low seven bytes of a little-endian word.
+const HTTP1_PREFIX: u64 = u64::from_le_bytes(*b"HTTP/1.\0");
+
+impl RequestStream {
+    /// At the start of a request line's version (nothing of it seen yet),
+    /// `HTTP/1.x` and its line end, whole in `chunk[..n]`, are taken in one
+    /// go instead of ten steps: one word compare. Returns the bytes taken
+    /// (0: none, step them one by one). The state after is the one the ten
+    /// steps leave. The kernel starts a chunk where a version starts (see
+    /// [`event::TARGET_DONE`]), so the version is at the chunk's start.
+    #[inline(always)]
+    pub fn take_version(&mut self, chunk: &[u8; 16], n: usize) -> usize {
+        if self.state != state::VERSION || self.token_len != 0 || n < 10 {
+            return 0;
+        }
+        let word = u64::from_le_bytes([
+            chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5], chunk[6], chunk[7],
+        ]);
+        if word & 0x00ff_ffff_ffff_ffff != HTTP1_PREFIX || !chunk[7].is_ascii_digit() {
+            return 0;
+        }
+        let taken = if chunk[8] == b'\r' && chunk[9] == b'\n' {
+            10
+        } else if chunk[8] == b'\n' {
+            9
+        } else {
+            return 0;
+        };
+        self.state = state::HEADER_LINE_START;
+        self.token_len = 8;
+        taken
+    }
+
+    /// [`RequestStream::take_version`] at byte `i` of a whole read, with a
+    /// chunk starting there as the kernel's does: for the host-side feeds.
+    pub fn take_version_in(&mut self, read: &[u8], i: usize) -> usize {
+        let n = (read.len() - i).min(16);
+        let mut chunk = [0u8; 16];
+        chunk[..n].copy_from_slice(&read[i..i + n]);
+        self.take_version(&chunk, n)
+    }
 }
 
 /// Whether a header line starting with `b` may be one the parser uses:

@@ -198,7 +198,9 @@ extern "C" fn parse_chunk(_index: u64, ctx: *mut c_void) -> i64 {
         return 1;
     }
     let cfg = unsafe { &(*pc.cfg).parser };
-    let mut i = 0usize;
+    // A request line's version starts this chunk (see `TARGET_DONE` below):
+    // `HTTP/1.1\r\n` in one word compare, not ten steps.
+    let mut i = conn.requests.take_version(&scratch.buf, n as usize);
     while i < CHUNK {
         if i as u64 >= n {
             break;
@@ -241,6 +243,11 @@ extern "C" fn parse_chunk(_index: u64, ctx: *mut c_void) -> i64 {
                 count::conn_event(conn.service_id, conn.local_port, conn_event::PARSE_INVALID);
                 scratch.iov_idx = STOPPED;
                 return 1;
+            }
+            // The version is next: start the next chunk with it.
+            event::TARGET_DONE => {
+                i += 1;
+                break;
             }
             _ => {}
         }

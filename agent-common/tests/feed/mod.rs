@@ -24,8 +24,8 @@ pub fn check_invariants(s: &RequestStream) {
     }
 }
 
-/// Walks `reads` the way the kernel does (body skipping, SWAR jump to the
-/// next needed byte in 16-byte chunks), handing every byte the kernel
+/// Walks `reads` the way the kernel does (body skipping, the version taken
+/// whole, SWAR jump to the next needed byte in 16-byte chunks), handing every byte the kernel
 /// steps to `step` with the stream.
 fn walk_kernel_like(
     reads: &[&[u8]],
@@ -41,6 +41,12 @@ fn walk_kernel_like(
                 let n = skip.min((read.len() - i) as u64);
                 s.skip(n);
                 i += n as usize;
+                check_invariants(&s);
+                continue;
+            }
+            let taken = s.take_version_in(read, i);
+            if taken > 0 {
+                i += taken;
                 check_invariants(&s);
                 continue;
             }
