@@ -247,8 +247,25 @@ fn http_delta_survives_a_collector_outage() {
 
     // The collector comes up: the agent recovers (backoff is at most 30 s). The export holding the first 10 requests was
     // dropped, so with delta temporality the collector sees only the 5 new
-    // ones.
+    // ones. They are sent once an export got through: sent during the
+    // backoff, their export could itself be pushed out of the 2-deep queue
+    // by the ticks before the next attempt (a CI run failed so).
     let rotel = Rotel::start_on(grpc_port, http_port);
+    let accepted = |e: &burnwatch_e2e::exposition::Exposition| {
+        e.sum(
+            "burnwatch_export_requests_total",
+            &[("exporter", "otlp"), ("signal", "metrics")],
+        )
+    };
+    wait_for(Duration::from_secs(60), || {
+        (accepted(&agent.scrape()) >= 1.0).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no export accepted after the collector came up:\n{}",
+            agent.log()
+        )
+    });
     for _ in 0..5 {
         assert_eq!(c.request("GET", "/ok", Some("acme")).status, 200);
     }
