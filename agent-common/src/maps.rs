@@ -4,7 +4,7 @@
 //! disagree. Sizes are chosen so the kernel's memory use is fixed and known
 //! at load time (see [`crate::maps::COUNTS_MAX`] and friends).
 
-use crate::http::{ParserConfig, RequestStream};
+use crate::http::{ParserConfig, RequestStream, response::ResponseStream};
 use crate::offsets::KernelOffsets;
 
 /// Longest tenant id kept (bytes); longer values are cut and flagged.
@@ -314,6 +314,12 @@ pub struct ConnState {
     pub spill_head: u32,
     pub _pad3: u32,
     pub requests: RequestStream,
+    /// Client side: the responses read so far, framed across reads, so a
+    /// response split anywhere (a status line over two reads, a body and
+    /// the next response in one) answers its own request. Unused on the
+    /// server side, where a write is taken to start a response: a write's
+    /// accepted length is only known at its exit (see `frame.rs`).
+    pub responses: ResponseStream,
 }
 
 /// Key of the `SPILL` map: a pipelined request that did not fit in its

@@ -9,6 +9,10 @@
 //!   is taken for a status line;
 //! - the kernel's shortcuts (body skipping, SWAR line search) find the
 //!   same as stepping every byte, on any bytes;
+//! - a client's reads, framed one after another with the stream kept
+//!   between them, find the same responses however the bytes are cut into
+//!   reads (a status line over two reads, a body's end and the next
+//!   response in one);
 //! - framing stops where it cannot go on safely: a body delimited by the
 //!   connection's end, 101, bytes that are not a status line.
 
@@ -16,7 +20,7 @@
 #[allow(dead_code)]
 mod feed;
 
-use feed::{frame_bytewise, frame_kernel_like};
+use feed::{frame_bytewise, frame_kernel_like, frame_reads};
 use proptest::prelude::*;
 
 fn cases() -> ProptestConfig {
@@ -49,6 +53,49 @@ HTTP/1.1 503 Service Unavailable\nContent-Length: 2\n\nno";
         frame(buf, &[]),
         vec![200, 500, 204, 304, 404, 100, 201, 503]
     );
+}
+
+/// `buf` cut at `cuts` (sorted positions) into reads.
+fn cut<'a>(buf: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
+    let mut reads = Vec::new();
+    let mut at = 0;
+    for &c in cuts {
+        let c = c.min(buf.len());
+        if c > at {
+            reads.push(&buf[at..c]);
+            at = c;
+        }
+    }
+    reads.push(&buf[at..]);
+    reads
+}
+
+#[test]
+fn a_client_reading_in_pieces_finds_each_response() {
+    let buf = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloHTTP/1.1 404 Not Found\r\n\
+Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nHTTP/1.1 503 x\r\nContent-Length: 0\r\n\r\n";
+    // One byte per read, as a client reading a line byte by byte does.
+    let bytes: Vec<&[u8]> = buf.chunks(1).collect();
+    for shortcuts in [true, false] {
+        assert_eq!(frame_reads(&bytes, &[], shortcuts), vec![200, 404, 503]);
+    }
+    // A status line split after `HTT`; a body's end with the next response.
+    assert_eq!(
+        frame_reads(&cut(buf, &[3, 40, 45, 47]), &[], true),
+        vec![200, 404, 503]
+    );
+}
+
+#[test]
+fn a_client_stream_that_stopped_starts_again_at_a_read_that_starts_a_response() {
+    // A body delimited by the connection's end stops framing; the next
+    // read that starts a status line starts it again.
+    let reads: [&[u8]; 3] = [
+        b"HTTP/1.1 200 OK\r\n\r\nbody to the end",
+        b"more body HTTP/1.1 500 x\r\n",
+        b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+    ];
+    assert_eq!(frame_reads(&reads, &[], true), vec![200, 201]);
 }
 
 #[test]
@@ -216,6 +263,30 @@ proptest! {
         }
         let head: Vec<bool> = responses.iter().map(|r| r.head).collect();
         prop_assert_eq!(frame(&buf, &head), want);
+    }
+
+    /// A client's reads: however the responses are cut into reads, each is
+    /// found, in order, with and without the kernel's shortcuts.
+    #[test]
+    fn responses_read_in_any_pieces_are_each_found(
+        responses in proptest::collection::vec(response(), 1..6),
+        cuts in proptest::collection::vec(0usize..4000, 0..12),
+    ) {
+        let mut buf = Vec::new();
+        let mut want = Vec::new();
+        for r in &responses {
+            encode(r, &mut buf);
+            if r.interim {
+                want.push(100);
+            }
+            want.push(r.status);
+        }
+        let head: Vec<bool> = responses.iter().map(|r| r.head).collect();
+        let mut cuts = cuts;
+        cuts.sort_unstable();
+        let reads = cut(&buf, &cuts);
+        prop_assert_eq!(frame_reads(&reads, &head, true), want.clone());
+        prop_assert_eq!(frame_reads(&reads, &head, false), want);
     }
 
     /// On any bytes: no panic, state in range, shortcuts change nothing.

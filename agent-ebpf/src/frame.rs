@@ -1,19 +1,26 @@
-//! Several responses in one buffer: a server that writes the responses of
-//! pipelined requests together, a client that reads them together. The
-//! buffer is framed (`burnwatch_common::http::response`) and each status
-//! line answers the oldest request still awaiting one.
+//! Framing responses: a client's reads, and a server's write that may
+//! hold several responses. Each status line answers the oldest request
+//! still awaiting one.
 //!
-//! Only for connections with two or more requests awaiting a response:
-//! otherwise a buffer answers at most one request, and the status line at
-//! its start is all the write and read programs look at. Reached by tail
-//! call, so the programs on every write stay small.
+//! Client side, every read is framed, and the framing state is kept in the
+//! connection (`ConnState::responses`) from one read to the next: a read
+//! returns an exact byte count, so the stream can be followed across reads
+//! whatever their sizes (a status line split over two reads, the end of a
+//! body and the next response in one, responses of a pipeline together).
+//!
+//! Server side, only a write on a connection with two or more requests
+//! awaiting a response is framed, from its first byte and for that write
+//! alone: a write's accepted length is only known at its exit, so a write
+//! is taken to start a response (the write programs look at its start when
+//! one request waits). Reached by tail call, so the programs on every write
+//! stay small.
 
 use core::{ffi::c_void, ptr::write_volatile};
 
 use aya_ebpf::helpers::generated::bpf_loop;
 use burnwatch_common::{
     http::response::{ResponseStream, event},
-    maps::{AgentConfig, ConnState, Method, conn_event},
+    maps::{AgentConfig, ConnState, Method, conn_event, role},
 };
 
 use crate::maps::{CHUNK, MAX_CHUNKS, Scratch};
@@ -27,19 +34,31 @@ struct FrameCtx {
     conn_key: u64,
     cfg: *const AgentConfig,
     scratch: *mut Scratch,
+    /// The client side: the stream goes on after this buffer, so framing
+    /// does not stop where nothing is left to answer.
+    persist: u64,
 }
+
+/// `ResponseStream`'s size in words: it is moved with word stores
+/// (volatile, so they do not become `memset`/`memcpy` calls).
+const RESP_WORDS: usize = core::mem::size_of::<ResponseStream>() / 8;
+const _: () = assert!(core::mem::size_of::<ResponseStream>().is_multiple_of(8));
 
 /// Frames the buffers in `scratch` (`iov_base`, `iov_len`, `iov_cnt`, the
 /// whole write or read) as responses of `conn`.
 #[inline(always)]
 pub fn frame_buffer(conn: *mut ConnState, conn_key: u64, cfg: &AgentConfig, scratch: *mut Scratch) {
+    let persist = unsafe { (*conn).role } == role::CLIENT;
     unsafe {
-        // A fresh `ResponseStream` is all zeros (state STATUS): four word
-        // stores, volatile so they do not become a `memset` call.
-        let words = &mut (*scratch).resp as *mut ResponseStream as *mut u64;
+        let to = &mut (*scratch).resp as *mut ResponseStream as *mut u64;
+        let from = &(*conn).responses as *const ResponseStream as *const u64;
+        // A stream that stopped (lost, or not HTTP) starts again at a read
+        // that starts a status line, as the server side does at every write.
+        let resume = persist && !(*conn).responses.is_done();
         let mut w = 0;
-        while w < core::mem::size_of::<ResponseStream>() / 8 {
-            write_volatile(words.add(w), 0);
+        while w < RESP_WORDS {
+            // A fresh `ResponseStream` is all zeros (state STATUS).
+            write_volatile(to.add(w), if resume { *from.add(w) } else { 0 });
             w += 1;
         }
         write_volatile(&mut (*scratch).iov_idx, 0);
@@ -51,6 +70,7 @@ pub fn frame_buffer(conn: *mut ConnState, conn_key: u64, cfg: &AgentConfig, scra
         conn_key,
         cfg,
         scratch,
+        persist: persist as u64,
     };
     unsafe {
         bpf_loop(
@@ -59,6 +79,23 @@ pub fn frame_buffer(conn: *mut ConnState, conn_key: u64, cfg: &AgentConfig, scra
             &mut fc as *mut FrameCtx as *mut c_void,
             0,
         );
+    }
+    if persist {
+        unsafe {
+            let s = &mut *scratch;
+            // Bytes left unframed (the scan limit, unreadable memory,
+            // iovecs past `MAX_IOV`): the stream's place is lost.
+            if (s.iov_idx < s.iov_cnt && s.iov_idx != STOPPED) || s.unseen > 0 {
+                s.resp.state = burnwatch_common::http::response::state::DONE;
+            }
+            let from = &s.resp as *const ResponseStream as *const u64;
+            let to = &mut (*conn).responses as *mut ResponseStream as *mut u64;
+            let mut w = 0;
+            while w < RESP_WORDS {
+                write_volatile(to.add(w), *from.add(w));
+                w += 1;
+            }
+        }
     }
 }
 
@@ -128,7 +165,9 @@ extern "C" fn frame_chunk(_index: u64, ctx: *mut c_void) -> i64 {
                     conn.local_port,
                     conn_event::UNMATCHED_RESPONSE,
                 );
-                return stop(scratch);
+                // A client's stream is still in step: frame this response
+                // too, to find where the next one starts.
+                return if fc.persist != 0 { 0 } else { stop(scratch) };
             }
             let method = spill::answer_oldest(conn, fc.conn_key, unsafe { &*fc.cfg }, status);
             if method == Method::Head as u8 {
@@ -139,8 +178,9 @@ extern "C" fn frame_chunk(_index: u64, ctx: *mut c_void) -> i64 {
                 conn.role = 0;
                 return stop(scratch);
             }
-            if !spill::has_pending(conn) {
-                // Nothing left to answer: the rest needs no framing.
+            if fc.persist == 0 && !spill::has_pending(conn) {
+                // Nothing left to answer in this write: the rest needs no
+                // framing.
                 return stop(scratch);
             }
         }

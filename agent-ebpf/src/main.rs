@@ -58,7 +58,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use burnwatch_common::{
-    http::{RequestStream, looks_like_request, parse_status_line},
+    http::{RequestStream, looks_like_request, parse_status_line, response::ResponseStream},
     maps::{
         AgentConfig, ConnState, MatchKey, ReadArgs, SERVICE_AUTO, SockOwner, config_flags,
         conn_event, conn_key, counter, ignored, match_kind, read_kind, role,
@@ -206,6 +206,7 @@ fn fill_iovecs(scratch: &mut Scratch, args: &ReadArgs, ret: u64) -> bool {
             scratch.iov_base[0] = args.buf;
             scratch.iov_len[0] = ret;
             scratch.iov_cnt = 1;
+            scratch.unseen = 0;
             return true;
         }
         read_kind::IOVEC => (args.buf, args.vlen),
@@ -241,6 +242,7 @@ fn fill_iovecs(scratch: &mut Scratch, args: &ReadArgs, ret: u64) -> bool {
         i += 1;
     }
     scratch.iov_cnt = cnt;
+    scratch.unseen = left;
     true
 }
 
@@ -308,15 +310,14 @@ fn finish_read(ctx: &TracePointContext) {
     if conn.role == role::SERVER {
         parse::parse_inbound(conn, key, cfg, scratch);
     } else if conn.role == role::CLIENT {
-        // A watched client reads its response: the status line answers the
-        // oldest request it wrote. With several requests out, one read may
-        // hold several responses: frame it all.
-        if spill::has_several_pending(conn) {
-            unsafe {
-                (*scratch).conn_key = key;
-                TAIL_CALLS.tail_call(ctx, TAIL_FRAME_RESPONSES);
-            }
+        // A watched client reads responses: framed across its reads (the
+        // read length is exact here, unlike a write's at its entry), each
+        // status line answers the oldest request it wrote.
+        unsafe {
+            (*scratch).conn_key = key;
+            TAIL_CALLS.tail_call(ctx, TAIL_FRAME_RESPONSES);
         }
+        // Only if the tail call failed: the status line at the read's start.
         let (buf, len) = unsafe { ((*scratch).iov_base[0], (*scratch).iov_len[0]) };
         let mut head = [0u8; 2 * HEAD];
         if len >= 12 && read_user(buf, &mut head) {
@@ -472,6 +473,7 @@ fn blank_conn(cfg: &AgentConfig) -> Option<&'static mut ConnState> {
         0
     };
     conn.requests = RequestStream::new();
+    conn.responses = ResponseStream::new();
     Some(conn)
 }
 
@@ -749,10 +751,10 @@ fn tail_scan(ctx: &TracePointContext, key: u64, kind: u32, buf: u64, vlen: u64, 
     }
 }
 
-/// Tail-called by the write programs of a server connection, and by the
-/// read program of a client connection, when two or more requests await a
-/// response: frames the buffer in `SCRATCH` and answers a request per
-/// response found (`frame.rs`).
+/// Tail-called by the write programs of a server connection when two or
+/// more requests await a response, and by the read program on every read
+/// of a client connection: frames the buffer in `SCRATCH` and answers a
+/// request per response found (`frame.rs`).
 #[tracepoint]
 pub fn frame_responses(_ctx: TracePointContext) -> u32 {
     let Some(cfg) = config() else { return 0 };

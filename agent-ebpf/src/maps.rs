@@ -103,6 +103,9 @@ pub struct Scratch {
     pub iov_cnt: u64,
     pub iov_base: [u64; MAX_IOV],
     pub iov_len: [u64; MAX_IOV],
+    /// Bytes the syscall moved beyond `iov_len` (iovecs past `MAX_IOV`):
+    /// never scanned, so a stream framed across reads loses its place.
+    pub unseen: u64,
     pub conn: ConnState,
     /// The connection whose write the tail-called parser scans.
     pub conn_key: u64,

@@ -152,7 +152,7 @@ class Conn:
         head = (b"HTTP/1.1 %d %s\r\nTransfer-Encoding: chunked\r\n"
                 b"Content-Type: text/plain\r\n\r\n"
                 % (status, REASONS.get(status, "Status").encode()))
-        if not head_only:
+        if not head_only and status not in (204, 304):
             half = len(body) // 2
             for part in (body[:half], body[half:]):
                 if part:

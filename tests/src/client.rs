@@ -30,6 +30,16 @@ impl Conn {
         Conn::open_at(("::1", port))
     }
 
+    /// A connection whose responses are read `capacity` bytes per `read`
+    /// at most (a buffered reader of that size; a body longer than it may
+    /// be read straight into its destination in one go), as clients that
+    /// read a line byte by byte, or in small fixed pieces, do.
+    pub fn open_reading_by(port: u16, capacity: usize) -> Conn {
+        let mut c = Conn::open(port);
+        c.reader = BufReader::with_capacity(capacity, c.reader.into_inner());
+        c
+    }
+
     fn open_at(addr: (&str, u16)) -> Conn {
         let s = TcpStream::connect(addr).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

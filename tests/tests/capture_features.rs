@@ -918,30 +918,108 @@ fn responses_written_and_read_together_each_answer_their_request() {
     let e = agent.settle_and_scrape();
     let got = agent::method_counts_of(&e, "batched");
     assert_same_counts("server writing responses together", &got, &want, &agent);
-    let mut client = MethodCounts::new();
+    let client = client_method_counts(&e, "upstream");
+    assert_same_counts("client reading responses together", &client, &want, &agent);
+    assert_no_lost_responses(&e);
+}
+
+/// A watched client's counts per (tenant, method, status).
+fn client_method_counts(e: &burnwatch_e2e::exposition::Exposition, client: &str) -> MethodCounts {
+    let mut counts = MethodCounts::new();
     for x in e.find(
         "burnwatch_http_client_requests_total",
-        &[("service", "upstream")],
+        &[("service", client)],
     ) {
         let key = (
             x.labels["tenant"].clone(),
             x.labels["method"].clone(),
             x.labels["status_code"].clone(),
         );
-        *client.entry(key).or_insert(0) += x.value as u64;
+        *counts.entry(key).or_insert(0) += x.value as u64;
     }
-    client.retain(|_, n| *n > 0);
-    assert_same_counts("client reading responses together", &client, &want, &agent);
+    counts.retain(|_, n| *n > 0);
+    counts
+}
+
+/// No request left without its response, no response without its request.
+fn assert_no_lost_responses(e: &burnwatch_e2e::exposition::Exposition) {
     for kind in [
         "request_open_at_close",
         "response_without_request",
         "pipeline_overflow",
     ] {
-        assert_eq!(agent::capture_counter(&e, kind), 0, "{kind}:\n{}", e.text);
+        assert_eq!(agent::capture_counter(e, kind), 0, "{kind}:\n{}", e.text);
     }
     let unanswered = e.sum(
         "burnwatch_tcp_failures_total",
         &[("kind", "closed_without_response")],
     );
     assert_eq!(unanswered, 0.0, "{}", e.text);
+}
+
+/// A client reads its responses in pieces of any size: a status line over
+/// several reads (a client reading a line byte by byte), a body's end and
+/// the next response in one read, a 1 MiB body and what follows it. The
+/// client side follows the stream across reads, so each response answers
+/// its own request.
+#[test]
+fn responses_read_in_small_pieces_each_answer_their_request() {
+    require_root();
+    let s = ScriptServer::start(Kind::Syscalls("read", "batched"));
+    let port = s.port;
+    let agent = Agent::start(&format!(
+        "services:\n  - name: batched\n    match: {{port: {port}}}\n\
+         clients:\n  - name: upstream\n    match: {{port: {port}}}\n\
+         tenant:\n  header: X-Tenant-ID\n  missing: unknown\n"
+    ));
+    let codes = [200, 201, 204, 304, 404, 429, 500, 503];
+    let mut sent = 0;
+    let mut k = 0usize;
+    for capacity in [1usize, 5, 16, 200] {
+        let mut c = Conn::open_reading_by(port, capacity);
+        for depth in [1usize, 3, 1, 4, 2, 1] {
+            let reqs: Vec<Req> = (0..depth)
+                .map(|_| {
+                    k += 1;
+                    let code = codes[k % codes.len()];
+                    let tenant = TENANTS[k % TENANTS.len()];
+                    match k % 6 {
+                        0 => Req::new("HEAD", &status_path(code)).tenant(tenant),
+                        1 => Req::get(&format!("/chunked/{code}")).tenant(tenant),
+                        2 => Req::get("/big").tenant(tenant),
+                        3 => Req::new("POST", &status_path(code))
+                            .tenant(tenant)
+                            .body(&[b'b'; 300]),
+                        _ => Req::get(&status_path(code)).tenant(tenant),
+                    }
+                })
+                .collect();
+            let got = c.pipeline(&reqs);
+            for (r, req) in got.iter().zip(&reqs) {
+                let want = if req.path == "/big" {
+                    200
+                } else {
+                    req.path.rsplit('/').next().unwrap().parse().unwrap()
+                };
+                assert_eq!(
+                    r.status, want,
+                    "{} read {capacity} bytes at a time",
+                    req.path
+                );
+            }
+            sent += depth;
+        }
+    }
+    s.wait_for_log_lines(sent);
+    let want = s.method_counts("unknown");
+    let e = agent.settle_and_scrape();
+    assert_same_counts(
+        "server",
+        &agent::method_counts_of(&e, "batched"),
+        &want,
+        &agent,
+    );
+    let client = client_method_counts(&e, "upstream");
+    assert_same_counts("client reading in small pieces", &client, &want, &agent);
+    assert_no_lost_responses(&e);
 }

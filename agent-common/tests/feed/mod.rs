@@ -156,62 +156,71 @@ pub fn split_at<'a>(bytes: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
 /// k-th final response answers a HEAD request (the caller of the kernel's
 /// framing sets `no_body` from the request it answers).
 pub fn frame_kernel_like(buf: &[u8], head: &[bool]) -> Vec<u16> {
-    frame(buf, head, true)
+    frame_reads(&[buf], head, true)
 }
 
 /// The same, stepping every byte (no skipping, no SWAR search).
 pub fn frame_bytewise(buf: &[u8], head: &[bool]) -> Vec<u16> {
-    frame(buf, head, false)
+    frame_reads(&[buf], head, false)
 }
 
-fn frame(buf: &[u8], head: &[bool], shortcuts: bool) -> Vec<u16> {
+/// Frames `reads` one after another with one stream kept between them, as
+/// the kernel frames a client's reads (`ConnState::responses`): each read
+/// is chunked from its own first byte, and a stream that stopped starts
+/// again, fresh, at the next read. `shortcuts` as the kernel takes them.
+pub fn frame_reads(reads: &[&[u8]], head: &[bool], shortcuts: bool) -> Vec<u16> {
     use burnwatch_common::http::response::{ResponseStream, event as rev, state as rstate};
     let mut s = ResponseStream::new();
     let mut statuses = Vec::new();
     let mut answered = 0usize;
-    let mut off = 0usize;
-    'outer: while off < buf.len() && !s.is_done() {
-        let skip = s.skippable();
-        if shortcuts && skip > 0 {
-            let n = skip.min((buf.len() - off) as u64);
-            s.skip(n);
-            off += n as usize;
-            continue;
+    for buf in reads {
+        if s.is_done() {
+            s = ResponseStream::new();
         }
-        let n = (buf.len() - off).min(16);
-        let mut chunk = [0u8; 16];
-        chunk[..n].copy_from_slice(&buf[off..off + n]);
-        let mut i = 0;
-        while i < n {
-            if shortcuts && s.skippable() > 0 {
-                break;
+        let mut off = 0usize;
+        'outer: while off < buf.len() && !s.is_done() {
+            let skip = s.skippable();
+            if shortcuts && skip > 0 {
+                let n = skip.min((buf.len() - off) as u64);
+                s.skip(n);
+                off += n as usize;
+                continue;
             }
-            if shortcuts && s.may_skip() {
-                let j = s.next_needed(&chunk, i, n);
-                if j > i {
-                    i = j;
-                }
-                if i >= n {
+            let n = (buf.len() - off).min(16);
+            let mut chunk = [0u8; 16];
+            chunk[..n].copy_from_slice(&buf[off..off + n]);
+            let mut i = 0;
+            while i < n {
+                if shortcuts && s.skippable() > 0 {
                     break;
                 }
-            }
-            match s.step(chunk[i]) {
-                rev::STATUS => {
-                    statuses.push(s.status);
-                    if s.status >= 200 || s.status == 101 {
-                        if head.get(answered).copied().unwrap_or(false) {
-                            s.no_body = 1;
-                        }
-                        answered += 1;
+                if shortcuts && s.may_skip() {
+                    let j = s.next_needed(&chunk, i, n);
+                    if j > i {
+                        i = j;
+                    }
+                    if i >= n {
+                        break;
                     }
                 }
-                rev::DONE => break 'outer,
-                _ => {}
+                match s.step(chunk[i]) {
+                    rev::STATUS => {
+                        statuses.push(s.status);
+                        if s.status >= 200 || s.status == 101 {
+                            if head.get(answered).copied().unwrap_or(false) {
+                                s.no_body = 1;
+                            }
+                            answered += 1;
+                        }
+                    }
+                    rev::DONE => break 'outer,
+                    _ => {}
+                }
+                assert!(s.state <= rstate::DONE, "response state {}", s.state);
+                i += 1;
             }
-            assert!(s.state <= rstate::DONE, "response state {}", s.state);
-            i += 1;
+            off += i;
         }
-        off += i;
     }
     statuses
 }
