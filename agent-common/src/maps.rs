@@ -314,11 +314,11 @@ pub struct ConnState {
     pub spill_head: u32,
     pub _pad3: u32,
     pub requests: RequestStream,
-    /// Client side: the responses read so far, framed across reads, so a
-    /// response split anywhere (a status line over two reads, a body and
-    /// the next response in one) answers its own request. Unused on the
-    /// server side, where a write is taken to start a response: a write's
-    /// accepted length is only known at its exit (see `frame.rs`).
+    /// Client side: where the responses read so far stand, framed across
+    /// reads, so a response split anywhere (a status line over two reads, a
+    /// body and the next response in one) answers its own request. Unused
+    /// on the server side, where a write is taken to start a response: a
+    /// write's accepted length is only known at its exit (see `frame.rs`).
     pub responses: ResponseStream,
 }
 

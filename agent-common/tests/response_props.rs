@@ -12,7 +12,9 @@
 //! - a client's reads, framed one after another with the stream kept
 //!   between them, find the same responses however the bytes are cut into
 //!   reads (a status line over two reads, a body's end and the next
-//!   response in one);
+//!   response in one); and so does the kernel's client side, which takes
+//!   the status line at a read's start without framing when one request
+//!   awaits its response between responses (`ClientModel`);
 //! - framing stops where it cannot go on safely: a body delimited by the
 //!   connection's end, 101, bytes that are not a status line.
 
@@ -20,7 +22,7 @@
 #[allow(dead_code)]
 mod feed;
 
-use feed::{frame_bytewise, frame_kernel_like, frame_reads};
+use feed::{ClientModel, frame_bytewise, frame_kernel_like, frame_reads};
 use proptest::prelude::*;
 
 fn cases() -> ProptestConfig {
@@ -84,6 +86,25 @@ Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nHTTP/1.1 503 x\r\nContent
         frame_reads(&cut(buf, &[3, 40, 45, 47]), &[], true),
         vec![200, 404, 503]
     );
+}
+
+#[test]
+fn the_kernel_client_side_counts_a_line_read_byte_by_byte_and_a_100_with_its_final() {
+    let one = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+    let mut m = ClientModel::default();
+    m.write(&[false]);
+    for b in one.chunks(1) {
+        m.read(b);
+    }
+    // An interim response and the final one in one read.
+    m.write(&[false]);
+    m.read(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n");
+    // The usual exchange: a read that starts with the status line.
+    m.write(&[false]);
+    m.read(b"HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\n");
+    m.read(b"nop");
+    assert_eq!(m.statuses, vec![200, 100, 201, 404]);
+    assert_eq!((m.pending(), m.unmatched), (0, 0));
 }
 
 #[test]
@@ -287,6 +308,46 @@ proptest! {
         let reads = cut(&buf, &cuts);
         prop_assert_eq!(frame_reads(&reads, &head, true), want.clone());
         prop_assert_eq!(frame_reads(&reads, &head, false), want);
+    }
+
+    /// A client that writes one request or a pipeline, then reads every
+    /// response before writing again, in reads cut anywhere, as the
+    /// kernel's client side sees it: each final response answers its own
+    /// request, in order, and none is left waiting.
+    #[test]
+    fn a_client_reading_its_exchanges_in_any_pieces_counts_each_response(
+        exchanges in proptest::collection::vec(
+            (
+                proptest::collection::vec(response(), 1..4),
+                proptest::collection::vec(0usize..1500, 0..8),
+            ),
+            1..5,
+        ),
+    ) {
+        let mut m = ClientModel::default();
+        let mut want = Vec::new();
+        for (responses, cuts) in &exchanges {
+            let mut buf = Vec::new();
+            for r in responses {
+                encode(r, &mut buf);
+                if r.interim {
+                    want.push(100);
+                }
+                want.push(r.status);
+            }
+            let heads: Vec<bool> = responses.iter().map(|r| r.head).collect();
+            m.write(&heads);
+            let mut cuts = cuts.clone();
+            cuts.sort_unstable();
+            for read in cut(&buf, &cuts) {
+                m.read(read);
+            }
+        }
+        prop_assert_eq!(&m.statuses, &want);
+        prop_assert_eq!(m.pending(), 0);
+        // Bodies that look like responses are never taken for responses
+        // nobody asked for.
+        prop_assert_eq!(m.unmatched, 0);
     }
 
     /// On any bytes: no panic, state in range, shortcuts change nothing.

@@ -2,11 +2,13 @@
 //! hold several responses. Each status line answers the oldest request
 //! still awaiting one.
 //!
-//! Client side, every read is framed, and the framing state is kept in the
-//! connection (`ConnState::responses`) from one read to the next: a read
-//! returns an exact byte count, so the stream can be followed across reads
-//! whatever their sizes (a status line split over two reads, the end of a
-//! body and the next response in one, responses of a pipeline together).
+//! Client side, a read is framed unless it is the usual exchange's (one
+//! request out, the read starting a final response: see `client_read`),
+//! and the framing state is kept in the connection (`ConnState::responses`)
+//! from one read to the next: a read returns an exact byte count, so the
+//! stream can be followed across reads whatever their sizes (a status line
+//! split over two reads, the end of a body and the next response in one,
+//! responses of a pipeline together).
 //!
 //! Server side, only a write on a connection with two or more requests
 //! awaiting a response is framed, from its first byte and for that write

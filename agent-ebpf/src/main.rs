@@ -58,7 +58,10 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use burnwatch_common::{
-    http::{RequestStream, looks_like_request, parse_status_line, response::ResponseStream},
+    http::{
+        RequestStream, looks_like_request, parse_status_line,
+        response::{ResponseStream, may_start_status_line},
+    },
     maps::{
         AgentConfig, ConnState, MatchKey, ReadArgs, SERVICE_AUTO, SockOwner, config_flags,
         conn_event, conn_key, counter, ignored, match_kind, read_kind, role,
@@ -310,28 +313,67 @@ fn finish_read(ctx: &TracePointContext) {
     if conn.role == role::SERVER {
         parse::parse_inbound(conn, key, cfg, scratch);
     } else if conn.role == role::CLIENT {
-        // A watched client reads responses: framed across its reads (the
-        // read length is exact here, unlike a write's at its entry), each
-        // status line answers the oldest request it wrote.
-        unsafe {
-            (*scratch).conn_key = key;
-            TAIL_CALLS.tail_call(ctx, TAIL_FRAME_RESPONSES);
+        client_read(ctx, conn, key, scratch);
+    }
+}
+
+/// A watched client reads responses. The usual exchange, one request
+/// awaiting its response and the stream between responses: the status line
+/// at the read's start answers it, and the rest of the response is not
+/// followed (the client reads all of it before its next request). Anything
+/// else is framed, with the framing state kept in the connection from read
+/// to read (a read's length is exact, unlike a write's at its entry):
+/// several requests out, a response under way, a read shorter than a status
+/// line that may start one (a client reading a line byte by byte), an
+/// interim 1xx (its final response may follow in the same read).
+#[inline(always)]
+fn client_read(ctx: &TracePointContext, conn: &mut ConnState, key: u64, scratch: *mut Scratch) {
+    if spill::has_several_pending(conn) || !conn.responses.between_responses() {
+        frame_read(ctx, key, scratch);
+    }
+    if conn.responses.is_done() && !spill::has_pending(conn) {
+        // Nothing to answer, and where the stream stands is not known (the
+        // rest of a response taken at a read's start): a status line here
+        // is as likely body bytes as a response nobody asked for, so it is
+        // not counted as `response_without_request`.
+        return;
+    }
+    let (buf, len) = unsafe { ((*scratch).iov_base[0], (*scratch).iov_len[0]) };
+    let mut words = MaybeUninit::uninit();
+    let head = zeroed_head(&mut words);
+    let n = if len < HEAD as u64 { len } else { HEAD as u64 };
+    if n == 0
+        || unsafe {
+            bpf_probe_read_user(
+                head.as_mut_ptr() as *mut c_void,
+                n as u32,
+                buf as *const c_void,
+            )
+        } != 0
+    {
+        return;
+    }
+    let head16 = unsafe { &*(head.as_ptr() as *const [u8; HEAD]) };
+    match parse_status_line(head16, n as usize) {
+        Some(status) if status < 200 && status != 101 => frame_read(ctx, key, scratch),
+        Some(_) => {
+            on_response_head(conn, key, head, n as usize);
+            conn.responses.lose_place();
         }
-        // Only if the tail call failed: the status line at the read's start.
-        let (buf, len) = unsafe { ((*scratch).iov_base[0], (*scratch).iov_len[0]) };
-        let mut head = [0u8; 2 * HEAD];
-        if len >= 12 && read_user(buf, &mut head) {
-            on_response_head(
-                conn,
-                key,
-                &head,
-                if len < HEAD as u64 {
-                    len as usize
-                } else {
-                    HEAD
-                },
-            );
+        None if n < 12 && may_start_status_line(head16, n as usize) => {
+            frame_read(ctx, key, scratch)
         }
+        None => {}
+    }
+}
+
+/// Hands a client's read (its buffers in `scratch`) to `frame_responses`.
+/// Returns only if the tail call failed.
+#[inline(always)]
+fn frame_read(ctx: &TracePointContext, key: u64, scratch: *mut Scratch) {
+    unsafe {
+        (*scratch).conn_key = key;
+        TAIL_CALLS.tail_call(ctx, TAIL_FRAME_RESPONSES);
     }
 }
 
@@ -752,9 +794,9 @@ fn tail_scan(ctx: &TracePointContext, key: u64, kind: u32, buf: u64, vlen: u64, 
 }
 
 /// Tail-called by the write programs of a server connection when two or
-/// more requests await a response, and by the read program on every read
-/// of a client connection: frames the buffer in `SCRATCH` and answers a
-/// request per response found (`frame.rs`).
+/// more requests await a response, and by the read program on a client
+/// connection's reads that need framing (`client_read`): frames the buffer
+/// in `SCRATCH` and answers a request per response found (`frame.rs`).
 #[tracepoint]
 pub fn frame_responses(_ctx: TracePointContext) -> u32 {
     let Some(cfg) = config() else { return 0 };

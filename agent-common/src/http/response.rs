@@ -134,6 +134,22 @@ impl ResponseStream {
         self.state == state::DONE
     }
 
+    /// Whether the stream is between responses (the next byte starts a
+    /// status line), or has lost its place (stopped): either way the next
+    /// read is looked at from its first byte, not from inside a response.
+    #[inline(always)]
+    pub fn between_responses(&self) -> bool {
+        (self.state == state::STATUS && self.token_len == 0) || self.state == state::DONE
+    }
+
+    /// The stream's place is no longer known (a response was taken from
+    /// the start of a read without framing its body): the next read that
+    /// starts a status line starts the stream again.
+    #[inline(always)]
+    pub fn lose_place(&mut self) {
+        self.state = state::DONE;
+    }
+
     /// Bytes that can be skipped without looking at them (body data).
     #[inline(always)]
     pub fn skippable(&self) -> u64 {
@@ -439,4 +455,29 @@ impl ResponseStream {
             self.state = state::CHUNK_DATA;
         }
     }
+}
+
+/// Whether `buf[..n]`, shorter than a status line's `HTTP/1.x NNN`, may be
+/// its start: a client reading a line in small pieces gets one that way.
+#[inline(always)]
+pub fn may_start_status_line(buf: &[u8; 16], n: usize) -> bool {
+    let mut i = 0;
+    while i < 12 {
+        if i >= n {
+            break;
+        }
+        let b = buf[i];
+        let ok = if i < 7 {
+            b == VERSION[i % 7]
+        } else if i == 8 {
+            b == b' '
+        } else {
+            b.is_ascii_digit()
+        };
+        if !ok {
+            return false;
+        }
+        i += 1;
+    }
+    n > 0
 }

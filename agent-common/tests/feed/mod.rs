@@ -169,58 +169,153 @@ pub fn frame_bytewise(buf: &[u8], head: &[bool]) -> Vec<u16> {
 /// is chunked from its own first byte, and a stream that stopped starts
 /// again, fresh, at the next read. `shortcuts` as the kernel takes them.
 pub fn frame_reads(reads: &[&[u8]], head: &[bool], shortcuts: bool) -> Vec<u16> {
-    use burnwatch_common::http::response::{ResponseStream, event as rev, state as rstate};
+    use burnwatch_common::http::response::ResponseStream;
     let mut s = ResponseStream::new();
     let mut statuses = Vec::new();
     let mut answered = 0usize;
     for buf in reads {
-        if s.is_done() {
-            s = ResponseStream::new();
-        }
-        let mut off = 0usize;
-        'outer: while off < buf.len() && !s.is_done() {
-            let skip = s.skippable();
-            if shortcuts && skip > 0 {
-                let n = skip.min((buf.len() - off) as u64);
-                s.skip(n);
-                off += n as usize;
-                continue;
+        frame_one(&mut s, buf, shortcuts, |s| {
+            statuses.push(s.status);
+            if s.status >= 200 || s.status == 101 {
+                if head.get(answered).copied().unwrap_or(false) {
+                    s.no_body = 1;
+                }
+                answered += 1;
             }
-            let n = (buf.len() - off).min(16);
-            let mut chunk = [0u8; 16];
-            chunk[..n].copy_from_slice(&buf[off..off + n]);
-            let mut i = 0;
-            while i < n {
-                if shortcuts && s.skippable() > 0 {
-                    break;
-                }
-                if shortcuts && s.may_skip() {
-                    let j = s.next_needed(&chunk, i, n);
-                    if j > i {
-                        i = j;
-                    }
-                    if i >= n {
-                        break;
-                    }
-                }
-                match s.step(chunk[i]) {
-                    rev::STATUS => {
-                        statuses.push(s.status);
-                        if s.status >= 200 || s.status == 101 {
-                            if head.get(answered).copied().unwrap_or(false) {
-                                s.no_body = 1;
-                            }
-                            answered += 1;
-                        }
-                    }
-                    rev::DONE => break 'outer,
-                    _ => {}
-                }
-                assert!(s.state <= rstate::DONE, "response state {}", s.state);
-                i += 1;
-            }
-            off += i;
-        }
+        });
     }
     statuses
+}
+
+/// Frames one read (or write) `buf` with the stream `s`, calling `on_status`
+/// at each status line, as the kernel's `frame_chunk` loop does. A stopped
+/// stream starts again, fresh, at `buf`'s first byte.
+fn frame_one(
+    s: &mut burnwatch_common::http::response::ResponseStream,
+    buf: &[u8],
+    shortcuts: bool,
+    mut on_status: impl FnMut(&mut burnwatch_common::http::response::ResponseStream),
+) {
+    use burnwatch_common::http::response::{ResponseStream, event as rev, state as rstate};
+    if s.is_done() {
+        *s = ResponseStream::new();
+    }
+    let mut off = 0usize;
+    'outer: while off < buf.len() && !s.is_done() {
+        let skip = s.skippable();
+        if shortcuts && skip > 0 {
+            let n = skip.min((buf.len() - off) as u64);
+            s.skip(n);
+            off += n as usize;
+            continue;
+        }
+        let n = (buf.len() - off).min(16);
+        let mut chunk = [0u8; 16];
+        chunk[..n].copy_from_slice(&buf[off..off + n]);
+        let mut i = 0;
+        while i < n {
+            if shortcuts && s.skippable() > 0 {
+                break;
+            }
+            if shortcuts && s.may_skip() {
+                let j = s.next_needed(&chunk, i, n);
+                if j > i {
+                    i = j;
+                }
+                if i >= n {
+                    break;
+                }
+            }
+            match s.step(chunk[i]) {
+                rev::STATUS => on_status(s),
+                rev::DONE => break 'outer,
+                _ => {}
+            }
+            assert!(s.state <= rstate::DONE, "response state {}", s.state);
+            i += 1;
+        }
+        off += i;
+    }
+}
+
+/// The kernel's client side (`finish_read` and `frame_responses`): the
+/// requests a watched client wrote, and its reads, as they happen.
+pub struct ClientModel {
+    stream: burnwatch_common::http::response::ResponseStream,
+    /// Requests awaiting a response, oldest first: whether each is a HEAD.
+    pending: std::collections::VecDeque<bool>,
+    /// Status lines found: final ones that answered a request, and interim
+    /// ones met while framing.
+    pub statuses: Vec<u16>,
+    /// Status lines found with no request awaiting one.
+    pub unmatched: usize,
+}
+
+impl Default for ClientModel {
+    fn default() -> Self {
+        ClientModel {
+            stream: burnwatch_common::http::response::ResponseStream::new(),
+            pending: Default::default(),
+            statuses: Vec::new(),
+            unmatched: 0,
+        }
+    }
+}
+
+impl ClientModel {
+    /// The client writes requests (`true`: a HEAD).
+    pub fn write(&mut self, heads: &[bool]) {
+        self.pending.extend(heads);
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The client reads `buf`.
+    pub fn read(&mut self, buf: &[u8]) {
+        use burnwatch_common::http::{parse_status_line, response::may_start_status_line};
+        if self.pending.len() >= 2 || !self.stream.between_responses() {
+            return self.frame(buf);
+        }
+        if self.stream.is_done() && self.pending.is_empty() {
+            return;
+        }
+        let n = buf.len().min(16);
+        let mut head = [0u8; 16];
+        head[..n].copy_from_slice(&buf[..n]);
+        match parse_status_line(&head, n) {
+            Some(status) if status >= 200 || status == 101 => {
+                if self.pending.pop_front().is_some() {
+                    self.statuses.push(status);
+                } else {
+                    self.unmatched += 1;
+                }
+                self.stream.lose_place();
+            }
+            Some(_) => self.frame(buf),
+            None if n < 12 && may_start_status_line(&head, n) => self.frame(buf),
+            None => {}
+        }
+    }
+
+    fn frame(&mut self, buf: &[u8]) {
+        let (pending, statuses, unmatched) =
+            (&mut self.pending, &mut self.statuses, &mut self.unmatched);
+        frame_one(&mut self.stream, buf, true, |s| {
+            if s.status < 200 && s.status != 101 {
+                statuses.push(s.status);
+                return;
+            }
+            match pending.pop_front() {
+                Some(is_head) => {
+                    statuses.push(s.status);
+                    if is_head {
+                        s.no_body = 1;
+                    }
+                }
+                None => *unmatched += 1,
+            }
+        });
+    }
 }
