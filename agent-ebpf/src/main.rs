@@ -603,8 +603,9 @@ pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
                         buf as *const c_void,
                     )
                 } == 0
+                && on_response_head(conn, key, head, n as usize)
             {
-                on_response_head(conn, key, head, n as usize);
+                tail_scan(&ctx, key, read_kind::BUF, buf, len, TAIL_FRAME_RESPONSES);
             }
         }
         Some(Writer::Client(key)) => {
@@ -625,7 +626,9 @@ pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
             if spill::has_several_pending(conn) {
                 tail_scan(&ctx, key, read_kind::IOVEC, iov, cnt, TAIL_FRAME_RESPONSES);
             }
-            iov_response_head(conn, key, iov, cnt)
+            if iov_response_head(conn, key, iov, cnt) {
+                tail_scan(&ctx, key, read_kind::IOVEC, iov, cnt, TAIL_FRAME_RESPONSES);
+            }
         }
         Some(Writer::Client(key)) => {
             tail_scan(&ctx, key, read_kind::IOVEC, iov, cnt, TAIL_PARSE_WRITE)
@@ -654,7 +657,9 @@ pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
             if spill::has_several_pending(conn) {
                 tail_scan(&ctx, key, read_kind::MSGHDR, msg, 0, TAIL_FRAME_RESPONSES);
             }
-            iov_response_head(conn, key, hdr[2], hdr[3])
+            if iov_response_head(conn, key, hdr[2], hdr[3]) {
+                tail_scan(&ctx, key, read_kind::MSGHDR, msg, 0, TAIL_FRAME_RESPONSES);
+            }
         }
         Some(Writer::Client(key)) => {
             tail_scan(&ctx, key, read_kind::MSGHDR, msg, 0, TAIL_PARSE_WRITE)
@@ -830,14 +835,15 @@ const HEAD: usize = 16;
 
 /// Gathers the first `HEAD` bytes of an iovec array (a status line split
 /// over iovecs, as Varnish writes it, is whole again) and looks at them.
+/// True as [`on_response_head`] says.
 #[inline(always)]
-fn iov_response_head(conn: &mut ConnState, conn_key: u64, iov_addr: u64, cnt: u64) {
+fn iov_response_head(conn: &mut ConnState, conn_key: u64, iov_addr: u64, cnt: u64) -> bool {
     if cnt == 0 {
-        return;
+        return false;
     }
     let mut iov_buf = MaybeUninit::uninit();
     let Some(iov) = read_iovecs(iov_addr, &mut iov_buf) else {
-        return;
+        return false;
     };
     let mut words = MaybeUninit::uninit();
     let head = zeroed_head(&mut words);
@@ -863,22 +869,25 @@ fn iov_response_head(conn: &mut ConnState, conn_key: u64, iov_addr: u64, cnt: u6
                 )
             } != 0
         {
-            return;
+            return false;
         }
         n += take as usize;
         i += 1;
     }
-    on_response_head(conn, conn_key, head, n);
+    on_response_head(conn, conn_key, head, n)
 }
 
 /// The first `n` bytes of a response (written by a watched server, or read
 /// by a watched client): a status line answers the oldest request awaiting
-/// one (spilled or queued, see `spill.rs`).
+/// one (spilled or queued, see `spill.rs`). True when it is an interim
+/// response (100 Continue, 103 Early Hints) to a request awaiting one: the
+/// final response may follow in the same buffer, which then needs framing
+/// (a server that queues its 100 and answers before it is flushed).
 #[inline(always)]
-fn on_response_head(conn: &mut ConnState, conn_key: u64, buf: &[u8; 2 * HEAD], n: usize) {
+fn on_response_head(conn: &mut ConnState, conn_key: u64, buf: &[u8; 2 * HEAD], n: usize) -> bool {
     let head = unsafe { &*(buf.as_ptr() as *const [u8; HEAD]) };
     let Some(status) = parse_status_line(head, if n < HEAD { n } else { HEAD }) else {
-        return;
+        return false;
     };
     if !spill::has_pending(conn) {
         count::conn_event(
@@ -886,19 +895,22 @@ fn on_response_head(conn: &mut ConnState, conn_key: u64, buf: &[u8; 2 * HEAD], n
             conn.local_port,
             conn_event::UNMATCHED_RESPONSE,
         );
-        return;
+        return false;
     }
-    // 1xx (100 Continue, 103 Early Hints) are interim: the final status
-    // follows. 101 Switching Protocols is final for this request.
+    // 1xx are interim: the final status follows. 101 Switching Protocols
+    // is final for this request.
     if status < 200 && status != 101 {
-        return;
+        return true;
     }
-    let Some(cfg) = config() else { return };
+    let Some(cfg) = config() else {
+        return false;
+    };
     spill::answer_oldest(conn, conn_key, cfg, status);
     if status == 101 {
         // The connection speaks another protocol from now on.
         conn.role = 0;
     }
+    false
 }
 
 // -------------------------------------------------------------- accept

@@ -910,7 +910,17 @@ fn responses_written_and_read_together_each_answer_their_request() {
         // Between batches, a lone request: one response per write.
         let r = c.send_req(&Req::get("/status/202").tenant(Some("lone")));
         assert_eq!(r.status, 202);
-        sent += 1;
+        // A lone `Expect: 100-continue` sent with its body: the server
+        // queues the 100 and writes it with the final response, in one
+        // write that the client reads in one read.
+        let r = c.send_req(
+            &Req::new("POST", &status_path(codes[round]))
+                .tenant(Some("lone"))
+                .header("Expect: 100-continue")
+                .body(b"not waiting"),
+        );
+        assert_eq!(r.status, codes[round]);
+        sent += 2;
     }
     drop(c);
     s.wait_for_log_lines(sent);
