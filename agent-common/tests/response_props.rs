@@ -264,6 +264,21 @@ fn encode(r: &Response, out: &mut Vec<u8>) {
     }
 }
 
+/// The bytes of `responses` written one after another, the statuses a
+/// reader finds in them (interim ones included), and which answer a HEAD.
+fn encode_all(responses: &[Response]) -> (Vec<u8>, Vec<u16>, Vec<bool>) {
+    let mut buf = Vec::new();
+    let mut statuses = Vec::new();
+    for r in responses {
+        encode(r, &mut buf);
+        if r.interim {
+            statuses.push(100);
+        }
+        statuses.push(r.status);
+    }
+    (buf, statuses, responses.iter().map(|r| r.head).collect())
+}
+
 proptest! {
     #![proptest_config(cases())]
 
@@ -273,16 +288,7 @@ proptest! {
     fn every_response_of_a_coalesced_write_is_found(
         responses in proptest::collection::vec(response(), 1..8),
     ) {
-        let mut buf = Vec::new();
-        let mut want = Vec::new();
-        for r in &responses {
-            encode(r, &mut buf);
-            if r.interim {
-                want.push(100);
-            }
-            want.push(r.status);
-        }
-        let head: Vec<bool> = responses.iter().map(|r| r.head).collect();
+        let (buf, want, head) = encode_all(&responses);
         prop_assert_eq!(frame(&buf, &head), want);
     }
 
@@ -293,16 +299,7 @@ proptest! {
         responses in proptest::collection::vec(response(), 1..6),
         cuts in proptest::collection::vec(0usize..4000, 0..12),
     ) {
-        let mut buf = Vec::new();
-        let mut want = Vec::new();
-        for r in &responses {
-            encode(r, &mut buf);
-            if r.interim {
-                want.push(100);
-            }
-            want.push(r.status);
-        }
-        let head: Vec<bool> = responses.iter().map(|r| r.head).collect();
+        let (buf, want, head) = encode_all(&responses);
         let mut cuts = cuts;
         cuts.sort_unstable();
         let reads = cut(&buf, &cuts);
@@ -327,15 +324,8 @@ proptest! {
         let mut m = ClientModel::default();
         let mut want = Vec::new();
         for (responses, cuts) in &exchanges {
-            let mut buf = Vec::new();
-            for r in responses {
-                encode(r, &mut buf);
-                if r.interim {
-                    want.push(100);
-                }
-                want.push(r.status);
-            }
-            let heads: Vec<bool> = responses.iter().map(|r| r.head).collect();
+            let (buf, statuses, heads) = encode_all(responses);
+            want.extend(statuses);
             m.write(&heads);
             let mut cuts = cuts.clone();
             cuts.sort_unstable();

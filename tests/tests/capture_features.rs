@@ -865,13 +865,8 @@ fn blocked_reader_from_before_the_agent_counts_its_next_request() {
 #[test]
 fn responses_written_and_read_together_each_answer_their_request() {
     require_root();
-    let s = ScriptServer::start(Kind::Syscalls("read", "batched"));
+    let (s, agent) = batching_server_watched_both_sides();
     let port = s.port;
-    let agent = Agent::start(&format!(
-        "services:\n  - name: batched\n    match: {{port: {port}}}\n\
-         clients:\n  - name: upstream\n    match: {{port: {port}}}\n\
-         tenant:\n  header: X-Tenant-ID\n  missing: unknown\n"
-    ));
     let codes = [200, 201, 204, 304, 404, 429, 500, 503];
     let mut sent = 0;
     let mut c = Conn::open(port);
@@ -933,6 +928,20 @@ fn responses_written_and_read_together_each_answer_their_request() {
     assert_no_lost_responses(&e);
 }
 
+/// The syscall server in its batching write mode, and an agent watching it
+/// as service `batched` and, for the test's own connections to it, as
+/// client `upstream`; a missing tenant is `unknown`.
+fn batching_server_watched_both_sides() -> (ScriptServer, Agent) {
+    let s = ScriptServer::start(Kind::Syscalls("read", "batched"));
+    let port = s.port;
+    let agent = Agent::start(&format!(
+        "services:\n  - name: batched\n    match: {{port: {port}}}\n\
+         clients:\n  - name: upstream\n    match: {{port: {port}}}\n\
+         tenant:\n  header: X-Tenant-ID\n  missing: unknown\n"
+    ));
+    (s, agent)
+}
+
 /// A watched client's counts per (tenant, method, status).
 fn client_method_counts(e: &burnwatch_e2e::exposition::Exposition, client: &str) -> MethodCounts {
     let mut counts = MethodCounts::new();
@@ -975,13 +984,8 @@ fn assert_no_lost_responses(e: &burnwatch_e2e::exposition::Exposition) {
 #[test]
 fn responses_read_in_small_pieces_each_answer_their_request() {
     require_root();
-    let s = ScriptServer::start(Kind::Syscalls("read", "batched"));
+    let (s, agent) = batching_server_watched_both_sides();
     let port = s.port;
-    let agent = Agent::start(&format!(
-        "services:\n  - name: batched\n    match: {{port: {port}}}\n\
-         clients:\n  - name: upstream\n    match: {{port: {port}}}\n\
-         tenant:\n  header: X-Tenant-ID\n  missing: unknown\n"
-    ));
     let codes = [200, 201, 204, 304, 404, 429, 500, 503];
     let mut sent = 0;
     let mut k = 0usize;
