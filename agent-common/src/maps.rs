@@ -316,9 +316,10 @@ pub struct ConnState {
     pub requests: RequestStream,
     /// Client side: where the responses read so far stand, framed across
     /// reads, so a response split anywhere (a status line over two reads, a
-    /// body and the next response in one) answers its own request. Unused
-    /// on the server side, where a write is taken to start a response: a
-    /// write's accepted length is only known at its exit (see `frame.rs`).
+    /// body and the next response in one) answers its own request. Server
+    /// side, only a status line cut by a write's end is kept here: a write
+    /// is otherwise taken to start a response, as its accepted length is
+    /// only known at its exit (see `frame.rs`).
     pub responses: ResponseStream,
 }
 

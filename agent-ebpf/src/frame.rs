@@ -10,18 +10,20 @@
 //! split over two reads, the end of a body and the next response in one,
 //! responses of a pipeline together).
 //!
-//! Server side, only a write on a connection with two or more requests
-//! awaiting a response is framed, from its first byte and for that write
-//! alone: a write's accepted length is only known at its exit, so a write
-//! is taken to start a response (the write programs look at its start when
-//! one request waits). Reached by tail call, so the programs on every write
-//! stay small.
+//! Server side, a write is framed from its first byte and for that write
+//! alone when two or more requests await a response, when it starts with
+//! an interim response (its final one may follow), or when it is shorter
+//! than a status line that it may start; only a status line cut by a
+//! write's end is kept for the next write. A write's accepted length is
+//! only known at its exit, so a write is otherwise taken to start a
+//! response (the write programs look at its start when one request waits).
+//! Reached by tail call, so the programs on every write stay small.
 
 use core::{ffi::c_void, ptr::write_volatile};
 
 use aya_ebpf::helpers::generated::bpf_loop;
 use burnwatch_common::{
-    http::response::{ResponseStream, event},
+    http::response::{ResponseStream, event, state},
     maps::{AgentConfig, ConnState, Method, conn_event, role},
 };
 
@@ -54,9 +56,14 @@ pub fn frame_buffer(conn: *mut ConnState, conn_key: u64, cfg: &AgentConfig, scra
     unsafe {
         let to = &mut (*scratch).resp as *mut ResponseStream as *mut u64;
         let from = &(*conn).responses as *const ResponseStream as *const u64;
-        // A stream that stopped (lost, or not HTTP) starts again at a read
-        // that starts a status line, as the server side does at every write.
-        let resume = persist && !(*conn).responses.is_done();
+        // Client: a stream that stopped (lost, or not HTTP) starts again at
+        // a read that starts a status line. Server: only a status line the
+        // last write ended inside of goes on (see below).
+        let resume = if persist {
+            !(*conn).responses.is_done()
+        } else {
+            !(*conn).responses.between_responses()
+        };
         let mut w = 0;
         while w < RESP_WORDS {
             // A fresh `ResponseStream` is all zeros (state STATUS).
@@ -82,21 +89,28 @@ pub fn frame_buffer(conn: *mut ConnState, conn_key: u64, cfg: &AgentConfig, scra
             0,
         );
     }
-    if persist {
-        unsafe {
-            let s = &mut *scratch;
+    unsafe {
+        let s = &mut *scratch;
+        let keep = if persist {
             // Bytes left unframed (the scan limit, unreadable memory,
             // iovecs past `MAX_IOV`): the stream's place is lost.
             if (s.iov_idx < s.iov_cnt && s.iov_idx != STOPPED) || s.unseen > 0 {
-                s.resp.state = burnwatch_common::http::response::state::DONE;
+                s.resp.state = state::DONE;
             }
-            let from = &s.resp as *const ResponseStream as *const u64;
-            let to = &mut (*conn).responses as *mut ResponseStream as *mut u64;
-            let mut w = 0;
-            while w < RESP_WORDS {
-                write_volatile(to.add(w), *from.add(w));
-                w += 1;
-            }
+            true
+        } else {
+            // A server keeps only a status line its write ended inside of
+            // (a server writing it in pieces); otherwise its next write is
+            // taken to start a response, as a write's accepted length is
+            // only known at its exit.
+            s.resp.state == state::STATUS && s.iov_idx != STOPPED
+        };
+        let from = &s.resp as *const ResponseStream as *const u64;
+        let to = &mut (*conn).responses as *mut ResponseStream as *mut u64;
+        let mut w = 0;
+        while w < RESP_WORDS {
+            write_volatile(to.add(w), if keep { *from.add(w) } else { 0 });
+            w += 1;
         }
     }
 }

@@ -589,7 +589,7 @@ pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
     let (buf, len) = (arg_u64(&ctx, 1), arg_u64(&ctx, 2));
     match write_conn(fd, WriteStart::Buf(buf), len) {
         Some(Writer::Server(key, conn)) => {
-            if spill::has_several_pending(conn) {
+            if needs_framing(conn) {
                 tail_scan(&ctx, key, read_kind::BUF, buf, len, TAIL_FRAME_RESPONSES);
             }
             let mut words = MaybeUninit::uninit();
@@ -623,7 +623,7 @@ pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
     let (iov, cnt) = (arg_u64(&ctx, 1), arg_u64(&ctx, 2));
     match write_conn(arg_u64(&ctx, 0) as u32, WriteStart::Iovecs(iov, cnt), 8) {
         Some(Writer::Server(key, conn)) => {
-            if spill::has_several_pending(conn) {
+            if needs_framing(conn) {
                 tail_scan(&ctx, key, read_kind::IOVEC, iov, cnt, TAIL_FRAME_RESPONSES);
             }
             if iov_response_head(conn, key, iov, cnt) {
@@ -654,7 +654,7 @@ pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
         8,
     ) {
         Some(Writer::Server(key, conn)) => {
-            if spill::has_several_pending(conn) {
+            if needs_framing(conn) {
                 tail_scan(&ctx, key, read_kind::MSGHDR, msg, 0, TAIL_FRAME_RESPONSES);
             }
             if iov_response_head(conn, key, hdr[2], hdr[3]) {
@@ -830,6 +830,14 @@ pub fn parse_client_write(_ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Whether a server's write must be framed rather than looked at from its
+/// start: several requests await a response (it may hold several), or the
+/// last write ended inside a status line (`ConnState::responses` holds it).
+#[inline(always)]
+fn needs_framing(conn: &ConnState) -> bool {
+    spill::has_several_pending(conn) || !conn.responses.between_responses()
+}
+
 /// Bytes of a write's start that are looked at for a status line.
 const HEAD: usize = 16;
 
@@ -879,15 +887,17 @@ fn iov_response_head(conn: &mut ConnState, conn_key: u64, iov_addr: u64, cnt: u6
 
 /// The first `n` bytes of a response (written by a watched server, or read
 /// by a watched client): a status line answers the oldest request awaiting
-/// one (spilled or queued, see `spill.rs`). True when it is an interim
-/// response (100 Continue, 103 Early Hints) to a request awaiting one: the
-/// final response may follow in the same buffer, which then needs framing
-/// (a server that queues its 100 and answers before it is flushed).
+/// one (spilled or queued, see `spill.rs`). True when the buffer needs
+/// framing instead, for a request awaiting a response: an interim response
+/// (100 Continue, 103 Early Hints), whose final one may follow in the same
+/// buffer (a server that queues its 100 and answers before it is flushed);
+/// a buffer shorter than a status line that may start one (a server that
+/// writes its status line in pieces).
 #[inline(always)]
 fn on_response_head(conn: &mut ConnState, conn_key: u64, buf: &[u8; 2 * HEAD], n: usize) -> bool {
     let head = unsafe { &*(buf.as_ptr() as *const [u8; HEAD]) };
     let Some(status) = parse_status_line(head, if n < HEAD { n } else { HEAD }) else {
-        return false;
+        return n < 12 && may_start_status_line(head, n) && spill::has_pending(conn);
     };
     if !spill::has_pending(conn) {
         count::conn_event(

@@ -114,6 +114,14 @@ class Conn:
         elif m == "write":
             self.write_all(head, lambda v: os.write(self.fd, v))
             self.write_all(body, lambda v: os.write(self.fd, v))
+        elif m == "pieces":
+            # The status line in pieces of 1 to 5 bytes, then the rest.
+            line = b"".join(fields)
+            at, step = 0, 1
+            while at < len(line):
+                self.write_all(line[at:at + step], lambda v: os.write(self.fd, v))
+                at, step = at + step, step % 5 + 1
+            self.write_all(headers + body, lambda v: os.write(self.fd, v))
         elif m == "sendto":
             self.write_all(head, self.sock.send)
             self.write_all(body, self.sock.send)

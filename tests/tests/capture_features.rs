@@ -729,6 +729,48 @@ fn status_line_split_over_iovecs_is_counted() {
     );
 }
 
+/// A status line written in pieces of 1 to 5 bytes (`HTTP/1.1 200 OK\r\n`
+/// over six writes), then the headers and body: the pieces are put back
+/// together across writes, on keep-alive and pipelined requests, and a
+/// watched client reading them counts them too.
+#[test]
+fn status_line_written_in_pieces_is_counted() {
+    require_root();
+    let s = ScriptServer::start(Kind::Syscalls("read", "pieces"));
+    let port = s.port;
+    let agent = Agent::start(&format!(
+        "services:\n  - name: pieces\n    match: {{port: {port}}}\n\
+         clients:\n  - name: upstream\n    match: {{port: {port}}}\n\
+         tenant:\n  header: X-Tenant-ID\n  missing: unknown\n"
+    ));
+    let mut c = Conn::open(port);
+    let mut sent = 0;
+    for (i, code) in [200, 404, 500, 503, 201, 429].into_iter().enumerate() {
+        let r = c.send_req(&Req::get(&status_path(code)).tenant(TENANTS[i % TENANTS.len()]));
+        assert_eq!(r.status, code);
+        sent += 1;
+    }
+    let reqs: Vec<Req> = [204, 200, 404]
+        .iter()
+        .map(|&code| Req::get(&status_path(code)).tenant(Some("piped")))
+        .collect();
+    c.pipeline(&reqs);
+    sent += reqs.len();
+    drop(c);
+    s.wait_for_log_lines(sent);
+    let want = s.method_counts("unknown");
+    let e = agent.settle_and_scrape();
+    assert_same_counts(
+        "server",
+        &agent::method_counts_of(&e, "pieces"),
+        &want,
+        &agent,
+    );
+    let client = client_method_counts(&e, "upstream");
+    assert_same_counts("client", &client, &want, &agent);
+    assert_no_lost_responses(&e);
+}
+
 /// Reads of up to 64 KiB of header bytes are scanned whole.
 ///
 /// Once a bug: the 16 KiB scan limit is per read, not per request. Four pipelined
