@@ -21,7 +21,7 @@
 
 use core::{ffi::c_void, ptr::write_volatile};
 
-use aya_ebpf::helpers::generated::bpf_loop;
+use aya_ebpf::helpers::generated::{bpf_loop, bpf_probe_read_user};
 use burnwatch_common::{
     http::response::{ResponseStream, event, state},
     maps::{AgentConfig, ConnState, Method, conn_event, role},
@@ -62,7 +62,11 @@ pub fn frame_buffer(conn: *mut ConnState, conn_key: u64, cfg: &AgentConfig, scra
         let resume = if persist {
             !(*conn).responses.is_done()
         } else {
+            // Only if this write's first byte goes on with it: a short body
+            // write that looked like the start of a status line gives way
+            // to the next response's.
             !(*conn).responses.between_responses()
+                && continues_status_line(&(*conn).responses, (*scratch).iov_base[0])
         };
         let mut w = 0;
         while w < RESP_WORDS {
@@ -112,6 +116,25 @@ pub fn frame_buffer(conn: *mut ConnState, conn_key: u64, cfg: &AgentConfig, scra
             write_volatile(to.add(w), if keep { *from.add(w) } else { 0 });
             w += 1;
         }
+    }
+}
+
+/// Whether the byte at user address `at` is the next one of the status
+/// line `held` is inside of (`token_len` bytes of `HTTP/1.x NNN` seen).
+#[inline(always)]
+fn continues_status_line(held: &ResponseStream, at: u64) -> bool {
+    let mut b = 0u8;
+    if unsafe { bpf_probe_read_user(&mut b as *mut u8 as *mut c_void, 1, at as *const c_void) } != 0
+    {
+        return false;
+    }
+    let t = held.token_len as usize;
+    if t < 7 {
+        b == b"HTTP/1."[t % 7]
+    } else if t == 8 {
+        b == b' '
+    } else {
+        b.is_ascii_digit()
     }
 }
 

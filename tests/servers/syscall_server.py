@@ -115,13 +115,16 @@ class Conn:
             self.write_all(head, lambda v: os.write(self.fd, v))
             self.write_all(body, lambda v: os.write(self.fd, v))
         elif m == "pieces":
-            # The status line in pieces of 1 to 5 bytes, then the rest.
+            # The status line in pieces of 1 to 5 bytes, the headers, then
+            # the body in a write of its own (a short one that starts like
+            # a status line: see `serve`).
             line = b"".join(fields)
             at, step = 0, 1
             while at < len(line):
                 self.write_all(line[at:at + step], lambda v: os.write(self.fd, v))
                 at, step = at + step, step % 5 + 1
-            self.write_all(headers + body, lambda v: os.write(self.fd, v))
+            self.write_all(headers, lambda v: os.write(self.fd, v))
+            self.write_all(body, lambda v: os.write(self.fd, v))
         elif m == "sendto":
             self.write_all(head, self.sock.send)
             self.write_all(body, self.sock.send)
@@ -206,6 +209,10 @@ class Conn:
                 if self.mode_write == "batched":
                     # Bodies that look like responses: framing must skip them.
                     body = b"HTTP/1.1 %d fake\r\nContent-Length: 0\r\n\r\n" % status
+                elif self.mode_write == "pieces":
+                    # Like the start of a status line, written alone.
+                    body = b"HTTP/1"
+
             elif path == "/big":
                 body = BIG
             with LOG_LOCK:
