@@ -23,7 +23,7 @@ use core::{ffi::c_void, ptr::write_volatile};
 
 use aya_ebpf::helpers::generated::{bpf_loop, bpf_probe_read_user};
 use burnwatch_common::{
-    http::response::{ResponseStream, event, state},
+    http::response::{ResponseStream, event, fits_status_line, state},
     maps::{AgentConfig, ConnState, Method, conn_event, role},
 };
 
@@ -128,14 +128,7 @@ fn continues_status_line(held: &ResponseStream, at: u64) -> bool {
     {
         return false;
     }
-    let t = held.token_len as usize;
-    if t < 7 {
-        b == b"HTTP/1."[t % 7]
-    } else if t == 8 {
-        b == b' '
-    } else {
-        b.is_ascii_digit()
-    }
+    fits_status_line(held.token_len as usize, b)
 }
 
 /// One `bpf_loop` iteration: skip body bytes, or frame up to `CHUNK` bytes.

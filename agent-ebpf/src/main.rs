@@ -120,6 +120,31 @@ fn read_user_into<T: Copy>(addr: u64, out: &mut MaybeUninit<T>) -> Option<&T> {
     ok.then(|| unsafe { &*out.as_ptr() })
 }
 
+/// The first bytes (`HEAD` at most) of the `len` at user address `buf`, in
+/// a zeroed [`zeroed_head`] buffer, and how many there are; `None` when
+/// there are none or they cannot be read.
+#[inline(always)]
+fn read_head(
+    buf: u64,
+    len: u64,
+    words: &mut MaybeUninit<[u64; 2 * HEAD / 8]>,
+) -> Option<(&mut [u8; 2 * HEAD], usize)> {
+    let head = zeroed_head(words);
+    let n = if len < HEAD as u64 { len } else { HEAD as u64 };
+    if n == 0
+        || unsafe {
+            bpf_probe_read_user(
+                head.as_mut_ptr() as *mut c_void,
+                n as u32,
+                buf as *const c_void,
+            )
+        } != 0
+    {
+        return None;
+    }
+    Some((head, n as usize))
+}
+
 /// A zeroed `2 * HEAD`-byte buffer for the start of a response, zeroed
 /// with 8-byte stores in u64-aligned stack (a `[0u8; 32]` becomes a
 /// `memset` call of byte stores). Twice HEAD: the verifier sees that a
@@ -340,29 +365,17 @@ fn client_read(ctx: &TracePointContext, conn: &mut ConnState, key: u64, scratch:
     }
     let (buf, len) = unsafe { ((*scratch).iov_base[0], (*scratch).iov_len[0]) };
     let mut words = MaybeUninit::uninit();
-    let head = zeroed_head(&mut words);
-    let n = if len < HEAD as u64 { len } else { HEAD as u64 };
-    if n == 0
-        || unsafe {
-            bpf_probe_read_user(
-                head.as_mut_ptr() as *mut c_void,
-                n as u32,
-                buf as *const c_void,
-            )
-        } != 0
-    {
+    let Some((head, n)) = read_head(buf, len, &mut words) else {
         return;
-    }
+    };
     let head16 = unsafe { &*(head.as_ptr() as *const [u8; HEAD]) };
-    match parse_status_line(head16, n as usize) {
+    match parse_status_line(head16, n) {
         Some(status) if status < 200 && status != 101 => frame_read(ctx, key, scratch),
-        Some(_) => {
-            on_response_head(conn, key, head, n as usize);
+        Some(status) => {
+            answer_status(conn, key, status);
             conn.responses.lose_place();
         }
-        None if n < 12 && may_start_status_line(head16, n as usize) => {
-            frame_read(ctx, key, scratch)
-        }
+        None if n < 12 && may_start_status_line(head16, n) => frame_read(ctx, key, scratch),
         None => {}
     }
 }
@@ -593,17 +606,8 @@ pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
                 tail_scan(&ctx, key, read_kind::BUF, buf, len, TAIL_FRAME_RESPONSES);
             }
             let mut words = MaybeUninit::uninit();
-            let head = zeroed_head(&mut words);
-            let n = if len < HEAD as u64 { len } else { HEAD as u64 };
-            if n > 0
-                && unsafe {
-                    bpf_probe_read_user(
-                        head.as_mut_ptr() as *mut c_void,
-                        n as u32,
-                        buf as *const c_void,
-                    )
-                } == 0
-                && on_response_head(conn, key, head, n as usize)
+            if let Some((head, n)) = read_head(buf, len, &mut words)
+                && on_response_head(conn, key, head, n)
             {
                 tail_scan(&ctx, key, read_kind::BUF, buf, len, TAIL_FRAME_RESPONSES);
             }
@@ -885,9 +889,8 @@ fn iov_response_head(conn: &mut ConnState, conn_key: u64, iov_addr: u64, cnt: u6
     on_response_head(conn, conn_key, head, n)
 }
 
-/// The first `n` bytes of a response (written by a watched server, or read
-/// by a watched client): a status line answers the oldest request awaiting
-/// one (spilled or queued, see `spill.rs`). True when the buffer needs
+/// The first `n` bytes a watched server writes: a status line answers the
+/// oldest request awaiting one (spilled or queued, see `spill.rs`). True when the buffer needs
 /// framing instead, for a request awaiting a response: an interim response
 /// (100 Continue, 103 Early Hints), whose final one may follow in the same
 /// buffer (a server that queues its 100 and answers before it is flushed);
@@ -896,9 +899,17 @@ fn iov_response_head(conn: &mut ConnState, conn_key: u64, iov_addr: u64, cnt: u6
 #[inline(always)]
 fn on_response_head(conn: &mut ConnState, conn_key: u64, buf: &[u8; 2 * HEAD], n: usize) -> bool {
     let head = unsafe { &*(buf.as_ptr() as *const [u8; HEAD]) };
-    let Some(status) = parse_status_line(head, if n < HEAD { n } else { HEAD }) else {
-        return n < 12 && may_start_status_line(head, n) && spill::has_pending(conn);
-    };
+    match parse_status_line(head, if n < HEAD { n } else { HEAD }) {
+        Some(status) => answer_status(conn, conn_key, status),
+        None => n < 12 && may_start_status_line(head, n) && spill::has_pending(conn),
+    }
+}
+
+/// A response's status line, parsed: it answers the oldest request awaiting
+/// one. True for an interim response to a request awaiting one (see
+/// [`on_response_head`]).
+#[inline(always)]
+fn answer_status(conn: &mut ConnState, conn_key: u64, status: u16) -> bool {
     if !spill::has_pending(conn) {
         count::conn_event(
             conn.service_id,

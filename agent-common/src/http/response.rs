@@ -380,16 +380,8 @@ impl ResponseStream {
     #[inline(always)]
     fn step_status(&mut self, b: u8) -> u8 {
         let i = self.token_len as usize;
-        let ok = if i < 7 {
-            b == VERSION[i % 7]
-        } else if i == 7 {
-            b.is_ascii_digit()
-        } else if i == 8 {
-            b == b' '
-        } else if i == 9 {
-            (b'1'..=b'5').contains(&b)
-        } else if i < 12 {
-            b.is_ascii_digit()
+        let ok = if i < 12 {
+            fits_status_line(i, b)
         } else {
             b == b' ' || b == b'\r' || b == b'\n'
         };
@@ -457,6 +449,20 @@ impl ResponseStream {
     }
 }
 
+/// Whether `b` may be byte `i` (< 12) of a status line's `HTTP/1.x NNN`.
+#[inline(always)]
+pub fn fits_status_line(i: usize, b: u8) -> bool {
+    if i < 7 {
+        b == VERSION[i % 7]
+    } else if i == 8 {
+        b == b' '
+    } else if i == 9 {
+        (b'1'..=b'5').contains(&b)
+    } else {
+        b.is_ascii_digit()
+    }
+}
+
 /// Whether `buf[..n]`, shorter than a status line's `HTTP/1.x NNN`, may be
 /// its start: a client reading a line in small pieces gets one that way.
 #[inline(always)]
@@ -466,15 +472,7 @@ pub fn may_start_status_line(buf: &[u8; 16], n: usize) -> bool {
         if i >= n {
             break;
         }
-        let b = buf[i];
-        let ok = if i < 7 {
-            b == VERSION[i % 7]
-        } else if i == 8 {
-            b == b' '
-        } else {
-            b.is_ascii_digit()
-        };
-        if !ok {
+        if !fits_status_line(i, buf[i]) {
             return false;
         }
         i += 1;
