@@ -739,14 +739,8 @@ fn status_line_split_over_iovecs_is_counted() {
 #[test]
 fn status_line_written_in_pieces_is_counted() {
     require_root();
-    let s = ScriptServer::start(Kind::Syscalls("read", "pieces"));
-    let port = s.port;
-    let agent = Agent::start(&format!(
-        "services:\n  - name: pieces\n    match: {{port: {port}}}\n\
-         clients:\n  - name: upstream\n    match: {{port: {port}}}\n\
-         tenant:\n  header: X-Tenant-ID\n  missing: unknown\n"
-    ));
-    let mut c = Conn::open(port);
+    let w = server_watched_both_sides("pieces");
+    let mut c = Conn::open(w.server.port);
     let mut sent = 0;
     for (i, code) in [200, 404, 500, 503, 201, 429].into_iter().enumerate() {
         let r = c.send_req(&Req::get(&status_path(code)).tenant(TENANTS[i % TENANTS.len()]));
@@ -760,18 +754,7 @@ fn status_line_written_in_pieces_is_counted() {
     c.pipeline(&reqs);
     sent += reqs.len();
     drop(c);
-    s.wait_for_log_lines(sent);
-    let want = s.method_counts("unknown");
-    let e = agent.settle_and_scrape();
-    assert_same_counts(
-        "server",
-        &agent::method_counts_of(&e, "pieces"),
-        &want,
-        &agent,
-    );
-    let client = client_method_counts(&e, "upstream");
-    assert_same_counts("client", &client, &want, &agent);
-    assert_no_lost_responses(&e);
+    w.assert_both_sides_match_the_log(sent, "status line in pieces");
 }
 
 /// Reads of up to 64 KiB of header bytes are scanned whole.
@@ -910,11 +893,10 @@ fn blocked_reader_from_before_the_agent_counts_its_next_request() {
 #[test]
 fn responses_written_and_read_together_each_answer_their_request() {
     require_root();
-    let (s, agent) = batching_server_watched_both_sides();
-    let port = s.port;
+    let w = server_watched_both_sides("batched");
     let codes = [200, 201, 204, 304, 404, 429, 500, 503];
     let mut sent = 0;
-    let mut c = Conn::open(port);
+    let mut c = Conn::open(w.server.port);
     for (round, depth) in [2usize, 3, 5, 12, 40, 7].into_iter().enumerate() {
         let reqs: Vec<Req> = (0..depth)
             .map(|j| {
@@ -963,28 +945,49 @@ fn responses_written_and_read_together_each_answer_their_request() {
         sent += 2;
     }
     drop(c);
-    s.wait_for_log_lines(sent);
-    let want = s.method_counts("unknown");
-    let e = agent.settle_and_scrape();
-    let got = agent::method_counts_of(&e, "batched");
-    assert_same_counts("server writing responses together", &got, &want, &agent);
-    let client = client_method_counts(&e, "upstream");
-    assert_same_counts("client reading responses together", &client, &want, &agent);
-    assert_no_lost_responses(&e);
+    w.assert_both_sides_match_the_log(sent, "responses together");
 }
 
-/// The syscall server in its batching write mode, and an agent watching it
-/// as service `batched` and, for the test's own connections to it, as
-/// client `upstream`; a missing tenant is `unknown`.
-fn batching_server_watched_both_sides() -> (ScriptServer, Agent) {
-    let s = ScriptServer::start(Kind::Syscalls("read", "batched"));
-    let port = s.port;
+/// The syscall server and an agent watching it from both sides: as a
+/// service, and as client `upstream` for the test's own connections to it.
+struct WatchedBothSides {
+    server: ScriptServer,
+    agent: Agent,
+    /// The service's name: the server's write mode.
+    service: &'static str,
+}
+
+/// The syscall server in write mode `write_mode`, watched as service
+/// `write_mode` and client `upstream`; a missing tenant is `unknown`.
+fn server_watched_both_sides(write_mode: &'static str) -> WatchedBothSides {
+    let server = ScriptServer::start(Kind::Syscalls("read", write_mode));
+    let port = server.port;
     let agent = Agent::start(&format!(
-        "services:\n  - name: batched\n    match: {{port: {port}}}\n\
+        "services:\n  - name: {write_mode}\n    match: {{port: {port}}}\n\
          clients:\n  - name: upstream\n    match: {{port: {port}}}\n\
          tenant:\n  header: X-Tenant-ID\n  missing: unknown\n"
     ));
-    (s, agent)
+    WatchedBothSides {
+        server,
+        agent,
+        service: write_mode,
+    }
+}
+
+impl WatchedBothSides {
+    /// Once the server has logged `sent` requests: the counts per (tenant,
+    /// method, status) of the service and of the client both equal the
+    /// server's log, and no response or request went unmatched.
+    fn assert_both_sides_match_the_log(&self, sent: usize, what: &str) {
+        self.server.wait_for_log_lines(sent);
+        let want = self.server.method_counts("unknown");
+        let e = self.agent.settle_and_scrape();
+        let server = agent::method_counts_of(&e, self.service);
+        assert_same_counts(&format!("server, {what}"), &server, &want, &self.agent);
+        let client = client_method_counts(&e, "upstream");
+        assert_same_counts(&format!("client, {what}"), &client, &want, &self.agent);
+        assert_no_lost_responses(&e);
+    }
 }
 
 /// A watched client's counts per (tenant, method, status).
@@ -1029,13 +1032,12 @@ fn assert_no_lost_responses(e: &burnwatch_e2e::exposition::Exposition) {
 #[test]
 fn responses_read_in_small_pieces_each_answer_their_request() {
     require_root();
-    let (s, agent) = batching_server_watched_both_sides();
-    let port = s.port;
+    let w = server_watched_both_sides("batched");
     let codes = [200, 201, 204, 304, 404, 429, 500, 503];
     let mut sent = 0;
     let mut k = 0usize;
     for capacity in [1usize, 5, 16, 200] {
-        let mut c = Conn::open_reading_by(port, capacity);
+        let mut c = Conn::open_reading_by(w.server.port, capacity);
         for depth in [1usize, 3, 1, 4, 2, 1] {
             let reqs: Vec<Req> = (0..depth)
                 .map(|_| {
@@ -1069,16 +1071,5 @@ fn responses_read_in_small_pieces_each_answer_their_request() {
             sent += depth;
         }
     }
-    s.wait_for_log_lines(sent);
-    let want = s.method_counts("unknown");
-    let e = agent.settle_and_scrape();
-    assert_same_counts(
-        "server",
-        &agent::method_counts_of(&e, "batched"),
-        &want,
-        &agent,
-    );
-    let client = client_method_counts(&e, "upstream");
-    assert_same_counts("client reading in small pieces", &client, &want, &agent);
-    assert_no_lost_responses(&e);
+    w.assert_both_sides_match_the_log(sent, "read in small pieces");
 }
