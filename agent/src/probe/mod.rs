@@ -8,6 +8,7 @@ mod batch;
 pub mod btf;
 pub mod pins;
 pub mod preflight;
+mod program_stats;
 
 use std::os::fd::AsFd;
 use std::path::Path;
@@ -17,7 +18,7 @@ use aya::{
     EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, IterableMap, Map, MapData, PerCpuArray, ProgramArray},
     programs::{
-        ProgramInfo, TracePoint,
+        TracePoint,
         links::{FdLink, PinnedLink},
         trace_point::TracePointLink,
     },
@@ -29,6 +30,7 @@ use tracing::{info, warn};
 
 use batch::BatchReader;
 use pins::Pins;
+use program_stats::ProgramStatsReader;
 
 /// The eBPF object, built by build.rs through aya-build.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/burnwatch"));
@@ -51,6 +53,8 @@ pub struct Probe {
     /// What `matches` holds.
     matches_now: std::collections::BTreeMap<MatchKey, u32>,
     pins: Pins,
+    /// The attached programs, held open for their run statistics.
+    program_stats: ProgramStatsReader,
     pub attached: Vec<String>,
     /// Identifies this generation of the kernel's cumulative counts (boot id
     /// and `COUNTS` map id): a checkpoint's consumed counts only apply to the
@@ -157,6 +161,7 @@ impl Probe {
             matches,
             matches_now,
             pins: pins.clone(),
+            program_stats: ProgramStatsReader::open(pins, &stats_programs()),
             attached,
             counts_epoch: counts_epoch(counts_id),
             reused,
@@ -272,20 +277,7 @@ impl Probe {
     /// `kernel.bpf_stats_enabled` is 1: the kernel only times programs
     /// then), and runs the kernel skipped (counted always).
     pub fn bpf_stats(&self) -> Vec<ProgramStats> {
-        let mut names: Vec<&'static str> = preflight::TRACEPOINTS.iter().map(|t| t.2).collect();
-        names.dedup();
-        names
-            .into_iter()
-            .filter_map(|name| {
-                let info = ProgramInfo::from_pin(self.pins.program(name)).ok()?;
-                Some(ProgramStats {
-                    name,
-                    runs: info.run_count(),
-                    run_ns: info.run_time().as_nanos() as u64,
-                    recursion_misses: recursion_misses(&info),
-                })
-            })
-            .collect()
+        self.program_stats.read()
     }
 
     /// The capture's own counters (see `burnwatch_common::maps::counter`),
@@ -374,6 +366,13 @@ fn load_and_pin(pins: &Pins) -> Result<Vec<TracePointLink>> {
     Ok(Vec::new())
 }
 
+/// The programs attached to tracepoints, each once.
+fn stats_programs() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = preflight::TRACEPOINTS.iter().map(|t| t.2).collect();
+    names.dedup();
+    names
+}
+
 /// One eBPF program's statistics since it was loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProgramStats {
@@ -385,26 +384,6 @@ pub struct ProgramStats {
     /// interrupt taken during one of the syscall programs. Each is an event
     /// the capture may have missed.
     pub recursion_misses: u64,
-}
-
-/// `recursion_misses` of a program, from its fdinfo (aya's `ProgramInfo`
-/// does not expose the field; the kernel has printed it since 5.12).
-fn recursion_misses(info: &ProgramInfo) -> u64 {
-    use std::os::fd::AsRawFd;
-    let Ok(fd) = info.fd() else { return 0 };
-    let raw = fd.as_fd().as_raw_fd();
-    std::fs::read_to_string(format!("/proc/self/fdinfo/{raw}"))
-        .ok()
-        .and_then(|text| fdinfo_field(&text, "recursion_misses"))
-        .unwrap_or(0)
-}
-
-/// A numeric `name:\tvalue` line of an fdinfo file.
-fn fdinfo_field(text: &str, name: &str) -> Option<u64> {
-    text.lines().find_map(|line| {
-        let (k, v) = line.split_once(':')?;
-        (k.trim() == name).then(|| v.trim().parse().ok())?
-    })
 }
 
 /// The boot id and the `COUNTS` map id: map ids are not reused within a boot.
@@ -436,15 +415,6 @@ pub fn kernel_offsets() -> Result<burnwatch_common::offsets::KernelOffsets> {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn fdinfo_fields_are_read_by_name() {
-        let text = "pos:\t0\nflags:\t02000002\nprog_type:\t5\nrun_time_ns:\t1200\n\
-                    run_cnt:\t7\nrecursion_misses:\t79\nverified_insns:\t3000\n";
-        assert_eq!(super::fdinfo_field(text, "recursion_misses"), Some(79));
-        assert_eq!(super::fdinfo_field(text, "run_cnt"), Some(7));
-        assert_eq!(super::fdinfo_field(text, "missing"), None);
-    }
-
     /// A bounds check or `unwrap` in the eBPF code links `core::panicking`
     /// into the object, and the verifier then rejects the program with
     /// "last insn is not an exit or jmp". Caught here, on the host, with the
