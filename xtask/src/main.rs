@@ -75,8 +75,8 @@ enum Cmd {
         /// A short smoke run: every figure, one round each (about 5 minutes).
         #[arg(long)]
         quick: bool,
-        /// Run only these phases (comma-separated: overhead, tenants,
-        /// scrape, detection, loss, engine) and print them; BENCHMARKS.md is
+        /// Run only these phases (comma-separated: overhead, floor,
+        /// tenants, scrape, detection, loss, engine) and print them; BENCHMARKS.md is
         /// left alone.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,

@@ -2,7 +2,8 @@
 //! written to BENCHMARKS.md with the machine, kernel and method.
 //!
 //! Phases (each its own module): overhead on nginx with and without the
-//! agent ([`overhead`]); agent CPU and RSS by rate and tenant count
+//! agent ([`overhead`]); what an eBPF program that does nothing costs per
+//! run at each of those loads ([`floor`]); agent CPU and RSS by rate and tenant count
 //! ([`tenants`]); `/metrics` at 10,000 tenants x 2 SLOs ([`scrape`]);
 //! detection time against the simulator's floor ([`detection`]); zero loss
 //! against nginx's access log ([`loss`]); the SLO engine at 100,000 series
@@ -10,6 +11,7 @@
 //! smoke test (about 5 minutes instead of about 18, on this 2-core machine).
 
 mod detection;
+mod floor;
 pub mod loadgen;
 mod loss;
 mod overhead;
@@ -220,8 +222,9 @@ arms. Stop that agent, or remove its pins (`burnwatch uninstall --bpffs-dir DIR`
     sh("sysctl", &["-q", "-w", "kernel.bpf_stats_enabled=1"])?;
     // A phase that fails is reported in its place; the others still run.
     type Phase = fn(&Ctx) -> Result<Section>;
-    let phases: [(&str, &str, Phase); 6] = [
+    let phases: [(&str, &str, Phase); 7] = [
         ("overhead", "overhead", overhead::run),
+        ("floor", "floor", floor::run),
         ("tenants", "CPU and RSS by rate and tenants", tenants::run),
         ("scrape", "/metrics scrape", scrape::run),
         ("detection", "detection time", detection::run),

@@ -397,37 +397,68 @@ the runs the BPF columns come from): {}.\n",
         }
         writeln!(md, "{}", line.trim_end_matches(';'))?;
     }
-    if let Some(last) = with[0].last() {
+    // The last round of each load: per program, runs per request and ns
+    // per run (the cold cost of a run at low rates shows here).
+    let lasts: Vec<&Run> = with.iter().filter_map(|w| w.last()).collect();
+    if lasts.len() == loads.len() && !lasts.is_empty() {
         writeln!(
             md,
-            "\nWhere the BPF time goes (last saturation round, from the agent's per-program metrics over the run \
-and the 2.2 s settle after it; nginx's and wrk's syscalls both):\n"
+            "\nWhere the BPF time goes (last round of each load, from the agent's per-program metrics over the run \
+and the 2.2 s settle after it; the server's and the load generator's syscalls both; runs per request, ns per run):\n"
         )?;
-        writeln!(md, "| program | runs / request | ns / run | ns / request |")?;
-        writeln!(md, "|---|---|---|---|")?;
-        let reqs = last.programs_requests.max(1) as f64;
-        let mut programs = last.programs.clone();
-        programs.sort_by_key(|p| std::cmp::Reverse(p.2));
-        for (name, runs, ns) in &programs {
-            if *runs == 0 {
+        write!(md, "| program |")?;
+        for load in &loads {
+            write!(md, " {} |", load_name(*load))?;
+        }
+        writeln!(md)?;
+        writeln!(md, "|---|{}", "---|".repeat(loads.len()))?;
+        let mut programs: Vec<(String, u64)> = lasts[0]
+            .programs
+            .iter()
+            .map(|p| (p.0.clone(), p.2))
+            .collect();
+        programs.sort_by_key(|p| std::cmp::Reverse(p.1));
+        let cell = |run: &Run, runs: u64, ns: u64| -> String {
+            if runs == 0 {
+                return "-".into();
+            }
+            let reqs = run.programs_requests.max(1) as f64;
+            format!(
+                "{:.2} x {:.0} ns",
+                runs as f64 / reqs,
+                ns as f64 / runs as f64
+            )
+        };
+        for (name, _) in &programs {
+            let cells: Vec<String> = lasts
+                .iter()
+                .map(|run| {
+                    run.programs
+                        .iter()
+                        .find(|p| p.0 == *name)
+                        .map_or("-".into(), |p| cell(run, p.1, p.2))
+                })
+                .collect();
+            if cells.iter().all(|c| c == "-") {
                 continue;
             }
-            writeln!(
-                md,
-                "| {name} | {:.2} | {:.0} | {:.0} |",
-                *runs as f64 / reqs,
-                *ns as f64 / *runs as f64,
-                *ns as f64 / reqs
-            )?;
+            writeln!(md, "| {name} | {} |", cells.join(" | "))?;
         }
-        let (runs, ns) = programs.iter().fold((0, 0), |(r, n), p| (r + p.1, n + p.2));
-        writeln!(
-            md,
-            "| all | {:.2} | {:.0} | {:.0} |",
-            runs as f64 / reqs,
-            ns as f64 / runs.max(1) as f64,
-            ns as f64 / reqs
-        )?;
+        let all: Vec<String> = lasts
+            .iter()
+            .map(|run| {
+                let (runs, ns) = run
+                    .programs
+                    .iter()
+                    .fold((0, 0), |(r, n), p| (r + p.1, n + p.2));
+                format!(
+                    "{} = {:.0} ns/req",
+                    cell(run, runs, ns),
+                    ns as f64 / run.programs_requests.max(1) as f64
+                )
+            })
+            .collect();
+        writeln!(md, "| all | {} |", all.join(" | "))?;
     }
     writeln!(md)?;
     Ok(Section {

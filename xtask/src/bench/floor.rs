@@ -1,0 +1,305 @@
+//! The cost of running an eBPF program at all, by request rate: the floor
+//! under the agent's BPF time per request.
+//!
+//! Two programs that do no work, each attached alone to the load
+//! generator's send syscalls (`sys_enter_write` for wrk, `sys_enter_sendto`
+//! for `cargo xtask loadgen`, one run per request), timed by the kernel
+//! (`kernel.bpf_stats_enabled`) at each load of the overhead phase:
+//! - `empty`: `r0 = 0; exit`;
+//! - `one lookup`: one `bpf_map_lookup_elem` (a miss) in an LRU hash map of
+//!   65,536 entries keyed by pid/tgid, the shape of the agent's `CONNS`,
+//!   then exit: the least any of the agent's programs does on a syscall of
+//!   a process it does not watch.
+//!
+//! Loaded with raw `bpf(2)` bytecode rather than through aya and an ELF
+//! object: two programs of 2 and 9 instructions, and xtask stays free of
+//! the eBPF build.
+
+use std::fmt::Write as _;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+
+use super::procs::{Nginx, WRK_CONNECTIONS, set_bpf_stats};
+use super::report::{Headline, Section, Spread};
+use super::{Ctx, TENANTS_OVERHEAD};
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+const BPF_PROG_TYPE_TRACEPOINT: u32 = 5;
+const PERF_TYPE_TRACEPOINT: u32 = 2;
+const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
+/// `_IOW('$', 8, __u32)` and `_IO('$', 0)`.
+const PERF_EVENT_IOC_SET_BPF: libc::c_ulong = 0x4004_2408;
+const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
+/// Entries of the `one lookup` map, as `CONNS_MAX`.
+const LOOKUP_MAP_ENTRIES: u32 = 65_536;
+
+/// `struct bpf_insn`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Insn {
+    code: u8,
+    /// dst in the low nibble, src in the high one.
+    regs: u8,
+    off: i16,
+    imm: i32,
+}
+
+const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
+    Insn {
+        code,
+        regs: dst | (src << 4),
+        off,
+        imm,
+    }
+}
+
+/// `r0 = 0; exit`.
+fn empty_program() -> Vec<Insn> {
+    vec![insn(0xb7, 0, 0, 0, 0), insn(0x95, 0, 0, 0, 0)]
+}
+
+/// `*(u64 *)(r10 - 8) = bpf_get_current_pid_tgid(); bpf_map_lookup_elem(map, r10 - 8); r0 = 0; exit`.
+fn lookup_program(map_fd: i32) -> Vec<Insn> {
+    vec![
+        insn(0x85, 0, 0, 0, 14),  // call bpf_get_current_pid_tgid
+        insn(0x7b, 10, 0, -8, 0), // *(u64 *)(r10 - 8) = r0
+        insn(0x18, 1, 1, 0, map_fd), // r1 = map (ld_imm64, BPF_PSEUDO_MAP_FD)
+        insn(0, 0, 0, 0, 0),
+        insn(0xbf, 2, 10, 0, 0), // r2 = r10
+        insn(0x07, 2, 0, 0, -8), // r2 += -8
+        insn(0x85, 0, 0, 0, 1),  // call bpf_map_lookup_elem
+        insn(0xb7, 0, 0, 0, 0),  // r0 = 0
+        insn(0x95, 0, 0, 0, 0),  // exit
+    ]
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<OwnedFd> {
+    // SAFETY: `attr` is a zeroed `union bpf_attr` prefix of 128 bytes with
+    // the command's fields set.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), 128u32) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor the kernel returned.
+    Ok(unsafe { OwnedFd::from_raw_fd(rc as i32) })
+}
+
+fn create_lookup_map() -> Result<OwnedFd> {
+    let mut attr = [0u64; 16];
+    // map_type, key_size; value_size, max_entries.
+    attr[0] = u64::from(BPF_MAP_TYPE_LRU_HASH) | (8u64 << 32);
+    attr[1] = 64 | (u64::from(LOOKUP_MAP_ENTRIES) << 32);
+    bpf(BPF_MAP_CREATE, &mut attr).context("creating the floor's LRU hash map")
+}
+
+fn load_program(insns: &[Insn]) -> Result<OwnedFd> {
+    let license = c"GPL";
+    let mut log = vec![0u8; 4096];
+    let mut attr = [0u64; 16];
+    // prog_type, insn_cnt; insns; license; log_level, log_size; log_buf.
+    attr[0] = u64::from(BPF_PROG_TYPE_TRACEPOINT) | ((insns.len() as u64) << 32);
+    attr[1] = insns.as_ptr() as u64;
+    attr[2] = license.as_ptr() as u64;
+    attr[3] = 1 | ((log.len() as u64) << 32);
+    attr[4] = log.as_mut_ptr() as u64;
+    bpf(BPF_PROG_LOAD, &mut attr).map_err(|e| {
+        let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
+        anyhow::anyhow!(
+            "loading a floor program: {e}; verifier: {}",
+            String::from_utf8_lossy(&log[..end])
+        )
+    })
+}
+
+/// The id of tracepoint `syscalls/NAME` (tracefs, mounted by the agent's
+/// earlier runs or here).
+fn tracepoint_id(name: &str) -> Result<u64> {
+    for root in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
+        let p = Path::new(root).join("events/syscalls").join(name).join("id");
+        if let Ok(s) = std::fs::read_to_string(&p) {
+            return s.trim().parse().with_context(|| format!("{}", p.display()));
+        }
+    }
+    if !Path::new("/sys/kernel/tracing/events").is_dir() {
+        super::procs::sh("mount", &["-t", "tracefs", "nodev", "/sys/kernel/tracing"])?;
+        let p = format!("/sys/kernel/tracing/events/syscalls/{name}/id");
+        return Ok(std::fs::read_to_string(&p)
+            .with_context(|| p.clone())?
+            .trim()
+            .parse()?);
+    }
+    bail!("tracepoint syscalls/{name} not found under tracefs")
+}
+
+/// `prog` attached to each tracepoint while this lives.
+struct Attached {
+    _events: Vec<OwnedFd>,
+}
+
+fn attach(prog: &OwnedFd, tracepoints: &[&str]) -> Result<Attached> {
+    let mut events = Vec::new();
+    for tp in tracepoints {
+        let mut attr = [0u64; 16];
+        // type, size (PERF_ATTR_SIZE_VER0); config; sample_period.
+        attr[0] = u64::from(PERF_TYPE_TRACEPOINT) | (64u64 << 32);
+        attr[1] = tracepoint_id(tp)?;
+        attr[2] = 1;
+        // SAFETY: a zeroed perf_event_attr of the size given; all CPUs of
+        // every process (pid -1, cpu 0: a tracepoint's programs run on
+        // every CPU whichever CPU the event is opened on).
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_perf_event_open,
+                attr.as_ptr(),
+                -1i32,
+                0i32,
+                -1i32,
+                PERF_FLAG_FD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            bail!("perf_event_open({tp}): {}", io::Error::last_os_error());
+        }
+        // SAFETY: a new descriptor the kernel returned.
+        let event = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        // SAFETY: ioctls on the perf event with a program descriptor.
+        unsafe {
+            if libc::ioctl(event.as_raw_fd(), PERF_EVENT_IOC_SET_BPF, prog.as_raw_fd()) != 0
+                || libc::ioctl(event.as_raw_fd(), PERF_EVENT_IOC_ENABLE, 0) != 0
+            {
+                bail!("attaching to {tp}: {}", io::Error::last_os_error());
+            }
+        }
+        events.push(event);
+    }
+    Ok(Attached { _events: events })
+}
+
+/// (runs, run time in ns) of a program, from its fdinfo.
+fn program_stats(prog: &OwnedFd) -> Result<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", prog.as_raw_fd()))?;
+    let field = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                (k.trim() == name).then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0)
+    };
+    Ok((field("run_cnt"), field("run_time_ns")))
+}
+
+/// ns per run of `prog` over one run of `load` (None: wrk at saturation).
+fn measure(ctx: &Ctx, nginx: &Nginx, prog: &OwnedFd, load: Option<u64>) -> Result<f64> {
+    let secs = (ctx.plan.run_secs / 2.0).max(3.0);
+    let _attached = attach(prog, &["sys_enter_write", "sys_enter_sendto"])?;
+    let (r0, t0) = program_stats(prog)?;
+    match load {
+        None => {
+            ctx.clients.wrk(nginx.port, secs)?;
+        }
+        Some(rate) => {
+            ctx.clients
+                .load(nginx.port, rate, secs, TENANTS_OVERHEAD, "/")?;
+        }
+    }
+    let (r1, t1) = program_stats(prog)?;
+    if r1 <= r0 {
+        bail!("the floor program never ran (is kernel.bpf_stats_enabled on?)");
+    }
+    Ok((t1 - t0) as f64 / (r1 - r0) as f64)
+}
+
+pub fn run(ctx: &Ctx) -> Result<Section> {
+    set_bpf_stats(true)?;
+    let map = create_lookup_map()?;
+    let programs = [
+        ("empty (2 instructions)", load_program(&empty_program())?),
+        (
+            "one lookup (a miss in a 65,536-entry LRU hash)",
+            load_program(&lookup_program(map.as_raw_fd()))?,
+        ),
+    ];
+    let nginx = Nginx::start(false)?;
+    ctx.clients.wrk(nginx.port, 2.0)?;
+    let loads: Vec<Option<u64>> = ctx
+        .plan
+        .fixed_rates
+        .iter()
+        .map(|r| Some(*r))
+        .chain(std::iter::once(None))
+        .collect();
+    let rounds = ctx.plan.rounds.min(3);
+    // [program][load][round], rounds interleaved so drift hits all alike.
+    let mut ns = vec![vec![Vec::new(); loads.len()]; programs.len()];
+    for round in 0..rounds {
+        eprintln!("floor round {}/{rounds}", round + 1);
+        for (li, load) in loads.iter().enumerate() {
+            for (pi, (_, prog)) in programs.iter().enumerate() {
+                ns[pi][li].push(measure(ctx, &nginx, prog, *load)?);
+            }
+        }
+    }
+
+    let load_name = |l: &Option<u64>| match l {
+        Some(r) => format!("{r} req/s"),
+        None => format!("saturation (wrk -t1 -c{WRK_CONNECTIONS})"),
+    };
+    let mut md = String::new();
+    writeln!(md, "## The floor: what any eBPF program costs per run, by rate\n")?;
+    writeln!(
+        md,
+        "Method: no agent. Two programs that do no work, loaded as raw bytecode, each attached alone to \
+`sys_enter_write` and `sys_enter_sendto` (the load generator's sends: one run per request), timed by the \
+kernel (`kernel.bpf_stats_enabled=1`): `empty` is `r0 = 0; exit`; `one lookup` looks up the caller's pid/tgid \
+in a 65,536-entry LRU hash map (a miss) and exits, the least any of the agent's programs does on a syscall \
+of a process it does not watch. Same nginx, loads and cores as the overhead phase, {secs:.0} s per run, \
+{rounds} interleaved rounds; median (min..max) ns per run. At low rates everything a run touches (its code, \
+the map's buckets, their page-table entries) has left the caches between requests: the same cost the agent's \
+programs pay (\"Where the BPF time goes\" above), and the same slowdown nginx's own work shows there (its \
+CPU per request in the overhead table).\n",
+        secs = (ctx.plan.run_secs / 2.0).max(3.0),
+    )?;
+    write!(md, "| program |")?;
+    for l in &loads {
+        write!(md, " {} |", load_name(l))?;
+    }
+    writeln!(md)?;
+    writeln!(md, "|---|{}", "---|".repeat(loads.len()))?;
+    let mut headlines = Vec::new();
+    for (pi, (name, _)) in programs.iter().enumerate() {
+        write!(md, "| {name} |")?;
+        for li in 0..loads.len() {
+            write!(md, " {} |", Spread::of(&ns[pi][li]).show(0))?;
+        }
+        writeln!(md)?;
+    }
+    if let Some(li) = loads.iter().position(|l| *l == Some(1_000)) {
+        let empty = Spread::of(&ns[0][li]);
+        let lookup = Spread::of(&ns[1][li]);
+        headlines.push(Headline::new(
+            "floor at 1000 req/s: ns per run of an empty program / of one map lookup (no agent)",
+            format!("{} / {} ns", empty.show(0), lookup.show(0)),
+            "",
+            None,
+        ));
+        writeln!(
+            md,
+            "\nAt 1000 req/s the agent's programs run about 4 times per request (two syscalls on each side of \
+the connection): 4 empty programs cost {:.0} ns per request, 4 single lookups {:.0} ns, before any of the \
+work the agent does.",
+            4.0 * empty.median,
+            4.0 * lookup.median
+        )?;
+    }
+    writeln!(md)?;
+    Ok(Section {
+        markdown: md,
+        headlines,
+    })
+}
