@@ -66,8 +66,8 @@ fn empty_program() -> Vec<Insn> {
 /// `*(u64 *)(r10 - 8) = bpf_get_current_pid_tgid(); bpf_map_lookup_elem(map, r10 - 8); r0 = 0; exit`.
 fn lookup_program(map_fd: i32) -> Vec<Insn> {
     vec![
-        insn(0x85, 0, 0, 0, 14),  // call bpf_get_current_pid_tgid
-        insn(0x7b, 10, 0, -8, 0), // *(u64 *)(r10 - 8) = r0
+        insn(0x85, 0, 0, 0, 14),     // call bpf_get_current_pid_tgid
+        insn(0x7b, 10, 0, -8, 0),    // *(u64 *)(r10 - 8) = r0
         insn(0x18, 1, 1, 0, map_fd), // r1 = map (ld_imm64, BPF_PSEUDO_MAP_FD)
         insn(0, 0, 0, 0, 0),
         insn(0xbf, 2, 10, 0, 0), // r2 = r10
@@ -120,7 +120,10 @@ fn load_program(insns: &[Insn]) -> Result<OwnedFd> {
 /// earlier runs or here).
 fn tracepoint_id(name: &str) -> Result<u64> {
     for root in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
-        let p = Path::new(root).join("events/syscalls").join(name).join("id");
+        let p = Path::new(root)
+            .join("events/syscalls")
+            .join(name)
+            .join("id");
         if let Ok(s) = std::fs::read_to_string(&p) {
             return s.trim().parse().with_context(|| format!("{}", p.display()));
         }
@@ -251,7 +254,10 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
         None => format!("saturation (wrk -t1 -c{WRK_CONNECTIONS})"),
     };
     let mut md = String::new();
-    writeln!(md, "## The floor: what any eBPF program costs per run, by rate\n")?;
+    writeln!(
+        md,
+        "## The floor: what any eBPF program costs per run, by rate\n"
+    )?;
     writeln!(
         md,
         "Method: no agent. Two programs that do no work, loaded as raw bytecode, each attached alone to \
@@ -274,8 +280,8 @@ CPU per request in the overhead table).\n",
     let mut headlines = Vec::new();
     for (pi, (name, _)) in programs.iter().enumerate() {
         write!(md, "| {name} |")?;
-        for li in 0..loads.len() {
-            write!(md, " {} |", Spread::of(&ns[pi][li]).show(0))?;
+        for runs in &ns[pi] {
+            write!(md, " {} |", Spread::of(runs).show(0))?;
         }
         writeln!(md)?;
     }
