@@ -21,7 +21,7 @@
 
 use core::{ffi::c_void, ptr::write_volatile};
 
-use aya_ebpf::helpers::generated::{bpf_loop, bpf_probe_read_user};
+use aya_ebpf::helpers::generated::bpf_loop;
 use burnwatch_common::{
     http::response::{ResponseStream, event, fits_status_line, state},
     maps::{AgentConfig, ConnState, Method, conn_event, role},
@@ -124,11 +124,7 @@ pub fn frame_buffer(conn: *mut ConnState, conn_key: u64, cfg: &AgentConfig, scra
 #[inline(always)]
 fn continues_status_line(held: &ResponseStream, at: u64) -> bool {
     let mut b = 0u8;
-    if unsafe { bpf_probe_read_user(&mut b as *mut u8 as *mut c_void, 1, at as *const c_void) } != 0
-    {
-        return false;
-    }
-    fits_status_line(held.token_len as usize, b)
+    crate::read_user(at, &mut b) && fits_status_line(held.token_len as usize, b)
 }
 
 /// One `bpf_loop` iteration: skip body bytes, or frame up to `CHUNK` bytes.
