@@ -22,7 +22,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
-use super::procs::{Nginx, WRK_CONNECTIONS, set_bpf_stats};
+use super::procs::{Nginx, WRK_CONNECTIONS, program_fd_stats, set_bpf_stats, sh};
 use super::report::{Headline, Section, Spread};
 use super::{Ctx, TENANTS_OVERHEAD};
 
@@ -116,27 +116,34 @@ fn load_program(insns: &[Insn]) -> Result<OwnedFd> {
     })
 }
 
-/// The id of tracepoint `syscalls/NAME` (tracefs, mounted by the agent's
+/// The tracepoints the floor programs attach to: the load generators'
+/// sends (wrk writes, `cargo xtask loadgen` sends).
+const SEND_TRACEPOINTS: [&str; 2] = ["sys_enter_write", "sys_enter_sendto"];
+
+/// The ids of tracepoints `syscalls/NAME` (tracefs, mounted by the agent's
 /// earlier runs or here).
-fn tracepoint_id(name: &str) -> Result<u64> {
-    for root in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
-        let p = Path::new(root)
-            .join("events/syscalls")
-            .join(name)
-            .join("id");
-        if let Ok(s) = std::fs::read_to_string(&p) {
-            return s.trim().parse().with_context(|| format!("{}", p.display()));
+fn tracepoint_ids(names: &[&str]) -> Result<Vec<u64>> {
+    let roots = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+    let root = match roots.iter().find(|r| Path::new(r).join("events").is_dir()) {
+        Some(r) => r,
+        None => {
+            sh("mount", &["-t", "tracefs", "nodev", roots[0]])?;
+            roots[0]
         }
-    }
-    if !Path::new("/sys/kernel/tracing/events").is_dir() {
-        super::procs::sh("mount", &["-t", "tracefs", "nodev", "/sys/kernel/tracing"])?;
-        let p = format!("/sys/kernel/tracing/events/syscalls/{name}/id");
-        return Ok(std::fs::read_to_string(&p)
-            .with_context(|| p.clone())?
-            .trim()
-            .parse()?);
-    }
-    bail!("tracepoint syscalls/{name} not found under tracefs")
+    };
+    names
+        .iter()
+        .map(|name| {
+            let p = Path::new(root)
+                .join("events/syscalls")
+                .join(name)
+                .join("id");
+            let id = std::fs::read_to_string(&p).with_context(|| format!("{}", p.display()))?;
+            id.trim()
+                .parse()
+                .with_context(|| format!("{}", p.display()))
+        })
+        .collect()
 }
 
 /// `prog` attached to each tracepoint while this lives.
@@ -144,13 +151,14 @@ struct Attached {
     _events: Vec<OwnedFd>,
 }
 
-fn attach(prog: &OwnedFd, tracepoints: &[&str]) -> Result<Attached> {
+/// `prog` attached to the tracepoints of ids `ids`.
+fn attach(prog: &OwnedFd, ids: &[u64]) -> Result<Attached> {
     let mut events = Vec::new();
-    for tp in tracepoints {
+    for &id in ids {
         let mut attr = [0u64; 16];
         // type, size (PERF_ATTR_SIZE_VER0); config; sample_period.
         attr[0] = u64::from(PERF_TYPE_TRACEPOINT) | (64u64 << 32);
-        attr[1] = tracepoint_id(tp)?;
+        attr[1] = id;
         attr[2] = 1;
         // SAFETY: a zeroed perf_event_attr of the size given; all CPUs of
         // every process (pid -1, cpu 0: a tracepoint's programs run on
@@ -166,7 +174,10 @@ fn attach(prog: &OwnedFd, tracepoints: &[&str]) -> Result<Attached> {
             )
         };
         if fd < 0 {
-            bail!("perf_event_open({tp}): {}", io::Error::last_os_error());
+            bail!(
+                "perf_event_open(tracepoint {id}): {}",
+                io::Error::last_os_error()
+            );
         }
         // SAFETY: a new descriptor the kernel returned.
         let event = unsafe { OwnedFd::from_raw_fd(fd as i32) };
@@ -175,7 +186,10 @@ fn attach(prog: &OwnedFd, tracepoints: &[&str]) -> Result<Attached> {
             if libc::ioctl(event.as_raw_fd(), PERF_EVENT_IOC_SET_BPF, prog.as_raw_fd()) != 0
                 || libc::ioctl(event.as_raw_fd(), PERF_EVENT_IOC_ENABLE, 0) != 0
             {
-                bail!("attaching to {tp}: {}", io::Error::last_os_error());
+                bail!(
+                    "attaching to tracepoint {id}: {}",
+                    io::Error::last_os_error()
+                );
             }
         }
         events.push(event);
@@ -183,25 +197,23 @@ fn attach(prog: &OwnedFd, tracepoints: &[&str]) -> Result<Attached> {
     Ok(Attached { _events: events })
 }
 
-/// (runs, run time in ns) of a program, from its fdinfo.
-fn program_stats(prog: &OwnedFd) -> Result<(u64, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", prog.as_raw_fd()))?;
-    let field = |name: &str| -> u64 {
-        text.lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                (k.trim() == name).then(|| v.trim().parse().ok())?
-            })
-            .unwrap_or(0)
-    };
-    Ok((field("run_cnt"), field("run_time_ns")))
+/// Seconds per measured run: half the overhead phase's, at least 3.
+fn run_secs(ctx: &Ctx) -> f64 {
+    (ctx.plan.run_secs / 2.0).max(3.0)
 }
 
-/// ns per run of `prog` over one run of `load` (None: wrk at saturation).
-fn measure(ctx: &Ctx, nginx: &Nginx, prog: &OwnedFd, load: Option<u64>) -> Result<f64> {
-    let secs = (ctx.plan.run_secs / 2.0).max(3.0);
-    let _attached = attach(prog, &["sys_enter_write", "sys_enter_sendto"])?;
-    let (r0, t0) = program_stats(prog)?;
+/// ns per run of `prog`, attached to tracepoints `ids`, over one run of
+/// `load` (None: wrk at saturation).
+fn measure(
+    ctx: &Ctx,
+    nginx: &Nginx,
+    prog: &OwnedFd,
+    ids: &[u64],
+    load: Option<u64>,
+) -> Result<f64> {
+    let secs = run_secs(ctx);
+    let _attached = attach(prog, ids)?;
+    let (t0, r0) = program_fd_stats(prog)?;
     match load {
         None => {
             ctx.clients.wrk(nginx.port, secs)?;
@@ -211,7 +223,7 @@ fn measure(ctx: &Ctx, nginx: &Nginx, prog: &OwnedFd, load: Option<u64>) -> Resul
                 .load(nginx.port, rate, secs, TENANTS_OVERHEAD, "/")?;
         }
     }
-    let (r1, t1) = program_stats(prog)?;
+    let (t1, r1) = program_fd_stats(prog)?;
     if r1 <= r0 {
         bail!("the floor program never ran (is kernel.bpf_stats_enabled on?)");
     }
@@ -228,6 +240,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
             load_program(&lookup_program(map.as_raw_fd()))?,
         ),
     ];
+    let ids = tracepoint_ids(&SEND_TRACEPOINTS)?;
     let nginx = Nginx::start(false)?;
     ctx.clients.wrk(nginx.port, 2.0)?;
     let loads: Vec<Option<u64>> = ctx
@@ -244,7 +257,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
         eprintln!("floor round {}/{rounds}", round + 1);
         for (li, load) in loads.iter().enumerate() {
             for (pi, (_, prog)) in programs.iter().enumerate() {
-                ns[pi][li].push(measure(ctx, &nginx, prog, *load)?);
+                ns[pi][li].push(measure(ctx, &nginx, prog, &ids, *load)?);
             }
         }
     }
@@ -269,7 +282,7 @@ of a process it does not watch. Same nginx, loads and cores as the overhead phas
 the map's buckets, their page-table entries) has left the caches between requests: the same cost the agent's \
 programs pay (\"Where the BPF time goes\" above), and the same slowdown nginx's own work shows there (its \
 CPU per request in the overhead table).\n",
-        secs = (ctx.plan.run_secs / 2.0).max(3.0),
+        secs = run_secs(ctx),
     )?;
     write!(md, "| program |")?;
     for l in &loads {

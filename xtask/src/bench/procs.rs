@@ -599,6 +599,12 @@ fn pinned_program_stats(path: &Path) -> Result<(u64, u64)> {
     }
     // SAFETY: a fresh fd the kernel just gave us; closed when dropped.
     let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    program_fd_stats(&fd)
+}
+
+/// (run_time_ns, run_cnt) of the eBPF program behind descriptor `fd`, from
+/// its fdinfo.
+pub fn program_fd_stats(fd: &std::os::fd::OwnedFd) -> Result<(u64, u64)> {
     use std::os::fd::AsRawFd;
     let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
     let field = |name: &str| -> u64 {
