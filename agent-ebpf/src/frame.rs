@@ -10,13 +10,23 @@
 //! split over two reads, the end of a body and the next response in one,
 //! responses of a pipeline together).
 //!
-//! Server side, a write is framed from its first byte and for that write
-//! alone when two or more requests await a response, when it starts with
-//! an interim response (its final one may follow), or when it is shorter
-//! than a status line that it may start; only a status line cut by a
-//! write's end is kept for the next write. A write's accepted length is
-//! only known at its exit, so a write is otherwise taken to start a
-//! response (the write programs look at its start when one request waits).
+//! Server side, a write is framed from its first byte when two or more
+//! requests await a response, when it starts with an interim response (its
+//! final one may follow), or when it is shorter than a status line that it
+//! may start. Two places are kept for the next write: a status line cut by
+//! the write's end, and a Content-Length body the write ended inside of
+//! while more requests still await their responses (a server that writes a
+//! response's head and body separately, pipelined). A write's accepted
+//! length is only known at its exit, so the body's remaining length is
+//! counted from the length asked at its entry: a lower bound, as the bytes
+//! a short write left behind come again before anything else, so the bytes
+//! taken as body are body whatever the kernel accepted (a short write only
+//! ends the body early, and the stream resyncs at the next write that
+//! starts a status line). Bodies sent by `sendfile` count too (the
+//! `sys_enter_sendfile64` program); a body sent by a path no program sees
+//! (`splice`, io_uring) would leave the next pipelined response taken for
+//! body. Otherwise a write is taken to start a response (the write programs
+//! look at its start when one request waits).
 //! Reached by tail call, so the programs on every write stay small.
 
 use core::{ffi::c_void, ptr::write_volatile};
@@ -62,11 +72,12 @@ pub fn frame_buffer(conn: *mut ConnState, conn_key: u64, cfg: &AgentConfig, scra
         let resume = if persist {
             !(*conn).responses.is_done()
         } else {
-            // Only if this write's first byte goes on with it: a short body
-            // write that looked like the start of a status line gives way
-            // to the next response's.
-            !(*conn).responses.between_responses()
-                && continues_status_line(&(*conn).responses, (*scratch).iov_base[0])
+            // A body goes on; a status line only if this write's first byte
+            // goes on with it: a short body write that looked like the
+            // start of a status line gives way to the next response's.
+            (*conn).responses.in_length_body()
+                || (!(*conn).responses.between_responses()
+                    && continues_status_line(&(*conn).responses, (*scratch).iov_base[0]))
         };
         let mut w = 0;
         while w < RESP_WORDS {
@@ -103,11 +114,14 @@ pub fn frame_buffer(conn: *mut ConnState, conn_key: u64, cfg: &AgentConfig, scra
             }
             true
         } else {
-            // A server keeps only a status line its write ended inside of
-            // (a server writing it in pieces); otherwise its next write is
-            // taken to start a response, as a write's accepted length is
-            // only known at its exit.
-            s.resp.state == state::STATUS && s.iov_idx != STOPPED
+            // A server keeps a status line its write ended inside of (a
+            // server writing it in pieces), and a body its write ended
+            // inside of while requests still wait (see the module's
+            // comment), if every byte of the write was framed; otherwise its
+            // next write is taken to start a response.
+            let framed_whole = s.iov_idx != STOPPED && s.iov_idx >= s.iov_cnt && s.unseen == 0;
+            (s.resp.state == state::STATUS && s.iov_idx != STOPPED)
+                || (framed_whole && s.resp.in_length_body() && spill::has_pending(&*conn))
         };
         let from = &s.resp as *const ResponseStream as *const u64;
         let to = &mut (*conn).responses as *mut ResponseStream as *mut u64;

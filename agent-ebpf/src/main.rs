@@ -8,8 +8,9 @@
 //!   host tests), which queues each request with method, tenant, start time;
 //! - `write`/`sendto`/`writev`/`sendmsg` enter: a status line answers the
 //!   oldest queued request; count it in `COUNTS` keyed by (service, tenant,
-//!   method, status) with its latency bucket (`sendfile` carries only
-//!   bodies, after the status line, so it needs no probe);
+//!   method, status) with its latency bucket;
+//! - `sendfile` enter: body bytes, skipped by a server's framing when it
+//!   follows a pipelined response's body across writes (`frame.rs`);
 //! - `close` enter: requests still queued are counted with status 000;
 //! - `accept`/`accept4` exit, `connect` enter: a new socket; stale state for
 //!   its descriptor number (left by an fd closed without `close`) is dropped;
@@ -270,7 +271,13 @@ fn fill_iovecs(scratch: &mut Scratch, args: &ReadArgs, ret: u64) -> bool {
         i += 1;
     }
     scratch.iov_cnt = cnt;
-    scratch.unseen = left;
+    // A write's length is taken whole (`ret` is u64::MAX): what is unseen
+    // then is any iovec past `MAX_IOV`.
+    scratch.unseen = if ret == u64::MAX {
+        (vlen > cnt) as u64
+    } else {
+        left
+    };
     true
 }
 
@@ -669,6 +676,23 @@ pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
             tail_scan(&ctx, key, read_kind::MSGHDR, msg, 0, TAIL_PARSE_WRITE)
         }
         None => {}
+    }
+    0
+}
+
+/// `sendfile(out_fd, in_fd, offset, count)`: body bytes of a response whose
+/// head was written before. Only when a server's framing is inside a
+/// Content-Length body (see `frame.rs`) do they matter: they are skipped
+/// there, `count` of them (the length asked: a lower bound, as for writes).
+#[tracepoint]
+pub fn sys_enter_sendfile64(ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let key = conn_key((id >> 32) as u32, arg_u64(&ctx, 0) as u32);
+    if let Some(conn) = CONNS.get_ptr_mut(&key) {
+        let conn = unsafe { &mut *conn };
+        if conn.role == role::SERVER && conn.responses.in_length_body() {
+            conn.responses.skip(arg_u64(&ctx, 3));
+        }
     }
     0
 }

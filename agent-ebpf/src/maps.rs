@@ -104,7 +104,9 @@ pub struct Scratch {
     pub iov_base: [u64; MAX_IOV],
     pub iov_len: [u64; MAX_IOV],
     /// Bytes the syscall moved beyond `iov_len` (iovecs past `MAX_IOV`):
-    /// never scanned, so a stream framed across reads loses its place.
+    /// never scanned, so a stream framed across reads loses its place. For
+    /// a write, whose length is taken whole: 1 if it has iovecs past
+    /// `MAX_IOV`.
     pub unseen: u64,
     pub conn: ConnState,
     /// The connection whose write the tail-called parser scans.

@@ -1073,3 +1073,40 @@ fn responses_read_in_small_pieces_each_answer_their_request() {
     }
     w.assert_both_sides_match_the_log(sent, "read in small pieces");
 }
+
+/// A pipelined response whose body is written on its own and starts like a
+/// status line is body, not a response. Python's /status-line-body answers
+/// 200 with the body `HTTP/1.1 500 Internal Server Error\r\n\r\n` in a send
+/// of its own, after the head's send. Pipelining it with other requests
+/// once counted the next request as 500 (and its real response as a
+/// response without a request): a server's write was framed alone, so the
+/// body's write was taken to start a response. (Once in
+/// `tests/known_failures/`.)
+#[test]
+fn a_pipelined_body_that_looks_like_a_status_line_is_body() {
+    require_root();
+    let py = servers::start("python");
+    let agent = Agent::start(&agent::config(&[("py", py.port())]));
+    let mut c = Conn::open(py.port());
+    let reqs = vec![
+        Req::get("/status-line-body").tenant(Some("piped")),
+        Req::get("/status/201").tenant(Some("piped")),
+        Req::get("/status-line-body").tenant(Some("piped")),
+        Req::get("/status-line-body").tenant(Some("other")),
+        Req::get("/status/404").tenant(Some("piped")),
+    ];
+    let statuses: Vec<u16> = c.pipeline(&reqs).iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 201, 200, 200, 404]);
+    py.wait_for_log_lines(reqs.len());
+    let want = py.method_counts("unknown");
+    assert_same_counts("py", &agent.method_counts("py"), &want, &agent);
+    let e = agent.settle_and_scrape();
+    let unmatched = e.sum(
+        "burnwatch_capture_anomalies_total",
+        &[("service", "py"), ("kind", "response_without_request")],
+    );
+    assert_eq!(
+        unmatched, 0.0,
+        "no response may be left without its request"
+    );
+}

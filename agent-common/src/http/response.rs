@@ -150,6 +150,13 @@ impl ResponseStream {
         self.state = state::DONE;
     }
 
+    /// Whether the stream stands inside a Content-Length body, with
+    /// `remaining` bytes of it still to come.
+    #[inline(always)]
+    pub fn in_length_body(&self) -> bool {
+        self.state == state::BODY && self.remaining > 0
+    }
+
     /// Bytes that can be skipped without looking at them (body data).
     #[inline(always)]
     pub fn skippable(&self) -> u64 {

@@ -32,6 +32,7 @@ pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("syscalls", "sys_enter_sendto", "sys_enter_write"),
     ("syscalls", "sys_enter_writev", "sys_enter_writev"),
     ("syscalls", "sys_enter_sendmsg", "sys_enter_sendmsg"),
+    ("syscalls", "sys_enter_sendfile64", "sys_enter_sendfile64"),
     ("syscalls", "sys_exit_read", "sys_exit_read"),
     ("syscalls", "sys_exit_recvfrom", "sys_exit_read"),
     ("syscalls", "sys_exit_readv", "sys_exit_read"),
