@@ -37,14 +37,21 @@ pub struct KernelOffsets {
     pub skc_daddr: u32,
     /// `sock_common.skc_v6_daddr`
     pub skc_v6_daddr: u32,
-    /// Offsets in `struct pt_regs` of a syscall's first three arguments as
-    /// the user passed them (x86_64: `di`, `si`, `dx`). Read at a syscall's
-    /// exit from the thread's saved registers, so no enter probe has to
-    /// stash them (and a thread already blocked in `read` when the agent
-    /// started is seen when it returns).
-    pub regs_arg: [u32; 3],
+    /// Offsets in `struct pt_regs` of a syscall's first four arguments as
+    /// the user passed them (x86_64: `di`, `si`, `dx`, `r10`). Read at a
+    /// syscall's exit from the thread's saved registers, so no enter probe
+    /// has to stash them (and a thread already blocked in `read` when the
+    /// agent started is seen when it returns). The fourth is `recvfrom`'s
+    /// flags.
+    pub regs_arg: [u32; 4],
     /// Syscall numbers of this architecture: the exit programs shared by
     /// several syscalls tell them apart by number.
     pub nr_readv: u32,
     pub nr_recvmsg: u32,
+    pub nr_recvfrom: u32,
+    pub _pad: u32,
 }
+
+/// `MSG_PEEK`: a `recvfrom`/`recvmsg` that returns bytes without consuming
+/// them (they come again in the next read).
+pub const MSG_PEEK: u64 = 2;

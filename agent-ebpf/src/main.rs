@@ -67,6 +67,7 @@ use burnwatch_common::{
         AgentConfig, ConnState, MatchKey, ReadArgs, SERVICE_AUTO, SockOwner, config_flags,
         conn_event, conn_key, counter, ignored, match_kind, read_kind, role,
     },
+    offsets::MSG_PEEK,
 };
 
 use maps::{
@@ -172,17 +173,21 @@ pub fn sys_exit_read(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// `struct pt_regs` offsets of `di`, `si`, `dx` on x86_64. When the
+/// `struct pt_regs` offsets of `di`, `si`, `dx`, `r10` on x86_64. When the
 /// kernel's BTF gives these (it has since 2.6), the arguments are read with
 /// constant-offset loads; other layouts take the `bpf_probe_read_kernel` path.
-const X86_64_ARG_REGS: [u32; 3] = [112, 104, 96];
+const X86_64_ARG_REGS: [u32; 4] = [112, 104, 96, 56];
 
-/// The arguments of the current thread's read syscall, at its exit.
+/// The arguments of the current thread's read syscall, at its exit. `None`
+/// for a read that cannot be followed, and for a peek (`MSG_PEEK`): its
+/// bytes are not consumed, they come again in the next read, and parsing
+/// them twice would make two requests of one (servers that sniff a
+/// connection's first bytes, as Envoy's inspectors do, peek).
 #[inline(always)]
 fn read_args(ctx: &TracePointContext, cfg: &AgentConfig) -> Option<ReadArgs> {
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
     let off = &cfg.offsets;
-    let (fd, buf, vlen);
+    let (fd, buf, vlen, arg3);
     if off.regs_arg == X86_64_ARG_REGS {
         // `regs` is a BTF pointer: the verifier turns loads at constant
         // offsets into fault-safe direct loads, no helper call, no copy.
@@ -191,10 +196,11 @@ fn read_args(ctx: &TracePointContext, cfg: &AgentConfig) -> Option<ReadArgs> {
             fd = core::ptr::read(p.add(X86_64_ARG_REGS[0] as usize / 8));
             buf = core::ptr::read(p.add(X86_64_ARG_REGS[1] as usize / 8));
             vlen = core::ptr::read(p.add(X86_64_ARG_REGS[2] as usize / 8));
+            arg3 = core::ptr::read(p.add(X86_64_ARG_REGS[3] as usize / 8));
         }
     } else {
-        // Other layouts (arm64: orig_x0, regs[1], regs[2]).
-        let mut args = [0u64; 3];
+        // Other layouts (arm64: orig_x0, regs[1], regs[2], regs[3]).
+        let mut args = [0u64; 4];
         for (dst, at) in args.iter_mut().zip(off.regs_arg) {
             if unsafe {
                 bpf_probe_read_kernel(
@@ -207,17 +213,22 @@ fn read_args(ctx: &TracePointContext, cfg: &AgentConfig) -> Option<ReadArgs> {
                 return None;
             }
         }
-        (fd, buf, vlen) = (args[0], args[1], args[2]);
+        (fd, buf, vlen, arg3) = (args[0], args[1], args[2], args[3]);
     }
     // Syscall tracepoints: 8 bytes of common fields, then the number (int).
     let nr = tp_field::<i32>(ctx, 8) as i64;
-    let kind = if nr == off.nr_readv as i64 {
-        read_kind::IOVEC
+    let (kind, flags) = if nr == off.nr_readv as i64 {
+        (read_kind::IOVEC, 0)
     } else if nr == off.nr_recvmsg as i64 {
-        read_kind::MSGHDR
+        (read_kind::MSGHDR, vlen)
+    } else if nr == off.nr_recvfrom as i64 {
+        (read_kind::BUF, arg3)
     } else {
-        read_kind::BUF
+        (read_kind::BUF, 0)
     };
+    if flags & MSG_PEEK != 0 {
+        return None;
+    }
     Some(ReadArgs {
         fd: fd as u32,
         kind,

@@ -9,6 +9,10 @@ READ, how request bytes come in:
   readv     os.readv into buffers of 64, 4096 and 65536 bytes (a request
             spans several iovecs)
   recvmsg   socket.recvmsg_into into buffers of 64, 4096 and 65536 bytes
+  peek      before every socket.recv, a peek (recvfrom with MSG_PEEK) at
+            what is waiting, and at a new connection's first bytes a
+            recvmsg with MSG_PEEK too, as servers that sniff the protocol
+            (TLS or HTTP) before reading do
 WRITE, how a response goes out:
   write     os.write: the head, then the body
   sendto    socket.send: the head, then the body
@@ -55,6 +59,7 @@ class Conn:
         self.body_dir = body_dir
         self.buf = b""
         self.batch = b""
+        self.peeked = False
 
     # ------------------------------------------------------------ reading
     def fill(self):
@@ -62,6 +67,14 @@ class Conn:
         if m == "read":
             data = os.read(self.fd, 65536)
         elif m == "recvfrom":
+            data = self.sock.recv(65536)
+        elif m == "peek":
+            if not self.peeked:
+                # Wait for the first bytes and look at them, as a protocol
+                # sniffer does, with recvmsg.
+                self.sock.recvmsg(16, 0, socket.MSG_PEEK)
+                self.peeked = True
+            self.sock.recv(65536, socket.MSG_PEEK)
             data = self.sock.recv(65536)
         elif m in ("readv", "recvmsg"):
             bufs = [bytearray(64), bytearray(4096), bytearray(65536)]

@@ -698,7 +698,9 @@ fn long_tenants_are_cut_to_64_bytes() {
 
 /// The syscalls the agent probes today, one server each: reads by `read`
 /// and `recv` (recvfrom), responses by `write`, `send` (sendto), `writev`,
-/// and head by `write` with the body by `sendfile`.
+/// and head by `write` with the body by `sendfile`; and a server that
+/// peeks (`MSG_PEEK`, by recvfrom and recvmsg) before it reads, whose
+/// peeked bytes must not be parsed as requests a second time.
 #[test]
 fn syscall_variants_match_request_log() {
     require_root();
@@ -707,6 +709,7 @@ fn syscall_variants_match_request_log() {
         ("recvfrom", "sendto"),
         ("read", "writev"),
         ("recvfrom", "sendfile"),
+        ("peek", "sendto"),
     ];
     let all: Vec<(String, ScriptServer)> = modes
         .iter()

@@ -232,25 +232,29 @@ impl Btf {
             regs_arg: self.syscall_arg_regs()?,
             nr_readv: libc::SYS_readv as u32,
             nr_recvmsg: libc::SYS_recvmsg as u32,
+            nr_recvfrom: libc::SYS_recvfrom as u32,
+            _pad: 0,
         })
     }
 
     /// Where a syscall's first three arguments sit in `struct pt_regs`.
-    fn syscall_arg_regs(&self) -> Result<[u32; 3]> {
-        if let (Ok(a), Ok(b), Ok(c)) = (
+    fn syscall_arg_regs(&self) -> Result<[u32; 4]> {
+        if let (Ok(a), Ok(b), Ok(c), Ok(d)) = (
             self.member_offset("pt_regs", "di"),
             self.member_offset("pt_regs", "si"),
             self.member_offset("pt_regs", "dx"),
+            self.member_offset("pt_regs", "r10"),
         ) {
-            return Ok([a, b, c]); // x86_64
+            return Ok([a, b, c, d]); // x86_64 (the syscall ABI's 4th is r10)
         }
         // arm64: x0 is overwritten by the return value; the kernel keeps the
-        // first argument in orig_x0. x1, x2 are regs[1], regs[2].
+        // first argument in orig_x0. x1..x3 are regs[1..3].
         let regs = self.member_offset("pt_regs", "regs")?;
         Ok([
             self.member_offset("pt_regs", "orig_x0")?,
             regs + 8,
             regs + 16,
+            regs + 24,
         ])
     }
 }
