@@ -4,7 +4,8 @@
 //!
 //! Locations: `/ok`, `/created`, `/missing`, `/error`, `/unavailable`, `/`;
 //! `/status/<code>` for the codes in [`STATUS_CODES`]; `/big`, a 1 MiB static
-//! file (written in several writes: sendfile is off); `/chunked`, a static
+//! file (written in several writes: sendfile is off unless the extra `http`
+//! directives of [`Nginx::start_tuned`] turn it on); `/chunked`, a static
 //! file gzipped on the fly, so chunked when the request has
 //! `Accept-Encoding: gzip`; `/close` closes the connection without an
 //! answer (`return 444`: logged as 444).
@@ -73,6 +74,12 @@ impl Nginx {
         } else {
             String::new()
         };
+        // nginx refuses a directive given twice.
+        let sendfile = if http.contains("sendfile") {
+            ""
+        } else {
+            "sendfile off;"
+        };
         let conf = format!(
             r#"
 {main}
@@ -91,7 +98,7 @@ http {{
   scgi_temp_path {d}/scgi;
   keepalive_requests 100000;
   keepalive_timeout 600s;  # agents load slowly on a busy machine; pooled connections must outlive that
-  sendfile off;
+  {sendfile}
   server {{
     listen 127.0.0.1:{port} {listen};
     {listen6}

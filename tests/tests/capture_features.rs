@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use burnwatch_e2e::agent::{self, Agent};
 use burnwatch_e2e::client::{Conn, Req};
+use burnwatch_e2e::nginx::Nginx;
 use burnwatch_e2e::servers::{self, Counts, Kind, MethodCounts, ScriptServer, Server};
 use burnwatch_e2e::{assert_same_counts, count_diff, free_port, require_root};
 
@@ -1109,4 +1110,54 @@ fn a_pipelined_body_that_looks_like_a_status_line_is_body() {
         unmatched, 0.0,
         "no response may be left without its request"
     );
+}
+
+/// nginx with `sendfile on` writes a static file's head with `writev` and
+/// its body with `sendfile`, in several calls when the client reads slowly.
+/// Pipelined requests for 1 MiB files between others: the server side's
+/// framing follows each body through the `sendfile` calls, so every request
+/// is counted with its own status, as nginx's access log has it.
+#[test]
+fn nginx_sendfile_bodies_of_pipelined_responses_are_followed() {
+    require_root();
+    let ngx = Nginx::start_tuned(
+        "worker_processes 1;",
+        "events { worker_connections 1024; }",
+        "sendfile on;\n  tcp_nopush on;",
+        "",
+    );
+    let agent = Agent::start(&agent::config(&[("ngx", ngx.port)]));
+    let paths = [
+        "/big",
+        "/status/201",
+        "/big",
+        "/status/404",
+        "/ok",
+        "/big",
+        "/status/503",
+    ];
+    let reqs: Vec<Req> = paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Req::get(p).tenant(TENANTS[i % TENANTS.len()]))
+        .collect();
+    let want: Vec<u16> = [200, 201, 200, 404, 200, 200, 503].to_vec();
+    let mut sent = 0;
+    // Read at once, and after a pause that fills the socket's buffers (so
+    // nginx's sendfile calls come short and resume).
+    for pause in [Duration::ZERO, Duration::from_millis(300)] {
+        let mut c = Conn::open_reading_by(ngx.port, 4096);
+        let bytes: Vec<u8> = reqs.iter().flat_map(Req::bytes).collect();
+        c.send(&bytes);
+        std::thread::sleep(pause);
+        let got: Vec<u16> = reqs
+            .iter()
+            .map(|r| c.read_final(r.is_head()).status)
+            .collect();
+        assert_eq!(got, want, "pause {pause:?}");
+        sent += reqs.len();
+    }
+    ngx.wait_for_log_lines(sent);
+    let want = ngx.method_counts("unknown");
+    assert_same_counts("ngx", &agent.method_counts("ngx"), &want, &agent);
 }
