@@ -52,6 +52,13 @@ pub struct KernelOffsets {
     pub _pad: u32,
 }
 
+/// `struct pt_regs` offsets of `di`, `si`, `dx`, `r10` on x86_64: the
+/// syscall ABI's first four arguments. When the kernel's BTF gives these
+/// [`KernelOffsets::regs_arg`], the read program loads the arguments at
+/// constant offsets; other layouts take a `bpf_probe_read_kernel` per
+/// argument.
+pub const X86_64_SYSCALL_ARG_REGS: [u32; 4] = [112, 104, 96, 56];
+
 /// `MSG_PEEK`: a `recvfrom`/`recvmsg` that returns bytes without consuming
 /// them (they come again in the next read).
 pub const MSG_PEEK: u64 = 2;

@@ -67,7 +67,7 @@ use burnwatch_common::{
         AgentConfig, ConnState, MatchKey, ReadArgs, SERVICE_AUTO, SockOwner, config_flags,
         conn_event, conn_key, counter, ignored, match_kind, read_kind, role,
     },
-    offsets::MSG_PEEK,
+    offsets::{MSG_PEEK, X86_64_SYSCALL_ARG_REGS},
 };
 
 use maps::{
@@ -173,10 +173,9 @@ pub fn sys_exit_read(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// `struct pt_regs` offsets of `di`, `si`, `dx`, `r10` on x86_64. When the
-/// kernel's BTF gives these (it has since 2.6), the arguments are read with
-/// constant-offset loads; other layouts take the `bpf_probe_read_kernel` path.
-const X86_64_ARG_REGS: [u32; 4] = [112, 104, 96, 56];
+/// See [`X86_64_SYSCALL_ARG_REGS`] (the agent's tests check this kernel's
+/// BTF gives them).
+const X86_64_ARG_REGS: [u32; 4] = X86_64_SYSCALL_ARG_REGS;
 
 /// The arguments of the current thread's read syscall, at its exit. `None`
 /// for a read that cannot be followed, and for a peek (`MSG_PEEK`): its

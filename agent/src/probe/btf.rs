@@ -237,7 +237,7 @@ impl Btf {
         })
     }
 
-    /// Where a syscall's first three arguments sit in `struct pt_regs`.
+    /// Where a syscall's first four arguments sit in `struct pt_regs`.
     fn syscall_arg_regs(&self) -> Result<[u32; 4]> {
         if let (Ok(a), Ok(b), Ok(c), Ok(d)) = (
             self.member_offset("pt_regs", "di"),
@@ -343,5 +343,12 @@ mod tests {
         assert_eq!(o.skc_daddr, 0);
         assert!(o.skc_num > o.skc_dport || o.skc_dport == 12);
         assert!(o.task_files > 0 && o.file_private_data > 0);
+        // The read program's fast path (direct loads, no helper call) is
+        // taken only for this exact layout.
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(
+            o.regs_arg,
+            burnwatch_common::offsets::X86_64_SYSCALL_ARG_REGS
+        );
     }
 }
