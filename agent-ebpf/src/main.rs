@@ -173,10 +173,6 @@ pub fn sys_exit_read(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// See [`X86_64_SYSCALL_ARG_REGS`] (the agent's tests check this kernel's
-/// BTF gives them).
-const X86_64_ARG_REGS: [u32; 4] = X86_64_SYSCALL_ARG_REGS;
-
 /// The arguments of the current thread's read syscall, at its exit. `None`
 /// for a read that cannot be followed, and for a peek (`MSG_PEEK`): its
 /// bytes are not consumed, they come again in the next read, and parsing
@@ -187,15 +183,16 @@ fn read_args(ctx: &TracePointContext, cfg: &AgentConfig) -> Option<ReadArgs> {
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
     let off = &cfg.offsets;
     let (fd, buf, vlen, arg3);
-    if off.regs_arg == X86_64_ARG_REGS {
+    // The x86_64 layout (the agent's tests check this kernel's BTF gives it).
+    if off.regs_arg == X86_64_SYSCALL_ARG_REGS {
         // `regs` is a BTF pointer: the verifier turns loads at constant
         // offsets into fault-safe direct loads, no helper call, no copy.
         let p = regs as *const u64;
         unsafe {
-            fd = core::ptr::read(p.add(X86_64_ARG_REGS[0] as usize / 8));
-            buf = core::ptr::read(p.add(X86_64_ARG_REGS[1] as usize / 8));
-            vlen = core::ptr::read(p.add(X86_64_ARG_REGS[2] as usize / 8));
-            arg3 = core::ptr::read(p.add(X86_64_ARG_REGS[3] as usize / 8));
+            fd = core::ptr::read(p.add(X86_64_SYSCALL_ARG_REGS[0] as usize / 8));
+            buf = core::ptr::read(p.add(X86_64_SYSCALL_ARG_REGS[1] as usize / 8));
+            vlen = core::ptr::read(p.add(X86_64_SYSCALL_ARG_REGS[2] as usize / 8));
+            arg3 = core::ptr::read(p.add(X86_64_SYSCALL_ARG_REGS[3] as usize / 8));
         }
     } else {
         // Other layouts (arm64: orig_x0, regs[1], regs[2], regs[3]).

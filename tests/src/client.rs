@@ -105,8 +105,15 @@ impl Conn {
 
     /// Sends every request in one `write`, then reads one response each.
     pub fn pipeline(&mut self, reqs: &[Req]) -> Vec<Response> {
+        self.pipeline_read_after(reqs, Duration::ZERO)
+    }
+
+    /// [`Conn::pipeline`], starting to read only after `pause` (the
+    /// server's writes fill the socket's buffers and come short).
+    pub fn pipeline_read_after(&mut self, reqs: &[Req], pause: Duration) -> Vec<Response> {
         let bytes: Vec<u8> = reqs.iter().flat_map(Req::bytes).collect();
         self.send(&bytes);
+        std::thread::sleep(pause);
         reqs.iter().map(|r| self.read_final(r.is_head())).collect()
     }
 

@@ -1147,12 +1147,10 @@ fn nginx_sendfile_bodies_of_pipelined_responses_are_followed() {
     // nginx's sendfile calls come short and resume).
     for pause in [Duration::ZERO, Duration::from_millis(300)] {
         let mut c = Conn::open_reading_by(ngx.port, 4096);
-        let bytes: Vec<u8> = reqs.iter().flat_map(Req::bytes).collect();
-        c.send(&bytes);
-        std::thread::sleep(pause);
-        let got: Vec<u16> = reqs
+        let got: Vec<u16> = c
+            .pipeline_read_after(&reqs, pause)
             .iter()
-            .map(|r| c.read_final(r.is_head()).status)
+            .map(|r| r.status)
             .collect();
         assert_eq!(got, want, "pause {pause:?}");
         sent += reqs.len();
