@@ -322,6 +322,24 @@ impl RequestStream {
         self.state = state::INVALID;
     }
 
+    /// `n` bytes of the stream went by unseen (a read with `MSG_TRUNC`:
+    /// TCP consumed them without copying them out). Body bytes are skipped
+    /// by count; past the body, sync is lost. True when this loses sync
+    /// (not when it was lost already).
+    #[inline(always)]
+    pub fn discard(&mut self, n: u64) -> bool {
+        let body = self.skippable();
+        if n <= body {
+            self.skip(n);
+            return false;
+        }
+        if self.state == state::INVALID {
+            return false;
+        }
+        self.lose_sync();
+        true
+    }
+
     /// Whether requests await a response.
     #[inline(always)]
     pub fn has_pending(&self) -> bool {

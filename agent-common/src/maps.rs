@@ -371,6 +371,9 @@ pub mod read_kind {
     pub const BUF: u32 = 0;
     pub const IOVEC: u32 = 1;
     pub const MSGHDR: u32 = 2;
+    /// A `recvfrom`/`recvmsg` with `MSG_TRUNC`: TCP consumed the bytes
+    /// without copying them to the buffer, which holds anything.
+    pub const DISCARD: u32 = 3;
 }
 
 /// Key of the `CONN_EVENTS` map: per-service counts of connection-level
@@ -409,6 +412,9 @@ pub mod conn_event {
     pub const SCAN_LIMIT: u16 = 6;
     /// A tenant value longer than the kept length was cut.
     pub const TENANT_TRUNCATED: u16 = 7;
+    /// A read with `MSG_TRUNC` dropped bytes past a body unseen; the rest
+    /// of the stream waits for the next request line.
+    pub const DISCARDED_UNSEEN: u16 = 8;
     // TCP failures the application never reports.
     /// The server reset an established connection.
     pub const FAIL_RESET: u16 = 16;
@@ -427,6 +433,7 @@ pub mod conn_event {
             STATE_EVICTED => "state_evicted",
             PARSE_INVALID => "not_http",
             SCAN_LIMIT => "scan_limit",
+            DISCARDED_UNSEEN => "discarded_unseen",
             TENANT_TRUNCATED => "tenant_truncated",
             _ => return None,
         })

@@ -62,3 +62,7 @@ pub const X86_64_SYSCALL_ARG_REGS: [u32; 4] = [112, 104, 96, 56];
 /// `MSG_PEEK`: a `recvfrom`/`recvmsg` that returns bytes without consuming
 /// them (they come again in the next read).
 pub const MSG_PEEK: u64 = 2;
+
+/// `MSG_TRUNC`: on a TCP socket, a `recvfrom`/`recvmsg` that consumes bytes
+/// without copying them (a server skipping a body it does not want).
+pub const MSG_TRUNC: u64 = 0x20;

@@ -67,7 +67,7 @@ use burnwatch_common::{
         AgentConfig, ConnState, MatchKey, ReadArgs, SERVICE_AUTO, SockOwner, config_flags,
         conn_event, conn_key, counter, ignored, match_kind, read_kind, role,
     },
-    offsets::{MSG_PEEK, X86_64_SYSCALL_ARG_REGS},
+    offsets::{MSG_PEEK, MSG_TRUNC, X86_64_SYSCALL_ARG_REGS},
 };
 
 use maps::{
@@ -225,6 +225,11 @@ fn read_args(ctx: &TracePointContext, cfg: &AgentConfig) -> Option<ReadArgs> {
     if flags & MSG_PEEK != 0 {
         return None;
     }
+    let kind = if flags & MSG_TRUNC != 0 {
+        read_kind::DISCARD
+    } else {
+        kind
+    };
     Some(ReadArgs {
         fd: fd as u32,
         kind,
@@ -332,6 +337,13 @@ fn finish_read(ctx: &TracePointContext) {
         forget_conn(key, unsafe { &*c });
         known = None;
     }
+    if args.kind == read_kind::DISCARD {
+        // Nothing to look at, and nothing to learn a new connection from.
+        if let Some(c) = known {
+            discard_read(unsafe { &mut *c }, ret as u64);
+        }
+        return;
+    }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -353,6 +365,36 @@ fn finish_read(ctx: &TracePointContext) {
         parse::parse_inbound(conn, key, cfg, scratch);
     } else if conn.role == role::CLIENT {
         client_read(ctx, conn, key, scratch);
+    }
+}
+
+/// A read with `MSG_TRUNC` consumed `n` bytes the program cannot see. A
+/// server skipping a request body it does not want (or a client a response
+/// body) reads this way: bytes within the body are skipped by count, as a
+/// scan skips them. Past the body the stream's place is lost: a server's
+/// waits for the next read that starts a request line (requests already
+/// queued keep waiting for their responses), a client's for the next
+/// status line.
+#[inline(always)]
+fn discard_read(conn: &mut ConnState, n: u64) {
+    if conn.role == role::SERVER {
+        let in_headers = conn.requests.in_headers();
+        if conn.requests.discard(n) {
+            count::conn_event(
+                conn.service_id,
+                conn.local_port,
+                conn_event::DISCARDED_UNSEEN,
+            );
+            if in_headers {
+                count::conn_event(
+                    conn.service_id,
+                    conn.local_port,
+                    conn_event::TENANT_NOT_FOUND,
+                );
+            }
+        }
+    } else if conn.role == role::CLIENT {
+        conn.responses.discard(n);
     }
 }
 

@@ -13,6 +13,13 @@ READ, how request bytes come in:
             what is waiting, and at a new connection's first bytes a
             recvmsg with MSG_PEEK too, as servers that sniff the protocol
             (TLS or HTTP) before reading do
+  discard   socket.recv_into one reused buffer, 512 bytes at most, and what
+            is left of a request body (Content-Length or chunk data) dropped
+            unread by recv with MSG_TRUNC, as servers skip bodies they do not
+            want (the buffer then still holds an earlier read's bytes).
+            /drain/<code> answers <code> before reading its body, then
+            drops everything that follows, pipelined requests too, with
+            MSG_TRUNC until the client closes (nothing after it is logged)
 WRITE, how a response goes out:
   write     os.write: the head, then the body
   sendto    socket.send: the head, then the body
@@ -60,6 +67,9 @@ class Conn:
         self.buf = b""
         self.batch = b""
         self.peeked = False
+        # One read buffer, reused, as C servers do: a dropped read leaves in
+        # it the bytes of an earlier one.
+        self.rbuf = bytearray(65536)
 
     # ------------------------------------------------------------ reading
     def fill(self):
@@ -76,6 +86,9 @@ class Conn:
                 self.peeked = True
             self.sock.recv(65536, socket.MSG_PEEK)
             data = self.sock.recv(65536)
+        elif m == "discard":
+            n = self.sock.recv_into(self.rbuf, 512)
+            data = bytes(self.rbuf[:n])
         elif m in ("readv", "recvmsg"):
             bufs = [bytearray(64), bytearray(4096), bytearray(65536)]
             if m == "readv":
@@ -101,6 +114,28 @@ class Conn:
             self.fill()
         out, self.buf = self.buf[:n], self.buf[n:]
         return out
+
+    def skip_body(self, n):
+        """Consumes `n` body bytes: read, or in `discard` mode those not
+        read yet dropped by the kernel unseen."""
+        if self.mode_read != "discard":
+            self.read_exact(n)
+            return
+        have = min(n, len(self.buf))
+        self.buf = self.buf[have:]
+        n -= have
+        while n > 0:
+            got = self.sock.recv_into(self.rbuf, min(n, len(self.rbuf)), socket.MSG_TRUNC)
+            if got == 0:
+                raise EOFError
+            n -= got
+
+    def drain(self):
+        """Drops everything the client sends until it closes."""
+        self.buf = b""
+        while self.sock.recv_into(self.rbuf, len(self.rbuf), socket.MSG_TRUNC):
+            pass
+        raise EOFError
 
     # ------------------------------------------------------------ writing
     def write_all(self, data, how):
@@ -202,21 +237,25 @@ class Conn:
                 if len(self.buf) == 0:
                     # The client waits for it before sending the body.
                     self.flush_batch(force=True)
-            if "chunked" in headers.get("transfer-encoding", "").lower():
+            path = target.split("?")[0]
+            drain = self.mode_read == "discard" and path.startswith("/drain/")
+            if drain:
+                pass  # answered first, then drained
+            elif "chunked" in headers.get("transfer-encoding", "").lower():
                 while True:
                     size = int(self.read_until(b"\r\n").split(b";")[0].strip(), 16)
                     if size == 0:
                         while self.read_until(b"\r\n") != b"\r\n":
                             pass
                         break
-                    self.read_exact(size + 2)
+                    self.skip_body(size)
+                    self.read_exact(2)
             else:
-                self.read_exact(int(headers.get("content-length", "0")))
-            path = target.split("?")[0]
+                self.skip_body(int(headers.get("content-length", "0")))
             tenant = headers.get("x-tenant-id", "") or "-"
             status, body = 200, b"ok\n"
             chunked = path.startswith("/chunked/")
-            if path.startswith("/status/") or chunked:
+            if path.startswith("/status/") or chunked or drain:
                 status = int(path.rsplit("/", 1)[1])
                 body = b"status %d\n" % status
                 if self.mode_write == "batched":
@@ -235,6 +274,8 @@ class Conn:
                 self.respond_chunked(status, body, method == "HEAD")
             else:
                 self.respond(status, body, method == "HEAD")
+            if drain:
+                self.drain()
 
 
 def handle(sock, mode_read, mode_write, log, body_dir):

@@ -698,9 +698,11 @@ fn long_tenants_are_cut_to_64_bytes() {
 
 /// The syscalls the agent probes today, one server each: reads by `read`
 /// and `recv` (recvfrom), responses by `write`, `send` (sendto), `writev`,
-/// and head by `write` with the body by `sendfile`; and a server that
-/// peeks (`MSG_PEEK`, by recvfrom and recvmsg) before it reads, whose
-/// peeked bytes must not be parsed as requests a second time.
+/// and head by `write` with the body by `sendfile`; a server that peeks
+/// (`MSG_PEEK`, by recvfrom and recvmsg) before it reads, whose peeked
+/// bytes must not be parsed as requests a second time; and one that drops
+/// request bodies unread (`MSG_TRUNC`), whose dropped bytes must be
+/// skipped by count.
 #[test]
 fn syscall_variants_match_request_log() {
     require_root();
@@ -710,6 +712,7 @@ fn syscall_variants_match_request_log() {
         ("read", "writev"),
         ("recvfrom", "sendfile"),
         ("peek", "sendto"),
+        ("discard", "write"),
     ];
     let all: Vec<(String, ScriptServer)> = modes
         .iter()
@@ -723,7 +726,10 @@ fn syscall_variants_match_request_log() {
     let services: Vec<(&str, u16)> = all.iter().map(|(n, s)| (n.as_str(), s.port)).collect();
     let agent = Agent::start(&agent::config(&services));
     for (name, s) in &all {
-        let sent = drive_small_mix(s.port, name);
+        let mut sent = drive_small_mix(s.port, name);
+        if name == "discard-write" {
+            sent += drain_past_a_body(s.port);
+        }
         s.wait_for_log_lines(sent);
     }
     let e = agent.settle_and_scrape();
@@ -733,7 +739,38 @@ fn syscall_variants_match_request_log() {
         assert_same_counts(name, &got, &want, &agent);
         assert!(got.len() >= 6, "{name}: {got:?}");
     }
+    assert_eq!(
+        agent::capture_counter(&e, "discarded_unseen"),
+        2,
+        "each drained request line is one loss of place:\n{}",
+        e.text
+    );
     assert_no_drops(&agent, "syscalls");
+}
+
+/// Requests the `discard` server answers, then drops everything after them
+/// unread (`MSG_TRUNC`), requests too, which it never sees or logs: the
+/// agent must not count them either, and counts each dropped request line
+/// as a `discarded_unseen`. First a POST answered before its 100 KB body,
+/// a request pipelined behind the body; then a GET, and once its response
+/// is read another request, which the server's buffer meets holding the
+/// GET's bytes (a build that parsed it counted a phantom request). Returns
+/// requests the server answers (2).
+fn drain_past_a_body(port: u16) -> usize {
+    let mut c = Conn::open(port);
+    let mut bytes = Req::new("POST", "/drain/413")
+        .tenant(Some("acme"))
+        .body(&vec![b'b'; 100_000])
+        .bytes();
+    bytes.extend(Req::get("/status/200").tenant(Some("globex")).bytes());
+    c.send(&bytes);
+    assert_eq!(c.read_response(false).status, 413, "drain");
+    let mut c = Conn::open(port);
+    let r = c.send_req(&Req::get("/drain/429").tenant(Some("acme")));
+    assert_eq!(r.status, 429, "drain");
+    c.send(&Req::get("/status/200").tenant(Some("globex")).bytes());
+    c.drain(Duration::from_millis(200));
+    2
 }
 
 /// A smaller mix for servers with one syscall path: keep-alive, a fresh

@@ -150,6 +150,18 @@ impl ResponseStream {
         self.state = state::DONE;
     }
 
+    /// `n` bytes of the stream went by unseen (a client's read with
+    /// `MSG_TRUNC`): body bytes are skipped by count; past the body, the
+    /// place is lost.
+    #[inline(always)]
+    pub fn discard(&mut self, n: u64) {
+        if n <= self.skippable() {
+            self.skip(n);
+        } else {
+            self.lose_place();
+        }
+    }
+
     /// Whether the stream stands inside a Content-Length body, with
     /// `remaining` bytes of it still to come.
     #[inline(always)]

@@ -489,3 +489,79 @@ fn a_request_target_cut_by_a_line_end_is_not_a_request() {
         assert_eq!((done.len(), invalid, s.len), (0, 1, 0), "{read:?}");
     }
 }
+
+/// Feeds `read` byte by byte (skipping body bytes by count, as the kernel
+/// does) into `s`; returns the requests that completed their headers.
+fn feed_one(s: &mut RequestStream, read: &[u8]) -> usize {
+    s.begin_read();
+    let mut done = 0;
+    let mut i = 0;
+    while i < read.len() {
+        let skip = s.skippable().min((read.len() - i) as u64);
+        if skip > 0 {
+            s.skip(skip);
+            i += skip as usize;
+            continue;
+        }
+        if s.step(read[i], &cfg(), 7) == event::HEADERS_DONE {
+            done += 1;
+        }
+        i += 1;
+    }
+    done
+}
+
+#[test]
+fn discarded_body_bytes_are_skipped_by_count() {
+    let mut s = RequestStream::new();
+    let head = b"POST /up HTTP/1.1\r\nContent-Length: 10\r\nX-Tenant-ID: a\r\n\r\n0123";
+    assert_eq!(feed_one(&mut s, head), 1);
+    assert_eq!(s.skippable(), 6);
+    // Dropped unseen: the rest of the body, in two reads.
+    assert!(!s.discard(4));
+    assert!(!s.discard(2));
+    assert_eq!(s.skippable(), 0);
+    // The next request parses from its first byte.
+    assert_eq!(feed_one(&mut s, REQ), 1);
+    assert!(!s.is_full());
+    // Chunk data too: a chunk of 8, 3 bytes read, 5 dropped, then its CRLF.
+    let chunked = b"PUT /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n8\r\nabc";
+    assert_eq!(feed_one(&mut s, chunked), 1);
+    assert!(!s.discard(5));
+    assert_eq!(feed_one(&mut s, b"\r\n0\r\n\r\n"), 0);
+    assert_eq!(feed_one(&mut s, REQ), 1);
+}
+
+#[test]
+fn bytes_discarded_past_a_body_lose_sync_once() {
+    let mut s = RequestStream::new();
+    let head = b"POST /up HTTP/1.1\r\nContent-Length: 4\r\n\r\n";
+    assert_eq!(feed_one(&mut s, head), 1);
+    // The body and a request behind it, dropped: sync is lost, once.
+    assert!(s.discard(4 + REQ.len() as u64));
+    assert!(!s.discard(100));
+    // A read that starts with a request line finds it again.
+    assert_eq!(feed_one(&mut s, REQ), 1);
+    // Between requests, any dropped byte loses sync.
+    assert!(s.discard(1));
+    assert_eq!(feed_one(&mut s, REQ), 1);
+}
+
+#[test]
+fn a_response_body_discarded_by_a_client_is_skipped_by_count() {
+    use super::response::{ResponseStream, event as rev};
+    let mut s = ResponseStream::new();
+    let mut status = 0;
+    for &b in b"HTTP/1.1 201 Created\r\nContent-Length: 9\r\n\r\n".iter() {
+        if s.step(b) == rev::STATUS {
+            status = s.status;
+        }
+    }
+    assert_eq!((status, s.skippable()), (201, 9));
+    s.discard(9);
+    assert!(!s.is_done());
+    assert!(s.between_responses());
+    // Past the body: the place is lost.
+    s.discard(1 << 20);
+    assert!(s.is_done());
+}
