@@ -24,7 +24,7 @@ use aya::{
     },
 };
 use burnwatch_common::maps::{
-    AgentConfig, ConnEventKey, MatchKey, RequestKey, RequestStats, counter, names,
+    AgentConfig, ConnEventKey, MatchKey, RequestKey, RequestStats, SERIES_ALL, counter, names,
 };
 use tracing::{info, warn};
 
@@ -42,6 +42,10 @@ pub struct Probe {
     /// `COUNTS` and `CONN_EVENTS` read in batches (the maps above are the
     /// fallback for kernels without batch lookups).
     counts_batch: BatchReader<RequestKey, RequestStats>,
+    /// Series per service and in all (`SERIES_ALL`): how many keys
+    /// `COUNTS` holds, so a poll knows when none was added.
+    series: BpfHashMap<MapData, u64, u64>,
+    counts_keys: std::sync::Mutex<KnownCounts>,
     conn_events_batch: BatchReader<ConnEventKey, u64>,
     counters: PerCpuArray<MapData, u64>,
     conn_events: BpfHashMap<MapData, ConnEventKey, u64>,
@@ -71,6 +75,42 @@ pub struct Probe {
 
 /// Programs reached only by tail call (loaded and pinned, never attached),
 /// by slot in `TAIL_CALLS`. The pinned program array keeps them registered.
+/// Up to this many `COUNTS` keys are looked up one by one (a syscall each)
+/// rather than walking the whole map.
+const FEW_SERIES: usize = 128;
+/// Polls between two walks of `COUNTS` while keys are looked up one by one.
+const WALK_EVERY: u32 = 10;
+
+/// The keys of `COUNTS` its last walk found.
+#[derive(Default)]
+struct KnownCounts {
+    keys: Vec<RequestKey>,
+    /// The walk found more than [`FEW_SERIES`] keys.
+    overflow: bool,
+    /// `SERIES_ALL` when the walk started (`None`: unknown, walk again).
+    series: Option<u64>,
+    polls_since_walk: u32,
+}
+
+impl KnownCounts {
+    /// Whether looking up the known keys reads every series: no key was
+    /// added since the walk (`series` unchanged), and they are few.
+    fn can_look_up(&self, series: Option<u64>) -> bool {
+        self.series.is_some()
+            && self.series == series
+            && !self.overflow
+            && self.polls_since_walk < WALK_EVERY
+    }
+
+    /// Forgets the keys (keeping their buffer) before a walk.
+    fn start_walk(&mut self, series: Option<u64>) {
+        self.keys.clear();
+        self.overflow = false;
+        self.series = series;
+        self.polls_since_walk = 0;
+    }
+}
+
 const TAIL_CALLED: &[(u32, &str)] = &[(0, "parse_client_write"), (1, "frame_responses")];
 
 impl Probe {
@@ -151,6 +191,8 @@ impl Probe {
         let batch_fd = |map: &MapData| map.fd().as_fd().try_clone_to_owned();
         Ok(Probe {
             counts_batch: BatchReader::new(batch_fd(counts.map())?),
+            series: BpfHashMap::try_from(open(names::SERIES)?.0)?,
+            counts_keys: std::sync::Mutex::new(KnownCounts::default()),
             conn_events_batch: BatchReader::new(batch_fd(conn_events.map())?),
             counts,
             conn_events,
@@ -235,14 +277,56 @@ impl Probe {
 
     /// Calls `f` with every request series the kernel has counted. The
     /// values are cumulative since the map was created.
+    ///
+    /// A batch read walks every bucket of `COUNTS` (65,536), whatever it
+    /// holds: most of an idle agent's CPU. So while the map holds few keys
+    /// and none was added since the last walk (the kernel's `SERIES_ALL`
+    /// count is unchanged), each known key is looked up instead; the map
+    /// is walked again every [`WALK_EVERY`] polls all the same (a key whose
+    /// series the kernel failed to count is found then).
     pub fn read_counts(&self, mut f: impl FnMut(&RequestKey, &RequestStats)) -> Result<()> {
+        let series = match self.series.get(&SERIES_ALL, 0) {
+            Ok(n) => Some(n),
+            // Created with the first series.
+            Err(aya::maps::MapError::KeyNotFound) => Some(0),
+            Err(_) => None,
+        };
+        let mut known = self.counts_keys.lock().unwrap_or_else(|e| e.into_inner());
+        if known.can_look_up(series) {
+            known.polls_since_walk += 1;
+            let mut gone = false;
+            for k in &known.keys {
+                match self.counts.get(k, 0) {
+                    Ok(v) => f(k, &v),
+                    // The agent deletes no key: the map was replaced.
+                    Err(aya::maps::MapError::KeyNotFound) => gone = true,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if gone {
+                known.series = None;
+            }
+            return Ok(());
+        }
+        known.start_walk(series);
+        let KnownCounts { keys, overflow, .. } = &mut *known;
+        let mut walked = |k: &RequestKey, v: &RequestStats| {
+            if keys.len() < FEW_SERIES {
+                keys.push(*k);
+            } else {
+                *overflow = true;
+            }
+            f(k, v)
+        };
         if self
             .counts_batch
-            .read(&mut f)
+            .read(&mut walked)
             .context("reading COUNTS in batches")?
         {
             return Ok(());
         }
+        // No batch reads on this kernel: the iterator below every time.
+        known.series = None;
         for item in self.counts.iter() {
             match item {
                 Ok((k, v)) => f(&k, &v),
@@ -415,6 +499,25 @@ pub fn kernel_offsets() -> Result<burnwatch_common::offsets::KernelOffsets> {
 
 #[cfg(test)]
 mod tests {
+    use super::{FEW_SERIES, KnownCounts, WALK_EVERY};
+
+    #[test]
+    fn known_counts_are_looked_up_only_while_no_series_was_added() {
+        let mut known = KnownCounts::default();
+        assert!(!known.can_look_up(Some(3)), "never walked");
+        known.start_walk(Some(3));
+        assert!(known.can_look_up(Some(3)));
+        assert!(!known.can_look_up(Some(4)), "a series was added");
+        assert!(!known.can_look_up(None), "the count could not be read");
+        known.polls_since_walk = WALK_EVERY;
+        assert!(!known.can_look_up(Some(3)), "walked again now and then");
+        known.start_walk(Some(3));
+        known.overflow = true;
+        assert!(!known.can_look_up(Some(3)), "more than {FEW_SERIES} keys");
+        known.start_walk(None);
+        assert!(!known.can_look_up(None), "walked without a count");
+    }
+
     /// A bounds check or `unwrap` in the eBPF code links `core::panicking`
     /// into the object, and the verifier then rejects the program with
     /// "last insn is not an exit or jmp". Caught here, on the host, with the
