@@ -73,8 +73,6 @@ pub struct Probe {
     _held_links: Vec<TracePointLink>,
 }
 
-/// Programs reached only by tail call (loaded and pinned, never attached),
-/// by slot in `TAIL_CALLS`. The pinned program array keeps them registered.
 /// Up to this many `COUNTS` keys are looked up one by one (a syscall each)
 /// rather than walking the whole map.
 const FEW_SERIES: usize = 128;
@@ -111,6 +109,8 @@ impl KnownCounts {
     }
 }
 
+/// Programs reached only by tail call (loaded and pinned, never attached),
+/// by slot in `TAIL_CALLS`. The pinned program array keeps them registered.
 const TAIL_CALLED: &[(u32, &str)] = &[(0, "parse_client_write"), (1, "frame_responses")];
 
 impl Probe {
@@ -308,7 +308,9 @@ impl Probe {
             }
             return Ok(());
         }
-        known.start_walk(series);
+        // Unknown until the walk completes: one cut short by an error
+        // leaves only some of the keys.
+        known.start_walk(None);
         let KnownCounts { keys, overflow, .. } = &mut *known;
         let mut walked = |k: &RequestKey, v: &RequestStats| {
             if keys.len() < FEW_SERIES {
@@ -323,10 +325,10 @@ impl Probe {
             .read(&mut walked)
             .context("reading COUNTS in batches")?
         {
+            known.series = series;
             return Ok(());
         }
         // No batch reads on this kernel: the iterator below every time.
-        known.series = None;
         for item in self.counts.iter() {
             match item {
                 Ok((k, v)) => f(&k, &v),
