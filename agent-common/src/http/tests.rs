@@ -5,45 +5,59 @@ fn cfg() -> ParserConfig {
     ParserConfig::header(b"X-Tenant-ID")
 }
 
-/// Feeds `reads` the way the kernel does (skip bodies, jump over ignored
-/// header values and targets with `next_needed`, step other bytes, 16-byte chunks) and
-/// returns every request that completed its headers, as (method, tenant),
-/// popping them as if each got a response right away.
+/// Feeds `reads` the way [`feed`] does and returns every request that
+/// completed its headers, as (method, tenant), the stream, and the number
+/// of `INVALID` events.
 fn run(cfg: &ParserConfig, reads: &[&[u8]]) -> (Vec<(Method, String)>, RequestStream, u32) {
     let mut s = RequestStream::new();
     let mut done = Vec::new();
     let mut invalid = 0;
     for read in reads {
-        s.begin_read();
-        let mut i = 0usize;
-        while i < read.len() {
-            let skip = s.skippable();
-            if skip > 0 {
-                let n = skip.min((read.len() - i) as u64);
-                s.skip(n);
-                i += n as usize;
-                continue;
-            }
-            let j = s.next_needed_in(read, i);
-            if j > i {
-                i = j;
-                continue;
-            }
-            match s.step(read[i], cfg, 7) {
-                event::HEADERS_DONE if s.has_pending() => {
-                    let r = *s.pending_newest();
-                    done.push((
-                        Method::from_u8(r.method),
-                        String::from_utf8_lossy(r.tenant()).into_owned(),
-                    ));
-                }
-                event::INVALID => invalid += 1,
-                _ => {}
-            }
-            i += 1;
-        }
+        invalid += feed(&mut s, cfg, read, &mut done);
     }
     (done, s, invalid)
+}
+
+/// Feeds one read into `s` the way the kernel does (skip bodies, jump over
+/// ignored header values and targets with `next_needed`, step other bytes)
+/// and pushes every request that completed its headers onto `done`, as
+/// (method, tenant). Returns the number of `INVALID` events.
+fn feed(
+    s: &mut RequestStream,
+    cfg: &ParserConfig,
+    read: &[u8],
+    done: &mut Vec<(Method, String)>,
+) -> u32 {
+    let mut invalid = 0;
+    s.begin_read();
+    let mut i = 0usize;
+    while i < read.len() {
+        let skip = s.skippable();
+        if skip > 0 {
+            let n = skip.min((read.len() - i) as u64);
+            s.skip(n);
+            i += n as usize;
+            continue;
+        }
+        let j = s.next_needed_in(read, i);
+        if j > i {
+            i = j;
+            continue;
+        }
+        match s.step(read[i], cfg, 7) {
+            event::HEADERS_DONE if s.has_pending() => {
+                let r = *s.pending_newest();
+                done.push((
+                    Method::from_u8(r.method),
+                    String::from_utf8_lossy(r.tenant()).into_owned(),
+                ));
+            }
+            event::INVALID => invalid += 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    invalid
 }
 
 impl RequestStream {
@@ -490,25 +504,12 @@ fn a_request_target_cut_by_a_line_end_is_not_a_request() {
     }
 }
 
-/// Feeds `read` byte by byte (skipping body bytes by count, as the kernel
-/// does) into `s`; returns the requests that completed their headers.
+/// The requests of one read, fed into `s` by [`feed`], that completed
+/// their headers.
 fn feed_one(s: &mut RequestStream, read: &[u8]) -> usize {
-    s.begin_read();
-    let mut done = 0;
-    let mut i = 0;
-    while i < read.len() {
-        let skip = s.skippable().min((read.len() - i) as u64);
-        if skip > 0 {
-            s.skip(skip);
-            i += skip as usize;
-            continue;
-        }
-        if s.step(read[i], &cfg(), 7) == event::HEADERS_DONE {
-            done += 1;
-        }
-        i += 1;
-    }
-    done
+    let mut done = Vec::new();
+    feed(s, &cfg(), read, &mut done);
+    done.len()
 }
 
 #[test]
