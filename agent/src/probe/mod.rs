@@ -100,11 +100,13 @@ impl KnownCounts {
             && self.polls_since_walk < WALK_EVERY
     }
 
-    /// Forgets the keys (keeping their buffer) before a walk.
-    fn start_walk(&mut self, series: Option<u64>) {
+    /// Forgets the keys (keeping their buffer) before a walk; `series` is
+    /// unknown until the walk completes (one cut short by an error leaves
+    /// only some of the keys).
+    fn start_walk(&mut self) {
         self.keys.clear();
         self.overflow = false;
-        self.series = series;
+        self.series = None;
         self.polls_since_walk = 0;
     }
 }
@@ -308,9 +310,7 @@ impl Probe {
             }
             return Ok(());
         }
-        // Unknown until the walk completes: one cut short by an error
-        // leaves only some of the keys.
-        known.start_walk(None);
+        known.start_walk();
         let KnownCounts { keys, overflow, .. } = &mut *known;
         let mut walked = |k: &RequestKey, v: &RequestStats| {
             if keys.len() < FEW_SERIES {
@@ -507,16 +507,18 @@ mod tests {
     fn known_counts_are_looked_up_only_while_no_series_was_added() {
         let mut known = KnownCounts::default();
         assert!(!known.can_look_up(Some(3)), "never walked");
-        known.start_walk(Some(3));
+        known.start_walk();
+        known.series = Some(3);
         assert!(known.can_look_up(Some(3)));
         assert!(!known.can_look_up(Some(4)), "a series was added");
         assert!(!known.can_look_up(None), "the count could not be read");
         known.polls_since_walk = WALK_EVERY;
         assert!(!known.can_look_up(Some(3)), "walked again now and then");
-        known.start_walk(Some(3));
+        known.start_walk();
+        known.series = Some(3);
         known.overflow = true;
         assert!(!known.can_look_up(Some(3)), "more than {FEW_SERIES} keys");
-        known.start_walk(None);
+        known.start_walk();
         assert!(!known.can_look_up(None), "walked without a count");
     }
 
