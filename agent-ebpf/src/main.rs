@@ -21,7 +21,8 @@
 //! A connection is recognised the first time a read returns a request line,
 //! so connections opened before the agent started (keep-alive pools) are
 //! counted from their next request, and the accept path costs nothing.
-//! Reads on anything else cost a map lookup and an 8-byte peek.
+//! Reads on anything else cost a map lookup and an 8-byte peek; syscalls on
+//! a socket already judged not ours, an array load (`IGNORED`).
 //!
 //! Modules: `maps` (every map), `socket` (fd -> TCP socket), `parse`
 //! (scanning reads), `count` (series and events), `spill` (pipelines
@@ -72,7 +73,8 @@ use burnwatch_common::{
 
 use maps::{
     CONNS, MATCHES, MAX_IOV, SCRATCH, SERVER_PORTS, SERVICE_PORTS, SOCKS, Scratch, TAIL_CALLS,
-    TAIL_FRAME_RESPONSES, TAIL_PARSE_WRITE, bump, config,
+    TAIL_FRAME_RESPONSES, TAIL_PARSE_WRITE, bump, cache_ignored, cached_ignored, config,
+    uncache_ignored,
 };
 
 const BPF_NOEXIST: u64 = 1;
@@ -325,12 +327,19 @@ fn finish_read(ctx: &TracePointContext) {
     };
     let id = bpf_get_current_pid_tgid();
     let key = conn_key((id >> 32) as u32, args.fd);
+    if cached_ignored(key, cfg.match_generation).is_some() {
+        return; // known not to be ours
+    }
     let mut known = CONNS.get_ptr_mut(&key);
     if let Some(c) = known
         && unsafe { (*c).role } == 0
     {
         if unsafe { (*c).generation } == cfg.match_generation {
-            return; // known not to be ours
+            // Known not to be ours: the next read of it need not look here.
+            cache_ignored(key, cfg.match_generation, unsafe {
+                (*c).ignored == ignored::HTTP_CLIENT
+            });
+            return;
         }
         // Decided before userspace knew of new matching processes: look
         // again.
@@ -603,8 +612,14 @@ fn store_conn(key: u64, conn: &ConnState) -> Option<*mut ConnState> {
         count_evicted(owner);
     }
     if CONNS.insert(&key, conn, 0).is_err() {
+        uncache_ignored(key);
         bump(counter::CONNS_FULL);
         return None;
+    }
+    if conn.role == 0 {
+        cache_ignored(key, conn.generation, conn.ignored == ignored::HTTP_CLIENT);
+    } else {
+        uncache_ignored(key);
     }
     if conn.sk != 0 {
         let owner = SockOwner {
@@ -624,6 +639,7 @@ fn store_conn(key: u64, conn: &ConnState) -> Option<*mut ConnState> {
 #[inline(always)]
 fn forget_conn(key: u64, conn: &ConnState) {
     let sk = conn.sk;
+    uncache_ignored(key);
     let _ = CONNS.remove(&key);
     if sk != 0 {
         let _ = SOCKS.remove(&sk);
@@ -633,6 +649,8 @@ fn forget_conn(key: u64, conn: &ConnState) {
 /// [`forget_conn`] for whatever state `key` has, if any.
 #[inline(always)]
 fn forget_key(key: u64) {
+    // A verdict may outlive its state (`CONNS` evicts it): dropped either way.
+    uncache_ignored(key);
     if let Some(conn) = CONNS.get_ptr_mut(&key) {
         forget_conn(key, unsafe { &*conn });
     }
@@ -782,8 +800,17 @@ enum Writer {
 /// at only when clients are watched and the socket is new to us.
 #[inline(always)]
 fn write_conn(fd: u32, start: WriteStart, len: u64) -> Option<Writer> {
+    let cfg = config()?;
     let id = bpf_get_current_pid_tgid();
     let key = conn_key((id >> 32) as u32, fd);
+    let clients = cfg.flags & config_flags::CLIENTS != 0;
+    // Ignored, unless it may still become a watched client's connection
+    // (see `new_client`).
+    if let Some(http_client) = cached_ignored(key, cfg.match_generation)
+        && !(clients && http_client)
+    {
+        return None;
+    }
     if let Some(conn) = CONNS.get_ptr_mut(&key) {
         let conn = unsafe { &mut *conn };
         if conn.role == role::SERVER {
@@ -792,9 +819,15 @@ fn write_conn(fd: u32, start: WriteStart, len: u64) -> Option<Writer> {
         if conn.role == role::CLIENT {
             return Some(Writer::Client(key));
         }
+        if conn.generation == cfg.match_generation {
+            cache_ignored(
+                key,
+                cfg.match_generation,
+                conn.ignored == ignored::HTTP_CLIENT,
+            );
+        }
     }
-    let cfg = config()?;
-    if cfg.flags & config_flags::CLIENTS == 0 {
+    if !clients {
         return None;
     }
     new_client(cfg, key, fd, start.addr(), len)
@@ -1045,6 +1078,8 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let key = conn_key((id >> 32) as u32, arg_u64(&ctx, 0) as u32);
+    // The descriptor number may come back as another socket.
+    uncache_ignored(key);
     if let Some(conn) = CONNS.get_ptr_mut(&key) {
         end_connection(key, unsafe { &mut *conn });
     }

@@ -10,6 +10,7 @@ use burnwatch_common::{
     maps::{
         AgentConfig, CONN_EVENTS_MAX, CONNS_MAX, COUNTS_MAX, ConnEventKey, ConnState, MATCHES_MAX,
         MatchKey, RequestKey, RequestStats, SOCKS_MAX, SPILL_MAX, SockOwner, SpillKey, counter,
+        ignored_cache,
     },
 };
 
@@ -38,6 +39,11 @@ pub static SPILL: LruHashMap<SpillKey, PendingRequest> = LruHashMap::with_max_en
 pub static SOCKS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(SOCKS_MAX, 0);
 
 /// The agent's config (one entry), rewritten by userspace on reload.
+/// Verdicts of ignored connections, in front of `CONNS`: see
+/// `burnwatch_common::maps::ignored_cache`.
+#[map(name = "IGNORED")]
+pub static IGNORED: Array<u64> = Array::with_max_entries(ignored_cache::SLOTS, 0);
+
 #[map(name = "CONFIG")]
 pub static CONFIG: Array<AgentConfig> = Array::with_max_entries(1, 0);
 
@@ -146,4 +152,46 @@ pub fn bump(idx: u32) {
 #[inline(always)]
 pub fn config() -> Option<&'static AgentConfig> {
     CONFIG.get(0)
+}
+
+/// `Some(reason is HTTP_CLIENT)` when `IGNORED` says connection `key` is
+/// ignored under `generation` (then `CONNS` holds that verdict: no need to
+/// look).
+#[inline(always)]
+pub fn cached_ignored(key: u64, generation: u32) -> Option<bool> {
+    let word = IGNORED.get_ptr(ignored_cache::slot(key))?;
+    // One aligned 8-byte load: a whole verdict, never half of two.
+    ignored_cache::lookup(unsafe { core::ptr::read_volatile(word) }, key, generation)
+}
+
+/// Records in `IGNORED` that `CONNS` holds "ignored under `generation`"
+/// for `key` (written only when the slot says something else, so a hit
+/// leaves its cache line clean).
+#[inline(always)]
+pub fn cache_ignored(key: u64, generation: u32, http_client: bool) {
+    let (Some(verdict), Some(word)) = (
+        ignored_cache::verdict(key, generation, http_client),
+        IGNORED.get_ptr_mut(ignored_cache::slot(key)),
+    ) else {
+        return;
+    };
+    unsafe {
+        if core::ptr::read_volatile(word) != verdict {
+            core::ptr::write_volatile(word, verdict);
+        }
+    }
+}
+
+/// Drops `key`'s verdict from `IGNORED`, if its slot holds one: the key's
+/// state in `CONNS` changes or goes.
+#[inline(always)]
+pub fn uncache_ignored(key: u64) {
+    let Some(word) = IGNORED.get_ptr_mut(ignored_cache::slot(key)) else {
+        return;
+    };
+    unsafe {
+        if ignored_cache::holds(core::ptr::read_volatile(word), key) {
+            core::ptr::write_volatile(word, 0);
+        }
+    }
 }

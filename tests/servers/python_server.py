@@ -18,6 +18,9 @@ Paths:
   /reset          no response: the connection is reset (logged as 000)
   /hang           no response ever: the handler sleeps (logged as 000 when
                   the request is read; for killing the server mid-request)
+  /fetch/<port>   200 after a request of its own: GET / to 127.0.0.1:<port>
+                  on a new connection, read to its end and closed (the
+                  server as a client, on a descriptor it frees again)
   anything else   200
 The tenant is the X-Tenant-ID header, or with the environment variable
 TENANT_FROM=host the Host header's first label, or with TENANT_FROM=path the
@@ -48,6 +51,13 @@ def log_line(status, tenant, method, path):
     with LOG_LOCK:
         LOG.write(f"{status} {tenant} {method} {path}\n")
         LOG.flush()
+
+
+def fetch(port):
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: upstream\r\nConnection: close\r\n\r\n")
+        while s.recv(65536):
+            pass
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -117,6 +127,8 @@ class Handler(BaseHTTPRequestHandler):
             chunked = True
         elif path == "/status-line-body":
             body = b"HTTP/1.1 500 Internal Server Error\r\n\r\n"
+        elif path.startswith("/fetch/"):
+            fetch(int(path[len("/fetch/"):]))
         log_line(status, tenant, self.command, path)
         self.send_response(status)
         self.send_header("Content-Type", "text/plain")

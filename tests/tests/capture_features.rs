@@ -882,6 +882,39 @@ fn blocked_reader_from_before_the_agent_counts_its_next_request() {
     assert_same_counts("py", &agent.method_counts("py"), &want, &agent);
 }
 
+/// A descriptor number that held a connection the agent ignores comes back
+/// as a watched connection: its requests are counted. Here the watched
+/// server is a client too (`/fetch`: its own request to an unwatched
+/// server, on a new socket it reads a status line from and closes), and
+/// the next connection it accepts gets the freed number. Ignored
+/// connections' verdicts are cached per descriptor number
+/// (`burnwatch_common::maps::ignored_cache`); one that outlived its
+/// connection would hide every request of the next.
+#[test]
+fn a_descriptor_reused_after_an_ignored_connection_is_counted() {
+    require_root();
+    let watched = servers::start("python");
+    let upstream = servers::start("python");
+    let agent = Agent::start(&agent::config(&[("py", watched.port())]));
+    let mut lines = 0;
+    for i in 0..6 {
+        let mut first = Conn::open(watched.port());
+        let fetch = Req::get(&format!("/fetch/{}", upstream.port())).tenant(TENANTS[0]);
+        assert_eq!(first.send_req(&fetch).status, 200);
+        // Accepted on the descriptor the fetch freed.
+        let mut next = Conn::open(watched.port());
+        for j in 0..3 {
+            let code = CODES[(i + j) % CODES.len()];
+            let req = Req::get(&status_path(code)).tenant(TENANTS[(i + j) % TENANTS.len()]);
+            assert_eq!(next.send_req(&req).status, code);
+        }
+        lines += 4;
+    }
+    watched.wait_for_log_lines(lines);
+    let want = servers::parse_log(&watched.log_lines(), "unknown");
+    assert_same_counts("py", &agent.method_counts("py"), &want, &agent);
+}
+
 /// A server that writes the responses of pipelined requests together, in
 /// one `write` (as asyncio transports under back-pressure, hyper's
 /// `pipeline_flush` and proxies do), and a watched client that reads them

@@ -1,18 +1,21 @@
 //! The cost of running an eBPF program at all, by request rate: the floor
 //! under the agent's BPF time per request.
 //!
-//! Two programs that do no work, each attached alone to the load
+//! Three programs that do no work, each attached alone to the load
 //! generator's send syscalls (`sys_enter_write` for wrk, `sys_enter_sendto`
 //! for `cargo xtask loadgen`, one run per request), timed by the kernel
 //! (`kernel.bpf_stats_enabled`) at each load of the overhead phase:
 //! - `empty`: `r0 = 0; exit`;
 //! - `one lookup`: one `bpf_map_lookup_elem` (a miss) in an LRU hash map of
 //!   65,536 entries keyed by pid/tgid, the shape of the agent's `CONNS`,
-//!   then exit: the least any of the agent's programs does on a syscall of
-//!   a process it does not watch.
+//!   then exit: what a syscall of a connection the agent ignores cost
+//!   before the `IGNORED` cache;
+//! - `one array lookup`: a lookup in a 2,048-entry array of u64 (the shape
+//!   of `IGNORED`, which the verifier inlines to an address computation),
+//!   then exit: the least such a syscall costs now.
 //!
 //! Loaded with raw `bpf(2)` bytecode rather than through aya and an ELF
-//! object: two programs of 2 and 9 instructions, and xtask stays free of
+//! object: three programs of 2 to 10 instructions, and xtask stays free of
 //! the eBPF build.
 
 use std::fmt::Write as _;
@@ -28,6 +31,7 @@ use super::{Ctx, TENANTS_OVERHEAD};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
 const BPF_PROG_TYPE_TRACEPOINT: u32 = 5;
 const PERF_TYPE_TRACEPOINT: u32 = 2;
@@ -37,6 +41,8 @@ const PERF_EVENT_IOC_SET_BPF: libc::c_ulong = 0x4004_2408;
 const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
 /// Entries of the `one lookup` map, as `CONNS_MAX`.
 const LOOKUP_MAP_ENTRIES: u32 = 65_536;
+/// Entries of the `one array lookup` map, as `ignored_cache::SLOTS`.
+const ARRAY_MAP_ENTRIES: u32 = 2_048;
 
 /// `struct bpf_insn`.
 #[repr(C)]
@@ -63,10 +69,13 @@ fn empty_program() -> Vec<Insn> {
     vec![insn(0xb7, 0, 0, 0, 0), insn(0x95, 0, 0, 0, 0)]
 }
 
-/// `*(u64 *)(r10 - 8) = bpf_get_current_pid_tgid(); bpf_map_lookup_elem(map, r10 - 8); r0 = 0; exit`.
-fn lookup_program(map_fd: i32) -> Vec<Insn> {
-    vec![
-        insn(0x85, 0, 0, 0, 14),     // call bpf_get_current_pid_tgid
+/// `*(u64 *)(r10 - 8) = bpf_get_current_pid_tgid() [& mask]; bpf_map_lookup_elem(map, r10 - 8); r0 = 0; exit`.
+fn lookup_program(map_fd: i32, mask: Option<i32>) -> Vec<Insn> {
+    let mut insns = vec![insn(0x85, 0, 0, 0, 14)]; // call bpf_get_current_pid_tgid
+    if let Some(mask) = mask {
+        insns.push(insn(0x57, 0, 0, 0, mask)); // r0 &= mask
+    }
+    insns.extend([
         insn(0x7b, 10, 0, -8, 0),    // *(u64 *)(r10 - 8) = r0
         insn(0x18, 1, 1, 0, map_fd), // r1 = map (ld_imm64, BPF_PSEUDO_MAP_FD)
         insn(0, 0, 0, 0, 0),
@@ -75,7 +84,8 @@ fn lookup_program(map_fd: i32) -> Vec<Insn> {
         insn(0x85, 0, 0, 0, 1),  // call bpf_map_lookup_elem
         insn(0xb7, 0, 0, 0, 0),  // r0 = 0
         insn(0x95, 0, 0, 0, 0),  // exit
-    ]
+    ]);
+    insns
 }
 
 fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<OwnedFd> {
@@ -95,6 +105,15 @@ fn create_lookup_map() -> Result<OwnedFd> {
     attr[0] = u64::from(BPF_MAP_TYPE_LRU_HASH) | (8u64 << 32);
     attr[1] = 64 | (u64::from(LOOKUP_MAP_ENTRIES) << 32);
     bpf(BPF_MAP_CREATE, &mut attr).context("creating the floor's LRU hash map")
+}
+
+/// The `one array lookup` map: u32 keys, u64 values. The program's key is
+/// the thread id modulo the entries (a slot, as `IGNORED`'s hash picks).
+fn create_array_map() -> Result<OwnedFd> {
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(BPF_MAP_TYPE_ARRAY) | (4u64 << 32);
+    attr[1] = 8 | (u64::from(ARRAY_MAP_ENTRIES) << 32);
+    bpf(BPF_MAP_CREATE, &mut attr).context("creating the floor's array map")
 }
 
 fn load_program(insns: &[Insn]) -> Result<OwnedFd> {
@@ -233,11 +252,19 @@ fn measure(
 pub fn run(ctx: &Ctx) -> Result<Section> {
     set_bpf_stats(true)?;
     let map = create_lookup_map()?;
+    let array = create_array_map()?;
     let programs = [
         ("empty (2 instructions)", load_program(&empty_program())?),
         (
             "one lookup (a miss in a 65,536-entry LRU hash)",
-            load_program(&lookup_program(map.as_raw_fd()))?,
+            load_program(&lookup_program(map.as_raw_fd(), None))?,
+        ),
+        (
+            "one array lookup (a 2,048-entry array)",
+            load_program(&lookup_program(
+                array.as_raw_fd(),
+                Some(ARRAY_MAP_ENTRIES as i32 - 1),
+            ))?,
         ),
     ];
     let ids = tracepoint_ids(&SEND_TRACEPOINTS)?;
@@ -273,11 +300,12 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
     )?;
     writeln!(
         md,
-        "Method: no agent. Two programs that do no work, loaded as raw bytecode, each attached alone to \
+        "Method: no agent. Three programs that do no work, loaded as raw bytecode, each attached alone to \
 `sys_enter_write` and `sys_enter_sendto` (the load generator's sends: one run per request), timed by the \
 kernel (`kernel.bpf_stats_enabled=1`): `empty` is `r0 = 0; exit`; `one lookup` looks up the caller's pid/tgid \
-in a 65,536-entry LRU hash map (a miss) and exits, the least any of the agent's programs does on a syscall \
-of a process it does not watch. Same nginx, loads and cores as the overhead phase, {secs:.0} s per run, \
+in a 65,536-entry LRU hash map (a miss) and exits, what a syscall on a connection the agent ignores cost \
+before its `IGNORED` cache; `one array lookup` looks it up in a 2,048-entry array instead (the shape of \
+`IGNORED`; the verifier inlines array lookups), what such a syscall costs at least now. Same nginx, loads and cores as the overhead phase, {secs:.0} s per run, \
 {rounds} interleaved rounds; median (min..max) ns per run. At low rates everything a run touches (its code, \
 the map's buckets, their page-table entries) has left the caches between requests: the same cost the agent's \
 programs pay (\"Where the BPF time goes\" above), and the same slowdown nginx's own work shows there (its \
