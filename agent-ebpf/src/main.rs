@@ -336,9 +336,7 @@ fn finish_read(ctx: &TracePointContext) {
     {
         if unsafe { (*c).generation } == cfg.match_generation {
             // Known not to be ours: the next read of it need not look here.
-            cache_ignored(key, cfg.match_generation, unsafe {
-                (*c).ignored == ignored::HTTP_CLIENT
-            });
+            cache_ignored(key, unsafe { &*c });
             return;
         }
         // Decided before userspace knew of new matching processes: look
@@ -617,7 +615,7 @@ fn store_conn(key: u64, conn: &ConnState) -> Option<*mut ConnState> {
         return None;
     }
     if conn.role == 0 {
-        cache_ignored(key, conn.generation, conn.ignored == ignored::HTTP_CLIENT);
+        cache_ignored(key, conn);
     } else {
         uncache_ignored(key);
     }
@@ -820,11 +818,7 @@ fn write_conn(fd: u32, start: WriteStart, len: u64) -> Option<Writer> {
             return Some(Writer::Client(key));
         }
         if conn.generation == cfg.match_generation {
-            cache_ignored(
-                key,
-                cfg.match_generation,
-                conn.ignored == ignored::HTTP_CLIENT,
-            );
+            cache_ignored(key, conn);
         }
     }
     if !clients {

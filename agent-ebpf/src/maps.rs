@@ -10,7 +10,7 @@ use burnwatch_common::{
     maps::{
         AgentConfig, CONN_EVENTS_MAX, CONNS_MAX, COUNTS_MAX, ConnEventKey, ConnState, MATCHES_MAX,
         MatchKey, RequestKey, RequestStats, SOCKS_MAX, SPILL_MAX, SockOwner, SpillKey, counter,
-        ignored_cache,
+        ignored, ignored_cache,
     },
 };
 
@@ -164,13 +164,14 @@ pub fn cached_ignored(key: u64, generation: u32) -> Option<bool> {
     ignored_cache::lookup(unsafe { core::ptr::read_volatile(word) }, key, generation)
 }
 
-/// Records in `IGNORED` that `CONNS` holds "ignored under `generation`"
-/// for `key` (written only when the slot says something else, so a hit
-/// leaves its cache line clean).
+/// Records in `IGNORED` the verdict of `conn`, the ignored (role 0) state
+/// `CONNS` holds for `key` (written only when the slot says something else,
+/// so a hit leaves its cache line clean).
 #[inline(always)]
-pub fn cache_ignored(key: u64, generation: u32, http_client: bool) {
+pub fn cache_ignored(key: u64, conn: &ConnState) {
+    let http_client = conn.ignored == ignored::HTTP_CLIENT;
     let (Some(verdict), Some(word)) = (
-        ignored_cache::verdict(key, generation, http_client),
+        ignored_cache::verdict(key, conn.generation, http_client),
         IGNORED.get_ptr_mut(ignored_cache::slot(key)),
     ) else {
         return;
