@@ -14,9 +14,10 @@
 //! hostile tenant names cannot grow this without bound.
 //!
 //! ## Sampling
-//! [`BurnHistory::update`] runs every poll but samples at most every [`SAMPLE_SECS`]:
-//! each sample overwrites the point of the current 5-minute step, so a step holds the
-//! burn rates seen at its end, and a new series has a point within seconds. Entries
+//! [`BurnHistory::update`] runs every poll but samples at most every [`SAMPLE_SECS`],
+//! and at once at the first poll of a step: each sample overwrites the point of the
+//! current 5-minute step, so a step holds the burn rates seen at its end, the current
+//! step always has a point, and a new series has a point within a poll. Entries
 //! whose series the engine dropped are removed at the next sample.
 
 use std::collections::HashMap;
@@ -189,12 +190,16 @@ pub struct BurnHistory {
 }
 
 impl BurnHistory {
-    /// Samples the engine's burn rates at `now` (at most every [`SAMPLE_SECS`]).
+    /// Samples the engine's burn rates at `now` (at most every [`SAMPLE_SECS`], except
+    /// at a new series or a new step).
     pub fn update(&mut self, engine: &Engine, now: u64) {
         // A series the engine created since the last sample is sampled at once, so
-        // the page shows it within a poll.
+        // the page shows it within a poll; so is the first poll of a new step, so the
+        // newest point is never missing for the first seconds of a step.
         let new_series = engine.series_count() != self.len();
-        if self.last_sample != 0 && now < self.last_sample + SAMPLE_SECS && !new_series {
+        let new_step = now / STEP_SECS != self.last_sample / STEP_SECS;
+        if self.last_sample != 0 && now < self.last_sample + SAMPLE_SECS && !new_series && !new_step
+        {
             return;
         }
         self.last_sample = now;
@@ -379,6 +384,40 @@ mod tests {
         );
         assert_eq!(&before[..SLOTS - 1], &after[..SLOTS - 1]);
         assert_eq!(before[SLOTS - 1].1[0], None);
+    }
+
+    #[test]
+    fn a_new_step_gets_its_point_at_its_first_update() {
+        let mut e = engine();
+        let id = e.slo_id("a").expect("slo");
+        let mut h = BurnHistory::default();
+        // 3 s before a step boundary, then 2 s after it: less than SAMPLE_SECS apart,
+        // and no new series at the second update.
+        let before = 1_000 * STEP_SECS - 3;
+        e.record(before, id, "acme", 1, 0).expect("record");
+        e.evaluate(before);
+        h.update(&e, before);
+        assert_eq!(
+            h.len(),
+            e.series_count(),
+            "no series is new at the next update"
+        );
+        let after = 1_000 * STEP_SECS + 2;
+        e.record(after, id, "acme", 1, 0).expect("record");
+        e.evaluate(after);
+        h.update(&e, after);
+        let points = h.get(id, "acme").expect("history").points(after);
+        assert_eq!(points[SLOTS - 1].0, 1_000 * STEP_SECS);
+        assert_eq!(
+            points[SLOTS - 1].1[0],
+            Some(0.0),
+            "the new step has its point"
+        );
+        assert_eq!(
+            points[SLOTS - 2].1[0],
+            Some(0.0),
+            "the old step kept its point"
+        );
     }
 
     #[test]
