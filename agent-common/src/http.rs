@@ -881,15 +881,6 @@ impl RequestStream {
         self.token_len = 8;
         taken
     }
-
-    /// [`RequestStream::take_version`] at byte `i` of a whole read, with a
-    /// chunk starting there as the kernel's does: for the host-side feeds.
-    pub fn take_version_in(&mut self, read: &[u8], i: usize) -> usize {
-        let n = (read.len() - i).min(16);
-        let mut chunk = [0u8; 16];
-        chunk[..n].copy_from_slice(&read[i..i + n]);
-        self.take_version(&chunk, n)
-    }
 }
 
 /// Whether a header line starting with `b` may be one the parser uses:
@@ -940,19 +931,91 @@ impl RequestStream {
         find_byte(chunk, from, to, needles)
     }
 
-    /// [`RequestStream::next_needed`] at byte `i` of a whole read, through the
-    /// 16-byte window holding `i`, as the kernel's chunk loop sees it: the
-    /// host-side feeds (unit, property and fuzz tests) model the kernel with it.
-    pub fn next_needed_in(&self, read: &[u8], i: usize) -> usize {
-        let base = i - i % 16;
-        let end = if base + 16 < read.len() {
-            base + 16
-        } else {
-            read.len()
-        };
-        let mut chunk = [0u8; 16];
-        chunk[..end - base].copy_from_slice(&read[base..end]);
-        base + self.next_needed(&chunk, i - base, end - base)
+    /// Steps one chunk the kernel loaded (`chunk[..n]`), as `parse_chunk` in
+    /// agent-ebpf does, which calls this very function: a version at the
+    /// chunk's start taken whole, bytes nobody needs jumped over, every other
+    /// byte stepped and its event handed to `on_event` with the stream. Stops
+    /// at the chunk's end, where a body starts (the caller skips it), or
+    /// after a request target (the next chunk starts at its version).
+    /// Returns the bytes consumed, or `None` at an invalid byte: the rest of
+    /// the read is not parsed (the stream stays `INVALID` until the next).
+    #[inline(always)]
+    pub fn scan_chunk(
+        &mut self,
+        chunk: &[u8; 16],
+        n: usize,
+        cfg: &ParserConfig,
+        now_ns: u64,
+        mut on_event: impl FnMut(&mut Self, u8),
+    ) -> Option<usize> {
+        let mut i = self.take_version(chunk, n);
+        while i < 16 {
+            if i >= n {
+                break;
+            }
+            // A body starts inside this chunk: let the caller skip it.
+            if self.skippable() > 0 {
+                break;
+            }
+            // Bytes nobody asked for (an ignored header line, a request
+            // target without a tenant): jump to the next byte needed.
+            if self.may_skip() {
+                let j = self.next_needed(chunk, i, n);
+                // Only forward (the verifier cannot see it never goes back).
+                if j > i {
+                    i = j;
+                }
+                if i >= n || i >= 16 {
+                    break;
+                }
+            }
+            let ev = self.step(chunk[i % 16], cfg, now_ns);
+            on_event(self, ev);
+            match ev {
+                event::INVALID => return None,
+                // The version is next: start the next chunk with it.
+                event::TARGET_DONE => {
+                    i += 1;
+                    break;
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        Some(i)
+    }
+
+    /// Parses one whole read as the kernel does (`parse_inbound`): body bytes
+    /// skipped by count, the rest in 16-byte chunks through
+    /// [`RequestStream::scan_chunk`]. For the host-side tests (unit, property
+    /// and fuzz), which model the kernel with it; the kernel's own loop reads
+    /// user memory chunk by chunk instead of holding a slice.
+    pub fn walk_read(
+        &mut self,
+        read: &[u8],
+        cfg: &ParserConfig,
+        now_ns: u64,
+        mut on_event: impl FnMut(&mut Self, u8),
+    ) {
+        self.begin_read();
+        let mut off = 0usize;
+        while off < read.len() {
+            let rest = read.len() - off;
+            let skip = self.skippable();
+            if skip > 0 {
+                let n = skip.min(rest as u64);
+                self.skip(n);
+                off += n as usize;
+                continue;
+            }
+            let n = rest.min(16);
+            let mut chunk = [0u8; 16];
+            chunk[..n].copy_from_slice(&read[off..off + n]);
+            match self.scan_chunk(&chunk, n, cfg, now_ns, &mut on_event) {
+                Some(consumed) => off += consumed,
+                None => return,
+            }
+        }
     }
 }
 

@@ -166,32 +166,9 @@ extern "C" fn frame_chunk(_index: u64, ctx: *mut c_void) -> i64 {
     if !load_chunk(scratch, src, rest, n) {
         return 1;
     }
-    // Bytes up to the next event; the event is handled after the loop, so
-    // the verifier explores the counting code once, not once per byte.
-    let mut i = 0usize;
-    let mut ev = event::NONE;
-    while i < CHUNK {
-        if i as u64 >= n {
-            break;
-        }
-        if scratch.resp.skippable() > 0 {
-            break;
-        }
-        if scratch.resp.may_skip() {
-            let j = scratch.resp.next_needed(&scratch.buf, i, n as usize);
-            if j > i {
-                i = j;
-            }
-            if i >= n as usize || i >= CHUNK {
-                break;
-            }
-        }
-        ev = scratch.resp.step(scratch.buf[i % CHUNK]);
-        i += 1;
-        if ev != event::NONE {
-            break;
-        }
-    }
+    // Bytes up to the next event; the event is handled here, after the
+    // loop, so the verifier explores the counting code once, not per byte.
+    let (i, ev) = scratch.resp.scan_chunk(&scratch.buf, n as usize);
     scratch.off += i as u64;
     if ev == event::DONE {
         return stop(scratch);

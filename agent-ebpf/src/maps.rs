@@ -85,6 +85,7 @@ pub static CONN_EVENTS: HashMap<ConnEventKey, u64> = HashMap::with_max_entries(C
 
 /// Bytes scanned per `bpf_loop` iteration. The verifier explores every
 /// branch of the parser per byte of a chunk; 64 exceeds its 8192-branch limit.
+/// The shared parsers' `scan_chunk` take chunks of exactly this size.
 pub const CHUNK: usize = 16;
 /// Bytes of user memory read ahead per helper call: a chunk is scanned
 /// from this window while it holds the chunk's bytes, so a 400-byte header

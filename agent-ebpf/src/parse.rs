@@ -198,61 +198,29 @@ extern "C" fn parse_chunk(_index: u64, ctx: *mut c_void) -> i64 {
         return 1;
     }
     let cfg = unsafe { &(*pc.cfg).parser };
-    // A request line's version starts this chunk (see `TARGET_DONE` below):
-    // `HTTP/1.1\r\n` in one word compare, not ten steps.
-    let mut i = conn.requests.take_version(&scratch.buf, n as usize);
-    while i < CHUNK {
-        if i as u64 >= n {
-            break;
-        }
-        // A body starts inside this chunk: let the next iteration skip it.
-        if conn.requests.skippable() > 0 {
-            break;
-        }
-        // Bytes nobody asked for (an ignored header line, a request target
-        // without a tenant): jump to the next byte the parser needs.
-        if conn.requests.may_skip() {
-            // The 16-byte window holding `i` (`next_needed` works on one).
-            let base = (i & !15) % CHUNK;
-            let win = unsafe { &*(scratch.buf.as_ptr().add(base) as *const [u8; 16]) };
-            let lim = if (n as usize) < base + 16 {
-                n as usize
-            } else {
-                base + 16
-            };
-            let j = base + conn.requests.next_needed(win, i - base, lim - base);
-            // Only forward (the verifier cannot see it never goes back).
-            if j > i {
-                i = j;
-            }
-            if i >= n as usize || i >= CHUNK {
-                break;
-            }
-        }
-        match conn.requests.step(scratch.buf[i % CHUNK], cfg, pc.now) {
+    let (service_id, local_port) = (conn.service_id, conn.local_port);
+    let (spilled, spill_head) = (&mut conn.spilled, conn.spill_head);
+    let scanned = conn.requests.scan_chunk(
+        &scratch.buf,
+        n as usize,
+        cfg,
+        pc.now,
+        |requests, ev| match ev {
             // A deep pipeline: make room for the next request.
-            event::HEADERS_DONE if conn.requests.is_full() => {
-                spill::spill_oldest(conn, pc.conn_key)
+            event::HEADERS_DONE if requests.is_full() => {
+                spill::spill_oldest(requests, spilled, spill_head, pc.conn_key)
             }
-            event::QUEUE_FULL => count::conn_event(
-                conn.service_id,
-                conn.local_port,
-                conn_event::PIPELINE_OVERFLOW,
-            ),
-            event::INVALID => {
-                count::conn_event(conn.service_id, conn.local_port, conn_event::PARSE_INVALID);
-                scratch.iov_idx = STOPPED;
-                return 1;
+            event::QUEUE_FULL => {
+                count::conn_event(service_id, local_port, conn_event::PIPELINE_OVERFLOW)
             }
-            // The version is next: start the next chunk with it.
-            event::TARGET_DONE => {
-                i += 1;
-                break;
-            }
+            event::INVALID => count::conn_event(service_id, local_port, conn_event::PARSE_INVALID),
             _ => {}
-        }
-        i += 1;
-    }
+        },
+    );
+    let Some(i) = scanned else {
+        scratch.iov_idx = STOPPED;
+        return 1;
+    };
     scratch.off += i as u64;
     0
 }

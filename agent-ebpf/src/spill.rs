@@ -12,29 +12,37 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::bpf_loop;
+use burnwatch_common::http::RequestStream;
 use burnwatch_common::maps::{AgentConfig, ConnState, SPILL_PER_CONN, SpillKey, conn_event};
 
 use crate::count;
 use crate::maps::SPILL;
 
 /// A request's headers ended and the queue is full: move its oldest
-/// request to `SPILL`. At the per-connection cap (or if the map refuses),
+/// request to `SPILL`. Takes a connection's fields (`requests`, `spilled`,
+/// `spill_head`), not the connection: its caller is the parser's event
+/// handler, which holds `requests` while the rest of the state is apart. At the per-connection cap (or if the map refuses),
 /// the queue stays full and the next request is counted as
 /// `pipeline_overflow`, as before spilling existed.
 #[inline(always)]
-pub fn spill_oldest(conn: &mut ConnState, conn_key: u64) {
-    if conn.spilled >= SPILL_PER_CONN {
+pub fn spill_oldest(
+    requests: &mut RequestStream,
+    spilled: &mut u16,
+    spill_head: u32,
+    conn_key: u64,
+) {
+    if *spilled >= SPILL_PER_CONN {
         return;
     }
     let key = SpillKey {
         conn_key,
-        seq: conn.spill_head.wrapping_add(conn.spilled as u32) as u64,
+        seq: spill_head.wrapping_add(*spilled as u32) as u64,
     };
-    if SPILL.insert(&key, conn.requests.oldest(), 0).is_err() {
+    if SPILL.insert(&key, requests.oldest(), 0).is_err() {
         return;
     }
-    conn.requests.pop();
-    conn.spilled += 1;
+    requests.pop();
+    *spilled += 1;
 }
 
 /// Whether any request of `conn` awaits a response.

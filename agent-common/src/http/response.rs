@@ -218,6 +218,44 @@ impl ResponseStream {
         }
     }
 
+    /// Frames one chunk the kernel loaded (`chunk[..n]`) up to the first
+    /// event, as `frame_chunk` in agent-ebpf does, which calls this very
+    /// function: bytes nobody needs jumped over, every other byte stepped.
+    /// Stops at the chunk's end, where a body starts (the caller skips it),
+    /// or just after a byte with an event. Returns the bytes consumed and
+    /// that event (`NONE`: none). Stopping at each event lets the caller
+    /// handle it once, after the loop (in the kernel: one exploration of the
+    /// counting code by the verifier, not one per byte).
+    #[inline(always)]
+    pub fn scan_chunk(&mut self, chunk: &[u8; 16], n: usize) -> (usize, u8) {
+        let mut i = 0usize;
+        let mut ev = event::NONE;
+        while i < 16 {
+            if i >= n {
+                break;
+            }
+            if self.skippable() > 0 {
+                break;
+            }
+            if self.may_skip() {
+                let j = self.next_needed(chunk, i, n);
+                // Only forward (the verifier cannot see it never goes back).
+                if j > i {
+                    i = j;
+                }
+                if i >= n || i >= 16 {
+                    break;
+                }
+            }
+            ev = self.step(chunk[i % 16]);
+            i += 1;
+            if ev != event::NONE {
+                break;
+            }
+        }
+        (i, ev)
+    }
+
     /// The next response starts: its status line is expected.
     #[inline(always)]
     fn next_response(&mut self) {

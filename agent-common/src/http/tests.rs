@@ -18,10 +18,10 @@ fn run(cfg: &ParserConfig, reads: &[&[u8]]) -> (Vec<(Method, String)>, RequestSt
     (done, s, invalid)
 }
 
-/// Feeds one read into `s` the way the kernel does (skip bodies, jump over
-/// ignored header values and targets with `next_needed`, step other bytes)
-/// and pushes every request that completed its headers onto `done`, as
-/// (method, tenant). Returns the number of `INVALID` events.
+/// Feeds one read into `s` the way the kernel does
+/// ([`RequestStream::walk_read`]) and pushes every request that completed
+/// its headers onto `done`, as (method, tenant). Returns the number of
+/// `INVALID` events.
 fn feed(
     s: &mut RequestStream,
     cfg: &ParserConfig,
@@ -29,34 +29,17 @@ fn feed(
     done: &mut Vec<(Method, String)>,
 ) -> u32 {
     let mut invalid = 0;
-    s.begin_read();
-    let mut i = 0usize;
-    while i < read.len() {
-        let skip = s.skippable();
-        if skip > 0 {
-            let n = skip.min((read.len() - i) as u64);
-            s.skip(n);
-            i += n as usize;
-            continue;
+    s.walk_read(read, cfg, 7, |s, ev| match ev {
+        event::HEADERS_DONE if s.has_pending() => {
+            let r = *s.pending_newest();
+            done.push((
+                Method::from_u8(r.method),
+                String::from_utf8_lossy(r.tenant()).into_owned(),
+            ));
         }
-        let j = s.next_needed_in(read, i);
-        if j > i {
-            i = j;
-            continue;
-        }
-        match s.step(read[i], cfg, 7) {
-            event::HEADERS_DONE if s.has_pending() => {
-                let r = *s.pending_newest();
-                done.push((
-                    Method::from_u8(r.method),
-                    String::from_utf8_lossy(r.tenant()).into_owned(),
-                ));
-            }
-            event::INVALID => invalid += 1,
-            _ => {}
-        }
-        i += 1;
-    }
+        event::INVALID => invalid += 1,
+        _ => {}
+    });
     invalid
 }
 

@@ -24,40 +24,21 @@ pub fn check_invariants(s: &RequestStream) {
     }
 }
 
-/// Walks `reads` the way the kernel does (body skipping, the version taken
-/// whole, SWAR jump to the next needed byte in 16-byte chunks), handing every byte the kernel
-/// steps to `step` with the stream.
+/// Walks `reads` the way the kernel does ([`RequestStream::walk_read`]),
+/// handing every event to `on_event` with the stream, and checks the
+/// stream's invariants after each event and each read.
 fn walk_kernel_like(
     reads: &[&[u8]],
-    mut step: impl FnMut(&mut RequestStream, u8),
+    cfg: &ParserConfig,
+    mut on_event: impl FnMut(&mut RequestStream, u8),
 ) -> RequestStream {
     let mut s = RequestStream::new();
     for read in reads {
-        s.begin_read();
-        let mut i = 0usize;
-        while i < read.len() {
-            let skip = s.skippable();
-            if skip > 0 {
-                let n = skip.min((read.len() - i) as u64);
-                s.skip(n);
-                i += n as usize;
-                check_invariants(&s);
-                continue;
-            }
-            let taken = s.take_version_in(read, i);
-            if taken > 0 {
-                i += taken;
-                check_invariants(&s);
-                continue;
-            }
-            let j = s.next_needed_in(read, i);
-            if j > i {
-                i = j;
-                continue;
-            }
-            step(&mut s, read[i]);
-            i += 1;
-        }
+        s.walk_read(read, cfg, 1, |s, ev| {
+            on_event(s, ev);
+            check_invariants(s);
+        });
+        check_invariants(&s);
     }
     s
 }
@@ -66,7 +47,7 @@ fn walk_kernel_like(
 /// its response as soon as its headers are done (it is popped).
 pub fn feed_kernel_like(cfg: &ParserConfig, reads: &[&[u8]], respond: bool) -> Outcome {
     let mut out = Outcome::default();
-    walk_kernel_like(reads, |s, b| record(s, b, cfg, &mut out, respond));
+    walk_kernel_like(reads, cfg, |s, ev| record(s, ev, &mut out, respond));
     out
 }
 
@@ -79,17 +60,14 @@ pub fn feed_kernel_like(cfg: &ParserConfig, reads: &[&[u8]], respond: bool) -> O
 pub fn feed_kernel_spilling(cfg: &ParserConfig, reads: &[&[u8]]) -> (Vec<(Method, Vec<u8>)>, u32) {
     let mut spilled = Vec::new();
     let mut queue_full = 0;
-    let mut s = walk_kernel_like(reads, |s, b| {
-        match s.step(b, cfg, 1) {
-            event::HEADERS_DONE if s.is_full() => {
-                let oldest = *s.oldest();
-                spilled.push((Method::from_u8(oldest.method), oldest.tenant().to_vec()));
-                s.pop();
-            }
-            event::QUEUE_FULL => queue_full += 1,
-            _ => {}
+    let mut s = walk_kernel_like(reads, cfg, |s, ev| match ev {
+        event::HEADERS_DONE if s.is_full() => {
+            let oldest = *s.oldest();
+            spilled.push((Method::from_u8(oldest.method), oldest.tenant().to_vec()));
+            s.pop();
         }
-        check_invariants(s);
+        event::QUEUE_FULL => queue_full += 1,
+        _ => {}
     });
     while s.has_pending() {
         let oldest = *s.oldest();
@@ -110,14 +88,16 @@ pub fn feed_bytewise(cfg: &ParserConfig, reads: &[&[u8]], respond: bool) -> Outc
                 s.skip(1);
                 continue;
             }
-            record(&mut s, b, cfg, &mut out, respond);
+            let ev = s.step(b, cfg, 1);
+            record(&mut s, ev, &mut out, respond);
         }
     }
     out
 }
 
-fn record(s: &mut RequestStream, b: u8, cfg: &ParserConfig, out: &mut Outcome, respond: bool) {
-    match s.step(b, cfg, 1) {
+/// Records the event `ev` the last byte stepped had on `s`.
+fn record(s: &mut RequestStream, ev: u8, out: &mut Outcome, respond: bool) {
+    match ev {
         // An untracked request (queue full) also ends its headers.
         event::HEADERS_DONE if s.has_pending() && s.untracked == 0 => {
             let newest = s.pending[(s.head as usize + s.len as usize - 1) % PENDING_MAX];
@@ -188,8 +168,10 @@ pub fn frame_reads(reads: &[&[u8]], head: &[bool], shortcuts: bool) -> Vec<u16> 
 }
 
 /// Frames one read (or write) `buf` with the stream `s`, calling `on_status`
-/// at each status line, as the kernel's `frame_chunk` loop does. A stopped
-/// stream starts again, fresh, at `buf`'s first byte.
+/// at each status line: with `shortcuts` as the kernel's `frame_chunk` loop
+/// does (bodies skipped by count, 16-byte chunks through
+/// `ResponseStream::scan_chunk`), without them one byte at a time. A
+/// stopped stream starts again, fresh, at `buf`'s first byte.
 fn frame_one(
     s: &mut burnwatch_common::http::response::ResponseStream,
     buf: &[u8],
@@ -201,40 +183,29 @@ fn frame_one(
         *s = ResponseStream::new();
     }
     let mut off = 0usize;
-    'outer: while off < buf.len() && !s.is_done() {
-        let skip = s.skippable();
-        if shortcuts && skip > 0 {
-            let n = skip.min((buf.len() - off) as u64);
-            s.skip(n);
-            off += n as usize;
-            continue;
+    while off < buf.len() && !s.is_done() {
+        let ev = if shortcuts {
+            let skip = s.skippable();
+            if skip > 0 {
+                let n = skip.min((buf.len() - off) as u64);
+                s.skip(n);
+                off += n as usize;
+                continue;
+            }
+            let n = (buf.len() - off).min(16);
+            let mut chunk = [0u8; 16];
+            chunk[..n].copy_from_slice(&buf[off..off + n]);
+            let (taken, ev) = s.scan_chunk(&chunk, n);
+            off += taken;
+            ev
+        } else {
+            off += 1;
+            s.step(buf[off - 1])
+        };
+        assert!(s.state <= rstate::DONE, "response state {}", s.state);
+        if ev == rev::STATUS {
+            on_status(s);
         }
-        let n = (buf.len() - off).min(16);
-        let mut chunk = [0u8; 16];
-        chunk[..n].copy_from_slice(&buf[off..off + n]);
-        let mut i = 0;
-        while i < n {
-            if shortcuts && s.skippable() > 0 {
-                break;
-            }
-            if shortcuts && s.may_skip() {
-                let j = s.next_needed(&chunk, i, n);
-                if j > i {
-                    i = j;
-                }
-                if i >= n {
-                    break;
-                }
-            }
-            match s.step(chunk[i]) {
-                rev::STATUS => on_status(s),
-                rev::DONE => break 'outer,
-                _ => {}
-            }
-            assert!(s.state <= rstate::DONE, "response state {}", s.state);
-            i += 1;
-        }
-        off += i;
     }
 }
 
