@@ -171,7 +171,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Fuzz { seconds } => {
             setup()?;
-            fuzz(&root, seconds)
+            fuzz(&root, seconds, None)
         }
     }
 }
@@ -487,8 +487,10 @@ const CARGO_FUZZ_VERSION: &str = "0.13.1";
 
 /// Installs cargo-fuzz (once), then fuzzes `agent-common/fuzz`'s `parser`
 /// target for `seconds`, starting from the checked-in seed corpus. New
-/// inputs and crashes go under target/, never into the source tree.
-fn fuzz(root: &Path, seconds: u64) -> Result<()> {
+/// inputs and crashes go under target/, never into the source tree. With
+/// `log`, libFuzzer's output goes to that file (the bench reads its figures
+/// there) instead of the terminal.
+fn fuzz(root: &Path, seconds: u64, log: Option<&Path>) -> Result<()> {
     if !output("cargo", &["fuzz", "--version"]).is_some_and(|v| v.contains(CARGO_FUZZ_VERSION)) {
         step(&format!(
             "installing cargo-fuzz {CARGO_FUZZ_VERSION} (once)"
@@ -509,16 +511,21 @@ fn fuzz(root: &Path, seconds: u64) -> Result<()> {
     std::fs::create_dir_all(&corpus)?;
     std::fs::create_dir_all(&artifacts)?;
     step(&format!("fuzzing the HTTP parser for {seconds} s"));
-    let status = Command::new("cargo")
+    let mut fuzzer = Command::new("cargo");
+    fuzzer
         .current_dir(root.join("agent-common"))
         .args(["+nightly", "fuzz", "run", "parser"])
         .arg(&corpus)
         .arg("fuzz/corpus/parser")
         .arg("--")
         .arg(format!("-max_total_time={seconds}"))
-        .arg(format!("-artifact_prefix={}/", artifacts.display()))
-        .status()
-        .context("starting cargo fuzz")?;
+        .arg(format!("-artifact_prefix={}/", artifacts.display()));
+    if let Some(log) = log {
+        let file =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        fuzzer.stdout(file.try_clone()?).stderr(file);
+    }
+    let status = fuzzer.status().context("starting cargo fuzz")?;
     if !status.success() {
         bail!(
             "the fuzzer found a failing input ({status}); it is in {}",

@@ -12,6 +12,7 @@
 
 mod detection;
 mod floor;
+mod fuzz;
 pub mod loadgen;
 mod loss;
 mod overhead;
@@ -46,6 +47,8 @@ pub struct Plan {
     pub detection_rounds: usize,
     pub loss_secs: f64,
     pub engine_series: usize,
+    /// Seconds of libFuzzer on the parser.
+    pub fuzz_secs: u64,
 }
 
 impl Plan {
@@ -61,6 +64,7 @@ impl Plan {
             detection_rounds: 3,
             loss_secs: 10.0,
             engine_series: 100_000,
+            fuzz_secs: 180,
         };
         if quick {
             Plan {
@@ -70,6 +74,7 @@ impl Plan {
                 scrape_secs: 8.0,
                 detection_rounds: 1,
                 loss_secs: 3.0,
+                fuzz_secs: 20,
                 ..base
             }
         } else {
@@ -80,6 +85,8 @@ impl Plan {
 
 /// What every phase needs.
 pub struct Ctx {
+    /// The workspace.
+    pub root: PathBuf,
     /// The release agent binary.
     pub bin: PathBuf,
     pub clients: Clients,
@@ -197,6 +204,7 @@ restore. One run.\n"
 pub fn bench(root: &Path, quick: bool, only: &[String]) -> Result<()> {
     let plan = Plan::new(quick);
     let ctx = Ctx {
+        root: root.to_path_buf(),
         bin: root.join("target/release/burnwatch"),
         clients: Clients {
             xtask: root.join("target/release/xtask"),
@@ -222,7 +230,7 @@ arms. Stop that agent, or remove its pins (`burnwatch uninstall --bpffs-dir DIR`
     sh("sysctl", &["-q", "-w", "kernel.bpf_stats_enabled=1"])?;
     // A phase that fails is reported in its place; the others still run.
     type Phase = fn(&Ctx) -> Result<Section>;
-    let phases: [(&str, &str, Phase); 7] = [
+    let phases: [(&str, &str, Phase); 8] = [
         ("overhead", "overhead", overhead::run),
         ("floor", "floor", floor::run),
         ("tenants", "CPU and RSS by rate and tenants", tenants::run),
@@ -230,6 +238,8 @@ arms. Stop that agent, or remove its pins (`burnwatch uninstall --bpffs-dir DIR`
         ("detection", "detection time", detection::run),
         ("loss", "zero loss", loss::run),
         ("engine", "SLO engine", engine),
+        // Last: it keeps a core busy and measures nothing about the agent's cost.
+        ("fuzz", "parser fuzzing", fuzz::run),
     ];
     if let Some(bad) = only.iter().find(|o| !phases.iter().any(|p| p.0 == *o)) {
         anyhow::bail!(
@@ -261,7 +271,7 @@ arms. Stop that agent, or remove its pins (`burnwatch uninstall --bpffs-dir DIR`
     writeln!(md, "# Benchmarks\n")?;
     writeln!(
         md,
-        "Reproduce: `cargo xtask bench` as root (about 18 minutes; `cargo xtask bench --quick` is a 5-minute smoke \
+        "Reproduce: `cargo xtask bench` as root (about 22 minutes; `cargo xtask bench --quick` is a 6-minute smoke \
 run with one round per figure). It starts its own nginx, agents and load generators on free loopback ports, and \
 rewrites this file.\n"
     )?;
