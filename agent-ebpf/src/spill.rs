@@ -19,11 +19,12 @@ use crate::count;
 use crate::maps::SPILL;
 
 /// A request's headers ended and the queue is full: move its oldest
-/// request to `SPILL`. Takes a connection's fields (`requests`, `spilled`,
-/// `spill_head`), not the connection: its caller is the parser's event
-/// handler, which holds `requests` while the rest of the state is apart. At the per-connection cap (or if the map refuses),
+/// request to `SPILL`. At the per-connection cap (or if the map refuses),
 /// the queue stays full and the next request is counted as
-/// `pipeline_overflow`, as before spilling existed.
+/// `pipeline_overflow`, as before spilling existed. Takes a connection's
+/// fields (`requests`, `spilled`, `spill_head`), not the connection: its
+/// caller is the parser's event handler, which holds `requests` while the
+/// other fields are borrowed apart.
 #[inline(always)]
 pub fn spill_oldest(
     requests: &mut RequestStream,

@@ -521,6 +521,9 @@ fn fuzz(root: &Path, seconds: u64, log: Option<&Path>) -> Result<()> {
         .arg(format!("-max_total_time={seconds}"))
         .arg(format!("-artifact_prefix={}/", artifacts.display()));
     if let Some(log) = log {
+        if let Some(dir) = log.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
         let file =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         fuzzer.stdout(file.try_clone()?).stderr(file);

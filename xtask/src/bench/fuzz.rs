@@ -60,7 +60,6 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
     let seconds = ctx.plan.fuzz_secs;
     eprintln!("fuzz: the HTTP parser for {seconds} s");
     let log = ctx.root.join("target/fuzz-artifacts/bench-parser.log");
-    std::fs::create_dir_all(log.parent().context("log directory")?)?;
     // A failing input fails the phase (and names where it is kept).
     crate::fuzz(&ctx.root, seconds, Some(&log))?;
     let text = std::fs::read_to_string(&log)?;
