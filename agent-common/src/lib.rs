@@ -8,6 +8,7 @@
 //! - [`maps`]: the `#[repr(C)]` layouts of every map key and value.
 //! - [`http`]: the streaming HTTP/1.x request parser and the status-line
 //!   parser, fed byte by byte from syscall buffers.
+//! - [`programs`]: the eBPF programs and the tracepoints each attaches to.
 //! - [`offsets`]: kernel struct offsets (resolved from BTF in userspace) the
 //!   kernel side uses to find the socket behind a file descriptor.
 #![cfg_attr(not(test), no_std)]
@@ -15,3 +16,4 @@
 pub mod http;
 pub mod maps;
 pub mod offsets;
+pub mod programs;

@@ -26,6 +26,7 @@ use aya::{
 use burnwatch_common::maps::{
     AgentConfig, ConnEventKey, MatchKey, RequestKey, RequestStats, SERIES_ALL, counter, names,
 };
+use burnwatch_common::programs::TRACEPOINTS;
 use tracing::{info, warn};
 
 use batch::BatchReader;
@@ -164,7 +165,7 @@ impl Probe {
     /// Opens every pin this build needs; fails when any is missing.
     fn open_pinned(pins: &Pins, reused: bool, links_pinned: bool) -> Result<Probe> {
         let mut attached = Vec::new();
-        for (category, tracepoint, _) in preflight::TRACEPOINTS {
+        for (category, tracepoint, _) in TRACEPOINTS {
             if links_pinned {
                 let path = pins.link(category, tracepoint);
                 PinnedLink::from_pin(&path)
@@ -388,7 +389,7 @@ fn load_and_pin(pins: &Pins) -> Result<Vec<TracePointLink>> {
         .context("loading the eBPF object")?;
     // Verify every program first (seconds), then attach them all in one
     // quick pass: connections are never seen by half the probes.
-    for (_, _, name) in preflight::TRACEPOINTS {
+    for (_, _, name) in TRACEPOINTS {
         let prog: &mut TracePoint = ebpf
             .program_mut(name)
             .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
@@ -420,7 +421,7 @@ fn load_and_pin(pins: &Pins) -> Result<Vec<TracePointLink>> {
             .with_context(|| format!("registering {name} for tail calls"))?;
     }
     let mut links = Vec::new();
-    for (category, tracepoint, name) in preflight::TRACEPOINTS {
+    for (category, tracepoint, name) in TRACEPOINTS {
         let prog: &mut TracePoint = ebpf
             .program_mut(name)
             .ok_or_else(|| anyhow!("program {name} missing"))?
@@ -454,7 +455,7 @@ fn load_and_pin(pins: &Pins) -> Result<Vec<TracePointLink>> {
 
 /// The programs attached to tracepoints, each once.
 fn stats_programs() -> Vec<&'static str> {
-    let mut names: Vec<&'static str> = preflight::TRACEPOINTS.iter().map(|t| t.2).collect();
+    let mut names: Vec<&'static str> = TRACEPOINTS.iter().map(|t| t.2).collect();
     names.dedup();
     names
 }

@@ -16,28 +16,7 @@ const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
-/// The tracepoints the programs attach to, as (category, name).
-/// (category, tracepoint, program): the program attached to each tracepoint.
-/// Syscalls whose arguments line up share one program, verified once.
-/// Attached in this order: lifecycle first, so no connection state is
-/// created before the probes that clean it up are in place.
-pub const TRACEPOINTS: &[(&str, &str, &str)] = &[
-    ("syscalls", "sys_enter_close", "sys_enter_close"),
-    ("syscalls", "sys_exit_accept4", "sys_exit_accept4"),
-    ("syscalls", "sys_exit_accept", "sys_exit_accept4"),
-    ("syscalls", "sys_enter_connect", "sys_enter_connect"),
-    ("tcp", "tcp_send_reset", "tcp_send_reset"),
-    ("sock", "inet_sock_set_state", "inet_sock_set_state"),
-    ("syscalls", "sys_enter_write", "sys_enter_write"),
-    ("syscalls", "sys_enter_sendto", "sys_enter_write"),
-    ("syscalls", "sys_enter_writev", "sys_enter_writev"),
-    ("syscalls", "sys_enter_sendmsg", "sys_enter_sendmsg"),
-    ("syscalls", "sys_enter_sendfile64", "sys_enter_sendfile64"),
-    ("syscalls", "sys_exit_read", "sys_exit_read"),
-    ("syscalls", "sys_exit_recvfrom", "sys_exit_read"),
-    ("syscalls", "sys_exit_readv", "sys_exit_read"),
-    ("syscalls", "sys_exit_recvmsg", "sys_exit_read"),
-];
+use burnwatch_common::programs::TRACEPOINTS;
 
 /// Runs every check; the error lists everything that is missing at once.
 pub fn run() -> Result<()> {

@@ -14,6 +14,11 @@
 //!   of `IGNORED`, which the verifier inlines to an address computation),
 //!   then exit: the least such a syscall costs now.
 //!
+//! Then `empty` on every tracepoint the agent attaches to at once: its BPF
+//! time per request at the fixed rates, and at saturation the throughput
+//! and nginx CPU ratios with and without it: the floor under the agent's
+//! own ratio, from tracing the syscalls at all.
+//!
 //! Loaded with raw `bpf(2)` bytecode rather than through aya and an ELF
 //! object: three programs of 2 to 10 instructions, and xtask stays free of
 //! the eBPF build.
@@ -24,8 +29,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use burnwatch_common::programs::TRACEPOINTS;
 
-use super::procs::{Nginx, WRK_CONNECTIONS, program_fd_stats, set_bpf_stats, sh};
+use super::procs::{Nginx, WRK_CONNECTIONS, WrkResult, program_fd_stats, set_bpf_stats, sh};
 use super::report::{Headline, Section, Spread};
 use super::{Ctx, TENANTS_OVERHEAD};
 
@@ -137,11 +143,14 @@ fn load_program(insns: &[Insn]) -> Result<OwnedFd> {
 
 /// The tracepoints the floor programs attach to: the load generators'
 /// sends (wrk writes, `cargo xtask loadgen` sends).
-const SEND_TRACEPOINTS: [&str; 2] = ["sys_enter_write", "sys_enter_sendto"];
+const SEND_TRACEPOINTS: [(&str, &str); 2] = [
+    ("syscalls", "sys_enter_write"),
+    ("syscalls", "sys_enter_sendto"),
+];
 
-/// The ids of tracepoints `syscalls/NAME` (tracefs, mounted by the agent's
+/// The ids of tracepoints `CATEGORY/NAME` (tracefs, mounted by the agent's
 /// earlier runs or here).
-fn tracepoint_ids(names: &[&str]) -> Result<Vec<u64>> {
+fn tracepoint_ids<'a>(names: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Vec<u64>> {
     let roots = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
     let root = match roots.iter().find(|r| Path::new(r).join("events").is_dir()) {
         Some(r) => r,
@@ -151,10 +160,11 @@ fn tracepoint_ids(names: &[&str]) -> Result<Vec<u64>> {
         }
     };
     names
-        .iter()
-        .map(|name| {
+        .into_iter()
+        .map(|(category, name)| {
             let p = Path::new(root)
-                .join("events/syscalls")
+                .join("events")
+                .join(category)
                 .join(name)
                 .join("id");
             let id = std::fs::read_to_string(&p).with_context(|| format!("{}", p.display()))?;
@@ -249,6 +259,87 @@ fn measure(
     Ok((t1 - t0) as f64 / (r1 - r0) as f64)
 }
 
+/// The empty program on every tracepoint the agent attaches to
+/// (`burnwatch_common::programs::TRACEPOINTS`), no agent: what tracing the
+/// agent's syscalls costs before any of its work.
+struct TracingFloor {
+    /// Per fixed rate, per round: BPF ns per request and runs per request.
+    bpf_ns_per_request: Vec<Vec<f64>>,
+    runs_per_request: Vec<Vec<f64>>,
+    /// Per saturation round: req/s with / without.
+    throughput_ratio: Vec<f64>,
+    /// Per saturation round: nginx's worker CPU ns per request, without
+    /// and with.
+    nginx_ns_without: Vec<f64>,
+    nginx_ns_with: Vec<f64>,
+}
+
+impl TracingFloor {
+    fn measure(ctx: &Ctx, nginx: &Nginx, empty: &OwnedFd, rounds: usize) -> Result<TracingFloor> {
+        let ids = tracepoint_ids(
+            TRACEPOINTS
+                .iter()
+                .map(|&(category, name, _)| (category, name)),
+        )?;
+        let rates = &ctx.plan.fixed_rates;
+        let mut floor = TracingFloor {
+            bpf_ns_per_request: vec![Vec::new(); rates.len()],
+            runs_per_request: vec![Vec::new(); rates.len()],
+            throughput_ratio: Vec::new(),
+            nginx_ns_without: Vec::new(),
+            nginx_ns_with: Vec::new(),
+        };
+        for round in 0..rounds {
+            eprintln!(
+                "floor: the agent's tracepoints, round {}/{rounds}",
+                round + 1
+            );
+            for (ri, &rate) in rates.iter().enumerate() {
+                let _attached = attach(empty, &ids)?;
+                let (t0, r0) = program_fd_stats(empty)?;
+                let report =
+                    ctx.clients
+                        .load(nginx.port, rate, run_secs(ctx), TENANTS_OVERHEAD, "/")?;
+                let (t1, r1) = program_fd_stats(empty)?;
+                let requests = report.requests.max(1) as f64;
+                floor.bpf_ns_per_request[ri].push((t1 - t0) as f64 / requests);
+                floor.runs_per_request[ri].push((r1 - r0) as f64 / requests);
+            }
+        }
+        // Throughput as users run: the kernel's per-run timing off (it
+        // costs nginx's core two clock reads per run).
+        set_bpf_stats(false)?;
+        let saturation = (|| {
+            for round in 0..ctx.plan.rounds {
+                eprintln!(
+                    "floor: saturation with and without the empty programs, round {}/{}",
+                    round + 1,
+                    ctx.plan.rounds
+                );
+                let (without, nginx_without) = wrk_with_nginx_cpu(ctx, nginx)?;
+                let _attached = attach(empty, &ids)?;
+                let (with, nginx_with) = wrk_with_nginx_cpu(ctx, nginx)?;
+                floor.throughput_ratio.push(with.rps / without.rps);
+                floor.nginx_ns_without.push(nginx_without);
+                floor.nginx_ns_with.push(nginx_with);
+            }
+            Ok::<_, anyhow::Error>(())
+        })();
+        set_bpf_stats(true)?;
+        saturation?;
+        Ok(floor)
+    }
+}
+
+/// One overhead-length wrk run: its result and nginx's worker CPU (ns)
+/// per request over it.
+fn wrk_with_nginx_cpu(ctx: &Ctx, nginx: &Nginx) -> Result<(WrkResult, f64)> {
+    let c0 = nginx.worker_cpu_ns()?;
+    let r = ctx.clients.wrk(nginx.port, ctx.plan.run_secs)?;
+    let c1 = nginx.worker_cpu_ns()?;
+    Ok((r, (c1 - c0) as f64 / r.requests.max(1) as f64))
+}
+
 pub fn run(ctx: &Ctx) -> Result<Section> {
     set_bpf_stats(true)?;
     let map = create_lookup_map()?;
@@ -267,7 +358,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
             ))?,
         ),
     ];
-    let ids = tracepoint_ids(&SEND_TRACEPOINTS)?;
+    let ids = tracepoint_ids(SEND_TRACEPOINTS)?;
     let nginx = Nginx::start(false)?;
     ctx.clients.wrk(nginx.port, 2.0)?;
     let loads: Vec<Option<u64>> = ctx
@@ -288,6 +379,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
             }
         }
     }
+    let tracing = TracingFloor::measure(ctx, &nginx, &programs[0].1, rounds)?;
 
     let load_name = |l: &Option<u64>| match l {
         Some(r) => format!("{r} req/s"),
@@ -344,9 +436,85 @@ work the agent does.",
             4.0 * lookup.median
         )?;
     }
+    tracing.report(ctx, rounds, &mut md, &mut headlines)?;
     writeln!(md)?;
     Ok(Section {
         markdown: md,
         headlines,
     })
+}
+
+impl TracingFloor {
+    fn report(
+        &self,
+        ctx: &Ctx,
+        rounds: usize,
+        md: &mut String,
+        headlines: &mut Vec<Headline>,
+    ) -> Result<()> {
+        writeln!(
+            md,
+            "\n### The empty program on every tracepoint the agent uses\n\n\
+Method: no agent; the `empty` program attached at once to each of the agent's {n} tracepoints \
+(`burnwatch_common::programs::TRACEPOINTS`: the read and write syscalls, accept, connect, close and the TCP \
+state changes), so every syscall the agent would trace runs a program that does nothing. At the fixed rates \
+({rounds} rounds of {secs:.0} s): its BPF time per request, the least the agent's BPF time per request can \
+be. At saturation ({sat} interleaved rounds of {run:.0} s, wrk without then with the programs, \
+`kernel.bpf_stats_enabled=0` as users run): the throughput ratio and nginx's CPU per request (its worker's \
+time on CPU, which includes the tracepoints' own cost outside the programs), the most the agent's ratio can \
+be.\n",
+            n = TRACEPOINTS.len(),
+            secs = run_secs(ctx),
+            sat = ctx.plan.rounds,
+            run = ctx.plan.run_secs,
+        )?;
+        writeln!(
+            md,
+            "| load | BPF ns per request | program runs per request |\n|---|---|---|"
+        )?;
+        for (ri, rate) in ctx.plan.fixed_rates.iter().enumerate() {
+            writeln!(
+                md,
+                "| {rate} req/s | {} | {} |",
+                Spread::of(&self.bpf_ns_per_request[ri]).show(0),
+                Spread::of(&self.runs_per_request[ri]).show(1)
+            )?;
+        }
+        let ratio = Spread::of(&self.throughput_ratio);
+        let cpu_ratio: Vec<f64> = self
+            .nginx_ns_without
+            .iter()
+            .zip(&self.nginx_ns_with)
+            .map(|(without, with)| without / with)
+            .collect();
+        let cpu_ratio = Spread::of(&cpu_ratio);
+        writeln!(
+            md,
+            "\nAt saturation: throughput ratio with / without {}; nginx CPU per request without / with {} / {} \
+ns (ratio {}).",
+            ratio.show(3),
+            Spread::of(&self.nginx_ns_without).show(0),
+            Spread::of(&self.nginx_ns_with).show(0),
+            cpu_ratio.show(3),
+        )?;
+        headlines.push(Headline::new(
+            "floor of the throughput ratio (saturation): an empty program on each of the agent's tracepoints, no agent; nginx CPU ratio",
+            format!("{} ({})", ratio.show(3), cpu_ratio.show(3)),
+            "",
+            None,
+        ));
+        if let Some(ri) = ctx.plan.fixed_rates.iter().position(|&r| r == 1_000) {
+            headlines.push(Headline::new(
+                "floor of BPF time per request (1000 req/s): the same empty programs",
+                format!(
+                    "{} ns in {} runs",
+                    Spread::of(&self.bpf_ns_per_request[ri]).show(0),
+                    Spread::of(&self.runs_per_request[ri]).show(1)
+                ),
+                "",
+                None,
+            ));
+        }
+        Ok(())
+    }
 }
