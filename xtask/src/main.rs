@@ -72,7 +72,7 @@ enum Cmd {
     Test,
     /// Measure the agent's overhead and write BENCHMARKS.md (as root).
     Bench {
-        /// A short smoke run: every figure, one round each (about 5 minutes).
+        /// A short smoke run: every figure, one round each (about 6 minutes).
         #[arg(long)]
         quick: bool,
         /// Run only these phases (comma-separated: overhead, floor,

@@ -8,7 +8,7 @@
 //! detection time against the simulator's floor ([`detection`]); zero loss
 //! against nginx's access log ([`loss`]); the SLO engine at 100,000 series
 //! (`burnwatch bench-engine`). `--quick` runs all of them, shorter, as a
-//! smoke test (about 5 minutes instead of about 18, on this 2-core machine).
+//! smoke test (about 6 minutes instead of about 24, on this 2-core machine).
 
 mod detection;
 mod floor;
@@ -271,7 +271,7 @@ arms. Stop that agent, or remove its pins (`burnwatch uninstall --bpffs-dir DIR`
     writeln!(md, "# Benchmarks\n")?;
     writeln!(
         md,
-        "Reproduce: `cargo xtask bench` as root (about 22 minutes; `cargo xtask bench --quick` is a 6-minute smoke \
+        "Reproduce: `cargo xtask bench` as root (about 24 minutes; `cargo xtask bench --quick` is a 6-minute smoke \
 run with one round per figure). It starts its own nginx, agents and load generators on free loopback ports, and \
 rewrites this file.\n"
     )?;
