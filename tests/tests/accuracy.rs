@@ -696,9 +696,10 @@ fn long_tenants_are_cut_to_64_bytes() {
     );
 }
 
-/// The syscalls the agent probes today, one server each: reads by `read`
-/// and `recv` (recvfrom), responses by `write`, `send` (sendto), `writev`,
-/// and head by `write` with the body by `sendfile`; a server that peeks
+/// The syscalls the agent probes, one server each: reads by `read`, `recv`
+/// (recvfrom), `readv` and `recvmsg` (requests spread over iovecs of 64,
+/// 4096 and 65536 bytes), responses by `write`, `send` (sendto), `writev`,
+/// `sendmsg`, and head by `write` with the body by `sendfile`; a server that peeks
 /// (`MSG_PEEK`, by recvfrom and recvmsg) before it reads, whose peeked
 /// bytes must not be parsed as requests a second time; and one that drops
 /// request bodies unread (`MSG_TRUNC`), whose dropped bytes must be
@@ -711,6 +712,10 @@ fn syscall_variants_match_request_log() {
         ("recvfrom", "sendto"),
         ("read", "writev"),
         ("recvfrom", "sendfile"),
+        ("readv", "write"),
+        ("recvmsg", "sendto"),
+        ("read", "sendmsg"),
+        ("recvmsg", "sendmsg"),
         ("peek", "sendto"),
         ("discard", "write"),
     ];
@@ -774,7 +779,8 @@ fn drain_past_a_body(port: u16) -> usize {
 }
 
 /// A smaller mix for servers with one syscall path: keep-alive, a fresh
-/// connection, pipelining, a body, a 1 MiB response. Returns requests sent.
+/// connection, pipelining, a body, a chunked body, a 1 MiB response.
+/// Returns requests sent.
 fn drive_small_mix(port: u16, what: &str) -> usize {
     let mut sent = 0;
     let mut c = Conn::open(port);
