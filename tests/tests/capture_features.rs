@@ -357,6 +357,48 @@ fn ipv6_connections_count_like_ipv4() {
     );
 }
 
+/// Servers `kinds`, started with `TENANT_FROM=from` so their logs name the
+/// tenant as the agent's `tenant_rule` should, each sent `reqs` (see
+/// [`drive_tenant_requests`]): the agent's counts per (tenant, method,
+/// status) must equal each server's log, which must hold `must_see`'s
+/// tenants and at least `min_tenants` of them.
+fn assert_tenant_rule(
+    kinds: &[Kind],
+    from: &str,
+    tenant_rule: &str,
+    reqs: &[(Req, u16)],
+    must_see: &[&str],
+    min_tenants: usize,
+) {
+    let env = [("TENANT_FROM", from)];
+    let all: Vec<ScriptServer> = kinds
+        .iter()
+        .map(|&k| ScriptServer::start_with(k, free_port(), &env))
+        .collect();
+    let services: Vec<(&str, u16)> = all.iter().map(|s| (s.kind(), s.port)).collect();
+    let agent = Agent::start(&agent::config_with_tenant(&services, tenant_rule));
+    for s in &all {
+        let sent = drive_tenant_requests(s.port, reqs);
+        s.wait_for_log_lines(sent);
+    }
+    let e = agent.settle_and_scrape();
+    for s in &all {
+        let want = s.method_counts("unknown");
+        let tenants: BTreeSet<_> = want.keys().map(|k| k.0.as_str()).collect();
+        assert!(
+            must_see.iter().all(|t| tenants.contains(t)) && tenants.len() >= min_tenants,
+            "{}: the server logged tenants {tenants:?}",
+            s.kind()
+        );
+        assert_same_counts(
+            s.kind(),
+            &agent::method_counts_of(&e, s.kind()),
+            &want,
+            &agent,
+        );
+    }
+}
+
 /// Runs `reqs` (with their expected status) on one keep-alive connection,
 /// one fresh connection each, and pipelined in fours. Returns requests sent.
 fn drive_tenant_requests(port: u16, reqs: &[(Req, u16)]) -> usize {
@@ -379,16 +421,6 @@ fn drive_tenant_requests(port: u16, reqs: &[(Req, u16)]) -> usize {
 #[test]
 fn tenant_from_host_first_label() {
     require_root();
-    let env = [("TENANT_FROM", "host")];
-    let all: Vec<ScriptServer> = [Kind::Python, Kind::Go]
-        .into_iter()
-        .map(|k| ScriptServer::start_with(k, free_port(), &env))
-        .collect();
-    let services: Vec<(&str, u16)> = all.iter().map(|s| (s.kind(), s.port)).collect();
-    let agent = Agent::start(&agent::config_with_tenant(
-        &services,
-        "  from: host\n  missing: unknown\n",
-    ));
     let reqs: Vec<(Req, u16)> = [
         ("acme.shop.example", 200),
         ("globex.shop.example:8080", 404),
@@ -413,22 +445,14 @@ fn tenant_from_host_first_label() {
         200,
     )))
     .collect();
-    for s in &all {
-        let sent = drive_tenant_requests(s.port, &reqs);
-        s.wait_for_log_lines(sent);
-    }
-    let e = agent.settle_and_scrape();
-    for s in &all {
-        let want = s.method_counts("unknown");
-        let tenants: BTreeSet<_> = want.keys().map(|k| k.0.as_str()).collect();
-        assert!(tenants.contains("acme") && tenants.contains("unknown") && tenants.len() >= 7);
-        assert_same_counts(
-            s.kind(),
-            &agent::method_counts_of(&e, s.kind()),
-            &want,
-            &agent,
-        );
-    }
+    assert_tenant_rule(
+        &[Kind::Python, Kind::Go],
+        "host",
+        "  from: host\n  missing: unknown\n",
+        &reqs,
+        &["acme", "unknown"],
+        7,
+    );
 }
 
 /// `tenant: {from: path, path_prefix: /tenants/}` takes the path
@@ -437,16 +461,6 @@ fn tenant_from_host_first_label() {
 #[test]
 fn tenant_from_path_segment() {
     require_root();
-    let env = [("TENANT_FROM", "path")];
-    let all: Vec<ScriptServer> = [Kind::Python, Kind::Node, Kind::Go]
-        .into_iter()
-        .map(|k| ScriptServer::start_with(k, free_port(), &env))
-        .collect();
-    let services: Vec<(&str, u16)> = all.iter().map(|s| (s.kind(), s.port)).collect();
-    let agent = Agent::start(&agent::config_with_tenant(
-        &services,
-        "  from: path\n  path_prefix: /tenants/\n  missing: unknown\n",
-    ));
     let reqs: Vec<(Req, u16)> = [
         ("/tenants/acme/status/404", 404),
         ("/tenants/globex", 200),
@@ -466,22 +480,14 @@ fn tenant_from_path_segment() {
         201,
     )))
     .collect();
-    for s in &all {
-        let sent = drive_tenant_requests(s.port, &reqs);
-        s.wait_for_log_lines(sent);
-    }
-    let e = agent.settle_and_scrape();
-    for s in &all {
-        let want = s.method_counts("unknown");
-        let tenants: BTreeSet<_> = want.keys().map(|k| k.0.as_str()).collect();
-        assert!(tenants.contains("umbrella") && tenants.contains("unknown") && tenants.len() >= 6);
-        assert_same_counts(
-            s.kind(),
-            &agent::method_counts_of(&e, s.kind()),
-            &want,
-            &agent,
-        );
-    }
+    assert_tenant_rule(
+        &[Kind::Python, Kind::Node, Kind::Go],
+        "path",
+        "  from: path\n  path_prefix: /tenants/\n  missing: unknown\n",
+        &reqs,
+        &["umbrella", "unknown"],
+        6,
+    );
 }
 
 /// with `tenant.max_per_service: 3`, the first three tenants a
