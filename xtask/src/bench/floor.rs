@@ -498,8 +498,8 @@ ns (ratio {}).",
             cpu_ratio.show(3),
         )?;
         headlines.push(Headline::new(
-            "floor of the throughput ratio (saturation): an empty program on each of the agent's tracepoints, no agent; nginx CPU ratio",
-            format!("{} ({})", ratio.show(3), cpu_ratio.show(3)),
+            "floor of the throughput ratio and of nginx's CPU ratio (saturation): an empty program on each of the agent's tracepoints, no agent",
+            format!("{}; nginx CPU {}", ratio.show(3), cpu_ratio.show(3)),
             "",
             None,
         ));
