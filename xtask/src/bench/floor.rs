@@ -275,6 +275,9 @@ struct TracingFloor {
 }
 
 impl TracingFloor {
+    /// `rounds` runs at each fixed rate (timed), then the overhead phase's
+    /// number of saturation rounds (untimed), with `empty` on every
+    /// tracepoint of the agent.
     fn measure(ctx: &Ctx, nginx: &Nginx, empty: &OwnedFd, rounds: usize) -> Result<TracingFloor> {
         let ids = tracepoint_ids(
             TRACEPOINTS
@@ -328,6 +331,81 @@ impl TracingFloor {
         set_bpf_stats(true)?;
         saturation?;
         Ok(floor)
+    }
+
+    /// Appends its subsection to `md` and its summary lines to `headlines`.
+    fn report(
+        &self,
+        ctx: &Ctx,
+        rounds: usize,
+        md: &mut String,
+        headlines: &mut Vec<Headline>,
+    ) -> Result<()> {
+        writeln!(
+            md,
+            "\n### The empty program on every tracepoint the agent uses\n\n\
+Method: no agent; the `empty` program attached at once to each of the agent's {n} tracepoints \
+(`burnwatch_common::programs::TRACEPOINTS`: the read and write syscalls, accept, connect, close and the TCP \
+state changes), so every syscall the agent would trace runs a program that does nothing. At the fixed rates \
+({rounds} rounds of {secs:.0} s): its BPF time per request, the least the agent's BPF time per request can \
+be. At saturation ({sat} interleaved rounds of {run:.0} s, wrk without then with the programs, \
+`kernel.bpf_stats_enabled=0` as users run): the throughput ratio and nginx's CPU per request (its worker's \
+time on CPU, which includes the tracepoints' own cost outside the programs: attaching any syscall tracepoint \
+puts every syscall of every process on the kernel's traced, slower path, which BPF time does not show), the \
+most the agent's ratio can be.\n",
+            n = TRACEPOINTS.len(),
+            secs = run_secs(ctx),
+            sat = ctx.plan.rounds,
+            run = ctx.plan.run_secs,
+        )?;
+        writeln!(
+            md,
+            "| load | BPF ns per request | program runs per request |\n|---|---|---|"
+        )?;
+        for (ri, rate) in ctx.plan.fixed_rates.iter().enumerate() {
+            writeln!(
+                md,
+                "| {rate} req/s | {} | {} |",
+                Spread::of(&self.bpf_ns_per_request[ri]).show(0),
+                Spread::of(&self.runs_per_request[ri]).show(1)
+            )?;
+        }
+        let ratio = Spread::of(&self.throughput_ratio);
+        let cpu_ratio: Vec<f64> = self
+            .nginx_ns_without
+            .iter()
+            .zip(&self.nginx_ns_with)
+            .map(|(without, with)| without / with)
+            .collect();
+        let cpu_ratio = Spread::of(&cpu_ratio);
+        writeln!(
+            md,
+            "\nAt saturation: throughput ratio with / without {}; nginx CPU per request without / with {} / {} \
+ns (ratio {}).",
+            ratio.show(3),
+            Spread::of(&self.nginx_ns_without).show(0),
+            Spread::of(&self.nginx_ns_with).show(0),
+            cpu_ratio.show(3),
+        )?;
+        headlines.push(Headline::new(
+            "floor of the throughput ratio and of nginx's CPU ratio (saturation): an empty program on each of the agent's tracepoints, no agent",
+            format!("{}; nginx CPU {}", ratio.show(3), cpu_ratio.show(3)),
+            "",
+            None,
+        ));
+        if let Some(ri) = ctx.plan.fixed_rates.iter().position(|&r| r == 1_000) {
+            headlines.push(Headline::new(
+                "floor of BPF time per request (1000 req/s): the same empty programs",
+                format!(
+                    "{} ns in {} runs",
+                    Spread::of(&self.bpf_ns_per_request[ri]).show(0),
+                    Spread::of(&self.runs_per_request[ri]).show(1)
+                ),
+                "",
+                None,
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -442,79 +520,4 @@ work the agent does.",
         markdown: md,
         headlines,
     })
-}
-
-impl TracingFloor {
-    fn report(
-        &self,
-        ctx: &Ctx,
-        rounds: usize,
-        md: &mut String,
-        headlines: &mut Vec<Headline>,
-    ) -> Result<()> {
-        writeln!(
-            md,
-            "\n### The empty program on every tracepoint the agent uses\n\n\
-Method: no agent; the `empty` program attached at once to each of the agent's {n} tracepoints \
-(`burnwatch_common::programs::TRACEPOINTS`: the read and write syscalls, accept, connect, close and the TCP \
-state changes), so every syscall the agent would trace runs a program that does nothing. At the fixed rates \
-({rounds} rounds of {secs:.0} s): its BPF time per request, the least the agent's BPF time per request can \
-be. At saturation ({sat} interleaved rounds of {run:.0} s, wrk without then with the programs, \
-`kernel.bpf_stats_enabled=0` as users run): the throughput ratio and nginx's CPU per request (its worker's \
-time on CPU, which includes the tracepoints' own cost outside the programs), the most the agent's ratio can \
-be.\n",
-            n = TRACEPOINTS.len(),
-            secs = run_secs(ctx),
-            sat = ctx.plan.rounds,
-            run = ctx.plan.run_secs,
-        )?;
-        writeln!(
-            md,
-            "| load | BPF ns per request | program runs per request |\n|---|---|---|"
-        )?;
-        for (ri, rate) in ctx.plan.fixed_rates.iter().enumerate() {
-            writeln!(
-                md,
-                "| {rate} req/s | {} | {} |",
-                Spread::of(&self.bpf_ns_per_request[ri]).show(0),
-                Spread::of(&self.runs_per_request[ri]).show(1)
-            )?;
-        }
-        let ratio = Spread::of(&self.throughput_ratio);
-        let cpu_ratio: Vec<f64> = self
-            .nginx_ns_without
-            .iter()
-            .zip(&self.nginx_ns_with)
-            .map(|(without, with)| without / with)
-            .collect();
-        let cpu_ratio = Spread::of(&cpu_ratio);
-        writeln!(
-            md,
-            "\nAt saturation: throughput ratio with / without {}; nginx CPU per request without / with {} / {} \
-ns (ratio {}).",
-            ratio.show(3),
-            Spread::of(&self.nginx_ns_without).show(0),
-            Spread::of(&self.nginx_ns_with).show(0),
-            cpu_ratio.show(3),
-        )?;
-        headlines.push(Headline::new(
-            "floor of the throughput ratio and of nginx's CPU ratio (saturation): an empty program on each of the agent's tracepoints, no agent",
-            format!("{}; nginx CPU {}", ratio.show(3), cpu_ratio.show(3)),
-            "",
-            None,
-        ));
-        if let Some(ri) = ctx.plan.fixed_rates.iter().position(|&r| r == 1_000) {
-            headlines.push(Headline::new(
-                "floor of BPF time per request (1000 req/s): the same empty programs",
-                format!(
-                    "{} ns in {} runs",
-                    Spread::of(&self.bpf_ns_per_request[ri]).show(0),
-                    Spread::of(&self.runs_per_request[ri]).show(1)
-                ),
-                "",
-                None,
-            ));
-        }
-        Ok(())
-    }
 }
