@@ -31,7 +31,8 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use burnwatch_common::programs::TRACEPOINTS;
 
-use super::procs::{Nginx, WRK_CONNECTIONS, WrkResult, program_fd_stats, set_bpf_stats, sh};
+use super::overhead;
+use super::procs::{Nginx, WRK_CONNECTIONS, program_fd_stats, set_bpf_stats, sh};
 use super::report::{Headline, Section, Spread};
 use super::{Ctx, TENANTS_OVERHEAD};
 
@@ -231,32 +232,49 @@ fn run_secs(ctx: &Ctx) -> f64 {
     (ctx.plan.run_secs / 2.0).max(3.0)
 }
 
-/// ns per run of `prog`, attached to tracepoints `ids`, over one run of
-/// `load` (None: wrk at saturation).
+/// What the kernel timed of one program over one run.
+struct Timed {
+    ns: u64,
+    runs: u64,
+    /// Requests the load generator completed.
+    requests: u64,
+}
+
+impl Timed {
+    fn ns_per_run(&self) -> f64 {
+        self.ns as f64 / self.runs as f64
+    }
+}
+
+/// `prog`, attached to tracepoints `ids`, timed over one run of `load`
+/// (None: wrk at saturation).
 fn measure(
     ctx: &Ctx,
     nginx: &Nginx,
     prog: &OwnedFd,
     ids: &[u64],
     load: Option<u64>,
-) -> Result<f64> {
+) -> Result<Timed> {
     let secs = run_secs(ctx);
     let _attached = attach(prog, ids)?;
     let (t0, r0) = program_fd_stats(prog)?;
-    match load {
-        None => {
-            ctx.clients.wrk(nginx.port, secs)?;
-        }
+    let requests = match load {
+        None => ctx.clients.wrk(nginx.port, secs)?.requests,
         Some(rate) => {
             ctx.clients
-                .load(nginx.port, rate, secs, TENANTS_OVERHEAD, "/")?;
+                .load(nginx.port, rate, secs, TENANTS_OVERHEAD, "/")?
+                .requests
         }
-    }
+    };
     let (t1, r1) = program_fd_stats(prog)?;
     if r1 <= r0 {
         bail!("the floor program never ran (is kernel.bpf_stats_enabled on?)");
     }
-    Ok((t1 - t0) as f64 / (r1 - r0) as f64)
+    Ok(Timed {
+        ns: t1 - t0,
+        runs: r1 - r0,
+        requests: requests.max(1),
+    })
 }
 
 /// The empty program on every tracepoint the agent attaches to
@@ -298,15 +316,10 @@ impl TracingFloor {
                 round + 1
             );
             for (ri, &rate) in rates.iter().enumerate() {
-                let _attached = attach(empty, &ids)?;
-                let (t0, r0) = program_fd_stats(empty)?;
-                let report =
-                    ctx.clients
-                        .load(nginx.port, rate, run_secs(ctx), TENANTS_OVERHEAD, "/")?;
-                let (t1, r1) = program_fd_stats(empty)?;
-                let requests = report.requests.max(1) as f64;
-                floor.bpf_ns_per_request[ri].push((t1 - t0) as f64 / requests);
-                floor.runs_per_request[ri].push((r1 - r0) as f64 / requests);
+                let t = measure(ctx, nginx, empty, &ids, Some(rate))?;
+                let requests = t.requests as f64;
+                floor.bpf_ns_per_request[ri].push(t.ns as f64 / requests);
+                floor.runs_per_request[ri].push(t.runs as f64 / requests);
             }
         }
         // Throughput as users run: the kernel's per-run timing off (it
@@ -319,12 +332,12 @@ impl TracingFloor {
                     round + 1,
                     ctx.plan.rounds
                 );
-                let (without, nginx_without) = wrk_with_nginx_cpu(ctx, nginx)?;
+                let without = overhead::drive(ctx, nginx, None)?;
                 let _attached = attach(empty, &ids)?;
-                let (with, nginx_with) = wrk_with_nginx_cpu(ctx, nginx)?;
+                let with = overhead::drive(ctx, nginx, None)?;
                 floor.throughput_ratio.push(with.rps / without.rps);
-                floor.nginx_ns_without.push(nginx_without);
-                floor.nginx_ns_with.push(nginx_with);
+                floor.nginx_ns_without.push(without.server_ns_per_req);
+                floor.nginx_ns_with.push(with.server_ns_per_req);
             }
             Ok::<_, anyhow::Error>(())
         })();
@@ -409,15 +422,6 @@ ns (ratio {}).",
     }
 }
 
-/// One overhead-length wrk run: its result and nginx's worker CPU (ns)
-/// per request over it.
-fn wrk_with_nginx_cpu(ctx: &Ctx, nginx: &Nginx) -> Result<(WrkResult, f64)> {
-    let c0 = nginx.worker_cpu_ns()?;
-    let r = ctx.clients.wrk(nginx.port, ctx.plan.run_secs)?;
-    let c1 = nginx.worker_cpu_ns()?;
-    Ok((r, (c1 - c0) as f64 / r.requests.max(1) as f64))
-}
-
 pub fn run(ctx: &Ctx) -> Result<Section> {
     set_bpf_stats(true)?;
     let map = create_lookup_map()?;
@@ -453,7 +457,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
         eprintln!("floor round {}/{rounds}", round + 1);
         for (li, load) in loads.iter().enumerate() {
             for (pi, (_, prog)) in programs.iter().enumerate() {
-                ns[pi][li].push(measure(ctx, &nginx, prog, &ids, *load)?);
+                ns[pi][li].push(measure(ctx, &nginx, prog, &ids, *load)?.ns_per_run());
             }
         }
     }

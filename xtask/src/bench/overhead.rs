@@ -14,15 +14,15 @@ use super::{Ctx, TENANTS_OVERHEAD};
 
 /// One measured load in one arm of a round.
 #[derive(Debug, Clone, Default)]
-struct Run {
-    rps: f64,
-    requests: u64,
+pub(super) struct Run {
+    pub(super) rps: f64,
+    pub(super) requests: u64,
     p50_us: f64,
     p99_us: f64,
     /// Fixed rates: requests sent over 1 ms behind schedule.
     late: u64,
     /// nginx's worker CPU time during the run / requests.
-    server_ns_per_req: f64,
+    pub(super) server_ns_per_req: f64,
     /// Counted by the agent = served (with the agent only).
     exact: bool,
     /// Saturation, with the agent: the same load again with the kernel
@@ -51,7 +51,9 @@ fn load_name(load: Option<u64>) -> String {
     }
 }
 
-fn drive(ctx: &Ctx, nginx: &Nginx, load: Option<u64>) -> Result<Run> {
+/// One run of `load` (None: wrk at saturation) for the overhead phase's
+/// length, with nginx's worker CPU per request over it.
+pub(super) fn drive(ctx: &Ctx, nginx: &Nginx, load: Option<u64>) -> Result<Run> {
     let cpu0 = nginx.worker_cpu_ns()?;
     let mut run = drive_load(ctx, nginx, load)?;
     let cpu1 = nginx.worker_cpu_ns()?;
