@@ -63,6 +63,16 @@ enum Command {
         #[arg(long)]
         bpffs_dir: Option<PathBuf>,
     },
+    /// Load every eBPF program with the kernel verifier's statistics and
+    /// print them (processed instructions against the 1M limit, peak
+    /// states, verification time). Exits 1 when a program is rejected or
+    /// uses more than a fifth of the limit. Loads nothing that stays: no
+    /// attach, no pin.
+    Verifier {
+        /// Print the table only (Markdown), no verdict line.
+        #[arg(long)]
+        table_only: bool,
+    },
     /// Check a config file and print the effective config: services, tenant
     /// rule, SLOs and what each alert tier means.
     #[command(after_help = cli::check::AFTER_HELP)]
@@ -148,6 +158,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config, cleanup } => run::run(config.as_deref(), cleanup),
         Command::Uninstall { config, bpffs_dir } => uninstall(config.as_deref(), bpffs_dir),
+        Command::Verifier { table_only } => verifier(table_only),
         Command::Check { config } => cli::check::run(&config),
         Command::BenchEngine { series } => engine::bench::run(series),
         Command::Simulate {
@@ -190,6 +201,41 @@ fn uninstall(config: Option<&std::path::Path>, bpffs_dir: Option<PathBuf>) -> an
     for dir in removed {
         println!("removed {}", dir.display());
     }
+    Ok(())
+}
+
+fn verifier(table_only: bool) -> anyhow::Result<()> {
+    use probe::verifier;
+    let stats = verifier::measure(probe::EBPF_OBJECT)?;
+    print!("{}", verifier::table(&stats));
+    if table_only {
+        return Ok(());
+    }
+    let mut failed = Vec::new();
+    for s in &stats {
+        if let Some(why) = &s.rejected {
+            failed.push(format!("{} rejected: {why}", s.program));
+        } else if !s.within_budget() {
+            failed.push(format!(
+                "{} processed {} instructions, over the budget of {}",
+                s.program,
+                s.processed_insns,
+                verifier::BUDGET
+            ));
+        }
+    }
+    let total: std::time::Duration = stats.iter().map(|s| s.verification_time).sum();
+    if total > verifier::TOTAL_TIME_BUDGET {
+        failed.push(format!(
+            "all programs took {:.2} s to verify, over {} s",
+            total.as_secs_f64(),
+            verifier::TOTAL_TIME_BUDGET.as_secs()
+        ));
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("verifier budget exceeded:\n  - {}", failed.join("\n  - "));
+    }
+    println!("every program within budget");
     Ok(())
 }
 

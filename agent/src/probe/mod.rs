@@ -9,6 +9,7 @@ pub mod btf;
 pub mod pins;
 pub mod preflight;
 mod program_stats;
+pub mod verifier;
 
 use std::os::fd::AsFd;
 use std::path::Path;
@@ -34,7 +35,7 @@ use pins::Pins;
 use program_stats::ProgramStatsReader;
 
 /// The eBPF object, built by build.rs through aya-build.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/burnwatch"));
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/burnwatch"));
 
 /// Handles on the pinned maps userspace reads and writes. The programs run
 /// from their pinned links, independently of this process (see [`pins`]).

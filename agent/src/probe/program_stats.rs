@@ -72,7 +72,7 @@ impl ProgramStatsReader {
 
 /// The kernel's `bpf_prog_info` of the program `fd`. Its pointer fields
 /// are left zero, so the kernel fills in only the scalar ones.
-fn prog_info(fd: &OwnedFd) -> Option<bpf_prog_info> {
+pub(super) fn prog_info(fd: &OwnedFd) -> Option<bpf_prog_info> {
     // SAFETY: bpf_prog_info is plain integers; all zeroes is valid.
     let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
     let mut attr = InfoAttr {
