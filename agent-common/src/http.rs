@@ -931,65 +931,56 @@ impl RequestStream {
         find_byte(chunk, from, to, needles)
     }
 
-    /// Steps one chunk the kernel loaded (`chunk[..n]`), as `parse_chunk` in
-    /// agent-ebpf does, which calls this very function: a version at the
-    /// chunk's start taken whole, bytes nobody needs jumped over, every other
-    /// byte stepped and its event handed to `on_event` with the stream. Stops
-    /// at the chunk's end, where a body starts (the caller skips it), or
-    /// after a request target (the next chunk starts at its version).
-    /// Returns the bytes consumed, or `None` at an invalid byte: the rest of
-    /// the read is not parsed (the stream stays `INVALID` until the next).
+    /// Whether the next step may take more than one byte (a version taken
+    /// whole, bytes nobody needs jumped over): [`RequestStream::scan_step`]
+    /// then looks at the 16 bytes ahead.
     #[inline(always)]
-    pub fn scan_chunk(
+    pub fn wants_lookahead(&self) -> bool {
+        (self.state == state::VERSION && self.token_len == 0) || self.may_skip()
+    }
+
+    /// One step of the scan, as the kernel takes it once per `bpf_loop`
+    /// iteration (`parse_step` in agent-ebpf calls this very function), with
+    /// `n >= 1` bytes of the stream at hand, not inside a body (the caller
+    /// skips bodies by count): `byte` is the next one, and `ahead()` gives
+    /// the next 16 (the first `n` of them valid), asked for only when
+    /// [`RequestStream::wants_lookahead`]. A version at hand is taken whole,
+    /// bytes nobody needs (an ignored header line, a request target without
+    /// a tenant) are jumped over, else `byte` is stepped. Returns the bytes
+    /// consumed (at least 1) and the stepped byte's event.
+    ///
+    /// One step, with no loop inside, is what keeps the kernel's verifier
+    /// cheap: it explores this body once per distinct state rather than
+    /// once per byte position of a chunk.
+    #[inline(always)]
+    pub fn scan_step<'a>(
         &mut self,
-        chunk: &[u8; 16],
+        byte: u8,
+        ahead: impl FnOnce() -> &'a [u8; 16],
         n: usize,
         cfg: &ParserConfig,
         now_ns: u64,
-        mut on_event: impl FnMut(&mut Self, u8),
-    ) -> Option<usize> {
-        let mut i = self.take_version(chunk, n);
-        while i < 16 {
-            if i >= n {
-                break;
+    ) -> (usize, u8) {
+        if self.wants_lookahead() {
+            let chunk = ahead();
+            let taken = self.take_version(chunk, n);
+            if taken > 0 {
+                return (taken, event::NONE);
             }
-            // A body starts inside this chunk: let the caller skip it.
-            if self.skippable() > 0 {
-                break;
+            let j = self.next_needed(chunk, 0, n);
+            if j > 0 {
+                return (j, event::NONE);
             }
-            // Bytes nobody asked for (an ignored header line, a request
-            // target without a tenant): jump to the next byte needed.
-            if self.may_skip() {
-                let j = self.next_needed(chunk, i, n);
-                // Only forward (the verifier cannot see it never goes back).
-                if j > i {
-                    i = j;
-                }
-                if i >= n || i >= 16 {
-                    break;
-                }
-            }
-            let ev = self.step(chunk[i % 16], cfg, now_ns);
-            on_event(self, ev);
-            match ev {
-                event::INVALID => return None,
-                // The version is next: start the next chunk with it.
-                event::TARGET_DONE => {
-                    i += 1;
-                    break;
-                }
-                _ => {}
-            }
-            i += 1;
         }
-        Some(i)
+        (1, self.step(byte, cfg, now_ns))
     }
 
     /// Parses one whole read as the kernel does (`parse_inbound`): body bytes
-    /// skipped by count, the rest in 16-byte chunks through
-    /// [`RequestStream::scan_chunk`]. For the host-side tests (unit, property
-    /// and fuzz), which model the kernel with it; the kernel's own loop reads
-    /// user memory chunk by chunk instead of holding a slice.
+    /// skipped by count, every other step through
+    /// [`RequestStream::scan_step`] with the kernel's read-ahead window
+    /// ([`window`]). For the host-side tests (unit, property and fuzz),
+    /// which model the kernel with it. Stops at an invalid byte: the rest of
+    /// the read is not parsed (the stream stays `INVALID` until the next).
     pub fn walk_read(
         &mut self,
         read: &[u8],
@@ -998,23 +989,111 @@ impl RequestStream {
         mut on_event: impl FnMut(&mut Self, u8),
     ) {
         self.begin_read();
+        let mut win = window::HostWindow::new(read);
         let mut off = 0usize;
         while off < read.len() {
-            let rest = read.len() - off;
             let skip = self.skippable();
             if skip > 0 {
-                let n = skip.min(rest as u64);
+                let n = skip.min((read.len() - off) as u64);
                 self.skip(n);
                 off += n as usize;
                 continue;
             }
-            let n = rest.min(16);
-            let mut chunk = [0u8; 16];
-            chunk[..n].copy_from_slice(&read[off..off + n]);
-            match self.scan_chunk(&chunk, n, cfg, now_ns, &mut on_event) {
-                Some(consumed) => off += consumed,
-                None => return,
+            let (byte, ahead, n) = win.at(off);
+            let (taken, ev) = self.scan_step(byte, || &ahead, n, cfg, now_ns);
+            on_event(self, ev);
+            if ev == event::INVALID {
+                return;
             }
+            off += taken;
+        }
+    }
+}
+
+/// The kernel's read-ahead window over a buffer of user memory: the scan
+/// reads `WINDOW` bytes (or what is left of the buffer) with one helper
+/// call and steps through them, and reads again from the cursor when the
+/// window no longer holds the 16 bytes a step may look at (or all that is
+/// left). Shared by the kernel (`parse.rs`) and the host's model of it.
+pub mod window {
+    /// Bytes read from user memory per helper call.
+    pub const WINDOW: usize = 128;
+    /// Bytes a step may look at ([`super::RequestStream::scan_step`]).
+    pub const AHEAD: usize = 16;
+
+    /// Where the byte at `pos` (with `rest` bytes of its buffer left from
+    /// it) stands in a window of `len` bytes read at `base`: its offset in
+    /// the window and the bytes at hand from it (at most [`AHEAD`]).
+    /// `None`: read the window again at `pos`, [`fill_len`] bytes.
+    #[inline(always)]
+    pub fn place(pos: u64, rest: u64, base: u64, len: u64) -> Option<(u64, u64)> {
+        if pos < base || pos >= base + len {
+            return None;
+        }
+        let avail = base + len - pos;
+        if avail < AHEAD as u64 && avail < rest {
+            return None;
+        }
+        let n = if avail < rest { avail } else { rest };
+        Some((pos - base, if n < AHEAD as u64 { n } else { AHEAD as u64 }))
+    }
+
+    /// Bytes to read into the window at a position with `rest` bytes of
+    /// its buffer left.
+    #[inline(always)]
+    pub fn fill_len(rest: u64) -> u64 {
+        if rest < WINDOW as u64 {
+            rest
+        } else {
+            WINDOW as u64
+        }
+    }
+
+    /// The kernel's window over a host buffer, for the tests' model of
+    /// the kernel: the same fills at the same places.
+    pub struct HostWindow<'a> {
+        buf: &'a [u8],
+        base: u64,
+        len: u64,
+        bytes: [u8; WINDOW + AHEAD],
+    }
+
+    impl<'a> HostWindow<'a> {
+        pub fn new(buf: &'a [u8]) -> Self {
+            HostWindow {
+                buf,
+                base: 0,
+                len: 0,
+                bytes: [0; WINDOW + AHEAD],
+            }
+        }
+
+        /// The byte at `off`, the 16 bytes from it (past the window's end,
+        /// stale bytes of an earlier fill, as in the kernel's window) and
+        /// how many of those are valid.
+        pub fn at(&mut self, off: usize) -> (u8, [u8; AHEAD], usize) {
+            let rest = (self.buf.len() - off) as u64;
+            let (at, n) = match place(off as u64, rest, self.base, self.len) {
+                Some(p) => p,
+                None => {
+                    let len = fill_len(rest);
+                    self.bytes[..len as usize].copy_from_slice(&self.buf[off..off + len as usize]);
+                    self.base = off as u64;
+                    self.len = len;
+                    (
+                        0,
+                        if rest < AHEAD as u64 {
+                            rest
+                        } else {
+                            AHEAD as u64
+                        },
+                    )
+                }
+            };
+            let at = at as usize;
+            let mut ahead = [0u8; AHEAD];
+            ahead.copy_from_slice(&self.bytes[at..at + AHEAD]);
+            (self.bytes[at], ahead, n as usize)
         }
     }
 }

@@ -37,8 +37,8 @@ use burnwatch_common::{
     maps::{AgentConfig, ConnState, Method, conn_event, role},
 };
 
-use crate::maps::{CHUNK, MAX_CHUNKS, Scratch};
-use crate::parse::{Cursor, STOPPED, cursor, load_chunk};
+use crate::maps::{MAX_STEPS, Scratch};
+use crate::parse::{Cursor, STOPPED, copy_chunk, cursor, view};
 use crate::{count, spill};
 
 /// Shared with the `bpf_loop` callback (lives on the caller's stack).
@@ -98,8 +98,8 @@ pub fn frame_buffer(conn: *mut ConnState, conn_key: u64, cfg: &AgentConfig, scra
     };
     unsafe {
         bpf_loop(
-            MAX_CHUNKS,
-            frame_chunk as *mut c_void,
+            MAX_STEPS,
+            frame_step as *mut c_void,
             &mut fc as *mut FrameCtx as *mut c_void,
             0,
         );
@@ -141,9 +141,11 @@ fn continues_status_line(held: &ResponseStream, at: u64) -> bool {
     crate::read_user(at, &mut b) && fits_status_line(held.token_len as usize, b)
 }
 
-/// One `bpf_loop` iteration: skip body bytes, or frame up to `CHUNK` bytes.
-/// Returns 1 to stop the loop.
-extern "C" fn frame_chunk(_index: u64, ctx: *mut c_void) -> i64 {
+/// One `bpf_loop` iteration: skip body bytes, or take one step of the
+/// framing (`ResponseStream::scan_step`), handling its event here. Returns
+/// 1 to stop the loop. No loop inside: the verifier explores the body once
+/// per state it starts in (see `parse_step`).
+extern "C" fn frame_step(_index: u64, ctx: *mut c_void) -> i64 {
     let fc = unsafe { &mut *(ctx as *mut FrameCtx) };
     let scratch = unsafe { &mut *fc.scratch };
     let (src, rest) = match cursor(scratch) {
@@ -158,17 +160,19 @@ extern "C" fn frame_chunk(_index: u64, ctx: *mut c_void) -> i64 {
         scratch.off += n;
         return 0;
     }
-    let n = if rest < CHUNK as u64 {
-        rest
-    } else {
-        CHUNK as u64
-    };
-    if !load_chunk(scratch, src, rest, n) {
+    let Some((at, n)) = view(scratch, src, rest) else {
         return 1;
-    }
-    // Bytes up to the next event; the event is handled here, after the
-    // loop, so the verifier explores the counting code once, not per byte.
-    let (i, ev) = scratch.resp.scan_chunk(&scratch.buf, n as usize);
+    };
+    let byte = scratch.win[at];
+    let (win, buf) = (&scratch.win, &mut scratch.buf);
+    let (i, ev) = scratch.resp.scan_step(
+        byte,
+        || {
+            copy_chunk(win, at, buf);
+            buf
+        },
+        n,
+    );
     scratch.off += i as u64;
     if ev == event::DONE {
         return stop(scratch);

@@ -83,18 +83,15 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 #[map(name = "CONN_EVENTS")]
 pub static CONN_EVENTS: HashMap<ConnEventKey, u64> = HashMap::with_max_entries(CONN_EVENTS_MAX, 0);
 
-/// Bytes scanned per `bpf_loop` iteration. The verifier explores every
-/// branch of the parser per byte of a chunk; 64 exceeds its 8192-branch limit.
-/// The shared parsers' `scan_chunk` take chunks of exactly this size.
-pub const CHUNK: usize = 16;
-/// Bytes of user memory read ahead per helper call: a chunk is scanned
-/// from this window while it holds the chunk's bytes, so a 400-byte header
-/// block costs 4 helper calls, not 25.
-pub const WINDOW: usize = 128;
-/// Chunks scanned per syscall at most: 64 KiB of headers (or of chunk-size
-/// lines) per read. Reads with bodies cost little more: body bytes are
-/// skipped, not scanned.
-pub const MAX_CHUNKS: u32 = 4096;
+/// Bytes a parser step may look at (`burnwatch_common::http::window::AHEAD`).
+pub const CHUNK: usize = burnwatch_common::http::window::AHEAD;
+/// Bytes of user memory read ahead per helper call: a 400-byte header
+/// block costs 4 helper calls, not one per step.
+pub const WINDOW: usize = burnwatch_common::http::window::WINDOW;
+/// Parser steps per syscall at most: a step takes one byte or more, so this
+/// scans at least 64 KiB of headers (or of chunk-size lines) per read.
+/// Reads with bodies cost little more: body bytes are skipped, not scanned.
+pub const MAX_STEPS: u32 = 1 << 16;
 /// iovecs of one readv/recvmsg that are parsed.
 pub const MAX_IOV: usize = 4;
 

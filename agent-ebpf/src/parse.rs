@@ -1,6 +1,7 @@
 //! Feeding the bytes of one read (or one readv/recvmsg, up to `MAX_IOV`
-//! iovecs) to the connection's request parser, `CHUNK` bytes per
-//! `bpf_loop` iteration. Bodies are skipped without being read.
+//! iovecs) to the connection's request parser, one step of it per
+//! `bpf_loop` iteration (a byte, or a run of bytes nobody needs). Bodies
+//! are skipped without being read.
 
 use core::ffi::c_void;
 
@@ -9,11 +10,14 @@ use aya_ebpf::helpers::{
     generated::{bpf_loop, bpf_probe_read_user},
 };
 use burnwatch_common::{
-    http::event,
+    http::{
+        event,
+        window::{self, AHEAD, WINDOW},
+    },
     maps::{AgentConfig, ConnState, conn_event, counter},
 };
 
-use crate::maps::{CHUNK, MAX_CHUNKS, MAX_IOV, Scratch, WINDOW, bump};
+use crate::maps::{CHUNK, MAX_IOV, MAX_STEPS, Scratch, bump};
 use crate::{count, spill};
 
 /// Set as `iov_idx` when parsing stopped on purpose (stream not HTTP).
@@ -54,8 +58,8 @@ pub fn parse_inbound(
     };
     unsafe {
         bpf_loop(
-            MAX_CHUNKS,
-            parse_chunk as *mut c_void,
+            MAX_STEPS,
+            parse_step as *mut c_void,
             &mut pc as *mut ParseCtx as *mut c_void,
             0,
         );
@@ -104,76 +108,50 @@ pub fn cursor(scratch: &mut Scratch) -> Cursor {
     }
 }
 
-/// Puts the next `n <= CHUNK` bytes, at user address `src` with `rest`
-/// left in the iovec, into `scratch.buf`. False when they cannot be read
-/// (the scan is then stopped).
+/// The bytes at the scan's cursor (user address `src`, `rest` left in the
+/// iovec): their offset in `scratch.win` and how many are at hand there
+/// (at most `AHEAD`), reading the window again from `src` when it does not
+/// hold them (`window::place`). `None` when user memory cannot be read (the
+/// scan is then stopped).
 #[inline(always)]
-pub fn load_chunk(scratch: &mut Scratch, src: u64, rest: u64, n: u64) -> bool {
-    // The chunk's bytes: from the window when it holds them, else read a
-    // new window. Always constant-size reads: a size derived from `off`
-    // would make the verifier track `off` precisely, and the callback's
-    // states would never converge.
-    let in_window = src >= scratch.win_base && src + n <= scratch.win_base + scratch.win_len;
-    let fresh = !in_window
-        && unsafe {
-            bpf_probe_read_user(
-                scratch.win.as_mut_ptr() as *mut c_void,
-                WINDOW as u32,
-                src as *const c_void,
-            )
-        } == 0;
-    if fresh {
-        scratch.win_base = src;
-        scratch.win_len = if rest < WINDOW as u64 {
-            rest
-        } else {
-            WINDOW as u64
-        };
+pub fn view(scratch: &mut Scratch, src: u64, rest: u64) -> Option<(usize, usize)> {
+    if let Some((at, n)) = window::place(src, rest, scratch.win_base, scratch.win_len) {
+        return Some((at as usize % WINDOW, n as usize));
     }
-    if in_window || fresh {
-        // `at + n <= WINDOW`; the mask only shows the verifier the bound.
-        let at = ((src - scratch.win_base) as usize) % WINDOW;
-        copy_chunk(&scratch.win, at, &mut scratch.buf);
-        return true;
-    }
-    // Near the end of a buffer (at a page edge) the window read can
-    // fault: read this chunk alone, or its bytes one at a time.
-    scratch.win_len = 0;
+    let len = window::fill_len(rest);
+    // Exactly the bytes of the buffer (at most WINDOW): never past its end,
+    // so a buffer that ends at a page edge reads like any other.
     if unsafe {
         bpf_probe_read_user(
-            scratch.buf.as_mut_ptr() as *mut c_void,
-            CHUNK as u32,
+            scratch.win.as_mut_ptr() as *mut c_void,
+            (len as u32) % (WINDOW as u32 + 1),
             src as *const c_void,
         )
-    } == 0
+    } != 0
     {
-        return true;
+        bump(counter::READ_FAULT);
+        scratch.win_len = 0;
+        scratch.iov_idx = STOPPED;
+        return None;
     }
-    let mut j = 0usize;
-    while j < CHUNK {
-        if j as u64 >= n {
-            break;
-        }
-        if unsafe {
-            bpf_probe_read_user(
-                scratch.buf.as_mut_ptr().add(j) as *mut c_void,
-                1,
-                (src + j as u64) as *const c_void,
-            )
-        } != 0
-        {
-            bump(counter::READ_FAULT);
-            scratch.iov_idx = STOPPED;
-            return false;
-        }
-        j += 1;
-    }
-    true
+    scratch.win_base = src;
+    scratch.win_len = len;
+    Some((
+        0,
+        if len < AHEAD as u64 {
+            len as usize
+        } else {
+            AHEAD
+        },
+    ))
 }
 
-/// One `bpf_loop` iteration: skip body bytes, or scan up to `CHUNK` bytes.
-/// Returns 1 to stop the loop.
-extern "C" fn parse_chunk(_index: u64, ctx: *mut c_void) -> i64 {
+/// One `bpf_loop` iteration: skip body bytes, or take one step of the
+/// parser (`RequestStream::scan_step`). Returns 1 to stop the loop. The
+/// body has no loop of its own: the verifier explores it once per state it
+/// can start in, and the parser's state lives in map memory (the
+/// connection), so those states are few.
+extern "C" fn parse_step(_index: u64, ctx: *mut c_void) -> i64 {
     let pc = unsafe { &mut *(ctx as *mut ParseCtx) };
     let scratch = unsafe { &mut *pc.scratch };
     let (src, rest) = match cursor(scratch) {
@@ -189,49 +167,53 @@ extern "C" fn parse_chunk(_index: u64, ctx: *mut c_void) -> i64 {
         scratch.off += n;
         return 0;
     }
-    let n = if rest < CHUNK as u64 {
-        rest
-    } else {
-        CHUNK as u64
-    };
-    if !load_chunk(scratch, src, rest, n) {
+    let Some((at, n)) = view(scratch, src, rest) else {
         return 1;
-    }
+    };
     let cfg = unsafe { &(*pc.cfg).parser };
-    let (service_id, local_port) = (conn.service_id, conn.local_port);
-    let (spilled, spill_head) = (&mut conn.spilled, conn.spill_head);
-    let scanned = conn.requests.scan_chunk(
-        &scratch.buf,
-        n as usize,
+    let byte = scratch.win[at];
+    let (win, buf) = (&scratch.win, &mut scratch.buf);
+    let (taken, ev) = conn.requests.scan_step(
+        byte,
+        || {
+            copy_chunk(win, at, buf);
+            buf
+        },
+        n,
         cfg,
         pc.now,
-        |requests, ev| match ev {
-            // A deep pipeline: make room for the next request.
-            event::HEADERS_DONE if requests.is_full() => {
-                spill::spill_oldest(requests, spilled, spill_head, pc.conn_key)
-            }
-            event::QUEUE_FULL => {
-                count::conn_event(service_id, local_port, conn_event::PIPELINE_OVERFLOW)
-            }
-            event::INVALID => count::conn_event(service_id, local_port, conn_event::PARSE_INVALID),
-            _ => {}
-        },
     );
-    let Some(i) = scanned else {
-        scratch.iov_idx = STOPPED;
-        return 1;
-    };
-    scratch.off += i as u64;
+    scratch.off += taken as u64;
+    match ev {
+        // A deep pipeline: make room for the next request.
+        event::HEADERS_DONE if conn.requests.is_full() => spill::spill_oldest(
+            &mut conn.requests,
+            &mut conn.spilled,
+            conn.spill_head,
+            pc.conn_key,
+        ),
+        event::QUEUE_FULL => count::conn_event(
+            conn.service_id,
+            conn.local_port,
+            conn_event::PIPELINE_OVERFLOW,
+        ),
+        event::INVALID => {
+            count::conn_event(conn.service_id, conn.local_port, conn_event::PARSE_INVALID);
+            scratch.iov_idx = STOPPED;
+            return 1;
+        }
+        _ => {}
+    }
     0
 }
 
-/// Copies `CHUNK` bytes of the window from `at`. Volatile, because a plain
-/// copy becomes a call to a byte-at-a-time `memcpy` (see `mem.rs`). Chunks
-/// usually start 8-aligned in the window (a window is read where a chunk
-/// starts, and chunks follow each other 16 bytes apart): two word moves.
-/// After a body skip they start anywhere: byte moves.
+/// Copies the `CHUNK` bytes of the window from `at`, for a step that looks
+/// ahead. Volatile, because a plain copy becomes a call to a byte-at-a-time
+/// `memcpy` (see `mem.rs`). At a window's start (a version or a header
+/// value right after a fill) `at` is 0: two word moves; elsewhere byte
+/// moves.
 #[inline(always)]
-fn copy_chunk(win: &[u8; WINDOW + CHUNK], at: usize, out: &mut [u8; CHUNK]) {
+pub fn copy_chunk(win: &[u8; WINDOW + CHUNK], at: usize, out: &mut [u8; CHUNK]) {
     if at.is_multiple_of(8) {
         // `at & (WINDOW - 8)` is `at`, in a form the verifier sees is
         // 8-aligned and below `WINDOW`.

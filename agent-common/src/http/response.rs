@@ -218,42 +218,27 @@ impl ResponseStream {
         }
     }
 
-    /// Frames one chunk the kernel loaded (`chunk[..n]`) up to the first
-    /// event, as `frame_chunk` in agent-ebpf does, which calls this very
-    /// function: bytes nobody needs jumped over, every other byte stepped.
-    /// Stops at the chunk's end, where a body starts (the caller skips it),
-    /// or just after a byte with an event. Returns the bytes consumed and
-    /// that event (`NONE`: none). Stopping at each event lets the caller
-    /// handle it once, after the loop (in the kernel: one exploration of the
-    /// counting code by the verifier, not one per byte).
+    /// One step of the framing, as the kernel takes it once per `bpf_loop`
+    /// iteration (`frame_step` in agent-ebpf calls this very function), not
+    /// inside a body (the caller skips bodies by count): `byte` is the next
+    /// byte, `ahead()` the next 16 (the first `n >= 1` valid), asked for only
+    /// when [`ResponseStream::may_skip`]. Bytes nobody needs are jumped over,
+    /// else `byte` is stepped. Returns the bytes consumed (at least 1) and
+    /// the stepped byte's event (`NONE`: none).
     #[inline(always)]
-    pub fn scan_chunk(&mut self, chunk: &[u8; 16], n: usize) -> (usize, u8) {
-        let mut i = 0usize;
-        let mut ev = event::NONE;
-        while i < 16 {
-            if i >= n {
-                break;
-            }
-            if self.skippable() > 0 {
-                break;
-            }
-            if self.may_skip() {
-                let j = self.next_needed(chunk, i, n);
-                // Only forward (the verifier cannot see it never goes back).
-                if j > i {
-                    i = j;
-                }
-                if i >= n || i >= 16 {
-                    break;
-                }
-            }
-            ev = self.step(chunk[i % 16]);
-            i += 1;
-            if ev != event::NONE {
-                break;
+    pub fn scan_step<'a>(
+        &mut self,
+        byte: u8,
+        ahead: impl FnOnce() -> &'a [u8; 16],
+        n: usize,
+    ) -> (usize, u8) {
+        if self.may_skip() {
+            let j = self.next_needed(ahead(), 0, n);
+            if j > 0 {
+                return (j, event::NONE);
             }
         }
-        (i, ev)
+        (1, self.step(byte))
     }
 
     /// The next response starts: its status line is expected.

@@ -169,8 +169,8 @@ pub fn frame_reads(reads: &[&[u8]], head: &[bool], shortcuts: bool) -> Vec<u16> 
 
 /// Frames one read (or write) `buf` with the stream `s`, calling `on_status`
 /// at each status line: with `shortcuts` as the kernel's `frame_chunk` loop
-/// does (bodies skipped by count, 16-byte chunks through
-/// `ResponseStream::scan_chunk`), without them one byte at a time. A
+/// does (bodies skipped by count, steps through `ResponseStream::scan_step`
+/// with the kernel's read-ahead window), without them one byte at a time. A
 /// stopped stream starts again, fresh, at `buf`'s first byte.
 fn frame_one(
     s: &mut burnwatch_common::http::response::ResponseStream,
@@ -183,6 +183,7 @@ fn frame_one(
         *s = ResponseStream::new();
     }
     let mut off = 0usize;
+    let mut win = burnwatch_common::http::window::HostWindow::new(buf);
     while off < buf.len() && !s.is_done() {
         let ev = if shortcuts {
             let skip = s.skippable();
@@ -192,10 +193,8 @@ fn frame_one(
                 off += n as usize;
                 continue;
             }
-            let n = (buf.len() - off).min(16);
-            let mut chunk = [0u8; 16];
-            chunk[..n].copy_from_slice(&buf[off..off + n]);
-            let (taken, ev) = s.scan_chunk(&chunk, n);
+            let (byte, ahead, n) = win.at(off);
+            let (taken, ev) = s.scan_step(byte, || &ahead, n);
             off += taken;
             ev
         } else {
