@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: every figure of the benchmark suite, one command,
 //! written to BENCHMARKS.md with the machine, kernel and method.
 //!
-//! Phases (each its own module): overhead on nginx with and without the
+//! Phases (each its own module): the verifier's cost of every program
+//! ([`verifier`]); overhead on nginx with and without the
 //! agent ([`overhead`]); what an eBPF program that does nothing costs per
 //! run at each of those loads ([`floor`]); agent CPU and RSS by rate and tenant count
 //! ([`tenants`]); `/metrics` at 10,000 tenants x 2 SLOs ([`scrape`]);
@@ -20,6 +21,7 @@ mod procs;
 mod report;
 mod scrape;
 mod tenants;
+mod verifier;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -230,7 +232,8 @@ arms. Stop that agent, or remove its pins (`burnwatch uninstall --bpffs-dir DIR`
     sh("sysctl", &["-q", "-w", "kernel.bpf_stats_enabled=1"])?;
     // A phase that fails is reported in its place; the others still run.
     type Phase = fn(&Ctx) -> Result<Section>;
-    let phases: [(&str, &str, Phase); 8] = [
+    let phases: [(&str, &str, Phase); 9] = [
+        ("verifier", "verifier cost", verifier::run),
         ("overhead", "overhead", overhead::run),
         ("floor", "floor", floor::run),
         ("tenants", "CPU and RSS by rate and tenants", tenants::run),
