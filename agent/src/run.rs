@@ -227,6 +227,7 @@ async fn run_async(config: Config, config_path: Option<&Path>, cleanup: bool) ->
     )));
     {
         let mut st = state.write().unwrap_or_else(|e| e.into_inner());
+        st.capabilities = probe.capabilities.clone();
         if let Some(h) = hasher {
             st.requests.set_tenant_hasher(h);
         }

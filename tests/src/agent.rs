@@ -128,6 +128,18 @@ impl Agent {
         exporters: &str,
         args: &[&str],
     ) -> Agent {
+        Agent::start_with_env(config_body, state_dir, exporters, args, &[])
+    }
+
+    /// Like [`Agent::start_full`], with `env` set for the agent's process
+    /// (debug switches such as `BURNWATCH_DEBUG_SKIP_PROGRAMS`).
+    pub fn start_with_env(
+        config_body: &str,
+        state_dir: Option<&std::path::Path>,
+        exporters: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Agent {
         remove_stale_test_pins();
         let pins = pin_root_for(state_dir);
         let dir = tempfile::tempdir().unwrap();
@@ -158,6 +170,7 @@ impl Agent {
             .args(["run", "--config"])
             .arg(&config)
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -15,6 +15,10 @@ pub struct SlosResponse {
     pub node: String,
     /// Probes attached on this node, e.g. `tracepoint:syscalls:sys_enter_read`.
     pub probes_attached: Vec<String>,
+    /// What the capture counts on this kernel: feature -> up (see
+    /// `burnwatch_capability`). Absent from agents before it existed.
+    #[serde(default)]
+    pub capabilities: std::collections::BTreeMap<String, bool>,
     pub slos: Vec<SloInfo>,
     /// Sorted by burn: see [`sort_by_burn`].
     pub series: Vec<SeriesStatus>,

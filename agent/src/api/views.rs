@@ -25,6 +25,11 @@ pub fn slos(st: &AgentState, node: &str) -> SlosResponse {
         now: st.now,
         node: node.to_owned(),
         probes_attached: st.probes.clone(),
+        capabilities: st
+            .capabilities
+            .iter()
+            .map(|(f, up)| (f.to_string(), *up))
+            .collect(),
         slos: slo_infos(slos),
         series,
     }

@@ -26,6 +26,9 @@ pub struct AgentState {
     pub capture_counters: [u64; counter::COUNT as usize],
     /// Probes attached, e.g. `tracepoint:syscalls:sys_exit_read`.
     pub probes: Vec<String>,
+    /// What the capture counts on this kernel: (feature, up), see
+    /// `burnwatch_common::programs::CAPABILITIES`.
+    pub capabilities: Vec<(&'static str, bool)>,
     /// Latency bucket upper bounds in seconds (the last bucket is +Inf).
     pub latency_bounds_s: Vec<f64>,
     /// Completed kernel reads; 0 until the first one.
@@ -67,6 +70,7 @@ impl AgentState {
             conn_events: ConnEventTable::default(),
             capture_counters: [0; counter::COUNT as usize],
             probes,
+            capabilities: Vec::new(),
             latency_bounds_s,
             polls: 0,
             bpf_stats: Vec::new(),

@@ -12,8 +12,16 @@ use anyhow::Result;
 
 use crate::attribution::tenant_hash::TenantHasher;
 use crate::config::Config;
+
 use crate::engine::state::AgentState;
 use crate::engine::{AlertTransition, TransitionKind};
+
+/// Help text of `burnwatch_capability`, shared by the Prometheus and OTLP
+/// encoders.
+pub const CAPABILITY_HELP: &str = "Whether each capability of the capture runs on this kernel (1) or not (0): \
+     core (requests and status lines), then the optional ones (pipelined_responses, client_requests, \
+     sendfile_bodies, open_at_close, descriptor_reuse, tcp_resets); a program the kernel refuses turns its \
+     capability off, and the agent logs what is not counted.";
 
 pub mod alertmanager;
 pub mod otlp;

@@ -739,6 +739,23 @@ impl Exporter {
                 )
             })
             .collect();
+        let capabilities = st
+            .capabilities
+            .iter()
+            .map(|(feature, up)| {
+                point(
+                    vec![kv("feature", feature)],
+                    number_data_point::Value::AsInt(i64::from(*up)),
+                    0,
+                )
+            })
+            .collect();
+        metrics.push(gauge(
+            "burnwatch_capability",
+            super::CAPABILITY_HELP,
+            "1",
+            capabilities,
+        ));
         metrics.push(gauge(
             "burnwatch_slo_objective_ratio",
             "The SLO's objective as a ratio (0.999 for 99.9%).",

@@ -14,6 +14,7 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use super::CAPABILITY_HELP;
 use crate::attribution::pods::PodLabels;
 use crate::engine::budget::BudgetStatus;
 use crate::engine::state::AgentState;
@@ -381,6 +382,16 @@ impl Collector for StateCollector {
             MetricType::Gauge,
         )?;
         m.encode_gauge(&(state.probes.len() as i64))?;
+        let mut m = enc.encode_descriptor(
+            "burnwatch_capability",
+            CAPABILITY_HELP,
+            None,
+            MetricType::Gauge,
+        )?;
+        for (feature, up) in &state.capabilities {
+            m.encode_family(&[("feature", *feature)])?
+                .encode_gauge(&i64::from(*up))?;
+        }
         drop(state);
         encode_self_stats(&self.stats, &mut enc)
     }

@@ -16,10 +16,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result, anyhow};
 use aya::{
-    EbpfLoader,
+    EbpfLoader, VerifierLogLevel,
     maps::{Array, HashMap as BpfHashMap, IterableMap, Map, MapData, PerCpuArray, ProgramArray},
     programs::{
-        TracePoint,
+        ProgramError, TracePoint,
         links::{FdLink, PinnedLink},
         trace_point::TracePointLink,
     },
@@ -27,7 +27,7 @@ use aya::{
 use burnwatch_common::maps::{
     AgentConfig, ConnEventKey, MatchKey, RequestKey, RequestStats, SERIES_ALL, counter, names,
 };
-use burnwatch_common::programs::TRACEPOINTS;
+use burnwatch_common::programs::{CAPABILITIES, TAIL_CALLED, TRACEPOINTS, capability_of};
 use tracing::{info, warn};
 
 use batch::BatchReader;
@@ -62,6 +62,9 @@ pub struct Probe {
     /// The attached programs, held open for their run statistics.
     program_stats: ProgramStatsReader,
     pub attached: Vec<String>,
+    /// Every capability (`burnwatch_common::programs::CAPABILITIES`) and
+    /// whether it is up: all its programs verified and attached.
+    pub capabilities: Vec<(&'static str, bool)>,
     /// Identifies this generation of the kernel's cumulative counts (boot id
     /// and `COUNTS` map id): a checkpoint's consumed counts only apply to the
     /// generation they were read from.
@@ -113,9 +116,10 @@ impl KnownCounts {
     }
 }
 
-/// Programs reached only by tail call (loaded and pinned, never attached),
-/// by slot in `TAIL_CALLS`. The pinned program array keeps them registered.
-const TAIL_CALLED: &[(u32, &str)] = &[(0, "parse_client_write"), (1, "frame_responses")];
+/// Names programs the agent does not load, as if the verifier had refused
+/// them (comma-separated): a debug switch that tests how the agent degrades
+/// when an optional program cannot run on a kernel.
+pub const SKIP_PROGRAMS_ENV: &str = "BURNWATCH_DEBUG_SKIP_PROGRAMS";
 
 impl Probe {
     /// Checks the kernel, then reuses this build's pinned programs and maps
@@ -132,7 +136,7 @@ impl Probe {
 
         let pins = Pins::new(pin_root, &pins::build_id(EBPF_OBJECT));
         pins.create_dirs()?;
-        let mut probe = match Probe::open_pinned(&pins, true, true) {
+        let mut probe = match Probe::open_pinned(&pins, true, None) {
             Ok(p) => {
                 info!(pins = %pins.dir.display(), "reusing pinned eBPF programs and maps: counts continue");
                 p
@@ -143,37 +147,78 @@ impl Probe {
                 }
                 pins.remove()?;
                 pins.create_dirs()?;
-                let held = match load_and_pin(&pins) {
-                    Ok(held) => held,
+                let loaded = match load_and_pin(&pins) {
+                    Ok(loaded) => loaded,
                     Err(e) => {
                         // Unpinning detaches whatever was attached.
                         let _ = pins.remove();
                         return Err(e);
                     }
                 };
-                let links_pinned = held.is_empty();
-                let mut probe = Probe::open_pinned(&pins, false, links_pinned)?;
-                probe._held_links = held;
+                let mut probe = Probe::open_pinned(&pins, false, Some(&loaded.down))?;
+                probe._held_links = loaded.held;
                 probe
             }
         };
         pins.remove_other_builds();
         probe.configure(config, service_ports)?;
-        info!(probes = ?probe.attached, pins = %pins.dir.display(), "eBPF programs attached");
+        let down: Vec<&str> = probe
+            .capabilities
+            .iter()
+            .filter(|(_, up)| !up)
+            .map(|(f, _)| *f)
+            .collect();
+        info!(probes = ?probe.attached, pins = %pins.dir.display(), ?down, "eBPF programs attached");
         Ok(probe)
     }
 
-    /// Opens every pin this build needs; fails when any is missing.
-    fn open_pinned(pins: &Pins, reused: bool, links_pinned: bool) -> Result<Probe> {
+    /// Opens the pins of this build. `down` names the programs that did not
+    /// load or attach, when this process just loaded them (and may hold
+    /// the links itself, on kernels that cannot pin them); `None` when the
+    /// pins are reused: a program whose pinned links are missing is down
+    /// then. Fails when a core program's link is missing (core links are
+    /// pinned last, so a directory an agent left half pinned fails here).
+    fn open_pinned(
+        pins: &Pins,
+        reused: bool,
+        down: Option<&std::collections::BTreeSet<&'static str>>,
+    ) -> Result<Probe> {
         let mut attached = Vec::new();
-        for (category, tracepoint, _) in TRACEPOINTS {
-            if links_pinned {
-                let path = pins.link(category, tracepoint);
-                PinnedLink::from_pin(&path)
-                    .with_context(|| format!("opening pinned link {}", path.display()))?;
+        let mut missing = std::collections::BTreeSet::new();
+        for (category, tracepoint, program) in TRACEPOINTS {
+            let up = match down {
+                Some(down) => !down.contains(program),
+                None => {
+                    let path = pins.link(category, tracepoint);
+                    let opened = PinnedLink::from_pin(&path)
+                        .with_context(|| format!("opening pinned link {}", path.display()));
+                    if burnwatch_common::programs::CORE.programs.contains(program) {
+                        opened?;
+                        true
+                    } else {
+                        opened.is_ok()
+                    }
+                }
+            };
+            if up {
+                attached.push(format!("tracepoint:{category}:{tracepoint}"));
+            } else {
+                missing.insert(*program);
             }
-            attached.push(format!("tracepoint:{category}:{tracepoint}"));
         }
+        for (_, program) in TAIL_CALLED {
+            let up = match down {
+                Some(down) => !down.contains(program),
+                None => pins.program(program).exists(),
+            };
+            if !up {
+                missing.insert(*program);
+            }
+        }
+        let capabilities = CAPABILITIES
+            .iter()
+            .map(|c| (c.feature, c.programs.iter().all(|p| !missing.contains(p))))
+            .collect();
         let open = |name: &str| -> Result<(Map, u32)> {
             let path = pins.map(name);
             let data = MapData::from_pin(&path)
@@ -209,6 +254,7 @@ impl Probe {
             pins: pins.clone(),
             program_stats: ProgramStatsReader::open(pins, &stats_programs()),
             attached,
+            capabilities,
             counts_epoch: counts_epoch(counts_id),
             reused,
             _held_links: Vec::new(),
@@ -380,17 +426,41 @@ impl Probe {
     }
 }
 
+/// What [`load_and_pin`] leaves: the links this process must hold (before
+/// 5.15, tracepoints attach through perf events without a bpf link), and
+/// the programs that did not load or attach.
+struct Loaded {
+    held: Vec<TracePointLink>,
+    down: std::collections::BTreeSet<&'static str>,
+}
+
 /// Loads the eBPF object, verifies every program, attaches them all and pins
-/// maps, programs, then links (last: a directory with every link is complete).
-/// Returns the links the kernel cannot pin (before 5.15, tracepoints attach
-/// through perf events without a bpf link): the caller holds them.
-fn load_and_pin(pins: &Pins) -> Result<Vec<TracePointLink>> {
+/// maps, programs, then links (last: a directory with every core link is
+/// complete). An optional program that fails to verify or attach is logged
+/// and left out (its capability is down); a core program's failure is the
+/// error returned.
+fn load_and_pin(pins: &Pins) -> Result<Loaded> {
     let mut ebpf = EbpfLoader::new()
+        // On a refusal, aya loads again with a log: the statistics and the
+        // verifier's reason are enough (a verbose log of a program near the
+        // limit is hundreds of MiB, and each retry for a bigger buffer
+        // verifies again).
+        .verifier_log_level(VerifierLogLevel::STATS)
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;
+    let skip: Vec<String> = std::env::var(SKIP_PROGRAMS_ENV)
+        .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
+        .unwrap_or_default();
+    let mut down = std::collections::BTreeSet::new();
     // Verify every program first (seconds), then attach them all in one
     // quick pass: connections are never seen by half the probes.
-    for (_, _, name) in TRACEPOINTS {
+    let mut programs: Vec<&'static str> = TRACEPOINTS.iter().map(|t| t.2).collect();
+    programs.extend(TAIL_CALLED.iter().map(|t| t.1));
+    programs.dedup();
+    for name in programs {
+        if down.contains(name) {
+            continue;
+        }
         let prog: &mut TracePoint = ebpf
             .program_mut(name)
             .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
@@ -398,20 +468,29 @@ fn load_and_pin(pins: &Pins) -> Result<Vec<TracePointLink>> {
         if prog.fd().is_ok() {
             continue; // shared by several tracepoints, already loaded
         }
-        prog.load()
-            .with_context(|| format!("the kernel verifier rejected program {name}"))?;
-        prog.pin(pins.program(name))
-            .with_context(|| format!("pinning program {name}"))?;
+        let loaded = if skip.iter().any(|s| s == name) {
+            Err(anyhow!("not loaded: {SKIP_PROGRAMS_ENV} names it"))
+        } else {
+            prog.load()
+                .map_err(|e| anyhow!("the kernel verifier rejected it: {}", load_reason(&e)))
+                .and_then(|()| {
+                    prog.pin(pins.program(name))
+                        .with_context(|| format!("pinning program {name}"))
+                })
+        };
+        if let Err(e) = loaded {
+            degrade(name, &e)?;
+            down.insert(name);
+        }
     }
     for (slot, name) in TAIL_CALLED {
+        if down.contains(name) {
+            continue;
+        }
         let prog: &mut TracePoint = ebpf
             .program_mut(name)
             .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
             .try_into()?;
-        prog.load()
-            .with_context(|| format!("the kernel verifier rejected program {name}"))?;
-        prog.pin(pins.program(name))
-            .with_context(|| format!("pinning program {name}"))?;
         let fd = prog.fd()?.try_clone()?;
         let mut tails = ProgramArray::try_from(
             ebpf.map_mut(names::TAIL_CALLS)
@@ -423,15 +502,31 @@ fn load_and_pin(pins: &Pins) -> Result<Vec<TracePointLink>> {
     }
     let mut links = Vec::new();
     for (category, tracepoint, name) in TRACEPOINTS {
+        if down.contains(name) {
+            continue;
+        }
         let prog: &mut TracePoint = ebpf
             .program_mut(name)
             .ok_or_else(|| anyhow!("program {name} missing"))?
             .try_into()?;
-        let id = prog
+        let attached = prog
             .attach(category, tracepoint)
-            .with_context(|| format!("attaching {name} to tracepoint {category}:{tracepoint}"))?;
-        links.push((category, tracepoint, prog.take_link(id)?));
+            .map_err(anyhow::Error::from)
+            .and_then(|id| Ok(prog.take_link(id)?));
+        match attached {
+            Ok(link) => links.push((category, tracepoint, *name, link)),
+            Err(e) => {
+                degrade(
+                    name,
+                    &e.context(format!("attaching to tracepoint {category}:{tracepoint}")),
+                )?;
+                down.insert(name);
+            }
+        }
     }
+    // A program down on one of its tracepoints is down: detach it from the
+    // others (its capability counts nothing reliable half attached).
+    links.retain(|(_, _, name, _)| !down.contains(name));
     // Sections like `.rodata` cannot be pinned (bpffs refuses the name) and
     // need not be: the programs hold them.
     for (name, map) in ebpf.maps().filter(|(name, _)| !name.starts_with('.')) {
@@ -443,15 +538,61 @@ fn load_and_pin(pins: &Pins) -> Result<Vec<TracePointLink>> {
             "this kernel cannot pin tracepoint links (needs 5.15+): the programs detach when \
              the agent exits, and requests made while it restarts are not counted"
         );
-        return Ok(links.into_iter().map(|(_, _, link)| link).collect());
+        let held = links.into_iter().map(|(_, _, _, link)| link).collect();
+        return Ok(Loaded { held, down });
     }
-    for (category, tracepoint, link) in links {
+    // Core links last: a directory an agent left half pinned lacks one of
+    // them, and is loaded again rather than reused.
+    let core = |name: &str| burnwatch_common::programs::CORE.programs.contains(&name);
+    links.sort_by_key(|(_, _, name, _)| core(name));
+    for (category, tracepoint, _, link) in links {
         let link = FdLink::try_from(link)
             .with_context(|| format!("tracepoint {category}:{tracepoint} is not a bpf link"))?;
         link.pin(pins.link(category, tracepoint))
             .with_context(|| format!("pinning the link of {category}:{tracepoint}"))?;
     }
-    Ok(Vec::new())
+    Ok(Loaded {
+        held: Vec::new(),
+        down,
+    })
+}
+
+/// Why a program did not load, in one line: the syscall's error and the
+/// first and last lines of the verifier's log.
+fn load_reason(e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => format!(
+            "{io_error}: {}",
+            verifier::reason(&verifier_log.to_string())
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// A program failed to load or attach: fatal for a core program (the
+/// error says what and why); otherwise one warning that names the program,
+/// the reason, and what is not counted as a result.
+fn degrade(program: &'static str, e: &anyhow::Error) -> Result<()> {
+    let capability = capability_of(program)
+        .ok_or_else(|| anyhow!("program {program} serves no known capability"))?;
+    if capability.feature == burnwatch_common::programs::CORE.feature {
+        return Err(anyhow!(
+            "eBPF program {program} (core: requests and status lines) cannot run on this kernel: {e:#}; \
+             {}",
+            capability.without
+        ));
+    }
+    warn!(
+        program,
+        capability = capability.feature,
+        "eBPF program {program} is not running ({e:#}): capability {} is down, {}",
+        capability.feature,
+        capability.without
+    );
+    Ok(())
 }
 
 /// The programs attached to tracepoints, each once.

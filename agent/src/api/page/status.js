@@ -185,6 +185,9 @@ async function refresh() {
   document.getElementById("slos").replaceChildren(...data.slos.map(sloCard));
   document.getElementById("probe-count").textContent = `(${data.probes_attached.length})`;
   document.getElementById("probes").replaceChildren(...data.probes_attached.map((p) => el("li", "", p)));
+  const caps = Object.entries(data.capabilities || {});
+  document.getElementById("capabilities").replaceChildren(...caps.map(([feature, up]) =>
+    el("li", up ? "" : "bad", `${feature}: ${up ? "up" : "DOWN (not counted on this kernel, see the agent's log)"}`)));
   document.body.dataset.loaded = String(data.now);
 }
 
