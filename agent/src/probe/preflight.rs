@@ -16,7 +16,7 @@ const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
-use burnwatch_common::programs::TRACEPOINTS;
+use burnwatch_common::programs::{CORE, TRACEPOINTS, capability_of};
 
 /// Runs every check; the error lists everything that is missing at once.
 pub fn run() -> Result<()> {
@@ -51,13 +51,21 @@ pub fn run() -> Result<()> {
     };
 
     if let Some(tracefs) = &tracefs {
-        for (cat, name, _) in TRACEPOINTS {
+        for (cat, name, program) in TRACEPOINTS {
             let p = tracefs.join("events").join(cat).join(name);
-            if !p.exists() {
-                missing.push(format!(
-                    "tracepoint {cat}:{name} not found under {} (CONFIG_FTRACE_SYSCALLS?)",
-                    tracefs.join("events").display()
-                ));
+            if p.exists() {
+                continue;
+            }
+            let what = format!(
+                "tracepoint {cat}:{name} not found under {} (CONFIG_FTRACE_SYSCALLS?)",
+                tracefs.join("events").display()
+            );
+            match capability_of(program) {
+                Some(c) if c.feature != CORE.feature => warn!(
+                    "{what}: capability {} will be down, {}",
+                    c.feature, c.without
+                ),
+                _ => missing.push(what),
             }
         }
     }
