@@ -677,7 +677,12 @@ impl RequestStream {
         if m != 0xff {
             let plen = (cfg.path_prefix_len as usize).min(PATH_PREFIX_MAX);
             if (m as usize) < plen {
-                if b == cfg.path_prefix[(m as usize) % PATH_PREFIX_MAX] {
+                // Masked behind `black_box`: LLVM drops a `% PATH_PREFIX_MAX`
+                // it can prove redundant (`m < plen <= 32`), and kernels
+                // before 6.2 do not learn that bound from a comparison of
+                // two registers, so they refuse the unmasked index.
+                let at = core::hint::black_box(m as usize) & (PATH_PREFIX_MAX - 1);
+                if b == cfg.path_prefix[at] {
                     self.path_match = m + 1;
                 } else {
                     self.path_match = 0xff;

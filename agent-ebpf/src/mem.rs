@@ -52,3 +52,15 @@ pub fn zero_words<const N: usize>(words: &mut core::mem::MaybeUninit<[u64; N]>) 
         i += 1;
     }
 }
+
+/// `n & mask`, with the mask kept: a helper's size argument that the
+/// verifier must see bounded. LLVM drops a mask it can prove changes
+/// nothing (after `if n < 16`), and older verifiers (6.1) then lose the
+/// bound when the value is spilled and reloaded, or do not bound `%` at
+/// all, and refuse the call ("R2 min value is negative", "R2 max value is
+/// outside of the allowed memory range"). `black_box` hides the value from
+/// LLVM, so the mask is emitted where the call uses it.
+#[inline(always)]
+pub fn bounded(n: u64, mask: u64) -> u32 {
+    (core::hint::black_box(n) & mask) as u32
+}

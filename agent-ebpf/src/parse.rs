@@ -18,7 +18,7 @@ use burnwatch_common::{
 };
 
 use crate::maps::{CHUNK, MAX_IOV, MAX_STEPS, Scratch, bump};
-use crate::{count, spill};
+use crate::{count, mem, spill};
 
 /// Set as `iov_idx` when parsing stopped on purpose (stream not HTTP).
 pub const STOPPED: u64 = u64::MAX;
@@ -116,7 +116,8 @@ pub fn cursor(scratch: &mut Scratch) -> Cursor {
 #[inline(always)]
 pub fn view(scratch: &mut Scratch, src: u64, rest: u64) -> Option<(usize, usize)> {
     if let Some((at, n)) = window::place(src, rest, scratch.win_base, scratch.win_len) {
-        return Some((at as usize % WINDOW, n as usize));
+        // The mask kept (`mem::bounded`): the window is indexed with it.
+        return Some((mem::bounded(at, WINDOW as u64 - 1) as usize, n as usize));
     }
     let len = window::fill_len(rest);
     // Exactly the bytes of the buffer (at most WINDOW): never past its end,
@@ -124,7 +125,11 @@ pub fn view(scratch: &mut Scratch, src: u64, rest: u64) -> Option<(usize, usize)
     if unsafe {
         bpf_probe_read_user(
             scratch.win.as_mut_ptr() as *mut c_void,
-            (len as u32) % (WINDOW as u32 + 1),
+            if len >= WINDOW as u64 {
+                WINDOW as u32
+            } else {
+                mem::bounded(len, WINDOW as u64 - 1)
+            },
             src as *const c_void,
         )
     } != 0
