@@ -51,6 +51,16 @@ struct Type {
     members: Vec<Member>,
 }
 
+/// The kinds of named type [`Btf::type_id`] finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TypeKind {
+    /// A `typedef`: the kernel names a BTF-typed tracepoint by its
+    /// `btf_trace_<name>` typedef.
+    Typedef,
+    /// A function: fentry/fexit attach to one.
+    Func,
+}
+
 /// The parsed type section of one BTF blob.
 pub struct Btf {
     types: Vec<Type>, // index = type id; id 0 is void
@@ -152,6 +162,21 @@ impl Btf {
             }
         }
         Ok(btf)
+    }
+
+    /// The id of the first type named `name` of kind `kind`: what a
+    /// program's `attach_btf_id` takes.
+    pub fn type_id(&self, name: &str, kind: TypeKind) -> Option<u32> {
+        let kind = match kind {
+            TypeKind::Typedef => KIND_TYPEDEF,
+            TypeKind::Func => KIND_FUNC,
+        };
+        (1..self.types.len())
+            .find(|&id| {
+                let t = &self.types[id];
+                t.kind == kind && t.name != 0 && self.name(t.name) == name
+            })
+            .map(|id| id as u32)
     }
 
     fn name(&self, off: u32) -> &str {
@@ -263,9 +288,10 @@ impl Btf {
 mod tests {
     use super::*;
 
-    /// A hand-made BTF blob: struct outer { int a; union { int b; struct { int c; int d; }; }; }
+    /// A hand-made BTF blob: struct outer { int a; union { int b; struct { int c; int d; }; }; },
+    /// typedef struct outer t_outer; int f(void);
     fn blob() -> Vec<u8> {
-        let strings = b"\0int\0outer\0a\0b\0c\0d\0";
+        let strings = b"\0int\0outer\0a\0b\0c\0d\0t_outer\0f\0";
         let s = |name: &str| -> u32 {
             let needle = format!("\0{name}\0");
             strings
@@ -298,6 +324,11 @@ mod tests {
             3,
             64,
         ]);
+        // 5: typedef struct outer t_outer
+        push(&[s("t_outer"), KIND_TYPEDEF << 24, 4]);
+        // 6: int (void), 7: the function f of that prototype
+        push(&[0, KIND_FUNC_PROTO << 24, 1]);
+        push(&[s("f"), KIND_FUNC << 24, 6]);
         let mut d = Vec::new();
         d.extend_from_slice(&BTF_MAGIC.to_le_bytes());
         d.extend_from_slice(&[1, 0]);
@@ -324,6 +355,18 @@ mod tests {
         assert_eq!(btf.member_offset("outer", "d").unwrap(), 12);
         assert!(btf.member_offset("outer", "e").is_err());
         assert!(btf.member_offset("inner", "a").is_err());
+    }
+
+    #[test]
+    fn finds_typedefs_and_funcs_by_name_and_kind() {
+        let btf = Btf::parse(&blob()).unwrap();
+        assert_eq!(btf.type_id("t_outer", TypeKind::Typedef), Some(5));
+        assert_eq!(btf.type_id("f", TypeKind::Func), Some(7));
+        assert_eq!(btf.type_id("outer", TypeKind::Typedef), None, "a struct");
+        assert_eq!(btf.type_id("f", TypeKind::Typedef), None, "a function");
+        assert_eq!(btf.type_id("g", TypeKind::Func), None);
+        // Typedef resolution for member lookups is unchanged.
+        assert_eq!(btf.member_offset("outer", "d").unwrap(), 12);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 mod batch;
 pub mod btf;
+pub mod features;
 pub mod pins;
 pub mod preflight;
 mod program_stats;

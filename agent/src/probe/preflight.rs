@@ -76,6 +76,19 @@ pub fn run() -> Result<()> {
         Err(e) => warn!("could not probe the tracepoint program type: {e}"),
     }
 
+    // Measured, not read off the version: what this kernel loads and
+    // attaches (tp_btf, socket storage, fentry, kprobes, the socket
+    // tracepoints, bpf_loop), in one line of the log. After tracefs is
+    // mounted: the kprobe fact reads it.
+    let features = super::features::probe();
+    info!("{}", features.log_line());
+    if !features.bpf_loop.available {
+        missing.push(format!(
+            "the bpf_loop helper (Linux 5.17+), which the parser runs in: {}",
+            features.bpf_loop
+        ));
+    }
+
     if !missing.is_empty() {
         bail!(
             "this node cannot run burnwatch:\n  - {}",
