@@ -196,7 +196,7 @@ fn load_with_stats(
     function: &aya_obj::Function,
     btf_fd: Option<&OwnedFd>,
 ) -> Result<VerifierStats> {
-    let mut log = vec![0u8; 1 << 22];
+    let mut log = vec![0u8; 1 << 26];
     let func_info = function.func_info.func_info_bytes();
     let line_info = function.line_info.line_info_bytes();
     // SAFETY: all-zero is a valid bpf_attr.
@@ -226,7 +226,10 @@ fn load_with_stats(
             u.line_info_rec_size = function.line_info_rec_size as u32;
         }
     }
-    u.log_level = BPF_LOG_STATS;
+    // BURNWATCH_VERIFIER_LOG: the verifier's own trace (level 1) too, and
+    // the end of it printed for a refused program: where it refused.
+    let trace = std::env::var_os("BURNWATCH_VERIFIER_LOG").is_some();
+    u.log_level = BPF_LOG_STATS | u32::from(trace);
     u.log_buf = log.as_mut_ptr() as u64;
     u.log_size = log.len() as u32;
     let started = Instant::now();
@@ -264,15 +267,36 @@ fn load_with_stats(
             }
         }
         Err(e) => {
+            if trace {
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!(
+                    "--- {name}: end of the verifier's log ---\n{}",
+                    lines[lines.len().saturating_sub(60)..].join("\n")
+                );
+            }
             stats.rejected = Some(format!("{e}: {}", reason(&text)));
         }
     }
     Ok(stats)
 }
 
-/// The first and last lines of a verifier log that say why it refused.
+/// Why the verifier refused, from its log: the first and last lines that
+/// are not statistics or notes every load prints (`reg type unsupported for
+/// arg#0`, printed for a program's context argument by older kernels). The
+/// last is the refusal itself; the first says where it started.
 pub fn reason(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    let noise = |l: &str| {
+        l.starts_with("processed ")
+            || l.starts_with("verification time")
+            || l.starts_with("stack depth")
+            || l.starts_with("reg type unsupported for arg#0")
+            || l.starts_with("func#")
+    };
+    let lines: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !noise(l))
+        .collect();
     match lines.as_slice() {
         [] => "no verifier output".to_string(),
         [one] => one.to_string(),
@@ -368,6 +392,14 @@ mod tests {
     #[test]
     fn reason_is_first_and_last_line() {
         assert_eq!(reason("a\n\nb\nc\n"), "a ... c");
+        assert_eq!(
+            reason(
+                "reg type unsupported for arg#0 function sys_enter_write#37\n\
+                 R2 min value is negative, either use unsigned or 'var &= const'\n\
+                 processed 2968 insns (limit 1000000)\nverification time 9 usec\n"
+            ),
+            "R2 min value is negative, either use unsigned or 'var &= const'"
+        );
         assert_eq!(reason("only\n"), "only");
         assert_eq!(reason(""), "no verifier output");
     }
