@@ -17,6 +17,7 @@
 
 mod bench;
 mod k8s_tools;
+mod kernels;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -44,6 +45,9 @@ const APT_PACKAGES: &[&str] = &[
     // `burnwatch top` is driven in tmux; the status page in headless Chromium.
     "tmux",
     "chromium",
+    // `test-kernels` boots Debian's kernels in qemu with a busybox initramfs.
+    "qemu-system-x86",
+    "busybox-static",
 ];
 /// PyPI `rotel` ships `rotel-agent`, the OTLP collector the exporter tests
 /// send to (its debug log prints what it receives).
@@ -68,7 +72,7 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Run the whole test suite: format, lints, unit tests, end-to-end tests
-    /// with real eBPF and real servers.
+    /// with real eBPF and real servers, and the kernel matrix (test-kernels).
     Test,
     /// Measure the agent's overhead and write BENCHMARKS.md (as root).
     Bench {
@@ -102,6 +106,9 @@ enum Cmd {
         #[arg(long, default_value_t = 300)]
         seconds: u64,
     },
+    /// Boot Debian's other kernels (the newest 6.1, 6.12, ...) in qemu and
+    /// check the agent loads and counts there.
+    TestKernels(kernels::Args),
 }
 
 fn main() -> ExitCode {
@@ -172,6 +179,11 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Fuzz { seconds } => {
             setup()?;
             fuzz(&root, seconds, None)
+        }
+        Cmd::TestKernels(args) => {
+            setup()?;
+            build()?;
+            kernels::run(&root, &args)
         }
     }
 }
@@ -480,7 +492,11 @@ fn test() -> Result<()> {
     step("cargo test (unit and end-to-end, real eBPF)");
     // Release: the end-to-end tests run the release agent binary, and one
     // profile means one build.
-    cmd("cargo", &["test", "--release", "--workspace"])
+    cmd("cargo", &["test", "--release", "--workspace"])?;
+    // The kernel matrix: Debian's other kernels in qemu, the release agent
+    // against nginx in each (a minute or two after the first download).
+    step("cargo xtask test-kernels (Debian's kernels under qemu)");
+    kernels::run(&workspace_root(), &kernels::Args::all())
 }
 
 const CARGO_FUZZ_VERSION: &str = "0.13.1";
