@@ -231,9 +231,15 @@ fn socket_tracepoints(btf: &Btf) -> Fact {
 /// Loads `r0 = 0; exit` as a `tp_btf` program and attaches it. It runs on
 /// every socket read while attached: a few microseconds here.
 fn tp_btf(btf_id: u32) -> Fact {
+    load_and_attach(bpf_attach_type::BPF_TRACE_RAW_TP, btf_id)
+}
+
+/// Loads `r0 = 0; exit` as a tracing program of `attach_type` on the BTF
+/// type `btf_id`, and attaches it (detached again at once).
+fn load_and_attach(attach_type: bpf_attach_type, btf_id: u32) -> Fact {
     let prog = match load(&Program {
         prog_type: bpf_prog_type::BPF_PROG_TYPE_TRACING,
-        expected_attach_type: Some(bpf_attach_type::BPF_TRACE_RAW_TP),
+        expected_attach_type: Some(attach_type),
         attach_btf_id: btf_id,
         insns: &return_zero(),
         funcs: None,
@@ -374,20 +380,7 @@ fn btf_blob(types: &[u32], strings: &[u8]) -> Vec<u8> {
 /// Loads `r0 = 0; exit` as fentry on `btf_id` and attaches it. The
 /// trampoline, and so the refusal, may come at either step.
 fn fentry(btf_id: u32) -> Fact {
-    let prog = match load(&Program {
-        prog_type: bpf_prog_type::BPF_PROG_TYPE_TRACING,
-        expected_attach_type: Some(bpf_attach_type::BPF_TRACE_FENTRY),
-        attach_btf_id: btf_id,
-        insns: &return_zero(),
-        funcs: None,
-    }) {
-        Ok(fd) => fd,
-        Err(r) => return Fact::refused("load", &r),
-    };
-    match attach_btf(&prog) {
-        Ok(_link) => Fact::yes(""),
-        Err(e) => Fact::refused("attach", &Refused::new(e)),
-    }
+    load_and_attach(bpf_attach_type::BPF_TRACE_FENTRY, btf_id)
 }
 
 /// Whether kprobes can be created: through tracefs's `kprobe_events`
@@ -565,7 +558,7 @@ fn load_btf(blob: &[u8]) -> io::Result<OwnedFd> {
 }
 
 /// A `bpf(2)` command that returns a new descriptor.
-fn bpf_fd(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<OwnedFd> {
+pub(super) fn bpf_fd(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<OwnedFd> {
     // SAFETY: `attr` is a valid, initialised bpf_attr of the size passed;
     // every pointer in it refers to memory that outlives the call.
     let ret = unsafe {

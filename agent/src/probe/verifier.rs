@@ -15,12 +15,14 @@
 //! the kernel's `verified_insns` of the same program loaded by aya.
 
 use std::collections::HashSet;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::EbpfLoader;
 use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_prog_type};
+
+use super::features::bpf_fd;
 
 /// The kernel's limit on processed instructions per program.
 pub const KERNEL_LIMIT: u64 = 1_000_000;
@@ -159,23 +161,6 @@ fn map_fd(map: &aya::maps::Map) -> Result<i32> {
     Ok(data.fd().as_fd().as_raw_fd())
 }
 
-fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> std::io::Result<i64> {
-    // SAFETY: `attr` is a valid, fully initialised bpf_attr of the size passed.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd as libc::c_int,
-            attr as *mut bpf_attr,
-            std::mem::size_of::<bpf_attr>(),
-        )
-    };
-    if ret < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
 fn load_btf(bytes: &[u8]) -> Result<OwnedFd> {
     // SAFETY: all-zero is a valid bpf_attr.
     let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
@@ -183,9 +168,7 @@ fn load_btf(bytes: &[u8]) -> Result<OwnedFd> {
     let u = unsafe { &mut attr.__bindgen_anon_7 };
     u.btf = bytes.as_ptr() as u64;
     u.btf_size = bytes.len() as u32;
-    let fd = bpf(bpf_cmd::BPF_BTF_LOAD, &mut attr).context("loading the object's BTF")?;
-    // SAFETY: the kernel returned a new descriptor we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    bpf_fd(bpf_cmd::BPF_BTF_LOAD, &mut attr).context("loading the object's BTF")
 }
 
 fn load_with_stats(
@@ -233,7 +216,7 @@ fn load_with_stats(
     u.log_buf = log.as_mut_ptr() as u64;
     u.log_size = log.len() as u32;
     let started = Instant::now();
-    let result = bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr);
+    let result = bpf_fd(bpf_cmd::BPF_PROG_LOAD, &mut attr);
     let wall = started.elapsed();
     let text =
         String::from_utf8_lossy(&log[..log.iter().position(|&b| b == 0).unwrap_or(0)]).into_owned();
@@ -251,8 +234,6 @@ fn load_with_stats(
     stats.insns = function.instructions.len();
     match result {
         Ok(fd) => {
-            // SAFETY: the kernel returned a new descriptor we now own.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
             // The kernel's own count for this very load, where it keeps one.
             if let Some(info) = super::program_stats::prog_info(&fd)
                 && info.verified_insns != 0
