@@ -130,7 +130,7 @@ pub fn split_at<'a>(bytes: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
     out
 }
 
-/// Frames one buffer of responses the way the kernel does (16-byte chunks,
+/// Frames one buffer of responses the way the kernel does (steps through its read-ahead window,
 /// bodies skipped, SWAR jump to the next line feed in skipped lines) and
 /// returns the status codes found, in order. `head[k]` says whether the
 /// k-th final response answers a HEAD request (the caller of the kernel's
@@ -168,7 +168,7 @@ pub fn frame_reads(reads: &[&[u8]], head: &[bool], shortcuts: bool) -> Vec<u16> 
 }
 
 /// Frames one read (or write) `buf` with the stream `s`, calling `on_status`
-/// at each status line: with `shortcuts` as the kernel's `frame_chunk` loop
+/// at each status line: with `shortcuts` as the kernel's `frame_step` loop
 /// does (bodies skipped by count, steps through `ResponseStream::scan_step`
 /// with the kernel's read-ahead window), without them one byte at a time. A
 /// stopped stream starts again, fresh, at `buf`'s first byte.

@@ -4,7 +4,7 @@
 //! this phase runs libFuzzer on `agent-common/fuzz`'s `parser` target
 //! (`cargo xtask fuzz`) for minutes. For every input, that target checks two
 //! things. First, the kernel-like walk (`RequestStream::walk_read`, the
-//! chunk scans the eBPF programs call) and the byte-by-byte reference find
+//! per-step scans the eBPF programs call) and the byte-by-byte reference find
 //! the same requests, tenants and responses. Second, no input panics or
 //! breaks the stream's invariants.
 
@@ -71,7 +71,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
         md,
         "Method: `cargo xtask fuzz --seconds {seconds}`: libFuzzer on `agent-common/fuzz`'s `parser` target, from the \
 checked-in seed corpus plus what earlier runs on this machine kept (under `target/`). Each input is split into reads \
-and fed to the request parser the way the kernel feeds it (the same chunk scans the eBPF programs call) and byte by \
+and fed to the request parser the way the kernel feeds it (the same per-step scans the eBPF programs call) and byte by \
 byte; both must find the same requests and tenants, and the response framing the same status codes, with the \
 stream's invariants checked after every event. The test suite runs the property tests on the same comparison, for \
 seconds.\n"
