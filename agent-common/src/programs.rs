@@ -97,6 +97,18 @@ pub fn capability_of(program: &str) -> Option<&'static Capability> {
     CAPABILITIES.iter().find(|c| c.programs.contains(&program))
 }
 
+impl Capability {
+    /// Whether this is [`CORE`], the one the agent cannot run without.
+    pub fn is_core(&self) -> bool {
+        self.feature == CORE.feature
+    }
+}
+
+/// Whether `program` serves [`CORE`].
+pub fn is_core(program: &str) -> bool {
+    CORE.programs.contains(&program)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -211,27 +211,7 @@ fn verifier(table_only: bool) -> anyhow::Result<()> {
     if table_only {
         return Ok(());
     }
-    let mut failed = Vec::new();
-    for s in &stats {
-        if let Some(why) = &s.rejected {
-            failed.push(format!("{} rejected: {why}", s.program));
-        } else if !s.within_budget() {
-            failed.push(format!(
-                "{} processed {} instructions, over the budget of {}",
-                s.program,
-                s.processed_insns,
-                verifier::BUDGET
-            ));
-        }
-    }
-    let total: std::time::Duration = stats.iter().map(|s| s.verification_time).sum();
-    if total > verifier::TOTAL_TIME_BUDGET {
-        failed.push(format!(
-            "all programs took {:.2} s to verify, over {} s",
-            total.as_secs_f64(),
-            verifier::TOTAL_TIME_BUDGET.as_secs()
-        ));
-    }
+    let failed = verifier::over_budget(&stats);
     if !failed.is_empty() {
         anyhow::bail!("verifier budget exceeded:\n  - {}", failed.join("\n  - "));
     }

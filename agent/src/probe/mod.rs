@@ -28,7 +28,7 @@ use aya::{
 use burnwatch_common::maps::{
     AgentConfig, ConnEventKey, MatchKey, RequestKey, RequestStats, SERIES_ALL, counter, names,
 };
-use burnwatch_common::programs::{CAPABILITIES, TAIL_CALLED, TRACEPOINTS, capability_of};
+use burnwatch_common::programs::{CAPABILITIES, TAIL_CALLED, TRACEPOINTS, capability_of, is_core};
 use tracing::{info, warn};
 
 use batch::BatchReader;
@@ -193,7 +193,7 @@ impl Probe {
                     let path = pins.link(category, tracepoint);
                     let opened = PinnedLink::from_pin(&path)
                         .with_context(|| format!("opening pinned link {}", path.display()));
-                    if burnwatch_common::programs::CORE.programs.contains(program) {
+                    if is_core(program) {
                         opened?;
                         true
                     } else {
@@ -459,9 +459,6 @@ fn load_and_pin(pins: &Pins) -> Result<Loaded> {
     programs.extend(TAIL_CALLED.iter().map(|t| t.1));
     programs.dedup();
     for name in programs {
-        if down.contains(name) {
-            continue;
-        }
         let prog: &mut TracePoint = ebpf
             .program_mut(name)
             .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
@@ -544,8 +541,7 @@ fn load_and_pin(pins: &Pins) -> Result<Loaded> {
     }
     // Core links last: a directory an agent left half pinned lacks one of
     // them, and is loaded again rather than reused.
-    let core = |name: &str| burnwatch_common::programs::CORE.programs.contains(&name);
-    links.sort_by_key(|(_, _, name, _)| core(name));
+    links.sort_by_key(|(_, _, name, _)| is_core(name));
     for (category, tracepoint, _, link) in links {
         let link = FdLink::try_from(link)
             .with_context(|| format!("tracepoint {category}:{tracepoint} is not a bpf link"))?;
@@ -579,7 +575,7 @@ fn load_reason(e: &ProgramError) -> String {
 fn degrade(program: &'static str, e: &anyhow::Error) -> Result<()> {
     let capability = capability_of(program)
         .ok_or_else(|| anyhow!("program {program} serves no known capability"))?;
-    if capability.feature == burnwatch_common::programs::CORE.feature {
+    if capability.is_core() {
         return Err(anyhow!(
             "eBPF program {program} (core: requests and status lines) cannot run on this kernel: {e:#}; \
              {}",

@@ -16,7 +16,7 @@ const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
-use burnwatch_common::programs::{CORE, TRACEPOINTS, capability_of};
+use burnwatch_common::programs::{TRACEPOINTS, capability_of};
 
 /// Runs every check; the error lists everything that is missing at once.
 pub fn run() -> Result<()> {
@@ -61,7 +61,7 @@ pub fn run() -> Result<()> {
                 tracefs.join("events").display()
             );
             match capability_of(program) {
-                Some(c) if c.feature != CORE.feature => warn!(
+                Some(c) if !c.is_core() => warn!(
                     "{what}: capability {} will be down, {}",
                     c.feature, c.without
                 ),

@@ -317,6 +317,36 @@ pub fn parse_log(log: &str) -> Option<VerifierStats> {
     })
 }
 
+/// All programs' verification time together.
+pub fn total_time(stats: &[VerifierStats]) -> Duration {
+    stats.iter().map(|v| v.verification_time).sum()
+}
+
+/// What is over budget, one line each: programs refused or past
+/// [`BUDGET`], and the total time past [`TOTAL_TIME_BUDGET`].
+pub fn over_budget(stats: &[VerifierStats]) -> Vec<String> {
+    let mut failed = Vec::new();
+    for s in stats {
+        if let Some(why) = &s.rejected {
+            failed.push(format!("{} rejected: {why}", s.program));
+        } else if !s.within_budget() {
+            failed.push(format!(
+                "{} processed {} instructions, over the budget of {BUDGET}",
+                s.program, s.processed_insns
+            ));
+        }
+    }
+    let total = total_time(stats);
+    if total > TOTAL_TIME_BUDGET {
+        failed.push(format!(
+            "all programs took {:.2} s to verify, over {} s",
+            total.as_secs_f64(),
+            TOTAL_TIME_BUDGET.as_secs()
+        ));
+    }
+    failed
+}
+
 /// The table the test prints and the bench records (Markdown).
 pub fn table(stats: &[VerifierStats]) -> String {
     let mut s = String::from(
@@ -341,7 +371,7 @@ pub fn table(stats: &[VerifierStats]) -> String {
             v.insns,
         ));
     }
-    let total: Duration = stats.iter().map(|v| v.verification_time).sum();
+    let total = total_time(stats);
     s.push_str(&format!(
         "\nAll programs: {:.2} s of verification (budget {} s); budget per program {} processed instructions ({}% of the limit).\n",
         total.as_secs_f64(),
@@ -368,6 +398,33 @@ mod tests {
         assert_eq!(s.peak_states, 9000);
         assert_eq!(s.verification_time, Duration::from_micros(10_217_700));
         assert!(parse_log("no stats here").is_none());
+    }
+
+    #[test]
+    fn over_budget_names_refusals_overruns_and_the_total() {
+        let stat = |program: &str, processed: u64, ms: u64, rejected: Option<&str>| VerifierStats {
+            program: program.into(),
+            processed_insns: processed,
+            peak_states: 0,
+            total_states: 0,
+            max_states_per_insn: 0,
+            verification_time: Duration::from_millis(ms),
+            insns: 0,
+            rejected: rejected.map(Into::into),
+        };
+        assert!(over_budget(&[stat("a", BUDGET, 100, None)]).is_empty());
+        let failed = over_budget(&[
+            stat("a", BUDGET + 1, 100, None),
+            stat("b", 10, 100, Some("too large")),
+            stat("c", 10, 3000, None),
+        ]);
+        assert_eq!(failed.len(), 3, "{failed:?}");
+        assert!(failed[0].starts_with("a processed"), "{failed:?}");
+        assert!(failed[1].starts_with("b rejected: too large"), "{failed:?}");
+        assert!(
+            failed[2].starts_with("all programs took 3.20 s"),
+            "{failed:?}"
+        );
     }
 
     #[test]
