@@ -1078,23 +1078,14 @@ pub mod window {
         /// how many of those are valid.
         pub fn at(&mut self, off: usize) -> (u8, [u8; AHEAD], usize) {
             let rest = (self.buf.len() - off) as u64;
-            let (at, n) = match place(off as u64, rest, self.base, self.len) {
-                Some(p) => p,
-                None => {
-                    let len = fill_len(rest);
-                    self.bytes[..len as usize].copy_from_slice(&self.buf[off..off + len as usize]);
-                    self.base = off as u64;
-                    self.len = len;
-                    (
-                        0,
-                        if rest < AHEAD as u64 {
-                            rest
-                        } else {
-                            AHEAD as u64
-                        },
-                    )
-                }
-            };
+            if place(off as u64, rest, self.base, self.len).is_none() {
+                let len = fill_len(rest);
+                self.bytes[..len as usize].copy_from_slice(&self.buf[off..off + len as usize]);
+                self.base = off as u64;
+                self.len = len;
+            }
+            let (at, n) = place(off as u64, rest, self.base, self.len)
+                .expect("a window just read at `off` holds it");
             let at = at as usize;
             let mut ahead = [0u8; AHEAD];
             ahead.copy_from_slice(&self.bytes[at..at + AHEAD]);

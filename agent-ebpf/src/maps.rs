@@ -117,18 +117,17 @@ pub struct Scratch {
     pub conn_key: u64,
     pub key: RequestKey,
     pub stats: RequestStats,
+    /// Framing the responses of one buffer (`frame.rs`).
+    pub resp: burnwatch_common::http::response::ResponseStream,
     /// The user bytes last read: `win_len` bytes of the iovec being scanned
     /// from user address `win_base` (0: none). Emptied at the start of every
     /// syscall, whose buffer may reuse the memory of the last one. `CHUNK`
-    /// spare bytes: a chunk copied from any offset below `WINDOW` fits.
-    /// Framing the responses of one buffer (`frame.rs`).
-    pub resp: burnwatch_common::http::response::ResponseStream,
+    /// spare bytes: the 16 bytes ahead of any offset below `WINDOW` fit.
     pub win_base: u64,
     pub win_len: u64,
     pub win: [u8; WINDOW + CHUNK],
-    /// The chunk being scanned, copied out of the window: the scan indexes
-    /// it at constant offsets (indexing the window at a variable offset
-    /// multiplies the verifier's states past its 1M-instruction budget).
+    /// The 16 bytes a step looks ahead at, copied out of the window: the
+    /// shared parser reads them at constant offsets.
     pub buf: [u8; CHUNK],
 }
 
