@@ -28,6 +28,10 @@ use crate::probe::Probe;
 pub struct ConfigWatch {
     path: PathBuf,
     stamp: Option<(SystemTime, u64, u64)>,
+    /// A change seen at the last check, not reported until the file holds
+    /// still for one more check: an editor or a `>` redirect writing the
+    /// file in pieces is not reloaded half-written.
+    settling: bool,
 }
 
 impl ConfigWatch {
@@ -35,6 +39,7 @@ impl ConfigWatch {
         ConfigWatch {
             path: path.to_path_buf(),
             stamp: stamp(path),
+            settling: false,
         }
     }
 
@@ -42,14 +47,16 @@ impl ConfigWatch {
         &self.path
     }
 
-    /// Whether the file changed since the last call (or since `new`).
+    /// Whether the file changed since it was last reported (or since
+    /// `new`) and has not changed since the previous call.
     pub fn changed(&mut self) -> bool {
         let now = stamp(&self.path);
         if now != self.stamp {
             self.stamp = now;
-            return now.is_some();
+            self.settling = now.is_some();
+            return false;
         }
-        false
+        std::mem::take(&mut self.settling)
     }
 }
 
@@ -70,15 +77,36 @@ pub struct Running<'a> {
     pub missing: &'a mut Arc<str>,
     pub matcher: &'a mut ProcessMatcher,
     pub pods: &'a PodDirectory,
+    pub sinks: &'a mut crate::export::AlertSinks,
+    pub stats: &'a Arc<crate::export::SelfStats>,
 }
 
 /// Loads `path` and applies it; on any error the running config stays and
 /// the error is logged. Returns whether the new config was applied.
 pub fn reload(path: &Path, why: &str, running: Running<'_>) -> bool {
-    let new = match Config::load(path) {
+    let mut new = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
             error!("config reload ({why}) rejected, the running config stays: {e}");
+            return false;
+        }
+    };
+    // Tenant hashing needs a restart (new pseudonyms would start every
+    // tenant's history over): the new config is hashed as the running one.
+    let old = &*running.config;
+    if (&new.tenant.hash, &new.tenant.hash_key_file)
+        != (&old.tenant.hash, &old.tenant.hash_key_file)
+    {
+        warn!(
+            "config reload: tenant.hash / tenant.hash_key_file changed; they take effect at the next restart"
+        );
+        new.tenant.hash = old.tenant.hash.clone();
+        new.tenant.hash_key_file = old.tenant.hash_key_file.clone();
+    }
+    let new = match crate::export::tenant_hashing(new) {
+        Ok((c, _)) => c,
+        Err(e) => {
+            error!("config reload ({why}) rejected, the running config stays: {e:#}");
             return false;
         }
     };
@@ -110,6 +138,10 @@ fn apply(mut new: Config, r: Running<'_>) -> Result<()> {
             "state.bpffs_dir",
             new.state.bpffs_dir != old.state.bpffs_dir,
         ),
+        (
+            "exporters.labels (on /metrics; OTLP and Alertmanager take them now)",
+            new.exporters.labels != old.exporters.labels,
+        ),
     ] {
         if changed {
             warn!("config reload: {what} changed; it takes effect at the next restart");
@@ -122,6 +154,7 @@ fn apply(mut new: Config, r: Running<'_>) -> Result<()> {
 
     // Everything that can fail first: a half-applied config is not applied.
     let (kcfg, ports) = crate::run::kernel_config(&new)?;
+    r.sinks.reconfigure(old, &new, r.state, r.stats)?;
     r.probe.configure(&kcfg, &ports)?;
     *r.matcher = ProcessMatcher::new(&new);
     r.probe.sync_matches(&r.matcher.entries(r.pods))?;
@@ -132,9 +165,14 @@ fn apply(mut new: Config, r: Running<'_>) -> Result<()> {
         let mut st = r.state.write().unwrap_or_else(|e| e.into_inner());
         let now = st.now;
         st.requests.set_tenant_rule(&new.tenant);
+        // Other tenant ids: the admitted ones mean nothing any more.
+        let (o, n) = (&old.tenant, &new.tenant);
+        let forget_tenants = (&o.from, &o.header, &o.path_prefix, &o.label)
+            != (&n.from, &n.header, &n.path_prefix, &n.label);
         st.reconfigure(
             new.slo_set(),
             new.tenant.max_per_service,
+            forget_tenants,
             crate::run::latency_bounds(&new),
             now,
         )
@@ -148,4 +186,48 @@ fn apply(mut new: Config, r: Running<'_>) -> Result<()> {
     );
     *r.config = new;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("bw-reload-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("burnwatch.yaml")
+    }
+
+    #[test]
+    fn an_empty_or_comment_only_file_is_an_error_not_the_defaults() {
+        let path = temp("empty");
+        for text in ["", "\n  \n", "# all commented out\n#slos: []\n", "---\n"] {
+            std::fs::write(&path, text).unwrap();
+            let e = Config::load(&path).expect_err(text);
+            assert!(e.to_string().contains("empty"), "{e}");
+            assert!(e.to_string().contains("burnwatch.yaml"), "{e}");
+        }
+        std::fs::write(&path, "tenant:\n  header: X-Org\n").unwrap();
+        assert_eq!(Config::load(&path).unwrap().tenant.header, "X-Org");
+    }
+
+    #[test]
+    fn a_change_is_reported_once_the_file_holds_still() {
+        let path = temp("watch");
+        std::fs::write(&path, "tenant:\n  header: X-A\n").unwrap();
+        let mut w = ConfigWatch::new(&path);
+        assert!(!w.changed());
+        // Written in two pieces, checked between them: not reported yet.
+        std::fs::write(&path, "tenant:\n").unwrap();
+        assert!(!w.changed());
+        std::fs::write(&path, "tenant:\n  header: X-Bee\n").unwrap();
+        assert!(!w.changed());
+        // Unchanged since the last check: now.
+        assert!(w.changed());
+        assert!(!w.changed());
+        // Removed: nothing to reload.
+        std::fs::remove_file(&path).unwrap();
+        assert!(!w.changed());
+        assert!(!w.changed());
+    }
 }

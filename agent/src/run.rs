@@ -195,10 +195,22 @@ fn checkpoint_delay(configured: Duration, took: Duration) -> Duration {
 const CHECKPOINT_DUTY: f64 = 0.02;
 
 fn checkpoint(store: &StateStore, state: &RwLock<AgentState>) {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    /// Checkpoints failed in a row (a full disk, a read-only volume).
+    static FAILING: AtomicU64 = AtomicU64::new(0);
     let st = state.read().unwrap_or_else(|e| e.into_inner());
     let cursor = st.kernel_cursor();
-    if let Err(e) = store.save_with_cursor(&st.engine, Some(&cursor), unix_now()) {
-        warn!("SLO checkpoint failed: {e}");
+    match store.save_with_cursor(&st.engine, Some(&cursor), unix_now()) {
+        Ok(()) => {
+            let failed = FAILING.swap(0, Relaxed);
+            if failed > 0 {
+                info!(failed, "SLO checkpoints succeed again");
+            }
+        }
+        Err(e) => {
+            FAILING.fetch_add(1, Relaxed);
+            warn!("SLO checkpoint failed (the windows stay in memory; the next checkpoint tries again): {e}");
+        }
     }
 }
 
@@ -234,10 +246,10 @@ async fn run_async(config: Config, config_path: Option<&Path>, cleanup: bool) ->
         st.requests.set_tenant_rule(&config.tenant);
     }
     let stats = Arc::new(crate::export::SelfStats::default());
-    let sinks = crate::export::AlertSinks::start(&config, &state, &stats)?;
+    let mut sinks = crate::export::AlertSinks::start(&config, &state, &stats)?;
     let store = open_store(&config, &state, &probe);
-    let checkpoint_every = Duration::from_secs(config.state.checkpoint_interval_secs);
-    let mut next_checkpoint = tokio::time::Instant::now() + checkpoint_every;
+    let mut next_checkpoint =
+        tokio::time::Instant::now() + Duration::from_secs(config.state.checkpoint_interval_secs);
     let mut checkpoint_stretched = false;
     info!(
         listen = %config.exporters.prometheus.listen,
@@ -302,6 +314,8 @@ async fn run_async(config: Config, config_path: Option<&Path>, cleanup: bool) ->
                     checkpoint_stretched = true;
                     info!(
                         took_ms = took.as_millis() as u64,
+                // Read each time: a reload may change it.
+                let checkpoint_every = Duration::from_secs(config.state.checkpoint_interval_secs);
                         every_secs = delay.as_secs(),
                         "SLO checkpoints spaced out: saving takes long at this many series (counts stay exact across restarts; only the time of the requests since the last checkpoint is approximate)"
                     );
@@ -329,6 +343,8 @@ async fn run_async(config: Config, config_path: Option<&Path>, cleanup: bool) ->
                 && let Err(e) = poll(&probe, &state, &mut names, &missing, &pods, &stats)
             {
                 warn!("reading kernel maps: {e:#}");
+                sinks: &mut sinks,
+                stats: &stats,
             }
         }
     }
@@ -390,6 +406,7 @@ fn poll(
         let events = &mut st.conn_events;
         let mut entries = 0;
         if let Err(e) = probe.read_conn_events(|k, v| {
+    let counts_read = result.is_ok();
             entries += 1;
             events.add(k, v, names)
         }) {
@@ -401,7 +418,11 @@ fn poll(
     st.bpf_stats = bpf_stats;
     let now = unix_now();
     let evaluation = std::time::Instant::now();
-    st.feed_engine(now);
+    // A read cut short sums only part of the series: feeding it would take
+    // the missing part for new requests at the next complete read.
+    if counts_read {
+        st.feed_engine(now);
+    }
     let transitions = st.engine.evaluate(now);
     stats
         .evaluation_ns

@@ -140,6 +140,19 @@ impl Agent {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Agent {
+        Agent::start_checkpointing(config_body, state_dir, exporters, args, env, 2)
+    }
+
+    /// Like [`Agent::start_with_env`], checkpointing every
+    /// `checkpoint_secs` (2 s elsewhere, so restart tests need not wait).
+    pub fn start_checkpointing(
+        config_body: &str,
+        state_dir: Option<&std::path::Path>,
+        exporters: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        checkpoint_secs: u64,
+    ) -> Agent {
         remove_stale_test_pins();
         let pins = pin_root_for(state_dir);
         let dir = tempfile::tempdir().unwrap();
@@ -153,7 +166,7 @@ impl Agent {
         );
         // Checkpoints every 2 s, so restart tests need not wait long.
         suffix.push_str(&format!(
-            "state:\n  dir: {}\n  checkpoint_interval_secs: 2\n  bpffs_dir: {}\n",
+            "state:\n  dir: {}\n  checkpoint_interval_secs: {checkpoint_secs}\n  bpffs_dir: {}\n",
             state_dir.display(),
             pins.display()
         ));

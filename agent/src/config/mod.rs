@@ -301,6 +301,23 @@ impl Config {
     }
 
     /// Parses and validates config text; `file` is only used in errors.
+        // An empty file is a mistake (a save cut short, a ConfigMap key
+        // emptied), not a request for the defaults: on reload it would wipe
+        // every SLO and its budget. The defaults are what no --config gives.
+        if text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#') || l.trim() == "---")
+        {
+            return Err(ConfigError {
+                file: path.to_path_buf(),
+                line: None,
+                column: None,
+                field: None,
+                message:
+                    "the file is empty (no settings); to run on the default config, omit --config"
+                        .into(),
+            });
+        }
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         let mut config: Config = if text.trim().is_empty() {
             Config::default()

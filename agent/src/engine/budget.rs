@@ -46,6 +46,11 @@ pub struct BudgetPolicy {
     /// The change freeze threshold.
     pub freeze_consumed: f64,
     pub exhausted_consumed: f64,
+    /// The gate's least verdict for a tenant it cannot judge: one folded
+    /// into `__overflow__` (its own counts are not kept), one with no
+    /// traffic recorded, or one with so little traffic that a single error
+    /// moves its budget a lot. `defer` by default: the gate fails closed.
+    pub unjudged: Verdict,
 }
 
 impl Default for BudgetPolicy {
@@ -55,6 +60,7 @@ impl Default for BudgetPolicy {
             warn_consumed: 0.5,
             freeze_consumed: 0.9,
             exhausted_consumed: 1.0,
+            unjudged: Verdict::Defer,
         }
     }
 }
@@ -113,6 +119,17 @@ pub enum Verdict {
     Review,
     Defer,
     Block,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Approve => "approve",
+            Verdict::Review => "review",
+            Verdict::Defer => "defer",
+            Verdict::Block => "block",
+        }
+    }
 }
 
 /// Answer of `Engine::gate`, serialized as-is by the HTTP API.
@@ -183,8 +200,13 @@ pub fn decide(
         )
     }
     .to_lowercase();
+    let mut verdict = verdict;
     if low_traffic {
         reason.push_str("; low traffic: less than one bad event allowed per period, the budget is very sensitive");
+        if policy.unjudged > verdict {
+            verdict = policy.unjudged;
+            reason.push_str(&format!(" (budget_policy.unjudged: {})", verdict.as_str()));
+        }
     }
     GateDecision {
         verdict,

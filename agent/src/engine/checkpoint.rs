@@ -54,6 +54,8 @@ const SERIES: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("serie
 /// Kernel counts the engine has consumed, per (SLO name, tenant): (good, bad).
 const KERNEL_CURSOR: TableDefinition<(&str, &str), (u64, u64)> =
     TableDefinition::new("kernel_cursor");
+/// (service, admission rank) -> tenant: see `KernelCursor::admitted`.
+const ADMITTED: TableDefinition<(&str, u64), &str> = TableDefinition::new("admitted_tenants");
 
 /// The kernel's cumulative counts the engine had consumed when its windows
 /// were saved. Saved in the same transaction as the windows, so after a
@@ -68,6 +70,9 @@ pub struct KernelCursor {
     /// SLO name -> data fingerprint of the SLOs the cursor covers (a tenant
     /// of a covered SLO missing from `consumed` had no requests yet).
     pub slos: HashMap<String, u64>,
+    /// (service, tenants admitted under `tenant.max_per_service`, in
+    /// admission order): admission stays stable across restarts.
+    pub admitted: Vec<(String, Vec<String>)>,
 }
 
 #[derive(Debug, Error)]
@@ -145,6 +150,9 @@ impl RestoreReport {
 pub struct StateStore {
     path: PathBuf,
     db: Mutex<Option<Database>>,
+    /// Inode of the file `db` has open: a file removed or replaced under the
+    /// running agent is noticed at the next save and written anew.
+    inode: std::sync::atomic::AtomicU64,
     /// Set when `open` had to move an unusable file away; reported by the next restore.
     set_aside_at_open: Mutex<Option<RestoreOutcome>>,
 }
@@ -161,7 +169,9 @@ impl StateStore {
     /// Opens (or creates) `dir/state.redb`. An unusable file is moved aside and replaced
     /// by an empty one; the next [`StateStore::restore`] reports it.
     pub fn open(dir: &Path) -> Result<StateStore, CheckpointError> {
-        fs::create_dir_all(dir)?;
+        // The store holds tenant ids: owner-only, as the file itself.
+        std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700)
+            .create(dir)?;
         let path = dir.join(FILE_NAME);
         let (db, aside) = match open_db(&path) {
             Ok(db) => (db, None),
@@ -172,11 +182,14 @@ impl StateStore {
                 (db, Some(RestoreOutcome::SetAside { reason, moved_to }))
             }
         };
-        Ok(StateStore {
+        let store = StateStore {
             path,
             db: Mutex::new(Some(db)),
+            inode: Default::default(),
             set_aside_at_open: Mutex::new(aside),
-        })
+        };
+        store.opened()?;
+        Ok(store)
     }
 
     /// Writes every series, the format version and the config fingerprints in one
@@ -194,18 +207,50 @@ impl StateStore {
         now: u64,
     ) -> Result<(), CheckpointError> {
         let mut guard = self.lock_db()?;
+        if !self.still_ours() {
+            // Removed or replaced under the running agent: write a new one
+            // (the windows are all in memory, nothing is lost).
+            tracing::warn!(path = %self.path.display(), "the state file was removed or replaced; writing it anew");
+            *guard = None;
+            *guard = Some(open_db(&self.path).map_err(Unusable::into_error)?);
+            self.opened()?;
+        }
         let Some(db) = guard.as_mut() else {
             return Err(CheckpointError::Locked(self.path.clone()));
         };
+        let saved = Self::write(db, engine, cursor, now);
+        if saved.is_err() {
+            // redb refuses every later write after an I/O error (a full
+            // disk): closed here, the next save opens the file again (redb
+            // recovers the last committed state) and succeeds once the
+            // disk has room.
+            *guard = None;
+        }
+        saved
+    }
+
+    fn write(
+        db: &mut Database,
+        engine: &Engine,
+        cursor: Option<&KernelCursor>,
+        now: u64,
+    ) -> Result<(), CheckpointError> {
         let txn = db.begin_write()?;
         txn.delete_table(SERIES)?;
         txn.delete_table(SLO_FINGERPRINTS)?;
         txn.delete_table(KERNEL_CURSOR)?;
+        txn.delete_table(ADMITTED)?;
         {
             let mut kernel = txn.open_table(KERNEL_CURSOR)?;
+            let mut admitted = txn.open_table(ADMITTED)?;
             if let Some(cursor) = cursor {
                 for (slo, tenant, good, bad) in &cursor.consumed {
                     kernel.insert((slo.as_str(), tenant.as_str()), (*good, *bad))?;
+                }
+                for (service, tenants) in &cursor.admitted {
+                    for (rank, tenant) in tenants.iter().enumerate() {
+                        admitted.insert((service.as_str(), rank as u64), tenant.as_str())?;
+                    }
                 }
             }
         }
@@ -290,6 +335,7 @@ impl StateStore {
                 *guard = None;
                 let moved_to = set_aside(&self.path, now)?;
                 *guard = Some(open_db(&self.path).map_err(Unusable::into_error)?);
+                self.opened()?;
                 Ok((
                     RestoreReport::new(RestoreOutcome::SetAside { reason, moved_to }),
                     None,
@@ -302,8 +348,27 @@ impl StateStore {
         let mut guard = self.db.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
             *guard = Some(open_db(&self.path).map_err(Unusable::into_error)?);
+            self.opened()?;
         }
         Ok(guard)
+    }
+
+    /// After the file was opened (or created): owner-only permissions (it
+    /// holds tenant ids; files of older agents are fixed too), and its
+    /// inode remembered.
+    fn opened(&self) -> Result<(), CheckpointError> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        fs::set_permissions(&self.path, fs::Permissions::from_mode(0o600))?;
+        let ino = fs::metadata(&self.path)?.ino();
+        self.inode.store(ino, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether the path still names the file the store has open.
+    fn still_ours(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(&self.path)
+            .is_ok_and(|m| m.ino() == self.inode.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 
@@ -438,10 +503,28 @@ fn read_state(db: &Database) -> Result<Option<SavedState>, Unusable> {
                 let (good, bad) = value.value();
                 consumed.push((slo.to_owned(), tenant.to_owned(), good, bad));
             }
+            // Stores written before admission was saved have no table.
+            let mut admitted: Vec<(String, Vec<String>)> = Vec::new();
+            if let Ok(table) = txn.open_table(ADMITTED) {
+                for entry in table
+                    .iter()
+                    .map_err(|e| bad("admitted tenants table", &e))?
+                {
+                    let (key, value) = entry.map_err(|e| bad("admitted tenants table", &e))?;
+                    let (service, _rank) = key.value();
+                    match admitted.last_mut() {
+                        Some((s, tenants)) if s == service => {
+                            tenants.push(value.value().to_owned())
+                        }
+                        _ => admitted.push((service.to_owned(), vec![value.value().to_owned()])),
+                    }
+                }
+            }
             Some(KernelCursor {
                 epoch,
                 consumed,
                 slos: slo_fingerprints.clone(),
+                admitted,
             })
         }
     };
@@ -612,6 +695,28 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_state_file_removed_while_running_is_written_anew_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = TempDir::new("removed");
+        let (original, now) = busy_engine();
+        let store = StateStore::open(&dir.0).expect("open");
+        let path = dir.0.join(FILE_NAME);
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&dir.0), 0o700);
+        store.save(&original, now).expect("save");
+        fs::remove_file(&path).unwrap();
+        store.save(&original, now).expect("save after removal");
+        assert_eq!(mode(&path), 0o600);
+        drop(store);
+        let store = StateStore::open(&dir.0).expect("reopen");
+        let mut restored = Engine::new(slos(CONFIG));
+        let report = store.restore(&mut restored, now).expect("restore");
+        assert_eq!(report.restored_series, 4);
+        assert_eq!(snapshot_json(&restored, now), snapshot_json(&original, now));
+    }
+
     /// Widened rings survive a restart exactly: the fixed rings at `u32` (saturated),
     /// the period ring past `u32` at `u64`.
     #[test]
@@ -704,6 +809,13 @@ mod tests {
                 ("monthly".into(), "beta".into(), 5, 0),
             ],
             slos: HashMap::new(),
+            admitted: vec![
+                (
+                    "shop".into(),
+                    vec!["zeta".into(), "acme".into(), "beta".into()],
+                ),
+                ("web".into(), vec!["b".into()]),
+            ],
         };
         let store = StateStore::open(&dir.0).expect("open");
         store
@@ -717,6 +829,8 @@ mod tests {
         let mut got = got.expect("a cursor");
         got.consumed.sort();
         assert_eq!((got.epoch, &got.consumed), (42, &cursor.consumed));
+        // Admission order is kept (it decides who stays under a lowered cap).
+        assert_eq!(got.admitted, cursor.admitted);
         // The cursor knows which SLO definitions its counts were taken with.
         assert_eq!(got.slos.len(), 2);
         assert_eq!(

@@ -108,9 +108,14 @@ fn gate_follows_budget_and_alerts() {
     let json = serde_json::to_string(&low).expect("json");
     assert!(json.contains("\"verdict\":\"block\""), "{json}");
 
-    // A tenant without data has its whole budget.
-    let fresh = engine.gate(now, slo, "nobody", Risk::High).expect("known");
-    assert_eq!(fresh.verdict, Verdict::Approve);
+    // A tenant without data cannot be judged: the gate fails closed.
+    let fresh = engine.gate(now, slo, "nobody", Risk::Low).expect("known");
+    assert_eq!(fresh.verdict, Verdict::Defer);
+    assert!(
+        fresh.reason.contains("no traffic recorded"),
+        "{}",
+        fresh.reason
+    );
     assert!(engine.gate(now, SloId(9), "acme", Risk::High).is_err());
     assert!(engine.record(now, SloId(9), "acme", 1, 1).is_err());
 }
@@ -227,6 +232,29 @@ fn low_traffic_flag() {
             .snapshot(now, SloId(0), "sparse")
             .expect("sparse")
             .low_traffic
+    );
+    // The gate fails closed on low traffic, unless the policy says otherwise.
+    let sparse = engine
+        .gate(now, SloId(0), "sparse", Risk::Low)
+        .expect("known");
+    assert_eq!(sparse.verdict, Verdict::Defer, "{}", sparse.reason);
+    let steady = engine
+        .gate(now, SloId(0), "steady", Risk::Low)
+        .expect("known");
+    assert_eq!(steady.verdict, Verdict::Approve, "{}", steady.reason);
+    let open = set(
+        "budget_policy: { unjudged: approve }\nslos:\n  - { name: a, service: s, objective: 99.9, window: 30d, sli: { availability: {} } }\n",
+    );
+    let mut lenient = Engine::new(open);
+    lenient
+        .record(now, SloId(0), "sparse", 1, 0)
+        .expect("known");
+    assert_eq!(
+        lenient
+            .gate(now, SloId(0), "nobody", Risk::High)
+            .expect("known")
+            .verdict,
+        Verdict::Approve
     );
 }
 

@@ -18,6 +18,7 @@
 //! series' rings), `alert` (tiers and state machine), `budget` (status and gate),
 //! `snapshot` (exporter view), `codec` + `checkpoint` (durable state), `simulate`.
 
+pub mod admission;
 pub mod alert;
 pub mod bench;
 pub mod budget;
@@ -252,7 +253,8 @@ impl Engine {
     }
 
     /// Release gate for a change to `slo` as seen by `tenant` (see `budget.rs` for the
-    /// decision table). A tenant without data has its whole budget: approve.
+    /// decision table). A tenant the gate cannot judge (no data, or low traffic) gets at
+    /// least `budget_policy.unjudged` (defer by default: the gate fails closed).
     pub fn gate(
         &self,
         now: u64,
@@ -264,9 +266,9 @@ impl Engine {
             return Err(EngineError::UnknownSlo(slo));
         }
         let Some(snap) = self.snapshot(now, slo, tenant) else {
-            let mut decision = budget::decide(&self.slos.policy, 0.0, None, false, risk);
-            decision.reason = "no traffic recorded for this tenant: budget untouched".into();
-            return Ok(decision);
+            return Ok(
+                self.unjudged("no traffic recorded for this tenant: its budget cannot be judged")
+            );
         };
         Ok(budget::decide(
             &self.slos.policy,
@@ -275,6 +277,21 @@ impl Engine {
             snap.low_traffic,
             risk,
         ))
+    }
+
+    /// The gate's answer for a tenant whose own counts are not kept or not
+    /// there (`why`): `budget_policy.unjudged`, full budget reported.
+    pub fn unjudged(&self, why: &str) -> GateDecision {
+        let policy = &self.slos.policy;
+        let verdict = policy.unjudged;
+        GateDecision {
+            verdict,
+            reason: format!("{why}; {} (budget_policy.unjudged)", verdict.as_str()),
+            budget_remaining: 1.0,
+            status: policy.status(0.0, None),
+            firing: None,
+            low_traffic: false,
+        }
     }
 
     fn snapshot_of<'a>(&'a self, series: &'a Series, now: u64) -> Option<SeriesSnapshot<'a>> {

@@ -5,7 +5,7 @@
 //! once, the first time its kernel key is seen (again when the pod
 //! directory changes: a pod can become known after its first requests).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use burnwatch_common::maps::{ConnEventKey, LATENCY_BUCKETS, Method, RequestKey, RequestStats};
@@ -68,11 +68,9 @@ pub struct RequestTable {
     tenant_rule: Option<Tenant>,
     pub series: Vec<Series>,
     pub latency: Vec<LatencySeries>,
-    /// Distinct tenants kept per service (at most `max_tenants`).
-    tenants: HashMap<Arc<str>, HashSet<Arc<str>>>,
-    /// Tenants folded into `__overflow__`, per service.
-    folded: HashMap<Arc<str>, HashSet<Arc<str>>>,
-    max_tenants: usize,
+    /// Tenants kept per service (`tenant.max_per_service`), stable across
+    /// reloads and restarts.
+    pub admission: super::admission::Admission,
     overflow_label: Arc<str>,
     /// `tenant.hash`: pseudonymises tenants as their labels are made.
     hasher: Option<crate::attribution::tenant_hash::TenantHasher>,
@@ -88,9 +86,7 @@ impl RequestTable {
             tenant_rule: None,
             series: Vec::new(),
             latency: Vec::new(),
-            tenants: HashMap::new(),
-            folded: HashMap::new(),
-            max_tenants: max_tenants_per_service as usize,
+            admission: super::admission::Admission::new(max_tenants_per_service),
             overflow_label: Arc::from(OVERFLOW_TENANT),
             hasher: None,
         }
@@ -116,30 +112,39 @@ impl RequestTable {
         }
     }
 
+    /// Whether `tenant`'s requests to `service` are folded into
+    /// `__overflow__` (its own counts are not kept).
+    pub fn is_folded(&self, service: &str, tenant: &str) -> bool {
+        self.admission.is_folded(service, tenant)
+    }
+
     /// Tenants folded into `__overflow__`, per service.
     pub fn tenant_overflow(&self) -> impl Iterator<Item = (&Arc<str>, usize)> {
-        self.folded.iter().map(|(s, t)| (s, t.len()))
+        self.admission.folded()
+    }
+
+    /// A reload: the series are rebuilt from the kernel's keys at the next
+    /// poll; the tenant hasher, the tenant rule and the admitted tenants
+    /// stay (`forget_tenants`: the tenant rule changed, the ids are others).
+    pub fn reset(&mut self, max_tenants_per_service: u32, forget_tenants: bool) {
+        self.by_key.clear();
+        self.by_labels.clear();
+        self.by_service_tenant.clear();
+        self.series.clear();
+        self.latency.clear();
+        if forget_tenants {
+            self.admission.clear();
+        }
+        self.admission.set_max(max_tenants_per_service);
     }
 
     /// The tenant label for a new series: itself while the service has room,
     /// `__overflow__` after.
     fn admit(&mut self, service: &Arc<str>, tenant: Arc<str>) -> Arc<str> {
-        if *tenant == *OVERFLOW_TENANT {
+        if *tenant == *OVERFLOW_TENANT || !self.admission.admit(service, &tenant) {
             return self.overflow_label.clone();
         }
-        let kept = self.tenants.entry(service.clone()).or_default();
-        if kept.contains(&tenant) {
-            return tenant;
-        }
-        if kept.len() < self.max_tenants {
-            kept.insert(tenant.clone());
-            return tenant;
-        }
-        self.folded
-            .entry(service.clone())
-            .or_default()
-            .insert(tenant);
-        self.overflow_label.clone()
+        tenant
     }
 
     /// Starts a refresh: counts are re-summed from the kernel's values.

@@ -55,6 +55,10 @@ pub struct AgentState {
     /// checkpoint, or an SLO added by a reload), feeding them would dump
     /// history into the current bucket.
     baseline: HashSet<SloId>,
+    /// Why the kernel side is not sound, when it is not (pins removed or
+    /// replaced, a link detached, the kernel config rewritten; see
+    /// `probe::guard`): `/readyz` answers 503 with it. Set every poll.
+    pub kernel_trouble: Option<String>,
 }
 
 impl AgentState {
@@ -81,6 +85,7 @@ impl AgentState {
             history: Default::default(),
             counts_epoch: 0,
             baseline: HashSet::new(),
+            kernel_trouble: None,
         }
     }
 
@@ -93,6 +98,7 @@ impl AgentState {
         &mut self,
         slos: SloSet,
         max_tenants_per_service: u32,
+        forget_tenants: bool,
         latency_bounds_s: Vec<f64>,
         now: u64,
     ) -> super::reload::ReloadReport {
@@ -109,11 +115,32 @@ impl AgentState {
                 self.baseline.insert(slo.id);
             }
         }
-        self.requests = RequestTable::new(max_tenants_per_service);
+        self.requests.reset(max_tenants_per_service, forget_tenants);
         self.clients = ClientTable::default();
         self.conn_events = ConnEventTable::default();
         self.latency_bounds_s = latency_bounds_s;
         report
+    }
+
+    /// The release gate for (`slo`, `tenant`): the engine's decision, or
+    /// `budget_policy.unjudged` when the tenant is folded into
+    /// `__overflow__` (whatever the engine holds under its name is old).
+    pub fn gate(
+        &self,
+        slo: SloId,
+        tenant: &str,
+        risk: super::Risk,
+    ) -> Result<super::budget::GateDecision, super::EngineError> {
+        let service = self.engine.slos().get(slo).map(|s| s.service.clone());
+        if let Some(service) = service
+            && self.requests.is_folded(&service, tenant)
+        {
+            return Ok(self.engine.unjudged(&format!(
+                "tenant folded into {} on service {service} (tenant.max_per_service reached): its budget is not tracked",
+                crate::config::OVERFLOW_TENANT
+            )));
+        }
+        self.engine.gate(self.now, slo, tenant, risk)
     }
 
     /// What the engine has consumed of the kernel's counts, for the
@@ -135,6 +162,7 @@ impl AgentState {
                 })
                 .collect(),
             slos: HashMap::new(),
+            admitted: self.requests.admission.saved(),
         }
     }
 
@@ -143,21 +171,34 @@ impl AgentState {
     /// requests the restored windows already hold (up to `cursor`) and
     /// requests no window holds yet (after it). Fresh maps start at zero:
     /// everything in them is new.
+    ///
+    /// Every request the kernel counted ends up in the windows once:
+    /// - a cursor of these very maps: what it says was consumed is not fed
+    ///   again; the rest is fed at the first poll;
+    /// - no cursor of these maps (the agent died before its first
+    ///   checkpoint, the state file was lost, or the checkpoint is of maps
+    ///   since replaced): the restored windows hold none of their counts,
+    ///   so all of them are fed at the first poll (in the current second);
+    /// - an SLO the cursor does not cover (added or redefined while the
+    ///   agent was down) starts from the kernel's current totals, as one
+    ///   added by a reload does: its definition did not exist for them.
+    ///
+    /// The tenants admitted under `tenant.max_per_service` are restored
+    /// from any checkpoint (they are not tied to the maps).
     pub fn resume(&mut self, counts_epoch: u64, reused: bool, cursor: Option<KernelCursor>) {
         self.counts_epoch = counts_epoch;
-        if !reused {
-            return;
-        }
-        let cursor = cursor.filter(|c| c.epoch == counts_epoch);
+        let cursor = cursor.and_then(|mut c| {
+            self.requests
+                .admission
+                .restore(std::mem::take(&mut c.admitted));
+            (reused && c.epoch == counts_epoch).then_some(c)
+        });
+        let Some(cursor) = cursor else { return };
         for slo in self.engine.slos().iter() {
-            let covered = cursor
-                .as_ref()
-                .is_some_and(|c| c.slos.get(&*slo.name) == Some(&slo.data_fingerprint));
-            if !covered {
+            if cursor.slos.get(&*slo.name) != Some(&slo.data_fingerprint) {
                 self.baseline.insert(slo.id);
             }
         }
-        let Some(cursor) = cursor else { return };
         for (name, tenant, good, bad) in cursor.consumed {
             let Some(id) = self.engine.slo_id(&name) else {
                 continue;
@@ -216,10 +257,12 @@ impl AgentState {
         }
         for (key, (good, bad)) in totals.drain() {
             let prev = self.slo_events.entry(key.clone()).or_insert((0, 0));
-            // Cumulative counters only grow; a smaller value means the kernel
-            // maps were recreated, so the whole value is new.
-            let dg = if good >= prev.0 { good - prev.0 } else { good };
-            let db = if bad >= prev.1 { bad - prev.1 } else { bad };
+            // The kernel's counters only grow while this process runs (its
+            // maps are replaced only across restarts, see `resume`). A total
+            // that shrinks lost series to another label (a pod became
+            // known): nothing new to feed, and what it grows by from here is.
+            let dg = good.saturating_sub(prev.0);
+            let db = bad.saturating_sub(prev.1);
             *prev = (good, bad);
             if self.baseline.contains(&key.0) {
                 continue;

@@ -114,6 +114,76 @@ impl AlertSinks {
         })
     }
 
+    /// Applies a reloaded config's `exporters.otlp` and
+    /// `exporters.alertmanager`. Everything is built first: on an error
+    /// nothing changes. A running OTLP exporter is switched in place (its
+    /// queue and delta state carry over); an Alertmanager pusher whose
+    /// settings changed is replaced (the new one pushes the firing alerts
+    /// at once). Stopped pushers flush in the background.
+    pub fn reconfigure(
+        &mut self,
+        old: &Config,
+        new: &Config,
+        state: &Arc<RwLock<AgentState>>,
+        stats: &Arc<SelfStats>,
+    ) -> Result<bool> {
+        let labels = new.exporters.labels.pairs();
+        let labels_changed = old.exporters.labels != new.exporters.labels;
+        let otlp_changed = labels_changed || old.exporters.otlp != new.exporters.otlp;
+        let am_changed = labels_changed || old.exporters.alertmanager != new.exporters.alertmanager;
+        if !otlp_changed && !am_changed {
+            return Ok(false);
+        }
+        enum OtlpStep {
+            Keep,
+            Reconfigure(otlp::Settings),
+            Start(otlp::Handle),
+            Stop,
+        }
+        let otlp_step = match (&self.otlp, &new.exporters.otlp) {
+            _ if !otlp_changed => OtlpStep::Keep,
+            (Some(_), Some(c)) => OtlpStep::Reconfigure(otlp::Settings::new(c, &labels)?),
+            (None, Some(c)) => OtlpStep::Start(otlp::start(
+                c,
+                labels.clone(),
+                state.clone(),
+                stats.clone(),
+            )?),
+            (Some(_), None) => OtlpStep::Stop,
+            (None, None) => OtlpStep::Keep,
+        };
+        let am = match (&new.exporters.alertmanager, am_changed) {
+            (Some(c), true) => Some(Some(alertmanager::start(
+                c,
+                labels,
+                state.clone(),
+                stats.clone(),
+            )?)),
+            (None, true) => Some(None),
+            (_, false) => None,
+        };
+        match otlp_step {
+            OtlpStep::Keep => {}
+            OtlpStep::Reconfigure(settings) => {
+                if let Some(h) = &self.otlp {
+                    h.reconfigure(settings);
+                }
+            }
+            OtlpStep::Start(h) => self.otlp = Some(h),
+            OtlpStep::Stop => {
+                if let Some(h) = self.otlp.take() {
+                    tokio::spawn(h.shutdown());
+                }
+            }
+        }
+        if let Some(am) = am
+            && let Some(old) = std::mem::replace(&mut self.alertmanager, am)
+        {
+            tokio::spawn(old.shutdown());
+        }
+        Ok(true)
+    }
+
     /// Hands the poll's transitions to the exporters (never blocks).
     pub fn send(&self, state: &RwLock<AgentState>, transitions: &[AlertTransition]) {
         if transitions.is_empty() {

@@ -68,8 +68,33 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
 pub struct Handle {
     events: mpsc::Sender<AlertEvent>,
     stats: Arc<SelfStats>,
+    /// A reloaded `exporters.otlp`, applied by the task between exports.
+    settings: mpsc::UnboundedSender<Settings>,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// What a reload can change in a running exporter. Built (and checked)
+/// before it is handed over, so a bad endpoint or header is a reload
+/// error and the running exporter carries on.
+pub struct Settings {
+    transport: Transport,
+    resource: Resource,
+    interval: Duration,
+    temporality: Temporality,
+    max_queue: usize,
+}
+
+impl Settings {
+    pub fn new(config: &Otlp, labels: &[(&'static str, String)]) -> Result<Settings> {
+        Ok(Settings {
+            transport: Transport::new(config)?,
+            resource: resource(labels),
+            interval: config.interval.as_duration(),
+            temporality: config.temporality,
+            max_queue: config.max_queue,
+        })
+    }
 }
 
 impl Handle {
@@ -79,6 +104,13 @@ impl Handle {
         if self.events.try_send(event).is_err() {
             self.stats.otlp_logs.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Switches the running exporter to `settings` (a reload): what is
+    /// queued goes to the new endpoint, delta state carries over when the
+    /// temporality is unchanged.
+    pub fn reconfigure(&self, settings: Settings) {
+        let _ = self.settings.send(settings);
     }
 
     pub async fn shutdown(self) {
@@ -93,26 +125,28 @@ pub fn start(
     state: Arc<RwLock<AgentState>>,
     stats: Arc<SelfStats>,
 ) -> Result<Handle> {
-    let transport = Transport::new(config)?;
+    let settings = Settings::new(config, &labels)?;
     let (events, rx) = mpsc::channel(EVENT_CHANNEL);
+    let (settings_tx, settings_rx) = mpsc::unbounded_channel();
     let (stop, stopped) = tokio::sync::oneshot::channel();
     let exporter = Exporter {
-        transport,
-        resource: resource(&labels),
+        transport: settings.transport,
+        resource: settings.resource,
         state,
         stats: stats.clone(),
-        interval: config.interval.as_duration(),
-        temporality: config.temporality,
-        max_queue: config.max_queue,
+        interval: settings.interval,
+        temporality: settings.temporality,
+        max_queue: settings.max_queue,
         queue: VecDeque::new(),
         started_ns: now_ns(),
         last_export_ns: now_ns(),
-        deltas: Deltas::new(config.temporality),
+        deltas: Deltas::new(settings.temporality),
     };
-    let task = tokio::spawn(exporter.run(rx, stopped));
+    let task = tokio::spawn(exporter.run(rx, settings_rx, stopped));
     Ok(Handle {
         events,
         stats,
+        settings: settings_tx,
         stop,
         task,
     })
@@ -337,6 +371,7 @@ impl Exporter {
     async fn run(
         mut self,
         mut events: mpsc::Receiver<AlertEvent>,
+        mut reconfig: mpsc::UnboundedReceiver<Settings>,
         mut stopped: tokio::sync::oneshot::Receiver<()>,
     ) {
         let mut tick = tokio::time::interval(self.interval);
@@ -368,6 +403,33 @@ impl Exporter {
                         next_attempt = tokio::time::Instant::now() + backoff;
                         backoff = (backoff * 2).min(BACKOFF_MAX);
                     }
+                }
+                Some(new) = reconfig.recv() => {
+                    self.transport = new.transport;
+                    self.resource = new.resource;
+                    self.max_queue = new.max_queue;
+                    if new.temporality != self.temporality {
+                        // Deltas of one temporality mean nothing to the other.
+                        self.temporality = new.temporality;
+                        self.deltas = Deltas::new(new.temporality);
+                    }
+                    if new.interval != self.interval {
+                        self.interval = new.interval;
+                        tick = tokio::time::interval(self.interval);
+                        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    }
+                    while self.queue.len() > self.max_queue.max(1)
+                        && let Some(old) = self.queue.pop_front()
+                    {
+                        let n = match &old {
+                            Export::Metrics(_) => 1,
+                            Export::Logs(_, n) => *n,
+                        };
+                        self.counters(&old).dropped.fetch_add(n, Ordering::Relaxed);
+                    }
+                    // The new collector gets what is queued at once.
+                    backoff = BACKOFF_MIN;
+                    next_attempt = tokio::time::Instant::now();
                 }
                 _ = &mut stopped => break,
             }

@@ -1,0 +1,370 @@
+//! Every request the kernel counted is in the SLO windows exactly once,
+//! whatever happens to the agent: kill -9 before its first checkpoint, a
+//! state file removed while it runs, a full disk, reloads and restarts
+//! while tenants overflow `tenant.max_per_service`. The oracle is nginx's
+//! own log; the windows are read from the engine (`/v1/slo`). Also: the gate
+//! fails closed for tenants it cannot judge, an empty config file is not
+//! applied, and a reload that moves the OTLP endpoint takes effect.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use burnwatch_e2e::agent::Agent;
+use burnwatch_e2e::client::{self, Conn};
+use burnwatch_e2e::nginx::Nginx;
+use burnwatch_e2e::peers::Rotel;
+use burnwatch_e2e::{require_root, wait_for};
+
+const SLO: &str = "shop-availability";
+
+fn config(port: u16, extra: &str) -> String {
+    format!(
+        "services:\n  - name: shop\n    match:\n      port: {port}\n\
+tenant:\n  header: X-Tenant-ID\n  missing: unknown\n{extra}\
+slos:\n  - name: {SLO}\n    service: shop\n    objective: 99.9\n    window: 30d\n"
+    )
+}
+
+/// `n` requests of `tenant` on one keep-alive connection; every 5th is a 500.
+fn send(port: u16, tenant: &str, n: u64) {
+    let mut c = Conn::open(port);
+    for i in 0..n {
+        let path = if i % 5 == 4 { "/error" } else { "/ok" };
+        c.request("GET", path, Some(tenant));
+    }
+}
+
+/// (good, bad) per tenant from nginx's log: 5xx (and unanswered) are bad.
+fn log_events(nginx: &Nginx) -> BTreeMap<String, (u64, u64)> {
+    let mut out = BTreeMap::new();
+    for ((tenant, status), n) in nginx.counts("unknown") {
+        let e = out.entry(tenant).or_insert((0, 0));
+        if status.starts_with('5') || status == "000" {
+            e.1 += n;
+        } else {
+            e.0 += n;
+        }
+    }
+    out
+}
+
+/// (good, bad) the engine holds in the SLO's 30-day window for `tenant`.
+fn window(agent: &Agent, tenant: &str) -> (u64, u64) {
+    let body = client::get_body(
+        agent.metrics_port,
+        &format!("/v1/slo?slo={SLO}&tenant={tenant}"),
+    );
+    let Some(body) = body else { return (0, 0) };
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let get = |k: &str| v["period"][k].as_f64().unwrap_or(-1.0).round() as u64;
+    (get("good"), get("bad"))
+}
+
+/// Waits for the windows to hold `want` (the agent polls every second).
+fn assert_windows(agent: &Agent, want: &BTreeMap<String, (u64, u64)>, what: &str) {
+    let got = || -> BTreeMap<String, (u64, u64)> {
+        want.keys().map(|t| (t.clone(), window(agent, t))).collect()
+    };
+    let settled = wait_for(Duration::from_secs(10), || (got() == *want).then_some(()));
+    if settled.is_none() {
+        panic!(
+            "{what}: SLO windows (good, bad) per tenant\n got: {:?}\nwant: {want:?}\nlog:\n{}",
+            got(),
+            agent.log()
+        );
+    }
+}
+
+fn wait_log(agent: &Agent, needle: &str) {
+    let seen = wait_for(Duration::from_secs(20), || {
+        agent.log().contains(needle).then_some(())
+    });
+    assert!(
+        seen.is_some(),
+        "agent never logged {needle:?}:\n{}",
+        agent.log()
+    );
+}
+
+#[test]
+fn kill_9_before_the_first_checkpoint_loses_nothing() {
+    require_root();
+    let nginx = Nginx::start();
+    let state = tempfile::tempdir().unwrap();
+    // No checkpoint for an hour: the agent dies with none written.
+    let agent = Agent::start_checkpointing(
+        &config(nginx.port, ""),
+        Some(state.path()),
+        "",
+        &[],
+        &[],
+        3600,
+    );
+    send(nginx.port, "acme", 40);
+    send(nginx.port, "globex", 25);
+    std::thread::sleep(Duration::from_millis(1500));
+    agent.kill9();
+    // Counted by the kernel while no agent runs.
+    send(nginx.port, "acme", 10);
+    let agent = Agent::start_with_state(&config(nginx.port, ""), Some(state.path()));
+    send(nginx.port, "initech", 5);
+    nginx.wait_for_log_lines(80);
+    assert_windows(&agent, &log_events(&nginx), "after kill -9 before any checkpoint");
+    agent.stop();
+}
+
+/// A tmpfs of `size` mounted on `dir`, unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("mount")
+            .success();
+        assert!(ok, "mount tmpfs on {}", dir.display());
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_removed_state_file_and_a_full_disk_recover() {
+    use std::os::unix::fs::PermissionsExt;
+    require_root();
+    let nginx = Nginx::start();
+    let root = tempfile::tempdir().unwrap();
+    let _disk = Tmpfs::mount(root.path(), "8m");
+    let state = root.path().join("state");
+    let agent = Agent::start_with_state(&config(nginx.port, ""), Some(&state));
+    let file = state.join("state.redb");
+    send(nginx.port, "acme", 20);
+    assert!(
+        wait_for(Duration::from_secs(10), || file.exists().then_some(())).is_some(),
+        "no state file"
+    );
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&file), 0o600, "the state file holds tenant ids");
+
+    // Removed while the agent runs: written anew at the next checkpoint.
+    std::fs::remove_file(&file).unwrap();
+    send(nginx.port, "globex", 15);
+    wait_log(&agent, "writing it anew");
+    assert!(
+        wait_for(Duration::from_secs(10), || file.exists().then_some(())).is_some(),
+        "the state file was not recreated:\n{}",
+        agent.log()
+    );
+    assert_eq!(mode(&file), 0o600);
+
+    // The disk fills up: checkpoints fail...
+    let filler = root.path().join("filler");
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k"])
+        .arg(format!("of={}", filler.display()))
+        .stderr(std::process::Stdio::null())
+        .status();
+    // (redb grows its file by whole regions: new tenants make it write more.)
+    for i in 0..30 {
+        send(nginx.port, &format!("tenant-{i}"), 2);
+    }
+    wait_log(&agent, "SLO checkpoint failed");
+    // ...until there is room again.
+    std::fs::remove_file(&filler).unwrap();
+    send(nginx.port, "acme", 7);
+    wait_log(&agent, "SLO checkpoints succeed again");
+    std::thread::sleep(Duration::from_millis(2500));
+    agent.kill9();
+    send(nginx.port, "initech", 9);
+    let agent = Agent::start_with_state(&config(nginx.port, ""), Some(&state));
+    nginx.wait_for_log_lines(20 + 15 + 60 + 7 + 9);
+    assert_windows(
+        &agent,
+        &log_events(&nginx),
+        "after a lost state file, a full disk and kill -9",
+    );
+    agent.stop();
+}
+
+/// The tenant labels of `burnwatch_http_requests_total` on shop.
+fn labelled_tenants(agent: &Agent) -> BTreeMap<String, u64> {
+    let e = agent.settle_and_scrape();
+    let mut out = BTreeMap::new();
+    for s in e.find("burnwatch_http_requests_total", &[("service", "shop")]) {
+        *out.entry(s.labels["tenant"].clone()).or_default() += s.value as u64;
+    }
+    out
+}
+
+#[test]
+fn overflow_admission_is_stable_across_reload_and_restart() {
+    require_root();
+    let nginx = Nginx::start();
+    let state = tempfile::tempdir().unwrap();
+    let cap = "  max_per_service: 3\n";
+    let first = ["t00", "t01", "t02"];
+    let rest: Vec<String> = (3..24).map(|i| format!("t{i:02}")).collect();
+    let agent = Agent::start_with_state(&config(nginx.port, cap), Some(state.path()));
+    for t in first {
+        send(nginx.port, t, 10);
+    }
+    // Admitted at the next poll, before anyone else is seen.
+    std::thread::sleep(Duration::from_millis(1500));
+    for t in &rest {
+        send(nginx.port, t, 5);
+    }
+    nginx.wait_for_log_lines(30 + 21 * 5);
+
+    // The windows: each admitted tenant its own, everyone else one overflow.
+    let expected = |nginx: &Nginx| {
+        let mut want: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for (tenant, (g, b)) in log_events(nginx) {
+            let name = if first.contains(&tenant.as_str()) {
+                tenant
+            } else {
+                "__overflow__".to_string()
+            };
+            let e = want.entry(name).or_default();
+            e.0 += g;
+            e.1 += b;
+        }
+        want
+    };
+    let check = |agent: &Agent, what: &str| {
+        assert_windows(agent, &expected(&nginx), what);
+        let labels = labelled_tenants(agent);
+        let mut names: Vec<&str> = labels.keys().map(String::as_str).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["__overflow__", "t00", "t01", "t02"],
+            "{what}: tenant labels; log:\n{}",
+            agent.log()
+        );
+        // The gate cannot judge a folded tenant: it defers, it does not approve.
+        let gate = client::get_body(
+            agent.metrics_port,
+            &format!("/v1/gate?slo={SLO}&tenant=t17&risk=low"),
+        )
+        .expect("gate");
+        assert!(
+            gate.contains("\"verdict\":\"defer\"") && gate.contains("folded"),
+            "{what}: gate for a folded tenant: {gate}"
+        );
+        let gate = client::get_body(
+            agent.metrics_port,
+            &format!("/v1/gate?slo={SLO}&tenant=never-seen&risk=low"),
+        )
+        .expect("gate");
+        assert!(
+            gate.contains("\"verdict\":\"defer\""),
+            "{what}: gate for an unknown tenant: {gate}"
+        );
+    };
+    check(&agent, "before any restart");
+
+    // A reload (an SLO added) rebuilds the series: admission stays.
+    agent.rewrite_config(&format!(
+        "{}  - name: shop-latency\n    service: shop\n    objective: 99\n    window: 7d\n    sli: {{ latency: {{ threshold: 250ms }} }}\n",
+        config(nginx.port, cap)
+    ));
+    wait_log(&agent, "config reload (file changed): applied");
+    for t in first.iter().copied().chain(rest.iter().map(String::as_str)) {
+        send(nginx.port, t, 2);
+    }
+    nginx.wait_for_log_lines(135 + 24 * 2);
+    check(&agent, "after a reload");
+
+    // kill -9 after a checkpoint, then more traffic in another order.
+    std::thread::sleep(Duration::from_millis(2500));
+    agent.kill9();
+    for t in rest.iter().rev() {
+        send(nginx.port, t, 3);
+    }
+    let agent = Agent::start_with_state(&config(nginx.port, cap), Some(state.path()));
+    for t in rest.iter().map(String::as_str).chain(first) {
+        send(nginx.port, t, 1);
+    }
+    nginx.wait_for_log_lines(183 + 21 * 3 + 24);
+    check(&agent, "after kill -9");
+    // And a clean stop and start.
+    agent.stop_keeping_pins();
+    let agent = Agent::start_with_state(&config(nginx.port, cap), Some(state.path()));
+    check(&agent, "after SIGTERM and a start");
+    agent.stop();
+}
+
+#[test]
+fn an_empty_config_file_is_not_applied() {
+    require_root();
+    let nginx = Nginx::start();
+    let agent = Agent::start(&config(nginx.port, ""));
+    send(nginx.port, "acme", 20);
+    nginx.wait_for_log_lines(20);
+    let want = log_events(&nginx);
+    assert_windows(&agent, &want, "before the reload");
+    // A save cut short: the file is empty for a while.
+    std::fs::write(&agent.config_path, "").unwrap();
+    wait_log(&agent, "the file is empty");
+    agent.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !agent.log().contains("applied"),
+        "an empty config was applied:\n{}",
+        agent.log()
+    );
+    assert_windows(&agent, &want, "after an empty config");
+    let slos = client::get_body(agent.metrics_port, "/v1/slos").expect("/v1/slos");
+    assert!(slos.contains(SLO), "the SLO is gone: {slos}");
+    agent.stop();
+}
+
+#[test]
+fn a_reload_moves_the_otlp_exporter_to_the_new_endpoint() {
+    require_root();
+    let nginx = Nginx::start();
+    let (a, b) = (Rotel::start(), Rotel::start());
+    // Under the harness's `exporters:` (it adds the listen address).
+    let otlp = |port: u16| {
+        format!(
+            "  otlp: {{ endpoint: \"http://127.0.0.1:{port}\", protocol: grpc, interval: 1s }}\n"
+        )
+    };
+    let agent = Agent::start_with_exporters(&config(nginx.port, ""), None, &otlp(a.grpc_port));
+    send(nginx.port, "acme", 5);
+    let points = |r: &Rotel| r.points("burnwatch_http_requests").len();
+    assert!(
+        wait_for(Duration::from_secs(20), || (points(&a) > 0).then_some(())).is_some(),
+        "collector A got nothing:\n{}",
+        agent.log()
+    );
+    let tmp = agent.config_path.with_extension("tmp");
+    let text = std::fs::read_to_string(&agent.config_path).unwrap().replace(
+        &format!("127.0.0.1:{}", a.grpc_port),
+        &format!("127.0.0.1:{}", b.grpc_port),
+    );
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, &agent.config_path).unwrap();
+    wait_log(&agent, "config reload (file changed): applied");
+    send(nginx.port, "acme", 5);
+    assert!(
+        wait_for(Duration::from_secs(20), || (points(&b) > 0).then_some(())).is_some(),
+        "collector B got nothing after the reload:\n{}",
+        agent.log()
+    );
+    // A gets nothing more once the switch is made.
+    std::thread::sleep(Duration::from_secs(2));
+    let a_then = points(&a);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(points(&a), a_then, "the old collector still gets exports");
+    agent.stop();
+}
