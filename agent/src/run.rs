@@ -271,6 +271,16 @@ async fn run_async(config: Config, config_path: Option<&Path>, cleanup: bool) ->
     let mut tick = tokio::time::interval(POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    for h in std::mem::take(&mut probe.handoff) {
+        let mut st = state.write().unwrap_or_else(|e| e.into_inner());
+        for (k, v) in &h.counts {
+            if k.role != role::CLIENT {
+                st.requests.add(k, v, &mut names, &missing, &pods);
+            }
+        }
+        st.feed_handoff(h.epoch, unix_now());
+        st.requests.reset(config.tenant.max_per_service, false);
+    }
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut watch = config_path.map(ConfigWatch::new);
     let mut watch_tick = tokio::time::interval(CONFIG_WATCH_INTERVAL);

@@ -111,7 +111,11 @@ fn kill_9_before_the_first_checkpoint_loses_nothing() {
     let agent = Agent::start_with_state(&config(nginx.port, ""), Some(state.path()));
     send(nginx.port, "initech", 5);
     nginx.wait_for_log_lines(80);
-    assert_windows(&agent, &log_events(&nginx), "after kill -9 before any checkpoint");
+    assert_windows(
+        &agent,
+        &log_events(&nginx),
+        "after kill -9 before any checkpoint",
+    );
     agent.stop();
 }
 
@@ -348,10 +352,12 @@ fn a_reload_moves_the_otlp_exporter_to_the_new_endpoint() {
         agent.log()
     );
     let tmp = agent.config_path.with_extension("tmp");
-    let text = std::fs::read_to_string(&agent.config_path).unwrap().replace(
-        &format!("127.0.0.1:{}", a.grpc_port),
-        &format!("127.0.0.1:{}", b.grpc_port),
-    );
+    let text = std::fs::read_to_string(&agent.config_path)
+        .unwrap()
+        .replace(
+            &format!("127.0.0.1:{}", a.grpc_port),
+            &format!("127.0.0.1:{}", b.grpc_port),
+        );
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, &agent.config_path).unwrap();
     wait_log(&agent, "config reload (file changed): applied");
@@ -366,5 +372,41 @@ fn a_reload_moves_the_otlp_exporter_to_the_new_endpoint() {
     let a_then = points(&a);
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(points(&a), a_then, "the old collector still gets exports");
+    agent.stop();
+}
+
+#[test]
+fn an_upgrade_hands_the_old_builds_counts_over() {
+    require_root();
+    let nginx = Nginx::start();
+    let state = tempfile::tempdir().unwrap();
+    let agent = Agent::start_with_state(&config(nginx.port, ""), Some(state.path()));
+    let pins = agent.pins.clone();
+    send(nginx.port, "acme", 30);
+    send(nginx.port, "globex", 10);
+    std::thread::sleep(Duration::from_millis(1500));
+    // SIGTERM: a last read and checkpoint; the old programs keep counting.
+    agent.stop_keeping_pins();
+    send(nginx.port, "acme", 15);
+    send(nginx.port, "initech", 5);
+    // Another build (other eBPF code): fresh maps, the old pins removed.
+    let agent = Agent::start_with_env(
+        &config(nginx.port, ""),
+        Some(state.path()),
+        "",
+        &[],
+        &[("BURNWATCH_DEBUG_BUILD_ID", "00000000deadbeef")],
+    );
+    wait_log(&agent, "read the old build's final counts");
+    let builds: Vec<String> = std::fs::read_dir(&pins)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 16)
+        .collect();
+    assert_eq!(builds, ["00000000deadbeef"], "the old build's pins stay");
+    send(nginx.port, "globex", 10);
+    nginx.wait_for_log_lines(70);
+    assert_windows(&agent, &log_events(&nginx), "after an upgrade");
     agent.stop();
 }

@@ -55,6 +55,9 @@ pub struct AgentState {
     /// checkpoint, or an SLO added by a reload), feeding them would dump
     /// history into the current bucket.
     baseline: HashSet<SloId>,
+    /// A checkpoint cursor of maps other than the current ones, kept for
+    /// an upgrade handoff (`feed_handoff`).
+    prior_cursor: Option<KernelCursor>,
     /// Why the kernel side is not sound, when it is not (pins removed or
     /// replaced, a link detached, the kernel config rewritten; see
     /// `probe::guard`): `/readyz` answers 503 with it. Set every poll.
@@ -85,6 +88,7 @@ impl AgentState {
             history: Default::default(),
             counts_epoch: 0,
             baseline: HashSet::new(),
+            prior_cursor: None,
             kernel_trouble: None,
         }
     }
@@ -191,7 +195,12 @@ impl AgentState {
             self.requests
                 .admission
                 .restore(std::mem::take(&mut c.admitted));
-            (reused && c.epoch == counts_epoch).then_some(c)
+            if reused && c.epoch == counts_epoch {
+                Some(c)
+            } else {
+                self.prior_cursor = Some(c);
+                None
+            }
         });
         let Some(cursor) = cursor else { return };
         for slo in self.engine.slos().iter() {
@@ -210,11 +219,9 @@ impl AgentState {
         }
     }
 
-    /// Classifies every request series against every SLO of its service and
-    /// feeds the engine the (good, bad) counts that are new since the last
-    /// call. Work is per series, not per request.
-    pub fn feed_engine(&mut self, now: u64) {
-        let mut totals = std::mem::take(&mut self.feed_totals);
+    /// Cumulative (good, bad) per (SLO, tenant) of the request series, into
+    /// `totals`.
+    fn slo_totals(&self, totals: &mut SloTenantMap<(u64, u64)>) {
         for slo in self.engine.slos().iter() {
             for s in &self.requests.series {
                 if *s.labels.service != *slo.service {
@@ -255,6 +262,50 @@ impl AgentState {
                 t.1 += bad;
             }
         }
+    }
+
+    /// Upgrade handoff: feeds the engine, once, what an older build's maps
+    /// counted beyond the checkpoint cursor the old agent saved for them
+    /// (`epoch`; all of it when the cursor is of other maps). The request
+    /// table holds the old maps' final counts when this is called; the
+    /// caller empties it after. See `probe::handoff`.
+    pub fn feed_handoff(&mut self, epoch: u64, now: u64) {
+        let prior = self.prior_cursor.take().filter(|c| c.epoch == epoch);
+        let mut consumed: SloTenantMap<(u64, u64)> = SloTenantMap::default();
+        let mut covered: HashSet<SloId> = self.engine.slos().iter().map(|s| s.id).collect();
+        if let Some(c) = prior {
+            covered.retain(|id| {
+                self.engine
+                    .slos()
+                    .get(*id)
+                    .is_some_and(|s| c.slos.get(&*s.name) == Some(&s.data_fingerprint))
+            });
+            for (name, tenant, good, bad) in c.consumed {
+                if let Some(id) = self.engine.slo_id(name.as_str()) {
+                    consumed.insert((id, Arc::from(tenant.as_str())), (good, bad));
+                }
+            }
+        }
+        let mut totals = SloTenantMap::default();
+        self.slo_totals(&mut totals);
+        for (key, (good, bad)) in totals {
+            if !covered.contains(&key.0) {
+                continue;
+            }
+            let (g0, b0) = consumed.get(&key).copied().unwrap_or((0, 0));
+            let (dg, db) = (good.saturating_sub(g0), bad.saturating_sub(b0));
+            if dg + db > 0 {
+                let _ = self.engine.record_shared(now, key.0, &key.1, dg, db);
+            }
+        }
+    }
+
+    /// Classifies every request series against every SLO of its service and
+    /// feeds the engine the (good, bad) counts that are new since the last
+    /// call. Work is per series, not per request.
+    pub fn feed_engine(&mut self, now: u64) {
+        let mut totals = std::mem::take(&mut self.feed_totals);
+        self.slo_totals(&mut totals);
         for (key, (good, bad)) in totals.drain() {
             let prev = self.slo_events.entry(key.clone()).or_insert((0, 0));
             // The kernel's counters only grow while this process runs (its

@@ -7,6 +7,9 @@
 mod batch;
 pub mod btf;
 pub mod features;
+pub mod guard;
+pub mod handoff;
+pub mod lock;
 pub mod pins;
 pub mod preflight;
 mod program_stats;
@@ -78,6 +81,15 @@ pub struct Probe {
     /// requests made while no agent runs).
     _held_links: Vec<TracePointLink>,
 }
+    /// The pin root's lock and every pinned object, held and checked each
+    /// poll ([`Probe::check_kernel_side`], see [`guard`]).
+    guard: Option<guard::Guard>,
+    /// Upgrade: the final counts of an older build's maps, for the SLO
+    /// engine's first feed (`handoff.rs`). Taken by the agent at start.
+    pub handoff: Vec<handoff::Handoff>,
+    /// A fault of the kernel side the agent does not repair: why, and
+    /// since when (the agent answers not ready, then exits).
+    broken: Option<(String, Instant)>,
 
 /// Up to this many `COUNTS` keys are looked up one by one (a syscall each)
 /// rather than walking the whole map.
@@ -128,6 +140,11 @@ impl Probe {
     pub fn load(
         config: &AgentConfig,
         service_ports: &[(u16, u32)],
+/// When set to 16 hex digits, the build id the pins are made under instead
+/// of the eBPF object's hash: a debug switch that makes this binary act as
+/// another build (an upgrade) towards the pins of a previous run.
+pub const BUILD_ID_ENV: &str = "BURNWATCH_DEBUG_BUILD_ID";
+
         pin_root: &Path,
     ) -> Result<Probe> {
         preflight::run()?;
@@ -135,7 +152,14 @@ impl Probe {
         // a failed raise (no CAP_SYS_RESOURCE) is not fatal.
         raise_memlock();
 
-        let pins = Pins::new(pin_root, &pins::build_id(EBPF_OBJECT));
+        // One agent per pin root (lock.rs), before anything under it is
+        // read or changed: a second agent refuses here, naming the first.
+        let lock = lock::PinRootLock::acquire(pin_root)?;
+        let build = std::env::var(BUILD_ID_ENV)
+            .ok()
+            .filter(|b| pins::is_build_dir(b))
+            .unwrap_or_else(|| pins::build_id(EBPF_OBJECT));
+        let pins = Pins::new(pin_root, &build);
         pins.create_dirs()?;
         let mut probe = match Probe::open_pinned(&pins, true, None) {
             Ok(p) => {
@@ -167,7 +191,12 @@ impl Probe {
             .capabilities
             .iter()
             .filter(|(_, up)| !up)
+        // Upgrade: the old build's counts since its agent's last read are
+        // read once its pins are gone and its programs detached; ours count
+        // nothing until `configure` writes their config (handoff.rs).
+        let old_counts = handoff::open_other_builds(&pins);
             .map(|(f, _)| *f)
+        probe.handoff = handoff::read(old_counts);
             .collect();
         info!(probes = ?probe.attached, pins = %pins.dir.display(), ?down, "eBPF programs attached");
         Ok(probe)
@@ -277,6 +306,9 @@ impl Probe {
             .service_ports
             .keys()
             .filter_map(|k| k.ok())
+            guard: None,
+            handoff: Vec::new(),
+            broken: None,
             .filter(|k| !service_ports.iter().any(|(p, _)| p == k))
             .collect();
         for port in stale {

@@ -40,7 +40,7 @@ pub fn build_id(object: &[u8]) -> String {
 }
 
 /// Is `name` a directory this module created under the pin root?
-fn is_build_dir(name: &str) -> bool {
+pub(super) fn is_build_dir(name: &str) -> bool {
     name.len() == 16 && name.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
