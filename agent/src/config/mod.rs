@@ -46,6 +46,9 @@ pub struct Config {
     /// this config file).
     #[serde(default)]
     pub openslo: Vec<PathBuf>,
+    /// The HTTP API's authentication and TLS (see `config::api`).
+    #[serde(default)]
+    pub api: api::Api,
 }
 
 /// Durable state: where the SLO windows are checkpointed.
@@ -253,6 +256,7 @@ impl Default for Config {
             budget_policy: BudgetPolicy::default(),
             state: State::default(),
             openslo: Vec::new(),
+            api: api::Api::default(),
         }
     }
 }
@@ -352,6 +356,7 @@ impl Config {
             .exporters
             .labels
             .expand_env()
+            .and_then(|()| api::listen_from_env(&mut config.exporters.prometheus.listen))
             .and_then(|()| config.validate())
             .map_err(|(field, message)| ConfigError {
                 line: locate_field(text, &field),
@@ -491,6 +496,7 @@ impl Config {
             (None, None) => {}
         }
         kubernetes::validate(self)?;
+        api::validate(&self.api)?;
         if !valid_label_value(&self.tenant.missing) {
             return Err((
                 "tenant.missing".into(),
@@ -607,6 +613,7 @@ fn locate_field(text: &str, field: &str) -> Option<u32> {
     Some(start as u32 + 1)
 }
 
+pub mod api;
 pub mod export;
 pub mod kubernetes;
 pub mod openslo;

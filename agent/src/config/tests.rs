@@ -93,3 +93,120 @@ fn openslo_files_add_slos() {
     assert_eq!(e.line, Some(2), "{e}");
     assert!(e.to_string().contains("missing.yaml"), "{e}");
 }
+
+#[test]
+fn api_auth_and_tls_files_are_checked_with_field_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let c = parse(&format!(
+        "api:\n  auth:\n    bearer_token_file: {}\n",
+        token.display()
+    ))
+    .unwrap();
+    assert_eq!(
+        c.api.auth.unwrap().bearer_token_file,
+        token,
+        "the token file is kept as given"
+    );
+    assert_eq!(api::read_token(&token).unwrap(), b"s3cret");
+    assert_eq!(parse("").unwrap().api, api::Api::default());
+
+    let missing = dir.path().join("nope");
+    let e = parse(&format!(
+        "tenant:\n  missing: unknown\napi:\n  auth:\n    bearer_token_file: {}\n",
+        missing.display()
+    ))
+    .unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("api.auth.bearer_token_file"));
+    assert_eq!(e.line, Some(5), "{e}");
+    assert!(e.to_string().contains("cannot read"), "{e}");
+
+    std::fs::write(&token, "\n").unwrap();
+    let e = parse(&format!(
+        "api:\n  auth:\n    bearer_token_file: {}\n",
+        token.display()
+    ))
+    .unwrap_err();
+    assert_eq!(e.line, Some(3), "{e}");
+    assert!(e.to_string().contains("empty"), "{e}");
+    std::fs::write(&token, "two words").unwrap();
+    assert!(
+        parse(&format!(
+            "api:\n  auth:\n    bearer_token_file: {}\n",
+            token.display()
+        ))
+        .is_err()
+    );
+
+    // A misspelt key is named with its line.
+    let e = parse("api:\n  auth:\n    token_file: /x\n").unwrap_err();
+    assert!(e.to_string().starts_with("burnwatch.yaml:3"), "{e}");
+    assert!(e.to_string().contains("token_file"), "{e}");
+
+    // TLS: files that are not PEM name the field that points at them.
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "hello\n").unwrap();
+    let e = parse(&format!(
+        "api:\n  tls:\n    cert_file: {0}\n    key_file: {0}\n",
+        not_pem.display()
+    ))
+    .unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("api.tls.cert_file"));
+    assert_eq!(e.line, Some(3), "{e}");
+    let e = parse("api:\n  tls:\n    cert_file: /x.pem\n").unwrap_err();
+    assert!(e.to_string().contains("key_file"), "{e}");
+}
+
+#[test]
+fn api_tls_loads_a_certificate_and_its_key_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let openssl = |name: &str| {
+        let ok = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .arg("ec_paramgen_curve:P-256")
+            .args(["-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout"])
+            .arg(dir.path().join(format!("{name}.key")))
+            .arg("-out")
+            .arg(dir.path().join(format!("{name}.crt")))
+            .output()
+            .is_ok_and(|o| o.status.success());
+        ok.then(|| {
+            (
+                dir.path().join(format!("{name}.crt")),
+                dir.path().join(format!("{name}.key")),
+            )
+        })
+    };
+    let (Some((crt, key)), Some((_, other_key))) = (openssl("a"), openssl("b")) else {
+        eprintln!("no openssl: skipped");
+        return;
+    };
+    let yaml = |crt: &Path, key: &Path| {
+        format!(
+            "api:\n  tls:\n    cert_file: {}\n    key_file: {}\n",
+            crt.display(),
+            key.display()
+        )
+    };
+    let c = parse(&yaml(&crt, &key)).unwrap();
+    assert!(api::load_tls(c.api.tls.as_ref().unwrap()).is_ok());
+    let e = parse(&yaml(&crt, &other_key)).unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("api.tls.key_file"));
+    assert_eq!(e.line, Some(4), "{e}");
+    // The key where the certificate belongs.
+    let e = parse(&yaml(&key, &key)).unwrap_err();
+    assert_eq!(e.field.as_deref(), Some("api.tls.cert_file"), "{e}");
+}
+
+#[test]
+fn listen_override_takes_an_address_or_a_bare_ip() {
+    let p = |s: &str| api::parse_listen_override(s, 9464).map(|a| a.to_string());
+    assert_eq!(p("10.1.2.3").as_deref(), Some("10.1.2.3:9464"));
+    assert_eq!(p("10.1.2.3:9500").as_deref(), Some("10.1.2.3:9500"));
+    assert_eq!(p("fd00::7").as_deref(), Some("[fd00::7]:9464"));
+    assert_eq!(p("[fd00::7]").as_deref(), Some("[fd00::7]:9464"));
+    assert_eq!(p("[fd00::7]:9500").as_deref(), Some("[fd00::7]:9500"));
+    assert_eq!(p("node-1:9464"), None);
+    assert_eq!(p("10.1.2.3:99999"), None);
+}
