@@ -263,6 +263,7 @@ async fn run_async(config: Config, config_path: Option<&Path>, cleanup: bool) ->
             config.exporters.labels.pairs(),
         ),
         stats.clone(),
+        config.api.clone(),
     ));
 
     let mut names = ServiceNames::new(config.services.iter().map(|s| s.name.clone()))

@@ -14,9 +14,13 @@ use std::sync::{Arc, RwLock};
 use anyhow::{Context, Result};
 use axum::{
     Json, Router,
-    extract::{Path, Query, State},
+    extract::{
+        Path, Query, Request, State,
+        rejection::{PathRejection, QueryRejection},
+    },
     http::{HeaderMap, StatusCode, header},
-    response::IntoResponse,
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
     routing::get,
 };
 use prometheus_client::registry::Registry;
@@ -65,21 +69,162 @@ pub fn router(
         .route("/v1/slos/{slo}/tenants/{tenant}", get(series_detail))
         .merge(page::routes())
         .route("/v1/slo", get(slo_series))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(json_errors_under_v1))
         .with_state(ctx)
 }
 
+/// Is `path` the JSON API's?
+fn is_v1(path: &str) -> bool {
+    path == "/v1" || path.starts_with("/v1/")
+}
+
+/// A JSON error (`{"error": "..."}`) with `status`.
+fn json_error(status: StatusCode, error: impl Into<String>) -> Response {
+    (
+        status,
+        Json(types::ApiError {
+            error: error.into(),
+        }),
+    )
+        .into_response()
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    if is_v1(uri.path()) {
+        json_error(
+            StatusCode::NOT_FOUND,
+            format!("no such API route: {}", uri.path()),
+        )
+    } else {
+        (StatusCode::NOT_FOUND, "not found\n").into_response()
+    }
+}
+
+async fn method_not_allowed(uri: axum::http::Uri) -> Response {
+    let text = format!("method not allowed on {}: the API takes GET", uri.path());
+    if is_v1(uri.path()) {
+        json_error(StatusCode::METHOD_NOT_ALLOWED, text)
+    } else {
+        (StatusCode::METHOD_NOT_ALLOWED, text + "\n").into_response()
+    }
+}
+
+/// Every error answer under `/v1` is JSON, whoever produced it (an
+/// extractor's rejection, a fallback, a handler): a plain-text error body
+/// becomes the `error` string. Bodies are small (errors), read up to 64 KiB.
+async fn json_errors_under_v1(req: Request, next: Next) -> Response {
+    if !is_v1(req.uri().path()) {
+        return next.run(req).await;
+    }
+    let response = next.run(req).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let body = axum::body::to_bytes(response.into_body(), 64 << 10)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).trim().to_string();
+    let text = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase()
+    } else {
+        text
+    };
+    json_error(status, text)
+}
+
+/// A query string that does not fit: 400 with what is wrong, in JSON.
+fn bad_query(e: &QueryRejection) -> Response {
+    json_error(StatusCode::BAD_REQUEST, e.body_text())
+}
+
 /// Binds `listen` (fails fast with a clear error when the port is taken).
+/// Raises the soft open-file limit to the hard one first: the API holds up
+/// to [`server::LIMITS`]`.connections` sockets beside the kernel maps'
+/// descriptors, more than the usual soft limit of 1024 leaves room for.
 pub async fn bind(listen: SocketAddr) -> Result<TcpListener> {
+    raise_nofile_limit();
     TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))
 }
 
-/// Serves the API with the connection limits of [`server::LIMITS`].
-pub async fn serve(listener: TcpListener, router: Router, stats: Arc<SelfStats>) -> Result<()> {
-    server::serve(listener, router, stats, server::LIMITS)
+fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a valid struct of the process's own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let old = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::warn!(
+                    "cannot raise the open-file limit from {old}: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}
+
+/// Serves the API with the connection limits of [`server::LIMITS`] and the
+/// config's `api` section (token, TLS; both read again when their files
+/// change).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    stats: Arc<SelfStats>,
+    api: crate::config::api::Api,
+) -> Result<()> {
+    server::serve(listener, router, stats, server::LIMITS, security(&api)?)
         .await
         .context("HTTP server")
+}
+
+/// The server's view of `api`: the token and the TLS config, loaded now
+/// (the config was validated: an error here is a file changed since).
+fn security(api: &crate::config::api::Api) -> Result<server::Security> {
+    use crate::config::api;
+    let token = match &api.auth {
+        Some(a) => {
+            let path = a.bearer_token_file.clone();
+            Some(Arc::new(
+                server::FileBacked::new(
+                    "api.auth.bearer_token_file",
+                    vec![path.clone()],
+                    move || api::read_token(&path),
+                )
+                .map_err(|e| anyhow::anyhow!("api.auth.bearer_token_file: {e}"))?,
+            ))
+        }
+        None => None,
+    };
+    let tls = match &api.tls {
+        Some(t) => {
+            let files = vec![t.cert_file.clone(), t.key_file.clone()];
+            let t = t.clone();
+            Some(Arc::new(
+                server::FileBacked::new("api.tls", files, move || {
+                    api::load_tls(&t).map_err(|(field, m)| format!("{field}: {m}"))
+                })
+                .map_err(|e| anyhow::anyhow!("api.tls: {e}"))?,
+            ))
+        }
+        None => None,
+    };
+    Ok(server::Security { token, tls })
 }
 
 /// OpenMetrics when the scraper asks for it, the classic text format
@@ -239,7 +384,11 @@ fn default_risk() -> Risk {
 
 /// The release gate: may a change of this risk ship for this (slo, tenant)?
 /// `GET /v1/gate?slo=S&tenant=T&risk=low|medium|high` -> JSON decision.
-async fn gate(State(ctx): State<Ctx>, Query(q): Query<GateQuery>) -> impl IntoResponse {
+async fn gate(State(ctx): State<Ctx>, q: Result<Query<GateQuery>, QueryRejection>) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return bad_query(&e),
+    };
     let st = ctx.state.read().unwrap_or_else(|e| e.into_inner());
     let Some(id) = st.engine.slo_id(&q.slo) else {
         return (
@@ -273,8 +422,12 @@ async fn slos(State(ctx): State<Ctx>) -> impl IntoResponse {
 /// One series with its windows and burn-rate history.
 async fn series_detail(
     State(ctx): State<Ctx>,
-    Path((slo, tenant)): Path<(String, String)>,
-) -> impl IntoResponse {
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Response {
+    let (slo, tenant) = match path {
+        Ok(Path(p)) => p,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
     let st = ctx.state.read().unwrap_or_else(|e| e.into_inner());
     match views::detail(&st, &ctx.node, &slo, &tenant) {
         Ok(d) => Json(d).into_response(),
@@ -290,7 +443,14 @@ struct SeriesQuery {
 
 /// One (SLO, tenant) series as the engine holds it: windows' good and bad
 /// counts, burn rates, budget. `GET /v1/slo?slo=S&tenant=T` -> JSON.
-async fn slo_series(State(ctx): State<Ctx>, Query(q): Query<SeriesQuery>) -> impl IntoResponse {
+async fn slo_series(
+    State(ctx): State<Ctx>,
+    q: Result<Query<SeriesQuery>, QueryRejection>,
+) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return bad_query(&e),
+    };
     let st = ctx.state.read().unwrap_or_else(|e| e.into_inner());
     let snapshot = st
         .engine

@@ -256,6 +256,18 @@ pub struct ApiCounters {
     pub timed_out: AtomicU64,
     /// `/metrics` requests answered 503: too many scrapes in flight.
     pub scrapes_refused: AtomicU64,
+    /// Idle connections closed to make room for a new one (the connection
+    /// budget, or the client's, was full).
+    pub evicted: AtomicU64,
+    /// Connections closed at once: the budget was full of connections with
+    /// a request in flight.
+    pub refused: AtomicU64,
+    /// Requests answered 401 (`api.auth`: no or a wrong token).
+    pub unauthorized: AtomicU64,
+    /// TLS handshakes that failed (`api.tls`).
+    pub tls_failed: AtomicU64,
+    /// Connections open now (a gauge).
+    pub connections: AtomicU64,
 }
 
 /// What one push exporter did.

@@ -449,17 +449,32 @@ fn encode_self_stats(s: &SelfStats, enc: &mut DescriptorEncoder) -> Result<(), f
     let mut m = enc.encode_descriptor(
         "burnwatch_api_rejected",
         "API requests and connections the agent turned away: scrapes over the in-flight cap \
-(answered 503), connections that sent no request head in time, sat idle, or stopped reading.",
+(answered 503), connections that sent no request head in time, sat idle, or stopped reading, \
+idle connections closed to make room for new ones (idle_evicted), connections refused with \
+every slot busy (connection_limit), requests without the API token (unauthorized), failed TLS \
+handshakes (tls_handshake).",
         None,
         MetricType::Counter,
     )?;
     for (reason, c) in [
         ("scrapes_in_flight", &s.api.scrapes_refused),
         ("timeout", &s.api.timed_out),
+        ("idle_evicted", &s.api.evicted),
+        ("connection_limit", &s.api.refused),
+        ("unauthorized", &s.api.unauthorized),
+        ("tls_handshake", &s.api.tls_failed),
     ] {
         m.encode_family(&[("reason", reason)])?
             .encode_counter::<NoLabelSet, _, u64>(&c.load(Ordering::Relaxed), None)?;
     }
+
+    enc.encode_descriptor(
+        "burnwatch_api_connections",
+        "Connections open to the agent's HTTP port.",
+        None,
+        MetricType::Gauge,
+    )?
+    .encode_gauge(&(s.api.connections.load(Ordering::Relaxed) as i64))?;
 
     let sinks = [
         ("otlp", "metrics", &s.otlp_metrics),
