@@ -27,13 +27,12 @@ pub struct Args {
     /// How risky the change is.
     #[arg(long, value_parser = ["low", "medium", "high"], default_value = "medium")]
     pub risk: String,
-    /// The agent's HTTP address.
-    #[arg(long, env = "BURNWATCH_AGENT", default_value = super::DEFAULT_AGENT)]
-    pub agent: String,
+    #[command(flatten)]
+    pub api: super::client::AgentArgs,
 }
 
 pub fn run(args: &Args) -> ExitCode {
-    match Client::new(&args.agent).gate(&args.slo, &args.tenant, &args.risk) {
+    match Client::connect(&args.api).and_then(|c| c.gate(&args.slo, &args.tenant, &args.risk)) {
         Ok(answer) => {
             println!("{}: {}", answer.verdict, clean(&answer.reason, 400));
             ExitCode::from(match answer.verdict.as_str() {

@@ -21,16 +21,15 @@ Examples:
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The agent's HTTP address.
-    #[arg(long, env = "BURNWATCH_AGENT", default_value = super::DEFAULT_AGENT)]
-    pub agent: String,
+    #[command(flatten)]
+    pub api: super::client::AgentArgs,
     /// Print the agent's JSON (`/v1/slos`) for scripts.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    let mut data = Client::new(&args.agent).slos()?;
+    let mut data = Client::connect(&args.api)?.slos()?;
     sort_by_burn(&mut data.series);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&data)?);

@@ -31,9 +31,8 @@ const REFRESH: Duration = Duration::from_secs(1);
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The agent's HTTP address.
-    #[arg(long, env = "BURNWATCH_AGENT", default_value = super::DEFAULT_AGENT)]
-    pub agent: String,
+    #[command(flatten)]
+    pub api: super::client::AgentArgs,
 }
 
 struct View {
@@ -44,14 +43,14 @@ struct View {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    let client = Client::new(&args.agent);
+    let client = Client::connect(&args.api)?;
     // try_init() enters the alternate screen and raw mode, and restores the terminal
     // on panic; restore() undoes it on every other way out.
     if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         anyhow::bail!("top draws on a terminal; for scripts use `burnwatch status --json`");
     }
     let mut terminal = ratatui::try_init()?;
-    let result = event_loop(&mut terminal, &client, &args.agent);
+    let result = event_loop(&mut terminal, &client, &args.api.agent);
     ratatui::restore();
     result
 }
