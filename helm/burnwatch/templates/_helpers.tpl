@@ -48,9 +48,11 @@ app.kubernetes.io/component: node-agent
 {{- end }}
 
 {{/*
-The agent's burnwatch.yaml: .Values.config with the two settings the pod
-spec depends on forced: the HTTP listener (probes and scrapes use `port`)
-and the state directory (the hostPath mount).
+The agent's burnwatch.yaml: .Values.config with the settings the pod spec
+depends on forced: the HTTP listener (probes and scrapes use `port`; the
+address is the pod's IP through BURNWATCH_LISTEN unless listenOn is all),
+the state directory (the hostPath mount), and api.auth / api.tls pointing at
+the mounted Secrets when api.*.existingSecret are set.
 */}}
 {{- define "burnwatch.config" -}}
 {{- $config := deepCopy .Values.config }}
@@ -59,8 +61,23 @@ and the state directory (the hostPath mount).
 {{- $_ := set $prom "listen" (printf "0.0.0.0:%d" (int .Values.port)) }}
 {{- $_ = set $exporters "prometheus" $prom }}
 {{- $_ = set $config "exporters" $exporters }}
+{{- if or .Values.api.auth.existingSecret .Values.api.tls.existingSecret }}
+{{- $api := get $config "api" | default dict }}
+{{- if .Values.api.auth.existingSecret }}
+{{- $_ = set $api "auth" (dict "bearer_token_file" (printf "/run/secrets/burnwatch/api-auth/%s" .Values.api.auth.key)) }}
+{{- end }}
+{{- if .Values.api.tls.existingSecret }}
+{{- $_ = set $api "tls" (dict "cert_file" "/run/secrets/burnwatch/api-tls/tls.crt" "key_file" "/run/secrets/burnwatch/api-tls/tls.key") }}
+{{- end }}
+{{- $_ = set $config "api" $api }}
+{{- end }}
 {{- $state := get $config "state" | default dict }}
 {{- $_ = set $state "dir" "/var/lib/burnwatch" }}
 {{- $_ = set $config "state" $state }}
 {{- toYaml $config }}
+{{- end }}
+
+{{/* http or https: the API's scheme (api.tls). */}}
+{{- define "burnwatch.scheme" -}}
+{{- if .Values.api.tls.existingSecret }}https{{ else }}http{{ end }}
 {{- end }}
