@@ -369,3 +369,67 @@ pub fn config_with_tenant(services: &[(&str, u16)], tenant_block: &str) -> Strin
     c.push_str(tenant_block);
     c
 }
+
+impl Agent {
+    /// Like [`Agent::start_with_env`] (no state directory, exporters or
+    /// extra arguments), but ready when `ready(metrics_port)` says so: an
+    /// agent serving HTTPS (`api.tls`) or bound to another address
+    /// (`BURNWATCH_LISTEN`) does not answer the plain 127.0.0.1 probe.
+    pub fn start_ready_by(
+        config_body: &str,
+        env: &[(&str, &str)],
+        ready: &dyn Fn(u16) -> bool,
+    ) -> Agent {
+        remove_stale_test_pins();
+        let pins = pin_root_for(None);
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("state");
+        let metrics_port = free_port();
+        let config = dir.path().join("burnwatch.yaml");
+        let suffix = format!(
+            "\nexporters:\n  prometheus:\n    listen: 127.0.0.1:{metrics_port}\n\
+state:\n  dir: {}\n  checkpoint_interval_secs: 2\n  bpffs_dir: {}\n",
+            state_dir.display(),
+            pins.display()
+        );
+        std::fs::write(&config, format!("{config_body}{suffix}")).unwrap();
+        let log_path = dir.path().join("agent.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let bin = binary();
+        assert!(bin.exists(), "agent binary {} not built", bin.display());
+        let child = Command::new(&bin)
+            .args(["run", "--config"])
+            .arg(&config)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the agent");
+        let mut agent = Agent {
+            child,
+            metrics_port,
+            log_path,
+            config_path: config,
+            config_suffix: suffix,
+            pins,
+            keep_pins: false,
+            _dir: dir,
+        };
+        let up = wait_for(Duration::from_secs(180), || {
+            if let Ok(Some(status)) = agent.child.try_wait() {
+                panic!("agent exited with {status}:\n{}", agent.log());
+            }
+            ready(metrics_port).then_some(())
+        });
+        assert!(up.is_some(), "agent not ready in 180 s:\n{}", agent.log());
+        agent
+    }
+}
+
+impl Agent {
+    /// Waits up to `timeout` for the agent to exit on its own; its exit
+    /// status, or `None` while it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        wait_for(timeout, || self.child.try_wait().ok().flatten())
+    }
+}
