@@ -10,9 +10,14 @@ use std::sync::{Arc, RwLock};
 
 use burnwatch_common::maps::{conn_event, counter};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeCounterValue, EncodeExemplarValue, EncodeGaugeValue, EncodeLabel,
+    EncodeLabelSet, EncodeLabelValue, LabelSetEncoder, LabelValueEncoder, MetricEncoder,
+    NoLabelSet,
+};
 use prometheus_client::metrics::MetricType;
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::exemplar::Exemplar;
+use prometheus_client::registry::{Registry, Unit};
 
 use super::CAPABILITY_HELP;
 use crate::attribution::pods::PodLabels;
@@ -38,19 +43,253 @@ impl fmt::Debug for StateCollector {
 }
 
 /// A registry with every burnwatch metric family; `labels` (the config's
-/// `environment`, `cluster`, `node`) are added to every series.
+/// `environment`, `cluster`, `node`) are added to every series. The
+/// registry writes them as given, so their values are escaped here, once
+/// (with [`write_label_value`], like every other label value).
 pub fn registry(
     state: Arc<RwLock<AgentState>>,
     stats: Arc<SelfStats>,
     labels: Vec<(&'static str, String)>,
 ) -> Registry {
-    let mut r = Registry::with_labels(
-        labels
-            .into_iter()
-            .map(|(k, v)| (Cow::Borrowed(k), Cow::Owned(v))),
-    );
+    let mut r = registry_with_labels(labels);
     r.register_collector(Box::new(StateCollector { state, stats }));
     r
+}
+
+fn registry_with_labels(labels: Vec<(&'static str, String)>) -> Registry {
+    Registry::with_labels(
+        labels
+            .into_iter()
+            .map(|(k, v)| (Cow::Borrowed(k), Cow::Owned(escape_label_value(&v)))),
+    )
+}
+
+// Label values.
+//
+// `prometheus-client` 0.24 writes label values as given: a tenant id with a
+// `"` or a trailing `\` made the whole exposition unparseable, and one with
+// `",x="y` added labels. Both text formats escape label values alike
+// (`\` as `\\`, `"` as `\"`, newline as `\n`; everything else is UTF-8 as
+// is), so the escaping is the same for both and done here, once: the
+// collector never touches `prometheus-client`'s encoders, only [`Encoder`],
+// [`Metric`] and [`Series`], which take label sets only as
+// [`LabelPairs`] (static names, string values) and escape every value as
+// it is written. A label added anywhere in the collector is escaped; there
+// is no way to write a raw one. Control characters and invalid UTF-8 are
+// replaced upstream, where the bytes become strings
+// (`attribution::tenant_label`).
+
+/// Writes `value` as a label value's text between its quotes: escaped in
+/// pieces straight into `w`, no allocation; one scan and one write when
+/// nothing needs escaping (nearly always).
+pub fn write_label_value<W: fmt::Write + ?Sized>(w: &mut W, value: &str) -> fmt::Result {
+    if !needs_escape(value.as_bytes()) {
+        return w.write_str(value);
+    }
+    let mut rest = value;
+    while let Some(i) = rest.bytes().position(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+        if i > 0 {
+            w.write_str(&rest[..i])?;
+        }
+        w.write_str(match rest.as_bytes()[i] {
+            b'\\' => "\\\\",
+            b'"' => "\\\"",
+            _ => "\\n",
+        })?;
+        // The byte at `i` is ASCII: `i + 1` is a character boundary.
+        rest = &rest[i + 1..];
+    }
+    w.write_str(rest)
+}
+
+/// Whether `bytes` hold a `\`, `"` or newline: eight bytes at a time
+/// (this runs for every label of every series of a scrape).
+fn needs_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // A high bit set in each byte of `x` equal to `b` (and maybe in
+    // bytes above one that is: enough to tell whether any is).
+    let has = |x: u64, b: u8| {
+        let y = x ^ (ONES * u64::from(b));
+        y.wrapping_sub(ONES) & !y & HIGHS
+    };
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let x = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        if has(x, b'\\') | has(x, b'"') | has(x, b'\n') != 0 {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|b| matches!(b, b'\\' | b'"' | b'\n'))
+}
+
+/// [`write_label_value`] into a new string (for values escaped once, such
+/// as the registry's constant labels).
+pub fn escape_label_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    // Writing into a String cannot fail.
+    let _ = write_label_value(&mut out, value);
+    out
+}
+
+/// A label value that is escaped as it is encoded.
+#[derive(Clone, Copy, Debug)]
+pub struct Escaped<'a>(pub &'a str);
+
+impl EncodeLabelValue for Escaped<'_> {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+        write_label_value(encoder, self.0)
+    }
+}
+
+/// The label sets the collector writes: `[("service", name), ...]` (names
+/// are static: only values come from outside), a slice of such pairs, or
+/// two sets one after the other (a series' own labels, then its pod's).
+pub trait LabelPairs {
+    fn encode_escaped(&self, encoder: &mut LabelSetEncoder) -> Result<(), fmt::Error>;
+}
+
+fn encode_pairs(
+    pairs: &[(&'static str, &str)],
+    encoder: &mut LabelSetEncoder,
+) -> Result<(), fmt::Error> {
+    for (name, value) in pairs {
+        debug_assert!(
+            name.bytes().enumerate().all(|(i, b)| b == b'_'
+                || b.is_ascii_alphabetic()
+                || (i > 0 && b.is_ascii_digit())),
+            "label name {name:?}"
+        );
+        (*name, Escaped(value)).encode(encoder.encode_label())?;
+    }
+    Ok(())
+}
+
+impl<const N: usize> LabelPairs for [(&'static str, &str); N] {
+    fn encode_escaped(&self, encoder: &mut LabelSetEncoder) -> Result<(), fmt::Error> {
+        encode_pairs(self, encoder)
+    }
+}
+
+impl LabelPairs for [(&'static str, &str)] {
+    fn encode_escaped(&self, encoder: &mut LabelSetEncoder) -> Result<(), fmt::Error> {
+        encode_pairs(self, encoder)
+    }
+}
+
+impl<T: LabelPairs + ?Sized> LabelPairs for &T {
+    fn encode_escaped(&self, encoder: &mut LabelSetEncoder) -> Result<(), fmt::Error> {
+        (**self).encode_escaped(encoder)
+    }
+}
+
+impl<A: LabelPairs, B: LabelPairs> LabelPairs for (A, B) {
+    fn encode_escaped(&self, encoder: &mut LabelSetEncoder) -> Result<(), fmt::Error> {
+        self.0.encode_escaped(encoder)?;
+        self.1.encode_escaped(encoder)
+    }
+}
+
+/// [`LabelPairs`] as `prometheus-client` takes label sets.
+struct Escaping<'a, S: ?Sized>(&'a S);
+
+impl<S: LabelPairs + ?Sized> EncodeLabelSet for Escaping<'_, S> {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), fmt::Error> {
+        self.0.encode_escaped(encoder)
+    }
+}
+
+/// Label sets of exemplars: none (the agent writes no exemplars; an
+/// exemplar's labels would bypass the escaping).
+pub trait NoExemplar: EncodeLabelSet {}
+impl NoExemplar for NoLabelSet {}
+
+/// The collector's descriptor encoder: `prometheus-client`'s, with every
+/// label value escaped. Same method names and arguments, so the collector
+/// reads as plain `prometheus-client` code.
+pub struct Encoder<'a>(DescriptorEncoder<'a>);
+
+impl Encoder<'_> {
+    pub fn encode_descriptor<'s>(
+        &'s mut self,
+        name: &'s str,
+        help: &str,
+        unit: Option<&'s Unit>,
+        metric_type: MetricType,
+    ) -> Result<Metric<'s>, fmt::Error> {
+        Ok(Metric(self.0.encode_descriptor(
+            name,
+            help,
+            unit,
+            metric_type,
+        )?))
+    }
+}
+
+/// One metric family being encoded (see [`Encoder`]).
+pub struct Metric<'a>(MetricEncoder<'a>);
+
+impl<'a> Metric<'a> {
+    /// The series of this family with `labels`.
+    pub fn encode_family<'s, S: LabelPairs + ?Sized>(
+        &'s mut self,
+        labels: &'s S,
+    ) -> Result<Series<'s, 'a, S>, fmt::Error> {
+        Ok(Series {
+            metric: &mut self.0,
+            labels,
+        })
+    }
+
+    /// A gauge without labels of its own (label-less counters and
+    /// histograms are not needed yet).
+    pub fn encode_gauge<V: EncodeGaugeValue>(&mut self, v: &V) -> Result<(), fmt::Error> {
+        self.0.encode_gauge(v)
+    }
+
+    pub fn encode_info<S: LabelPairs + ?Sized>(&mut self, labels: &S) -> Result<(), fmt::Error> {
+        self.0.encode_info(&Escaping(labels))
+    }
+}
+
+/// One labelled series of a family: its value methods encode the labels,
+/// escaped, then the value (nothing allocated).
+pub struct Series<'s, 'a, S: ?Sized> {
+    metric: &'s mut MetricEncoder<'a>,
+    labels: &'s S,
+}
+
+impl<S: LabelPairs + ?Sized> Series<'_, '_, S> {
+    pub fn encode_counter<X: NoExemplar, V: EncodeCounterValue, E: EncodeExemplarValue>(
+        &mut self,
+        v: &V,
+        _exemplar: Option<&Exemplar<X, E>>,
+    ) -> Result<(), fmt::Error> {
+        self.metric
+            .encode_family(&Escaping(self.labels))?
+            .encode_counter::<NoLabelSet, V, E>(v, None)
+    }
+
+    pub fn encode_gauge<V: EncodeGaugeValue>(&mut self, v: &V) -> Result<(), fmt::Error> {
+        self.metric
+            .encode_family(&Escaping(self.labels))?
+            .encode_gauge(v)
+    }
+
+    pub fn encode_histogram<X: NoExemplar>(
+        &mut self,
+        sum: f64,
+        count: u64,
+        buckets: &[(f64, u64)],
+        _exemplars: Option<&std::collections::HashMap<usize, Exemplar<X, f64>>>,
+    ) -> Result<(), fmt::Error> {
+        self.metric
+            .encode_family(&Escaping(self.labels))?
+            .encode_histogram::<NoLabelSet>(sum, count, buckets, None)
+    }
 }
 
 /// Encodes the registry in the OpenMetrics text format.
@@ -217,7 +456,9 @@ impl<W: std::io::Write> fmt::Write for ScrapeWriter<W> {
 }
 
 impl Collector for StateCollector {
-    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), fmt::Error> {
+    fn encode(&self, enc: DescriptorEncoder) -> Result<(), fmt::Error> {
+        // From here on only the escaping wrapper is in reach.
+        let mut enc = Encoder(enc);
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());
 
         let mut m = enc.encode_descriptor(
@@ -398,7 +639,7 @@ impl Collector for StateCollector {
 }
 
 /// The agent's own costs and the push exporters' health.
-fn encode_self_stats(s: &SelfStats, enc: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
+fn encode_self_stats(s: &SelfStats, enc: &mut Encoder) -> Result<(), fmt::Error> {
     let secs = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64 / 1e9;
     for (name, help, value) in [
         (
@@ -517,7 +758,7 @@ pub(crate) const STATUSES: [(BudgetStatus, &str); 5] = [
 ];
 
 /// The SLO families, from the engine's snapshots at the last evaluation.
-fn encode_slos(state: &AgentState, enc: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
+fn encode_slos(state: &AgentState, enc: &mut Encoder) -> Result<(), fmt::Error> {
     let now = state.now;
     let engine = &state.engine;
 
@@ -739,5 +980,274 @@ mod tests {
                 "{l}"
             );
         }
+    }
+
+    /// One sample line parsed strictly as both text formats define it:
+    /// `name{k="v",...} value`, values escaped only as `\\`, `\"`, `\n`.
+    fn parse_sample(line: &str) -> Result<(String, Vec<(String, String)>, String), String> {
+        let (name, rest) = line.split_once('{').ok_or("no labels")?;
+        let mut labels = Vec::new();
+        let mut chars = rest.chars();
+        loop {
+            let mut key = String::new();
+            loop {
+                match chars.next().ok_or("end in a label name")? {
+                    '=' => break,
+                    '}' if key.is_empty() => {
+                        let value: String = chars.collect();
+                        let value = value.strip_prefix(' ').ok_or("no value")?.to_string();
+                        if value.contains([' ', '{', '}', '"']) {
+                            return Err(format!("trailing text {value:?}"));
+                        }
+                        return Ok((name.to_string(), labels, value));
+                    }
+                    c if c == '_' || c.is_ascii_alphanumeric() => key.push(c),
+                    c => return Err(format!("{c:?} in a label name")),
+                }
+            }
+            if chars.next() != Some('"') {
+                return Err("no opening quote".into());
+            }
+            let mut value = String::new();
+            loop {
+                match chars.next().ok_or("unexpected end of label value")? {
+                    '"' => break,
+                    '\\' => match chars.next() {
+                        Some('\\') => value.push('\\'),
+                        Some('"') => value.push('"'),
+                        Some('n') => value.push('\n'),
+                        other => return Err(format!("bad escape {other:?}")),
+                    },
+                    '\n' => return Err("raw newline".into()),
+                    c => value.push(c),
+                }
+            }
+            labels.push((key, value));
+            match chars.next() {
+                Some(',') => {}
+                Some('}') => {
+                    let value: String = chars.collect();
+                    let value = value.strip_prefix(' ').ok_or("no value")?.to_string();
+                    if value.contains([' ', '{', '}', '"']) {
+                        return Err(format!("trailing text {value:?}"));
+                    }
+                    return Ok((name.to_string(), labels, value));
+                }
+                other => return Err(format!("{other:?} after a label value")),
+            }
+        }
+    }
+
+    #[test]
+    fn needs_escape_finds_every_special_byte_anywhere() {
+        for len in 0..20 {
+            for at in 0..len {
+                for (b, special) in [
+                    (b'"', true),
+                    (b'\\', true),
+                    (b'\n', true),
+                    (b'!', false),
+                    (0xdc, false),
+                    (0x5d, false),
+                    (0x0b, false),
+                    (0xa2, false),
+                ] {
+                    let mut v = vec![b'a'; len];
+                    v[at] = b;
+                    assert_eq!(needs_escape(&v), special, "{v:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        for (value, want) in [
+            ("acme", "acme"),
+            ("", ""),
+            ("\"", "\\\""),
+            ("\\", "\\\\"),
+            ("end\\", "end\\\\"),
+            ("a\nb", "a\\nb"),
+            ("\",tenant=\"x", "\\\",tenant=\\\"x"),
+            ("\\\"\n\\", "\\\\\\\"\\n\\\\"),
+            ("{}#= ünï €😀", "{}#= ünï €😀"),
+        ] {
+            assert_eq!(escape_label_value(value), want, "{value:?}");
+        }
+    }
+
+    /// Every string, as any label value of any family, and as a registry
+    /// label: each series is one line that parses back to the same values,
+    /// in both formats.
+    #[test]
+    fn any_label_value_round_trips_through_both_formats() {
+        const POOL: &[char] = &[
+            '"', '\\', '\n', '{', '}', ',', '=', '#', ' ', 'a', 'z', '0', '_', 'é', '€', '😀',
+            '\u{fffd}', '\r', '\t', '\u{7f}', '\u{9b}', '\u{2028}', '\u{0}',
+        ];
+        struct Hostile(Vec<String>);
+        impl fmt::Debug for Hostile {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("Hostile")
+            }
+        }
+        impl Collector for Hostile {
+            fn encode(&self, enc: DescriptorEncoder) -> Result<(), fmt::Error> {
+                let mut enc = Encoder(enc);
+                let mut m = enc.encode_descriptor("t_build", "B.", None, MetricType::Info)?;
+                m.encode_info(&[("version", self.0[0].as_str())])?;
+                let mut m = enc.encode_descriptor("t_requests", "R.", None, MetricType::Counter)?;
+                for v in &self.0 {
+                    let pod: [(&'static str, &str); 1] = [("pod", v)];
+                    m.encode_family(&([("tenant", v.as_str()), ("method", "GET")], &pod[..]))?
+                        .encode_counter::<NoLabelSet, _, u64>(&1u64, None)?;
+                }
+                let mut m = enc.encode_descriptor("t_ratio", "G.", None, MetricType::Gauge)?;
+                for v in &self.0 {
+                    m.encode_family(&[("slo", v.as_str()), ("tenant", v)])?
+                        .encode_gauge(&0.5)?;
+                }
+                let mut m =
+                    enc.encode_descriptor("t_seconds", "H.", None, MetricType::Histogram)?;
+                for v in &self.0 {
+                    m.encode_family(&[("tenant", v.as_str())])?
+                        .encode_histogram::<NoLabelSet>(1.0, 2, &[(0.1, 1), (f64::MAX, 2)], None)?;
+                }
+                Ok(())
+            }
+        }
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..300 {
+            let values: Vec<String> = (0..8)
+                .map(|_| {
+                    let len = (next() % 24) as usize;
+                    (0..len)
+                        .map(|_| POOL[(next() % POOL.len() as u64) as usize])
+                        .collect()
+                })
+                .collect();
+            let mut r = registry_with_labels(vec![("node", values[1].clone())]);
+            r.register_collector(Box::new(Hostile(values.clone())));
+            let om = encode(&r).unwrap();
+            for (format, text) in [("openmetrics", om.clone()), ("text", to_text_format(&om))] {
+                let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+                // info 1, counters 8, gauges 8, histograms 8 x (sum, count, 2 buckets)
+                assert_eq!(samples.len(), 1 + 8 + 8 + 32, "{format} {values:?}\n{text}");
+                let (mut counters, mut gauges) = (0, 0);
+                for line in samples {
+                    let (name, labels, _) = parse_sample(line)
+                        .unwrap_or_else(|e| panic!("{format} round {round}: {e}: {line:?}"));
+                    assert_eq!(
+                        labels[0],
+                        ("node".to_string(), values[1].clone()),
+                        "{line:?}"
+                    );
+                    let got: Vec<&str> = labels[1..].iter().map(|(_, v)| v.as_str()).collect();
+                    match name.as_str() {
+                        "t_build_info" => assert_eq!(got, [&values[0]]),
+                        "t_requests_total" => {
+                            let v = &values[counters];
+                            assert_eq!(got, [v.as_str(), "GET", v.as_str()], "{line:?}");
+                            counters += 1;
+                        }
+                        "t_ratio" => {
+                            let v = &values[gauges];
+                            assert_eq!(got, [v.as_str(), v.as_str()], "{line:?}");
+                            gauges += 1;
+                        }
+                        _ => assert!(name.starts_with("t_seconds"), "{line:?}"),
+                    }
+                }
+                assert_eq!((counters, gauges), (8, 8));
+            }
+        }
+    }
+
+    /// What escaping costs a scrape: 100,000 series of four labels, encoded
+    /// raw (as before) and escaped, into the text format. Run with
+    /// `cargo test -p burnwatch --release scrape_encoding_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement"]
+    fn scrape_encoding_cost() {
+        struct Series100k {
+            tenants: Vec<String>,
+            escaped: bool,
+        }
+        impl fmt::Debug for Series100k {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("Series100k")
+            }
+        }
+        impl Collector for Series100k {
+            fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), fmt::Error> {
+                if self.escaped {
+                    let mut enc = Encoder(enc);
+                    let mut m =
+                        enc.encode_descriptor("t_requests", "R.", None, MetricType::Counter)?;
+                    for t in &self.tenants {
+                        let labels = [
+                            ("service", "nginx:8080"),
+                            ("tenant", t.as_str()),
+                            ("method", "GET"),
+                            ("status_code", "200"),
+                        ];
+                        m.encode_family(&labels)?
+                            .encode_counter::<NoLabelSet, _, u64>(&12345u64, None)?;
+                    }
+                } else {
+                    let mut m =
+                        enc.encode_descriptor("t_requests", "R.", None, MetricType::Counter)?;
+                    for t in &self.tenants {
+                        let labels = [
+                            ("service", "nginx:8080"),
+                            ("tenant", t.as_str()),
+                            ("method", "GET"),
+                            ("status_code", "200"),
+                        ];
+                        m.encode_family(&labels)?
+                            .encode_counter::<NoLabelSet, _, u64>(&12345u64, None)?;
+                    }
+                }
+                Ok(())
+            }
+        }
+        let tenants: Vec<String> = (0..100_000).map(|i| format!("tenant-{i:06}")).collect();
+        let mut times = [Vec::new(), Vec::new()];
+        for _ in 0..41 {
+            for (i, escaped) in [false, true].into_iter().enumerate() {
+                let mut r = Registry::default();
+                r.register_collector(Box::new(Series100k {
+                    tenants: tenants.clone(),
+                    escaped,
+                }));
+                let mut w = ScrapeWriter::new(std::io::sink(), true);
+                let t = std::time::Instant::now();
+                encode_into(&r, &mut w).unwrap();
+                let (_, bytes) = w.finish().unwrap();
+                times[i].push(t.elapsed().as_secs_f64() * 1e3);
+                assert!(bytes > 7_000_000);
+            }
+        }
+        for t in &mut times {
+            t.sort_by(f64::total_cmp);
+        }
+        let (raw, esc) = (&times[0], &times[1]);
+        println!(
+            "100,000 series x 4 labels, text format, 41 runs interleaved: \
+raw min {:.1} / median {:.1} ms, escaped min {:.1} / median {:.1} ms ({:+.1}% / {:+.1}%)",
+            raw[0],
+            raw[20],
+            esc[0],
+            esc[20],
+            (esc[0] / raw[0] - 1.0) * 100.0,
+            (esc[20] / raw[20] - 1.0) * 100.0
+        );
     }
 }
