@@ -6,6 +6,12 @@
 //!   process that listens on the port (found once per port through /proc).
 //! - Tenant ids are raw header bytes: made valid UTF-8, control characters
 //!   replaced, empty mapped to the configured `missing` label.
+//!
+//! Every label value made here is valid UTF-8 without control characters
+//! ([`label_text`]): safe to print on a terminal, and what is left to escape
+//! in an exposition (`\`, `"`) is done by the Prometheus encoder
+//! (`export::prometheus::write_label_value`); JSON, HTML and protobuf
+//! escape (or need not escape) the rest themselves.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -57,8 +63,9 @@ impl ServiceNames {
         self.auto
             .entry(local_port)
             .or_insert_with(|| {
+                // Any process may name itself anything (prctl(PR_SET_NAME)).
                 let comm = procfs::listener_comm(local_port).unwrap_or_else(|| "unknown".into());
-                Arc::from(format!("{comm}:{local_port}"))
+                Arc::from(format!("{}:{local_port}", label_text(&comm)))
             })
             .clone()
     }
@@ -74,17 +81,28 @@ pub fn upstream_label(addr: &[u8; 16], port: u16) -> String {
     }
 }
 
-/// Turns tenant bytes from the wire into a label value.
+/// Turns tenant bytes from the wire into a label value: invalid UTF-8 (a
+/// value cut at `TENANT_MAX` in the middle of a character too) and control
+/// characters become U+FFFD ([`label_text`]).
 pub fn tenant_label(raw: &[u8], missing: &Arc<str>) -> Arc<str> {
     if raw.is_empty() {
         return missing.clone();
     }
-    let s = String::from_utf8_lossy(raw);
-    let clean: String = s
-        .chars()
+    Arc::from(label_text(&String::from_utf8_lossy(raw)))
+}
+
+/// `text` with every control character (Unicode `Cc`: C0, DEL and C1,
+/// tab, CR and LF among them) replaced by U+FFFD: no line breaks, no
+/// terminal escape sequences (ESC, and CSI as U+009B). Borrowed when there
+/// is nothing to replace.
+pub fn label_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    text.chars()
         .map(|c| if c.is_control() { '\u{fffd}' } else { c })
-        .collect();
-    Arc::from(clean)
+        .collect::<String>()
+        .into()
 }
 
 #[cfg(test)]
@@ -100,6 +118,49 @@ mod tests {
             &*tenant_label(b"a\x01b\xff", &missing),
             "a\u{fffd}b\u{fffd}"
         );
+        // ESC, DEL, a C1 CSI (as UTF-8), a tab; a character cut in half.
+        assert_eq!(
+            &*tenant_label(b"\x1b[31m\x7f\xc2\x9b\tx\xe2\x82", &missing),
+            "\u{fffd}[31m\u{fffd}\u{fffd}\u{fffd}x\u{fffd}"
+        );
+        // What is left to escape in an exposition stays as sent.
+        assert_eq!(&*tenant_label(br#"a",x="\"#, &missing), r#"a",x="\"#);
+    }
+
+    /// Any bytes: valid UTF-8 with no control character, and nothing
+    /// changed that was neither.
+    #[test]
+    fn tenant_labels_of_random_bytes() {
+        let missing: Arc<str> = Arc::from("unknown");
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 65) as usize;
+            let raw: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            let label = tenant_label(&raw, &missing);
+            assert!(!label.is_empty());
+            assert!(!label.chars().any(char::is_control), "{label:?}");
+            if let Ok(s) = std::str::from_utf8(&raw)
+                && !s.is_empty()
+                && !s.chars().any(char::is_control)
+            {
+                assert_eq!(&*label, s);
+            }
+        }
+    }
+
+    #[test]
+    fn label_text_borrows_clean_text() {
+        assert!(matches!(
+            label_text("nginx"),
+            std::borrow::Cow::Borrowed("nginx")
+        ));
+        assert_eq!(label_text("a\nb\u{9b}"), "a\u{fffd}b\u{fffd}");
     }
 
     #[test]
