@@ -88,7 +88,7 @@ pub fn render(data: &SlosResponse) -> String {
             clean(&s.slo, slo_w),
             clean(&s.tenant, tenant_w),
             table::budget(s),
-            s.status
+            clean(&s.status, 9)
         );
         for w in BURN_WINDOWS {
             let _ = write!(out, " {:>7}", table::burn(s.burn(w)));

@@ -121,7 +121,7 @@ fn draw(f: &mut Frame, view: &mut View) {
                 d.probes_attached.len()
             )
         }
-        None => format!("burnwatch top · {}", view.agent),
+        None => format!("burnwatch top · {}", clean(&view.agent, 64)),
     };
     f.render_widget(
         Paragraph::new(title).style(Style::new().add_modifier(Modifier::BOLD)),
@@ -142,7 +142,7 @@ fn draw(f: &mut Frame, view: &mut View) {
                 Cell::from(clean(&s.slo, 28)),
                 Cell::from(clean(&s.tenant, 20)),
                 Cell::from(Line::from(table::budget(s)).right_aligned()),
-                Cell::from(s.status.clone()),
+                Cell::from(clean(&s.status, 9)),
             ];
             cells.extend(
                 BURN_WINDOWS
@@ -179,8 +179,12 @@ fn draw(f: &mut Frame, view: &mut View) {
     f.render_stateful_widget(table, body, &mut view.table);
 
     let footer = match &view.error {
-        Some(e) => Line::from(format!("agent unreachable: {e}")).style(Style::new().fg(Color::Red)),
-        None => Line::from(format!("q quit · ↑↓ select · refresh 1 s · {}", view.agent)),
+        Some(e) => Line::from(format!("agent unreachable: {}", clean(e, 200)))
+            .style(Style::new().fg(Color::Red)),
+        None => Line::from(format!(
+            "q quit · ↑↓ select · refresh 1 s · {}",
+            clean(&view.agent, 64)
+        )),
     };
     f.render_widget(Paragraph::new(footer), foot);
 }
