@@ -53,8 +53,8 @@ enum Command {
         cleanup: bool,
     },
     /// Remove everything the agent pinned in bpffs (maps, programs, links):
-    /// the programs detach once no running agent holds them. Stop the agent
-    /// first.
+    /// the programs detach. Stop the agent first: while an agent holds the
+    /// pin root (its lock), uninstall refuses and names its pid.
     Uninstall {
         /// Config file whose `state.bpffs_dir` to clean.
         #[arg(long, short)]
@@ -62,6 +62,16 @@ enum Command {
         /// Pin directory to clean (overrides the config's).
         #[arg(long)]
         bpffs_dir: Option<PathBuf>,
+        /// Wait up to this many seconds for the agent holding the pin root
+        /// to exit (e.g. a cleanup job racing the agent's termination).
+        #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+        wait: u64,
+        /// Remove the pins even though an agent holds the pin root (a hung
+        /// one). A running agent notices at its next poll, logs it and
+        /// pins again what it holds (its counts continue): to remove
+        /// burnwatch, stop the agent.
+        #[arg(long)]
+        force: bool,
     },
     /// Load every eBPF program with the kernel verifier's statistics and
     /// print them (processed instructions against the 1M limit, peak
@@ -157,7 +167,12 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Run { config, cleanup } => run::run(config.as_deref(), cleanup),
-        Command::Uninstall { config, bpffs_dir } => uninstall(config.as_deref(), bpffs_dir),
+        Command::Uninstall {
+            config,
+            bpffs_dir,
+            wait,
+            force,
+        } => uninstall(config.as_deref(), bpffs_dir, wait, force),
         Command::Verifier { table_only } => verifier(table_only),
         Command::Check { config } => cli::check::run(&config),
         Command::BenchEngine { series } => engine::bench::run(series),
@@ -188,11 +203,44 @@ fn main() -> ExitCode {
     }
 }
 
-fn uninstall(config: Option<&std::path::Path>, bpffs_dir: Option<PathBuf>) -> anyhow::Result<()> {
+fn uninstall(
+    config: Option<&std::path::Path>,
+    bpffs_dir: Option<PathBuf>,
+    wait: u64,
+    force: bool,
+) -> anyhow::Result<()> {
+    use probe::lock::{PinRootLock, TryLock};
     let root = match (bpffs_dir, config) {
         (Some(dir), _) => dir,
         (None, Some(path)) => config::Config::load(path)?.state.bpffs_dir,
         (None, None) => config::default_bpffs_dir(),
+    };
+    // Removing the pins under a running agent takes its kernel side away:
+    // only with the pin root's lock (held while removing, so no agent
+    // starts on it meanwhile), or --force.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
+    let _lock = loop {
+        match PinRootLock::try_lock(&root)? {
+            TryLock::Locked(lock) => break Some(lock),
+            TryLock::Missing => break None,
+            TryLock::Held(holder) if force => {
+                eprintln!(
+                    "warning: {}; removing its pins anyway (--force): a running agent pins \
+                     them again at its next poll",
+                    probe::lock::in_use(&root, holder)
+                );
+                break None;
+            }
+            TryLock::Held(holder) if std::time::Instant::now() >= deadline => {
+                anyhow::bail!(
+                    "not uninstalling: pin root {} is held by a running burnwatch agent ({holder}); \
+                     stop the agent first (SIGTERM keeps the pins, then run uninstall; or run \
+                     it with `run --cleanup`), wait for it with --wait SECONDS, or pass --force",
+                    root.display()
+                );
+            }
+            TryLock::Held(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
     };
     let removed = probe::pins::uninstall(&root)?;
     if removed.is_empty() {

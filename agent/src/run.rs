@@ -313,6 +313,10 @@ async fn run_async(config: Config, config_path: Option<&Path>, cleanup: bool) ->
                     Err(e) => warn!("reading kernel maps: {e:#}"),
                 }
                 stats.poll_ns.store(started.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+                // Pin root lock, pins, links, kernel config (probe::guard):
+                // not ready while unsound; Err exits non-zero for a restart.
+                let trouble = probe.check_kernel_side()?;
+                state.write().unwrap_or_else(|e| e.into_inner()).kernel_trouble = trouble;
             }
             _ = tokio::time::sleep_until(next_checkpoint), if store.is_some() => {
                 let (store, state) = (store.clone().expect("checked"), state.clone());

@@ -362,11 +362,20 @@ const INFLATE_CHUNK: usize = 64 << 10;
 
 /// Ready once the first kernel read has completed.
 async fn ready(State(ctx): State<Ctx>) -> impl IntoResponse {
-    let polls = ctx.state.read().map(|s| s.polls).unwrap_or(0);
-    if polls > 0 {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+    // Not ready either while the kernel side is not sound (probe::guard):
+    // the reason is the body.
+    let (polls, trouble) = ctx
+        .state
+        .read()
+        .map(|s| (s.polls, s.kernel_trouble.clone()))
+        .unwrap_or((0, None));
+    match trouble {
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
+        None if polls > 0 => (StatusCode::OK, "ready\n".to_string()),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "starting\n".to_string()),
     }
 }
 

@@ -17,6 +17,7 @@ pub mod verifier;
 
 use std::os::fd::AsFd;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use aya::{
@@ -32,7 +33,7 @@ use burnwatch_common::maps::{
     AgentConfig, ConnEventKey, MatchKey, RequestKey, RequestStats, SERIES_ALL, counter, names,
 };
 use burnwatch_common::programs::{CAPABILITIES, TAIL_CALLED, TRACEPOINTS, capability_of, is_core};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use batch::BatchReader;
 use pins::Pins;
@@ -80,7 +81,6 @@ pub struct Probe {
     /// them, and the programs detach when it exits (restarts lose the
     /// requests made while no agent runs).
     _held_links: Vec<TracePointLink>,
-}
     /// The pin root's lock and every pinned object, held and checked each
     /// poll ([`Probe::check_kernel_side`], see [`guard`]).
     guard: Option<guard::Guard>,
@@ -90,6 +90,12 @@ pub struct Probe {
     /// A fault of the kernel side the agent does not repair: why, and
     /// since when (the agent answers not ready, then exits).
     broken: Option<(String, Instant)>,
+}
+
+/// How long the agent answers `/readyz` with 503 before it exits on a
+/// fault of its kernel side it does not repair: long enough for a probe or
+/// a test to see why, short enough that the restart comes soon.
+pub const BROKEN_GRACE: Duration = Duration::from_secs(5);
 
 /// Up to this many `COUNTS` keys are looked up one by one (a syscall each)
 /// rather than walking the whole map.
@@ -134,17 +140,17 @@ impl KnownCounts {
 /// when an optional program cannot run on a kernel.
 pub const SKIP_PROGRAMS_ENV: &str = "BURNWATCH_DEBUG_SKIP_PROGRAMS";
 
+/// When set to 16 hex digits, the build id the pins are made under instead
+/// of the eBPF object's hash: a debug switch that makes this binary act as
+/// another build (an upgrade) towards the pins of a previous run.
+pub const BUILD_ID_ENV: &str = "BURNWATCH_DEBUG_BUILD_ID";
+
 impl Probe {
     /// Checks the kernel, then reuses this build's pinned programs and maps
     /// under `pin_root`, or loads, attaches and pins them; writes `config`.
     pub fn load(
         config: &AgentConfig,
         service_ports: &[(u16, u32)],
-/// When set to 16 hex digits, the build id the pins are made under instead
-/// of the eBPF object's hash: a debug switch that makes this binary act as
-/// another build (an upgrade) towards the pins of a previous run.
-pub const BUILD_ID_ENV: &str = "BURNWATCH_DEBUG_BUILD_ID";
-
         pin_root: &Path,
     ) -> Result<Probe> {
         preflight::run()?;
@@ -185,18 +191,22 @@ pub const BUILD_ID_ENV: &str = "BURNWATCH_DEBUG_BUILD_ID";
                 probe
             }
         };
-        pins.remove_other_builds();
-        probe.configure(config, service_ports)?;
-        let down: Vec<&str> = probe
-            .capabilities
-            .iter()
-            .filter(|(_, up)| !up)
         // Upgrade: the old build's counts since its agent's last read are
         // read once its pins are gone and its programs detached; ours count
         // nothing until `configure` writes their config (handoff.rs).
         let old_counts = handoff::open_other_builds(&pins);
-            .map(|(f, _)| *f)
+        pins.remove_other_builds();
         probe.handoff = handoff::read(old_counts);
+        probe.configure(config, service_ports)?;
+        probe.guard = Some(
+            guard::Guard::open(lock, &pins)
+                .context("holding the pinned maps, programs and links")?,
+        );
+        let down: Vec<&str> = probe
+            .capabilities
+            .iter()
+            .filter(|(_, up)| !up)
+            .map(|(f, _)| *f)
             .collect();
         info!(probes = ?probe.attached, pins = %pins.dir.display(), ?down, "eBPF programs attached");
         Ok(probe)
@@ -213,6 +223,14 @@ pub const BUILD_ID_ENV: &str = "BURNWATCH_DEBUG_BUILD_ID";
         reused: bool,
         down: Option<&std::collections::BTreeSet<&'static str>>,
     ) -> Result<Probe> {
+        if down.is_none() {
+            // A detached link counts nothing: such a pin set is not reused
+            // (its programs and maps are loaded afresh).
+            let detached = guard::detached_links(pins);
+            if !detached.is_empty() {
+                anyhow::bail!("pinned links detached (they run no program): {detached:?}");
+            }
+        }
         let mut attached = Vec::new();
         let mut missing = std::collections::BTreeSet::new();
         for (category, tracepoint, program) in TRACEPOINTS {
@@ -288,7 +306,65 @@ pub const BUILD_ID_ENV: &str = "BURNWATCH_DEBUG_BUILD_ID";
             counts_epoch: counts_epoch(counts_id),
             reused,
             _held_links: Vec::new(),
+            guard: None,
+            handoff: Vec::new(),
+            broken: None,
         })
+    }
+
+    /// Checks the kernel side once (every poll): the pin root lock, every
+    /// pin, every link, and the `CONFIG` map (see [`guard`] for what is
+    /// repaired in place and what is not). `Ok(None)`: ready.
+    /// `Ok(Some(why))`: not ready (a fault just repaired, or one that is
+    /// not, for [`BROKEN_GRACE`]). `Err`: give up; the caller exits
+    /// non-zero so that the agent is restarted.
+    pub fn check_kernel_side(&mut self) -> Result<Option<String>> {
+        if let Some((why, since)) = &self.broken {
+            if since.elapsed() >= BROKEN_GRACE {
+                return Err(anyhow!(
+                    "{why}; exiting so that a restarted agent starts from a sound kernel side"
+                ));
+            }
+            return Ok(Some(why.clone()));
+        }
+        let Some(guard) = self.guard.as_mut() else {
+            return Ok(None);
+        };
+        let mut health = guard.check();
+        if health == guard::Health::Fine
+            && let Ok(now) = self.config.get(&0, 0)
+            && now != self.config_value
+        {
+            // The kernel only reads CONFIG: another agent or tool wrote
+            // it. Not restored: two writers would take turns (the pins are
+            // intact, so exiting loses nothing: the restart reuses them).
+            health = guard::Health::Broken(format!(
+                "the kernel config (the CONFIG map under {}) was rewritten by another process: \
+                 another agent or tool works on this pin root",
+                self.pins.dir.display()
+            ));
+        }
+        match health {
+            guard::Health::Fine => Ok(None),
+            guard::Health::Repaired(what) => {
+                error!(
+                    pins = %self.pins.root.display(),
+                    "{what} while the agent ran (`burnwatch uninstall --force`, rm, or another \
+                     process): pinned again from the descriptors this agent holds; nothing was \
+                     detached, counts continue"
+                );
+                Ok(Some(format!("pins repaired: {what}")))
+            }
+            guard::Health::Broken(why) => {
+                error!(
+                    pins = %self.pins.root.display(),
+                    "kernel side broken: {why}; not ready, exiting in {} s for a restart",
+                    BROKEN_GRACE.as_secs()
+                );
+                self.broken = Some((why.clone(), Instant::now()));
+                Ok(Some(why))
+            }
+        }
     }
 
     /// Writes the kernel-side config in place (start and reload): the
@@ -306,9 +382,6 @@ pub const BUILD_ID_ENV: &str = "BURNWATCH_DEBUG_BUILD_ID";
             .service_ports
             .keys()
             .filter_map(|k| k.ok())
-            guard: None,
-            handoff: Vec::new(),
-            broken: None,
             .filter(|k| !service_ports.iter().any(|(p, _)| p == k))
             .collect();
         for port in stale {

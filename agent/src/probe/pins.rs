@@ -156,7 +156,7 @@ fn fs_type(path: &Path) -> Option<i64> {
 /// Mounts bpffs at `/sys/fs/bpf` when the pin root lives there and it is
 /// not mounted (many nodes boot without it); any other root must already
 /// be on a bpffs.
-fn ensure_bpffs(root: &Path) -> Result<()> {
+pub(super) fn ensure_bpffs(root: &Path) -> Result<()> {
     let mount = Path::new(BPFFS_MOUNT);
     if root.starts_with(mount) && fs_type(mount) != Some(BPF_FS_MAGIC) {
         super::preflight::mount("bpf", BPFFS_MOUNT, "bpf")?;
