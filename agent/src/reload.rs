@@ -100,7 +100,7 @@ pub fn reload(path: &Path, why: &str, running: Running<'_>) -> bool {
         warn!(
             "config reload: tenant.hash / tenant.hash_key_file changed; they take effect at the next restart"
         );
-        new.tenant.hash = old.tenant.hash.clone();
+        new.tenant.hash = old.tenant.hash;
         new.tenant.hash_key_file = old.tenant.hash_key_file.clone();
     }
     let new = match crate::export::tenant_hashing(new) {

@@ -136,13 +136,13 @@ impl AlertSinks {
         }
         enum OtlpStep {
             Keep,
-            Reconfigure(otlp::Settings),
+            Reconfigure(Box<otlp::Settings>),
             Start(otlp::Handle),
             Stop,
         }
         let otlp_step = match (&self.otlp, &new.exporters.otlp) {
             _ if !otlp_changed => OtlpStep::Keep,
-            (Some(_), Some(c)) => OtlpStep::Reconfigure(otlp::Settings::new(c, &labels)?),
+            (Some(_), Some(c)) => OtlpStep::Reconfigure(Box::new(otlp::Settings::new(c, &labels)?)),
             (None, Some(c)) => OtlpStep::Start(otlp::start(
                 c,
                 labels.clone(),
