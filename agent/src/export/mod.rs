@@ -166,7 +166,7 @@ impl AlertSinks {
             OtlpStep::Keep => {}
             OtlpStep::Reconfigure(settings) => {
                 if let Some(h) = &self.otlp {
-                    h.reconfigure(settings);
+                    h.reconfigure(*settings);
                 }
             }
             OtlpStep::Start(h) => self.otlp = Some(h),
