@@ -369,3 +369,83 @@ fn a_pin_root_taken_by_another_holder_makes_the_agent_exit_non_zero() {
         agent.log()
     );
 }
+
+#[test]
+fn a_rewritten_kernel_config_makes_the_agent_exit_non_zero_and_the_next_one_continues() {
+    require_root();
+    let nginx = Nginx::start();
+    let state = tempfile::tempdir().unwrap();
+    let mut agent = Agent::start_with_state(&config(nginx.port), Some(state.path()));
+    let build = agent
+        .pins
+        .read_dir()
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut c = Conn::open(nginx.port);
+    for i in 0..20 {
+        c.request("GET", ["/ok", "/error"][i % 2], Some("acme"));
+    }
+
+    // Another writer changes the CONFIG map (one byte of its padding: the
+    // programs count on as before, only the agent can tell).
+    let config_map = build.join("maps/CONFIG");
+    let out = Command::new("bpftool")
+        .args(["-j", "map", "lookup", "pinned"])
+        .arg(&config_map)
+        .args(["key", "0", "0", "0", "0"])
+        .output()
+        .expect("bpftool");
+    assert!(out.status.success(), "bpftool map lookup: {out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    let mut value: Vec<String> = v["value"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no value in {v}"))
+        .iter()
+        .map(|b| b.as_str().unwrap().to_string())
+        .collect();
+    let last = value.last_mut().unwrap();
+    *last = if last == "0x01" { "0x02" } else { "0x01" }.to_string();
+    let out = Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(&config_map)
+        .args(["key", "0", "0", "0", "0", "value"])
+        .args(&value)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "bpftool map update: {out:?}");
+
+    let body = wait_for(Duration::from_secs(10), || {
+        let (status, body) = readyz(&agent);
+        (status == Some(503)).then_some(body)
+    })
+    .unwrap_or_else(|| panic!("/readyz never went 503:\n{}", agent.log()));
+    assert!(body.contains("CONFIG"), "{body}");
+    // Counting goes on meanwhile, into the same maps.
+    for i in 0..10 {
+        c.request("GET", ["/ok", "/missing"][i % 2], Some("globex"));
+    }
+    drop(c);
+    let status = agent
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("the agent did not exit:\n{}", agent.log()));
+    assert!(!status.success(), "exited with {status}");
+    assert!(agent.log().contains("was rewritten"), "{}", agent.log());
+    agent.kill9(); // keeps the pins: the next agent continues them
+
+    let agent = Agent::start_with_state(&config(nginx.port), Some(state.path()));
+    assert!(
+        agent.log().contains("reusing pinned eBPF programs"),
+        "{}",
+        agent.log()
+    );
+    nginx.wait_for_log_lines(30);
+    assert_same_counts(
+        "requests across a rewritten kernel config",
+        &agent.counts("shop"),
+        &nginx.counts("unknown"),
+        &agent,
+    );
+}
