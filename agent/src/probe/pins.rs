@@ -123,7 +123,16 @@ pub fn uninstall(root: &Path) -> Result<Vec<PathBuf>> {
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if is_build_dir(&name) {
-            remove_tree(&e.path())?;
+            // `uninstall --force` under a running agent races its re-pinning
+            // (probe::guard): a directory refilled meanwhile is emptied again.
+            let mut tries = 0;
+            while let Err(err) = remove_tree(&e.path()) {
+                tries += 1;
+                if tries == 3 {
+                    return Err(err);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
             removed.push(e.path());
         }
     }
