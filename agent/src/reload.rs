@@ -142,6 +142,10 @@ fn apply(mut new: Config, r: Running<'_>) -> Result<()> {
             "exporters.labels (on /metrics; OTLP and Alertmanager take them now)",
             new.exporters.labels != old.exporters.labels,
         ),
+        (
+            "api (the token and certificate files' contents are re-read as they change; the paths need a restart)",
+            new.api != old.api,
+        ),
     ] {
         if changed {
             warn!("config reload: {what} changed; it takes effect at the next restart");
@@ -151,6 +155,7 @@ fn apply(mut new: Config, r: Running<'_>) -> Result<()> {
     new.exporters.prometheus.listen = old.exporters.prometheus.listen;
     new.state.dir = old.state.dir.clone();
     new.state.bpffs_dir = old.state.bpffs_dir.clone();
+    new.api = old.api.clone();
 
     // Everything that can fail first: a half-applied config is not applied.
     let (kcfg, ports) = crate::run::kernel_config(&new)?;
