@@ -209,7 +209,9 @@ fn checkpoint(store: &StateStore, state: &RwLock<AgentState>) {
         }
         Err(e) => {
             FAILING.fetch_add(1, Relaxed);
-            warn!("SLO checkpoint failed (the windows stay in memory; the next checkpoint tries again): {e}");
+            warn!(
+                "SLO checkpoint failed (the windows stay in memory; the next checkpoint tries again): {e}"
+            );
         }
     }
 }
@@ -269,9 +271,6 @@ async fn run_async(config: Config, config_path: Option<&Path>, cleanup: bool) ->
     let mut names = ServiceNames::new(config.services.iter().map(|s| s.name.clone()))
         .with_clients(config.clients.iter().map(|s| s.name.clone()));
     let mut missing: Arc<str> = Arc::from(config.tenant.missing.as_str());
-    let mut tick = tokio::time::interval(POLL_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     for h in std::mem::take(&mut probe.handoff) {
         let mut st = state.write().unwrap_or_else(|e| e.into_inner());
         for (k, v) in &h.counts {
@@ -282,6 +281,9 @@ async fn run_async(config: Config, config_path: Option<&Path>, cleanup: bool) ->
         st.feed_handoff(h.epoch, unix_now());
         st.requests.reset(config.tenant.max_per_service, false);
     }
+    let mut tick = tokio::time::interval(POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut watch = config_path.map(ConfigWatch::new);
     let mut watch_tick = tokio::time::interval(CONFIG_WATCH_INTERVAL);
@@ -324,13 +326,13 @@ async fn run_async(config: Config, config_path: Option<&Path>, cleanup: bool) ->
                 let started = tokio::time::Instant::now();
                 let _ = tokio::task::spawn_blocking(move || checkpoint(&store, &state)).await;
                 let took = started.elapsed();
+                // Read each time: a reload may change it.
+                let checkpoint_every = Duration::from_secs(config.state.checkpoint_interval_secs);
                 let delay = checkpoint_delay(checkpoint_every, took);
                 if delay > checkpoint_every && !checkpoint_stretched {
                     checkpoint_stretched = true;
                     info!(
                         took_ms = took.as_millis() as u64,
-                // Read each time: a reload may change it.
-                let checkpoint_every = Duration::from_secs(config.state.checkpoint_interval_secs);
                         every_secs = delay.as_secs(),
                         "SLO checkpoints spaced out: saving takes long at this many series (counts stay exact across restarts; only the time of the requests since the last checkpoint is approximate)"
                     );
@@ -353,13 +355,13 @@ async fn run_async(config: Config, config_path: Option<&Path>, cleanup: bool) ->
                 missing: &mut missing,
                 matcher: &mut matcher,
                 pods: &pods,
+                sinks: &mut sinks,
+                stats: &stats,
             };
             if reload(w.path(), why, running)
                 && let Err(e) = poll(&probe, &state, &mut names, &missing, &pods, &stats)
             {
                 warn!("reading kernel maps: {e:#}");
-                sinks: &mut sinks,
-                stats: &stats,
             }
         }
     }
@@ -416,12 +418,12 @@ fn poll(
         }
         stats.counts_entries.store(entries, Relaxed);
     }
+    let counts_read = result.is_ok();
     st.conn_events.begin_update();
     {
         let events = &mut st.conn_events;
         let mut entries = 0;
         if let Err(e) = probe.read_conn_events(|k, v| {
-    let counts_read = result.is_ok();
             entries += 1;
             events.add(k, v, names)
         }) {

@@ -164,7 +164,6 @@ impl Agent {
         let mut suffix = format!(
             "\nexporters:\n  prometheus:\n    listen: 127.0.0.1:{metrics_port}\n{exporters}"
         );
-        // Checkpoints every 2 s, so restart tests need not wait long.
         suffix.push_str(&format!(
             "state:\n  dir: {}\n  checkpoint_interval_secs: {checkpoint_secs}\n  bpffs_dir: {}\n",
             state_dir.display(),

@@ -406,7 +406,7 @@ async fn gate(State(ctx): State<Ctx>, q: Result<Query<GateQuery>, QueryRejection
         )
             .into_response();
     };
-    match st.engine.gate(st.now, id, &q.tenant, q.risk) {
+    match st.gate(id, &q.tenant, q.risk) {
         Ok(d) => Json(d).into_response(),
         Err(e) => (
             StatusCode::NOT_FOUND,

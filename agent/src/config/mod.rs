@@ -301,10 +301,6 @@ impl Config {
             field: None,
             message: format!("cannot read: {e}"),
         })?;
-        Config::parse(&text, path)
-    }
-
-    /// Parses and validates config text; `file` is only used in errors.
         // An empty file is a mistake (a save cut short, a ConfigMap key
         // emptied), not a request for the defaults: on reload it would wipe
         // every SLO and its budget. The defaults are what no --config gives.
@@ -322,6 +318,10 @@ impl Config {
                         .into(),
             });
         }
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `file` is only used in errors.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         let mut config: Config = if text.trim().is_empty() {
             Config::default()
