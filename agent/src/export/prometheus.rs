@@ -982,9 +982,12 @@ mod tests {
         }
     }
 
+    /// (name, labels, value) of one sample line.
+    type ParsedSample = (String, Vec<(String, String)>, String);
+
     /// One sample line parsed strictly as both text formats define it:
     /// `name{k="v",...} value`, values escaped only as `\\`, `\"`, `\n`.
-    fn parse_sample(line: &str) -> Result<(String, Vec<(String, String)>, String), String> {
+    fn parse_sample(line: &str) -> Result<ParsedSample, String> {
         let (name, rest) = line.split_once('{').ok_or("no labels")?;
         let mut labels = Vec::new();
         let mut chars = rest.chars();
