@@ -159,10 +159,10 @@ fn apply(mut new: Config, r: Running<'_>) -> Result<()> {
 
     // Everything that can fail first: a half-applied config is not applied.
     let (kcfg, ports) = crate::run::kernel_config(&new)?;
-    r.sinks.reconfigure(old, &new, r.state, r.stats)?;
     r.probe.configure(&kcfg, &ports)?;
     *r.matcher = ProcessMatcher::new(&new);
     r.probe.sync_matches(&r.matcher.entries(r.pods))?;
+    r.sinks.reconfigure(old, &new, r.state, r.stats)?;
     *r.names = ServiceNames::new(new.services.iter().map(|s| s.name.clone()))
         .with_clients(new.clients.iter().map(|s| s.name.clone()));
     *r.missing = Arc::from(new.tenant.missing.as_str());
@@ -174,10 +174,12 @@ fn apply(mut new: Config, r: Running<'_>) -> Result<()> {
         let (o, n) = (&old.tenant, &new.tenant);
         let forget_tenants = (&o.from, &o.header, &o.path_prefix, &o.label)
             != (&n.from, &n.header, &n.path_prefix, &n.label);
+        let relabel = o != n || old.services != new.services;
         st.reconfigure(
             new.slo_set(),
             new.tenant.max_per_service,
             forget_tenants,
+            relabel,
             crate::run::latency_bounds(&new),
             now,
         )

@@ -148,11 +148,7 @@ fn open_store(
 ) -> Option<Arc<StateStore>> {
     let dir = &config.state.dir;
     let mut st = state.write().unwrap_or_else(|e| e.into_inner());
-    if let Err(e) = std::fs::create_dir_all(dir) {
-        st.resume(probe.counts_epoch, probe.reused, None);
-        error!(dir = %dir.display(), "cannot create the state directory, SLO windows will not survive a restart: {e}");
-        return None;
-    }
+    // `open` creates the directory (owner-only: the store holds tenant ids).
     let store = match StateStore::open(dir) {
         Ok(s) => Arc::new(s),
         Err(e) => {
@@ -287,6 +283,8 @@ async fn run_async(config: Config, config_path: Option<&Path>, cleanup: bool) ->
     let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut watch = config_path.map(ConfigWatch::new);
     let mut watch_tick = tokio::time::interval(CONFIG_WATCH_INTERVAL);
+    // Set when the agent must exit non-zero (its kernel side is broken).
+    let mut exit_error = None;
     loop {
         let mut reload_why = None;
         tokio::select! {
@@ -317,8 +315,15 @@ async fn run_async(config: Config, config_path: Option<&Path>, cleanup: bool) ->
                 stats.poll_ns.store(started.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
                 // Pin root lock, pins, links, kernel config (probe::guard):
                 // not ready while unsound; Err exits non-zero for a restart.
-                let trouble = probe.check_kernel_side()?;
-                state.write().unwrap_or_else(|e| e.into_inner()).kernel_trouble = trouble;
+                match probe.check_kernel_side() {
+                    Ok(trouble) => state.write().unwrap_or_else(|e| e.into_inner()).kernel_trouble = trouble,
+                    Err(e) => {
+                        // Out through the last read and checkpoint below:
+                        // what was counted so far is saved before the exit.
+                        exit_error = Some(e);
+                        break;
+                    }
+                }
             }
             _ = tokio::time::sleep_until(next_checkpoint), if store.is_some() => {
                 let (store, state) = (store.clone().expect("checked"), state.clone());
@@ -347,6 +352,12 @@ async fn run_async(config: Config, config_path: Option<&Path>, cleanup: bool) ->
             }
         }
         if let (Some(why), Some(w)) = (reload_why, &watch) {
+            // Everything counted so far is fed under the labels it was
+            // counted with: a reload that relabels series starts them from
+            // the totals it finds (`AgentState::reconfigure`).
+            if let Err(e) = poll(&probe, &state, &mut names, &missing, &pods, &stats) {
+                warn!("reading kernel maps: {e:#}");
+            }
             let running = Running {
                 config: &mut config,
                 probe: &mut probe,
@@ -374,6 +385,9 @@ async fn run_async(config: Config, config_path: Option<&Path>, cleanup: bool) ->
         info!("SLO state saved");
     }
     sinks.shutdown().await;
+    if let Some(e) = exit_error {
+        return Err(e);
+    }
     if cleanup {
         probe.unpin()?;
         info!("--cleanup: pins removed, programs detach as the agent exits");

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use burnwatch_e2e::agent::Agent;
+use burnwatch_e2e::agent::{Agent, binary};
 use burnwatch_e2e::client::{self, Conn};
 use burnwatch_e2e::nginx::Nginx;
 use burnwatch_e2e::peers::Rotel;
@@ -186,16 +186,34 @@ fn a_removed_state_file_and_a_full_disk_recover() {
     std::fs::remove_file(&filler).unwrap();
     send(nginx.port, "acme", 7);
     wait_log(&agent, "SLO checkpoints succeed again");
+    nginx.wait_for_log_lines(20 + 15 + 60 + 7);
+    // A checkpoint after every request above.
     std::thread::sleep(Duration::from_millis(2500));
+    let pins = agent.pins.clone();
     agent.kill9();
-    send(nginx.port, "initech", 9);
+    // The kernel maps go too: the next agent starts from fresh maps, so its
+    // windows can only come from the recreated, recovered state file.
+    let out = Command::new(binary())
+        .args(["uninstall", "--bpffs-dir"])
+        .arg(&pins)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "uninstall: {out:?}");
     let agent = Agent::start_with_state(&config(nginx.port, ""), Some(&state));
-    nginx.wait_for_log_lines(20 + 15 + 60 + 7 + 9);
+    assert!(
+        agent.log().contains("restored SLO state"),
+        "{}",
+        agent.log()
+    );
     assert_windows(
         &agent,
         &log_events(&nginx),
-        "after a lost state file, a full disk and kill -9",
+        "from the state file after its loss, a full disk, kill -9 and fresh maps",
     );
+    // And what the new maps count is added to it.
+    send(nginx.port, "initech", 9);
+    nginx.wait_for_log_lines(20 + 15 + 60 + 7 + 9);
+    assert_windows(&agent, &log_events(&nginx), "after more traffic");
     agent.stop();
 }
 
@@ -408,5 +426,85 @@ fn an_upgrade_hands_the_old_builds_counts_over() {
     send(nginx.port, "globex", 10);
     nginx.wait_for_log_lines(70);
     assert_windows(&agent, &log_events(&nginx), "after an upgrade");
+    agent.stop();
+}
+
+#[test]
+fn a_reload_that_changes_the_tenant_cap_feeds_nothing_twice() {
+    require_root();
+    let nginx = Nginx::start();
+    let cap = |n: u32| format!("  max_per_service: {n}\n");
+    let agent = Agent::start(&config(nginx.port, &cap(3)));
+    let tenants: Vec<String> = (0..12).map(|i| format!("t{i:02}")).collect();
+    for t in &tenants[..3] {
+        send(nginx.port, t, 10);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    for t in &tenants[3..] {
+        send(nginx.port, t, 5);
+    }
+    nginx.wait_for_log_lines(30 + 9 * 5);
+    let mut expected: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let fold = |expected: &mut BTreeMap<String, (u64, u64)>,
+                events: &BTreeMap<String, (u64, u64)>,
+                admitted: &[String]| {
+        for (tenant, (g, b)) in events {
+            let name = if admitted.contains(tenant) {
+                tenant.clone()
+            } else {
+                "__overflow__".to_string()
+            };
+            let e = expected.entry(name).or_default();
+            e.0 += g;
+            e.1 += b;
+        }
+    };
+    let mut before = log_events(&nginx);
+    fold(&mut expected, &before, &tenants[..3]);
+    assert_windows(&agent, &expected, "under a cap of 3");
+
+    // Raised: two more tenants get their own series from now on; what
+    // they sent before stays in __overflow__'s windows, not fed again.
+    for (n, what) in [(5, "raised to 5"), (2, "lowered to 2")] {
+        let seen = agent
+            .log()
+            .matches("config reload (file changed): applied")
+            .count();
+        agent.rewrite_config(&config(nginx.port, &cap(n)));
+        let applied = wait_for(Duration::from_secs(20), || {
+            (agent
+                .log()
+                .matches("config reload (file changed): applied")
+                .count()
+                > seen)
+                .then_some(())
+        });
+        assert!(applied.is_some(), "{what}: not applied:\n{}", agent.log());
+        let lines = nginx.access_log().len();
+        for t in &tenants {
+            send(nginx.port, t, 2);
+        }
+        nginx.wait_for_log_lines(lines + tenants.len() * 2);
+        let admitted: Vec<String> = labelled_tenants(&agent)
+            .into_keys()
+            .filter(|t| t != "__overflow__")
+            .collect();
+        assert_eq!(admitted.len(), n as usize, "{what}: {admitted:?}");
+        if n == 2 {
+            assert!(
+                admitted.iter().all(|t| tenants[..3].contains(t)),
+                "a lowered cap keeps the first admitted: {admitted:?}"
+            );
+        }
+        let now = log_events(&nginx);
+        let mut after = BTreeMap::new();
+        for (t, (g, b)) in &now {
+            let (g0, b0) = before.get(t).copied().unwrap_or((0, 0));
+            after.insert(t.clone(), (g - g0, b - b0));
+        }
+        fold(&mut expected, &after, &admitted);
+        assert_windows(&agent, &expected, what);
+        before = now;
+    }
     agent.stop();
 }

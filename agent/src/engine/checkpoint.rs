@@ -382,6 +382,16 @@ impl Unusable {
 }
 
 fn open_db(path: &Path) -> Result<Database, Unusable> {
+    // Created owner-only before redb opens it (redb would create it with
+    // the umask's mode, readable by all until `opened` fixes it).
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path);
+    }
     let opened = catch_unwind(AssertUnwindSafe(|| {
         Database::builder()
             .set_cache_size(CACHE_BYTES)

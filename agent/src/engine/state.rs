@@ -103,10 +103,23 @@ impl AgentState {
         slos: SloSet,
         max_tenants_per_service: u32,
         forget_tenants: bool,
+        relabel: bool,
         latency_bounds_s: Vec<f64>,
         now: u64,
     ) -> super::reload::ReloadReport {
         let report = self.engine.reconfigure(slos, now);
+        if relabel {
+            // Series may now carry other labels (a tenant admitted or
+            // folded, another tenant rule, a service renamed): a label's
+            // cumulative total is not comparable with its old one, and
+            // feeding the difference would feed history again. The next
+            // feed records the totals as consumed (the caller read the maps
+            // just before the reload, so only the requests between that
+            // read and the next are not fed).
+            for slo in self.engine.slos().iter() {
+                self.baseline.insert(slo.id);
+            }
+        }
         let old_events = std::mem::take(&mut self.slo_events);
         for ((id, tenant), v) in old_events {
             if let Some(new) = report.kept.get(&id) {
@@ -270,7 +283,11 @@ impl AgentState {
     /// table holds the old maps' final counts when this is called; the
     /// caller empties it after. See `probe::handoff`.
     pub fn feed_handoff(&mut self, epoch: u64, now: u64) {
-        let prior = self.prior_cursor.take().filter(|c| c.epoch == epoch);
+        let prior = if self.prior_cursor.as_ref().is_some_and(|c| c.epoch == epoch) {
+            self.prior_cursor.take()
+        } else {
+            None
+        };
         let mut consumed: SloTenantMap<(u64, u64)> = SloTenantMap::default();
         let mut covered: HashSet<SloId> = self.engine.slos().iter().map(|s| s.id).collect();
         if let Some(c) = prior {

@@ -153,12 +153,15 @@ impl AlertSinks {
             (None, None) => OtlpStep::Keep,
         };
         let am = match (&new.exporters.alertmanager, am_changed) {
-            (Some(c), true) => Some(Some(alertmanager::start(
-                c,
-                labels,
-                state.clone(),
-                stats.clone(),
-            )?)),
+            (Some(c), true) => match alertmanager::start(c, labels, state.clone(), stats.clone()) {
+                Ok(h) => Some(Some(h)),
+                Err(e) => {
+                    if let OtlpStep::Start(h) = otlp_step {
+                        tokio::spawn(h.shutdown());
+                    }
+                    return Err(e);
+                }
+            },
             (None, true) => Some(None),
             (_, false) => None,
         };

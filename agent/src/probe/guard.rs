@@ -62,6 +62,9 @@ pub enum Health {
     Repaired(String),
     /// A fault the agent does not repair: not ready, then exit.
     Broken(String),
+    /// A repair that failed this time (a removal racing it): not ready,
+    /// tried again at the next check; broken only if it keeps failing.
+    Retry(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,7 +205,7 @@ impl Guard {
                                 .context("removing it")
                                 .and_then(|()| repin(h));
                             if let Err(e) = restored {
-                                return Health::Broken(format!(
+                                return Health::Retry(format!(
                                     "pinned {} {} was replaced by {what}, and putting this \
                                      agent's back failed: {e:#}",
                                     h.kind.name(),
@@ -220,7 +223,7 @@ impl Guard {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     if let Err(e) = repin(h) {
-                        return Health::Broken(format!(
+                        return Health::Retry(format!(
                             "pinned {} {} was removed and pinning it again failed: {e:#}",
                             h.kind.name(),
                             h.path.display()

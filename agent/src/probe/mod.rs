@@ -90,6 +90,8 @@ pub struct Probe {
     /// A fault of the kernel side the agent does not repair: why, and
     /// since when (the agent answers not ready, then exits).
     broken: Option<(String, Instant)>,
+    /// Checks in a row whose repair failed (`guard::Health::Retry`).
+    retries: u32,
 }
 
 /// How long the agent answers `/readyz` with 503 before it exits on a
@@ -139,6 +141,10 @@ impl KnownCounts {
 /// them (comma-separated): a debug switch that tests how the agent degrades
 /// when an optional program cannot run on a kernel.
 pub const SKIP_PROGRAMS_ENV: &str = "BURNWATCH_DEBUG_SKIP_PROGRAMS";
+
+/// Failed repairs of the pins in a row before the kernel side counts as
+/// broken (a removal racing a repair fails it once).
+const REPAIR_TRIES: u32 = 3;
 
 /// When set to 16 hex digits, the build id the pins are made under instead
 /// of the eBPF object's hash: a debug switch that makes this binary act as
@@ -309,6 +315,7 @@ impl Probe {
             guard: None,
             handoff: Vec::new(),
             broken: None,
+            retries: 0,
         })
     }
 
@@ -344,8 +351,22 @@ impl Probe {
                 self.pins.dir.display()
             ));
         }
+        if let guard::Health::Retry(why) = &health {
+            self.retries += 1;
+            if self.retries < REPAIR_TRIES {
+                warn!(
+                    pins = %self.pins.root.display(),
+                    "{why}; not ready, trying again at the next poll"
+                );
+                return Ok(Some(why.clone()));
+            }
+            health = guard::Health::Broken(format!("{why} ({REPAIR_TRIES} times in a row)"));
+        } else {
+            self.retries = 0;
+        }
         match health {
             guard::Health::Fine => Ok(None),
+            guard::Health::Retry(_) => unreachable!("handled above"),
             guard::Health::Repaired(what) => {
                 error!(
                     pins = %self.pins.root.display(),
@@ -423,10 +444,14 @@ impl Probe {
         }
         self.matches_now = want.clone();
         if added {
-            self.config_value.match_generation = self.config_value.match_generation.wrapping_add(1);
+            // The stored value changes only once the kernel has it: a failed
+            // write must not look like another writer's to the guard.
+            let mut config = self.config_value;
+            config.match_generation = config.match_generation.wrapping_add(1);
             self.config
-                .set(0, self.config_value, 0)
+                .set(0, config, 0)
                 .context("writing the CONFIG map")?;
+            self.config_value = config;
         }
         Ok(())
     }
