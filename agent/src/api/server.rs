@@ -11,10 +11,13 @@
 //!   the oldest *idle* connection within it (one with no request in flight:
 //!   a fresh one that has sent nothing or part of a request head, a
 //!   keep-alive one between requests, one in its TLS handshake), as nginx
-//!   drains its "reusable" connections. Only when every connection in the
-//!   budget has a request in flight is the new one refused (closed at once).
-//!   So a thousand idle sockets, even from the scraper's own address, cost
-//!   the scraper nothing: its connection displaces one of them;
+//!   drains its "reusable" connections; over the total budget, first one of
+//!   the client holding the most connections. When the total budget is all
+//!   busy (slow readers of large answers), that client's oldest connection
+//!   goes if it holds more than one connection more than the newcomer; only
+//!   otherwise is the new one refused (closed at once). So a thousand idle
+//!   sockets, even from the scraper's own address, cost the scraper
+//!   nothing: its connection displaces one of them;
 //! - a request head (and a TLS handshake) must arrive within
 //!   [`Limits::header_timeout`] of the connection waiting for it, which also
 //!   closes idle keep-alive connections and bounds slowloris clients;
@@ -344,7 +347,7 @@ impl Registry {
             self.stats.api.evicted.fetch_add(1, Ordering::Relaxed);
         }
         if c.by_id.len() >= self.limits.connections.max(1) {
-            if !c.evict_oldest_idle(None) {
+            if !c.make_room_for(client) {
                 return None;
             }
             self.stats.api.evicted.fetch_add(1, Ordering::Relaxed);
@@ -390,13 +393,37 @@ impl Registry {
 }
 
 impl Conns {
+    /// Room in a full budget for a connection of `newcomer`, taken from the
+    /// client holding the most connections (a flood pays for itself, not
+    /// the scraper with its one connection): that client's oldest idle
+    /// connection, else the oldest idle one of anybody, else, when that
+    /// client holds more than one connection more than the newcomer, its
+    /// oldest busy one (a reader too slow to ever finish: only a stalled
+    /// write times out). False when none of these exists.
+    fn make_room_for(&mut self, newcomer: IpAddr) -> bool {
+        let mine = self.per_client.get(&newcomer).copied().unwrap_or(0);
+        let Some((&heavy, &held)) = self.per_client.iter().max_by_key(|(_, n)| **n) else {
+            return false;
+        };
+        if self.evict_oldest_idle(Some(heavy)) || self.evict_oldest_idle(None) {
+            return true;
+        }
+        held > mine + 1 && self.evict_oldest(Some(heavy), true)
+    }
+
     /// Closes the connection idle the longest (of `only` this client, if
     /// given); false when there is none.
     fn evict_oldest_idle(&mut self, only: Option<IpAddr>) -> bool {
+        self.evict_oldest(only, false)
+    }
+
+    /// Closes the oldest connection (of `only` this client, if given) that
+    /// is idle, or of any state when `busy_too`; false when there is none.
+    fn evict_oldest(&mut self, only: Option<IpAddr>, busy_too: bool) -> bool {
         let victim = self
             .by_id
             .iter()
-            .filter(|(_, e)| e.busy == 0 && only.is_none_or(|c| e.client == c))
+            .filter(|(_, e)| (busy_too || e.busy == 0) && only.is_none_or(|c| e.client == c))
             .min_by_key(|(_, e)| e.idle_since)
             .map(|(id, _)| *id);
         let Some(id) = victim else {
@@ -782,6 +809,78 @@ mod tests {
         assert!(out.ends_with("slow\n"), "{out}");
         // And the slot is free again.
         assert!(get_small(addr).ends_with("ok\n"));
+    }
+
+    /// A TCP connection to `addr` from the source address `src`.
+    fn connect_from(src: [u8; 4], addr: std::net::SocketAddr) -> TcpStream {
+        use std::os::fd::FromRawFd;
+        let sin = |ip: [u8; 4], port: u16| libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(ip),
+            },
+            sin_zero: [0; 8],
+        };
+        let std::net::SocketAddr::V4(dst) = addr else {
+            panic!("IPv4 only")
+        };
+        let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: plain socket/bind/connect calls on a descriptor we own,
+        // with valid sockaddr_in structs.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            assert!(fd >= 0);
+            let a = sin(src, 0);
+            assert_eq!(
+                libc::bind(fd, &a as *const _ as *const libc::sockaddr, len),
+                0
+            );
+            let d = sin(dst.ip().octets(), dst.port());
+            assert_eq!(
+                libc::connect(fd, &d as *const _ as *const libc::sockaddr, len),
+                0
+            );
+            TcpStream::from_raw_fd(fd)
+        }
+    }
+
+    #[test]
+    fn a_full_budget_makes_room_from_the_client_holding_the_most() {
+        let (addr, stats) = start(Limits {
+            connections: 3,
+            per_client: 10,
+            header_timeout: Duration::from_secs(30),
+            ..limits()
+        });
+        // The scraper's keep-alive connection, idle between scrapes.
+        let mut scraper = TcpStream::connect(addr).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        // A flood from another address, every connection busy (a request in
+        // flight that the client reads slowly, or not yet).
+        let flood: Vec<TcpStream> = (0..2)
+            .map(|_| {
+                let mut c = connect_from([127, 0, 0, 2], addr);
+                c.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .unwrap();
+                c
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        // A new flood connection: the heaviest client has no idle one, the
+        // scraper's idle one is the only idle one: it goes (idle first).
+        let mut more = connect_from([127, 0, 0, 2], addr);
+        assert!(closed_within(&mut scraper, Duration::from_secs(5)));
+        more.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        // Now the flood holds all three, all busy: the scraper's new
+        // connection is answered at once, its room taken from the flood.
+        let t = Instant::now();
+        assert!(get_small(addr).ends_with("ok\n"));
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        assert!(stats.api.evicted.load(Ordering::Relaxed) >= 2);
+        drop(flood);
     }
 
     #[test]
