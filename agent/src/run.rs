@@ -214,7 +214,19 @@ fn checkpoint(store: &StateStore, state: &RwLock<AgentState>) {
 
 async fn run_async(config: Config, config_path: Option<&Path>, cleanup: bool) -> Result<()> {
     // Bind first: a taken port is reported before any program is loaded.
-    let listener = crate::api::bind(config.exporters.prometheus.listen).await?;
+    // Taken by an agent on this very pin root (the same config started
+    // twice): say that, it is the real problem.
+    let listener = match crate::api::bind(config.exporters.prometheus.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            let root = &config.state.bpffs_dir;
+            if let Ok(probe::lock::TryLock::Held(holder)) = probe::lock::PinRootLock::try_lock(root)
+            {
+                return Err(e.context(probe::lock::in_use(root, holder)));
+            }
+            return Err(e);
+        }
+    };
     let (mut config, hasher) = crate::export::tenant_hashing(config)?;
     let (kcfg, ports) = kernel_config(&config)?;
     let mut probe = Probe::load(&kcfg, &ports, &config.state.bpffs_dir)?;

@@ -109,6 +109,22 @@ fn second_agent_and_uninstall_refuse_while_an_agent_holds_the_pin_root() {
             && err.contains("in use"),
         "the refusal names neither the pin root nor the holder:\n{err}"
     );
+    // The same config started twice: its port is taken too, and the error
+    // still names the agent on the pin root, not just the port.
+    let out = Command::new(binary())
+        .args(["run", "--config"])
+        .arg(&agent.config_path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the same config started twice:\n{err}"
+    );
+    assert!(
+        err.contains(&format!("pid {}", agent.pid())) && err.contains("in use"),
+        "the same config started twice does not name the running agent:\n{err}"
+    );
 
     // Uninstall refuses too, naming the agent; the pins stay.
     let out = uninstall(&pins, &[]);
