@@ -25,6 +25,8 @@ pub const LATENCY_BOUNDS_S: [f64; LATENCY_BUCKETS - 1] = [
 
 /// How often the kernel maps are read.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest wait at start for the Kubernetes pod index's first list.
+const POD_INDEX_WAIT: Duration = Duration::from_secs(10);
 /// How often the config file's metadata is checked for changes.
 const CONFIG_WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -279,6 +281,22 @@ async fn run_async(config: Config, config_path: Option<&Path>, cleanup: bool) ->
     let mut names = ServiceNames::new(config.services.iter().map(|s| s.name.clone()))
         .with_clients(config.clients.iter().map(|s| s.name.clone()));
     let mut missing: Arc<str> = Arc::from(config.tenant.missing.as_str());
+    // Kubernetes: series are named after the serving pod (service, and
+    // tenant for `tenant.from: namespace`). Resolved before the pod index
+    // has listed this node's pods, the first feed would give them other
+    // labels than the checkpoint's cursor has, and feed them again. A
+    // bounded wait: without an API the agent carries on (it logs why).
+    let waited = std::time::Instant::now();
+    while !pods.synced() && waited.elapsed() < POD_INDEX_WAIT {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !pods.synced() {
+        warn!(
+            waited_secs = POD_INDEX_WAIT.as_secs(),
+            "the pod index has not listed this node's pods yet: requests until it has are named without their pods"
+        );
+    }
+    pods.refresh(std::time::Instant::now());
     for h in std::mem::take(&mut probe.handoff) {
         let mut st = state.write().unwrap_or_else(|e| e.into_inner());
         for (k, v) in &h.counts {

@@ -69,6 +69,10 @@ pub struct PodIndex {
     /// others are dropped.
     relisting: Option<Vec<Arc<str>>>,
     relisting_ns: Option<Vec<String>>,
+    /// Whether the first list of this node's pods, and of the namespaces,
+    /// has completed.
+    pods_listed: bool,
+    namespaces_listed: bool,
     /// Bumped on every change, so readers rebuild what they derive from
     /// the index only when it changed.
     generation: u64,
@@ -100,6 +104,13 @@ impl PodIndex {
 
     pub fn pod_count(&self) -> usize {
         self.pods.len()
+    }
+
+    /// Whether the pods of this node and the namespaces have been listed
+    /// once: until then a pod may be missing only because it is not
+    /// listed yet.
+    pub fn synced(&self) -> bool {
+        self.pods_listed && self.namespaces_listed
     }
 
     /// Changes whenever pods or namespaces change.
@@ -215,6 +226,7 @@ impl PodIndex {
             Event::Delete(p) => self.delete_pod(&p),
             Event::Init => self.relisting = Some(Vec::new()),
             Event::InitDone => {
+                self.pods_listed = true;
                 if let Some(seen) = self.relisting.take() {
                     let seen: std::collections::HashSet<Arc<str>> = seen.into_iter().collect();
                     let gone: Vec<Arc<str>> = self
@@ -237,6 +249,7 @@ impl PodIndex {
             Event::Delete(n) => self.delete_namespace(&n),
             Event::Init => self.relisting_ns = Some(Vec::new()),
             Event::InitDone => {
+                self.namespaces_listed = true;
                 if let Some(seen) = self.relisting_ns.take() {
                     let seen: std::collections::HashSet<String> = seen.into_iter().collect();
                     self.namespaces.retain(|n, _| seen.contains(n));
@@ -353,6 +366,11 @@ pub async fn watch(index: SharedIndex, node: String) {
         Ok(c) => c,
         Err(e) => {
             warn!(error = %e, "no Kubernetes API: pods are not attributed (process and cgroup only)");
+            // Nothing will be listed: nobody waits for it.
+            if let Ok(mut i) = index.write() {
+                i.pods_listed = true;
+                i.namespaces_listed = true;
+            }
             return;
         }
     };

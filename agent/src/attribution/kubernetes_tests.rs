@@ -191,6 +191,21 @@ fn relist_after_a_broken_watch_drops_pods_that_are_gone() {
     assert_eq!(index.pod_count(), 4);
 }
 
+#[test]
+fn synced_once_pods_and_namespaces_are_listed() {
+    let mut index = PodIndex::default();
+    assert!(!index.synced());
+    index.apply_pod_event(Event::Init);
+    index.apply_pod_event(Event::InitDone);
+    assert!(!index.synced(), "namespaces not listed yet");
+    index.apply_namespace_event(Event::Init);
+    index.apply_namespace_event(Event::InitDone);
+    assert!(index.synced());
+    // A relist after a broken watch does not unsync it.
+    index.apply_pod_event(Event::Init);
+    assert!(index.synced());
+}
+
 /// Removes the test's cgroup directories (deepest first) and kills the
 /// child, even when an assertion fails.
 struct CgroupGuard {

@@ -98,6 +98,14 @@ impl PodDirectory {
         self.version
     }
 
+    /// Whether the pod index has listed this node's pods once (always true
+    /// outside Kubernetes).
+    pub fn synced(&self) -> bool {
+        self.index
+            .as_ref()
+            .is_none_or(|i| i.read().is_ok_and(|i| i.synced()))
+    }
+
     /// The pod of a kernel key's `cgroup_id` (0, outside Kubernetes, is
     /// never a pod).
     pub fn get(&self, cgroup_id: u64) -> Option<&PodEntry> {
