@@ -153,6 +153,30 @@ impl Agent {
         env: &[(&str, &str)],
         checkpoint_secs: u64,
     ) -> Agent {
+        let ready = |port| crate::client::get_status(port, "/readyz") == Some(200);
+        Agent::spawn_until_ready(
+            config_body,
+            state_dir,
+            exporters,
+            args,
+            env,
+            checkpoint_secs,
+            &ready,
+        )
+    }
+
+    /// Writes the config (`config_body`, the listener on a free port, the
+    /// state and pin directories), starts the agent and waits until
+    /// `ready(metrics_port)`.
+    fn spawn_until_ready(
+        config_body: &str,
+        state_dir: Option<&std::path::Path>,
+        exporters: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        checkpoint_secs: u64,
+        ready: &dyn Fn(u16) -> bool,
+    ) -> Agent {
         remove_stale_test_pins();
         let pins = pin_root_for(state_dir);
         let dir = tempfile::tempdir().unwrap();
@@ -199,19 +223,13 @@ impl Agent {
         };
         // Verifying the programs takes ~5 s on an idle machine; several
         // agents verifying at once on 2 busy cores take much longer.
-        let ready = wait_for(Duration::from_secs(180), || {
+        let up = wait_for(Duration::from_secs(180), || {
             if let Ok(Some(status)) = agent.child.try_wait() {
                 panic!("agent exited with {status}:\n{}", agent.log());
             }
-            crate::client::get_status(metrics_port, "/readyz")
-                .filter(|s| *s == 200)
-                .map(|_| ())
+            ready(metrics_port).then_some(())
         });
-        assert!(
-            ready.is_some(),
-            "agent not ready in 180 s:\n{}",
-            agent.log()
-        );
+        assert!(up.is_some(), "agent not ready in 180 s:\n{}", agent.log());
         agent
     }
 
@@ -379,49 +397,7 @@ impl Agent {
         env: &[(&str, &str)],
         ready: &dyn Fn(u16) -> bool,
     ) -> Agent {
-        remove_stale_test_pins();
-        let pins = pin_root_for(None);
-        let dir = tempfile::tempdir().unwrap();
-        let state_dir = dir.path().join("state");
-        let metrics_port = free_port();
-        let config = dir.path().join("burnwatch.yaml");
-        let suffix = format!(
-            "\nexporters:\n  prometheus:\n    listen: 127.0.0.1:{metrics_port}\n\
-state:\n  dir: {}\n  checkpoint_interval_secs: 2\n  bpffs_dir: {}\n",
-            state_dir.display(),
-            pins.display()
-        );
-        std::fs::write(&config, format!("{config_body}{suffix}")).unwrap();
-        let log_path = dir.path().join("agent.log");
-        let log = std::fs::File::create(&log_path).unwrap();
-        let bin = binary();
-        assert!(bin.exists(), "agent binary {} not built", bin.display());
-        let child = Command::new(&bin)
-            .args(["run", "--config"])
-            .arg(&config)
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start the agent");
-        let mut agent = Agent {
-            child,
-            metrics_port,
-            log_path,
-            config_path: config,
-            config_suffix: suffix,
-            pins,
-            keep_pins: false,
-            _dir: dir,
-        };
-        let up = wait_for(Duration::from_secs(180), || {
-            if let Ok(Some(status)) = agent.child.try_wait() {
-                panic!("agent exited with {status}:\n{}", agent.log());
-            }
-            ready(metrics_port).then_some(())
-        });
-        assert!(up.is_some(), "agent not ready in 180 s:\n{}", agent.log());
-        agent
+        Agent::spawn_until_ready(config_body, None, "", &[], env, 2, ready)
     }
 }
 
