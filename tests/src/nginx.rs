@@ -173,6 +173,12 @@ http {{
         out
     }
 
+    /// (good, bad) per tenant from nginx's own log, as an availability SLO
+    /// counts them: 5xx (and unanswered) are bad.
+    pub fn slo_events(&self, missing: &str) -> BTreeMap<String, (u64, u64)> {
+        slo_events(&self.counts(missing))
+    }
+
     /// Waits until the access log holds `n` lines.
     pub fn wait_for_log_lines(&self, n: usize) {
         let got = wait_for(Duration::from_secs(10), || {
@@ -204,4 +210,19 @@ impl Drop for Nginx {
             });
         }
     }
+}
+
+/// (good, bad) per tenant of per-(tenant, status) counts (see
+/// [`Nginx::counts`]): 5xx (and unanswered, `000`) are bad.
+pub fn slo_events(counts: &BTreeMap<(String, String), u64>) -> BTreeMap<String, (u64, u64)> {
+    let mut out = BTreeMap::new();
+    for ((tenant, status), n) in counts {
+        let e = out.entry(tenant.clone()).or_insert((0, 0));
+        if status.starts_with('5') || status == "000" {
+            e.1 += n;
+        } else {
+            e.0 += n;
+        }
+    }
+    out
 }

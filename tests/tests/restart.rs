@@ -3,7 +3,7 @@
 //! checkpoint holds the kernel counts the SLO windows already contain.
 //! Also: `burnwatch uninstall` and `run --cleanup` leave nothing attached.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -53,20 +53,6 @@ fn traffic(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
         }
         sent
     })
-}
-
-/// (good, bad) per tenant from nginx's log: 5xx (and unanswered) are bad.
-fn slo_events_from_log(log: &BTreeMap<(String, String), u64>) -> BTreeMap<String, (u64, u64)> {
-    let mut out = BTreeMap::new();
-    for ((tenant, status), n) in log {
-        let e = out.entry(tenant.clone()).or_insert((0, 0));
-        if status.starts_with('5') || status == "000" {
-            e.1 += n;
-        } else {
-            e.0 += n;
-        }
-    }
-    out
 }
 
 /// (good, bad) the SLO engine holds in the SLO's 30-day window.
@@ -124,7 +110,7 @@ fn kill_9_mid_traffic_loses_and_doubles_nothing() {
         &want,
         &agent,
     );
-    for (tenant, (good, bad)) in slo_events_from_log(&want) {
+    for (tenant, (good, bad)) in burnwatch_e2e::nginx::slo_events(&want) {
         let metric = |outcome: &str| {
             e.sum(
                 "burnwatch_slo_events_total",

@@ -36,18 +36,9 @@ fn send(port: u16, tenant: &str, n: u64) {
     }
 }
 
-/// (good, bad) per tenant from nginx's log: 5xx (and unanswered) are bad.
+/// (good, bad) per tenant from nginx's log.
 fn log_events(nginx: &Nginx) -> BTreeMap<String, (u64, u64)> {
-    let mut out = BTreeMap::new();
-    for ((tenant, status), n) in nginx.counts("unknown") {
-        let e = out.entry(tenant).or_insert((0, 0));
-        if status.starts_with('5') || status == "000" {
-            e.1 += n;
-        } else {
-            e.0 += n;
-        }
-    }
-    out
+    nginx.slo_events("unknown")
 }
 
 /// (good, bad) the engine holds in the SLO's 30-day window for `tenant`.
