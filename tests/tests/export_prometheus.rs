@@ -119,26 +119,7 @@ slos:\n  - name: shop-availability\n    service: shop\n    objective: 99.9\n",
     // Classic text format without an Accept header, and it lints clean.
     assert!(!text.contains("# EOF"));
     assert!(text.contains("# TYPE burnwatch_http_requests_total counter"));
-    let mut lint = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian prometheus, cargo xtask setup)");
-    use std::io::Write;
-    lint.stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = lint.wait_with_output().unwrap();
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool check metrics:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    burnwatch_e2e::peers::promtool_check(&text);
     // OpenMetrics when asked for.
     let om = curl(&[
         "-H",

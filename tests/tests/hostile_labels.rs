@@ -11,15 +11,14 @@
 //! `burnwatch status` prints no control character.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use burnwatch_e2e::agent::{Agent, binary, counts_of};
 use burnwatch_e2e::client::Conn;
 use burnwatch_e2e::exposition::Exposition;
 use burnwatch_e2e::nginx::Nginx;
-use burnwatch_e2e::peers::{Prometheus, curl};
+use burnwatch_e2e::peers::{Prometheus, curl, promtool_check};
 use burnwatch_e2e::{assert_same_counts, require_root, wait_for, workspace_root};
 
 /// The kernel keeps this many bytes of a tenant value (`TENANT_MAX`).
@@ -166,29 +165,6 @@ fn log_counts(nginx: &Nginx) -> BTreeMap<(String, String), u64> {
         *out.entry((label, status.to_string())).or_insert(0) += 1;
     }
     out
-}
-
-/// `promtool check metrics` on `text`: must parse, and lint clean.
-fn promtool_check(text: &str) {
-    let mut lint = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian prometheus, cargo xtask setup)");
-    lint.stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = lint.wait_with_output().unwrap();
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool check metrics:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Chromium on the status page: what the hostile ids became in the DOM.
