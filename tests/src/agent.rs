@@ -271,6 +271,16 @@ impl Agent {
         self.keep_pins = true;
     }
 
+    /// Waits up to `timeout` for the agent's log to contain `needle`;
+    /// panics with the log when it does not.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        assert!(
+            wait_for(timeout, || self.log().contains(needle).then_some(())).is_some(),
+            "the agent never logged {needle:?}:\n{}",
+            self.log()
+        );
+    }
+
     pub fn log(&self) -> String {
         let mut s = String::new();
         if let Ok(mut f) = std::fs::File::open(&self.log_path) {

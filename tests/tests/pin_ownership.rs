@@ -65,15 +65,6 @@ fn uninstall(pins: &Path, extra: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-/// Waits until the agent's log contains `needle`.
-fn wait_log(agent: &Agent, needle: &str, timeout: Duration) {
-    assert!(
-        wait_for(timeout, || agent.log().contains(needle).then_some(())).is_some(),
-        "the agent never logged {needle:?}:\n{}",
-        agent.log()
-    );
-}
-
 #[test]
 fn second_agent_and_uninstall_refuse_while_an_agent_holds_the_pin_root() {
     require_root();
@@ -193,11 +184,7 @@ fn pins_removed_mid_traffic_are_pinned_again_and_counts_stay_exact() {
 
     // rm -r of the whole pin root, as a careless hand would.
     std::fs::remove_dir_all(&pins).unwrap();
-    wait_log(
-        &agent,
-        "were removed while the agent ran",
-        Duration::from_secs(10),
-    );
+    agent.wait_log("were removed while the agent ran", Duration::from_secs(10));
     assert!(
         wait_for(Duration::from_secs(5), || (readyz(&agent).0 == Some(200))
             .then_some(()))
@@ -296,11 +283,7 @@ fn a_replaced_map_pin_is_put_back_and_counts_stay_exact() {
             .success()
     });
     assert!(created, "bpftool map create {}", counts.display());
-    wait_log(
-        &agent,
-        "was replaced by another object",
-        Duration::from_secs(10),
-    );
+    agent.wait_log("was replaced by another object", Duration::from_secs(10));
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
     let sent = load.join().unwrap();

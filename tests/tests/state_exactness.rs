@@ -18,6 +18,8 @@ use burnwatch_e2e::peers::Rotel;
 use burnwatch_e2e::{require_root, wait_for};
 
 const SLO: &str = "shop-availability";
+/// How long a test waits for a line in the agent's log.
+const LOG_WAIT: Duration = Duration::from_secs(20);
 
 fn config(port: u16, extra: &str) -> String {
     format!(
@@ -66,17 +68,6 @@ fn assert_windows(agent: &Agent, want: &BTreeMap<String, (u64, u64)>, what: &str
             agent.log()
         );
     }
-}
-
-fn wait_log(agent: &Agent, needle: &str) {
-    let seen = wait_for(Duration::from_secs(20), || {
-        agent.log().contains(needle).then_some(())
-    });
-    assert!(
-        seen.is_some(),
-        "agent never logged {needle:?}:\n{}",
-        agent.log()
-    );
 }
 
 #[test]
@@ -153,7 +144,7 @@ fn a_removed_state_file_and_a_full_disk_recover() {
     // Removed while the agent runs: written anew at the next checkpoint.
     std::fs::remove_file(&file).unwrap();
     send(nginx.port, "globex", 15);
-    wait_log(&agent, "writing it anew");
+    agent.wait_log("writing it anew", LOG_WAIT);
     assert!(
         wait_for(Duration::from_secs(10), || file.exists().then_some(())).is_some(),
         "the state file was not recreated:\n{}",
@@ -172,11 +163,11 @@ fn a_removed_state_file_and_a_full_disk_recover() {
     for i in 0..30 {
         send(nginx.port, &format!("tenant-{i}"), 2);
     }
-    wait_log(&agent, "SLO checkpoint failed");
+    agent.wait_log("SLO checkpoint failed", LOG_WAIT);
     // ...until there is room again.
     std::fs::remove_file(&filler).unwrap();
     send(nginx.port, "acme", 7);
-    wait_log(&agent, "SLO checkpoints succeed again");
+    agent.wait_log("SLO checkpoints succeed again", LOG_WAIT);
     nginx.wait_for_log_lines(20 + 15 + 60 + 7);
     // A checkpoint after every request above.
     std::thread::sleep(Duration::from_millis(2500));
@@ -290,7 +281,7 @@ fn overflow_admission_is_stable_across_reload_and_restart() {
         "{}  - name: shop-latency\n    service: shop\n    objective: 99\n    window: 7d\n    sli: {{ latency: {{ threshold: 250ms }} }}\n",
         config(nginx.port, cap)
     ));
-    wait_log(&agent, "config reload (file changed): applied");
+    agent.wait_log("config reload (file changed): applied", LOG_WAIT);
     for t in first.iter().copied().chain(rest.iter().map(String::as_str)) {
         send(nginx.port, t, 2);
     }
@@ -327,7 +318,7 @@ fn an_empty_config_file_is_not_applied() {
     assert_windows(&agent, &want, "before the reload");
     // A save cut short: the file is empty for a while.
     std::fs::write(&agent.config_path, "").unwrap();
-    wait_log(&agent, "the file is empty");
+    agent.wait_log("the file is empty", LOG_WAIT);
     agent.signal(libc::SIGHUP);
     std::thread::sleep(Duration::from_millis(1500));
     assert!(
@@ -369,7 +360,7 @@ fn a_reload_moves_the_otlp_exporter_to_the_new_endpoint() {
         );
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, &agent.config_path).unwrap();
-    wait_log(&agent, "config reload (file changed): applied");
+    agent.wait_log("config reload (file changed): applied", LOG_WAIT);
     send(nginx.port, "acme", 5);
     assert!(
         wait_for(Duration::from_secs(20), || (points(&b) > 0).then_some(())).is_some(),
@@ -406,7 +397,7 @@ fn an_upgrade_hands_the_old_builds_counts_over() {
         &[],
         &[("BURNWATCH_DEBUG_BUILD_ID", "00000000deadbeef")],
     );
-    wait_log(&agent, "read the old build's final counts");
+    agent.wait_log("read the old build's final counts", LOG_WAIT);
     let builds: Vec<String> = std::fs::read_dir(&pins)
         .unwrap()
         .flatten()
