@@ -114,7 +114,7 @@ impl Admission {
                 .admitted
                 .entry(Arc::from(service.as_str()))
                 .or_default();
-            for t in tenants.into_iter().take(self.max) {
+            for t in tenants {
                 if admitted.order.len() >= self.max {
                     break;
                 }

@@ -215,7 +215,15 @@ impl AgentState {
                 None
             }
         });
-        let Some(cursor) = cursor else { return };
+        if let Some(cursor) = cursor {
+            self.consume(cursor);
+        }
+    }
+
+    /// Takes `cursor` (of the maps the next feed reads) as what the windows
+    /// hold already: its counts are not fed again, and an SLO it does not
+    /// cover (added or redefined since) starts from the totals it finds.
+    fn consume(&mut self, cursor: KernelCursor) {
         for slo in self.engine.slos().iter() {
             if cursor.slos.get(&*slo.name) != Some(&slo.data_fingerprint) {
                 self.baseline.insert(slo.id);
@@ -283,38 +291,13 @@ impl AgentState {
     /// table holds the old maps' final counts when this is called; the
     /// caller empties it after. See `probe::handoff`.
     pub fn feed_handoff(&mut self, epoch: u64, now: u64) {
-        let prior = if self.prior_cursor.as_ref().is_some_and(|c| c.epoch == epoch) {
-            self.prior_cursor.take()
-        } else {
-            None
-        };
-        let mut consumed: SloTenantMap<(u64, u64)> = SloTenantMap::default();
-        let mut covered: HashSet<SloId> = self.engine.slos().iter().map(|s| s.id).collect();
-        if let Some(c) = prior {
-            covered.retain(|id| {
-                self.engine
-                    .slos()
-                    .get(*id)
-                    .is_some_and(|s| c.slos.get(&*s.name) == Some(&s.data_fingerprint))
-            });
-            for (name, tenant, good, bad) in c.consumed {
-                if let Some(id) = self.engine.slo_id(name.as_str()) {
-                    consumed.insert((id, Arc::from(tenant.as_str())), (good, bad));
-                }
-            }
+        // The old maps' consumption, not the current maps': set aside.
+        let current = std::mem::take(&mut self.slo_events);
+        if let Some(cursor) = self.prior_cursor.take_if(|c| c.epoch == epoch) {
+            self.consume(cursor);
         }
-        let mut totals = SloTenantMap::default();
-        self.slo_totals(&mut totals);
-        for (key, (good, bad)) in totals {
-            if !covered.contains(&key.0) {
-                continue;
-            }
-            let (g0, b0) = consumed.get(&key).copied().unwrap_or((0, 0));
-            let (dg, db) = (good.saturating_sub(g0), bad.saturating_sub(b0));
-            if dg + db > 0 {
-                let _ = self.engine.record_shared(now, key.0, &key.1, dg, db);
-            }
-        }
+        self.feed_engine(now);
+        self.slo_events = current;
     }
 
     /// Classifies every request series against every SLO of its service and
