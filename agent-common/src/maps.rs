@@ -116,6 +116,10 @@ pub mod ignored {
     /// A read started with a status line: the client side of an HTTP
     /// connection; a watched client adopts it at its next request.
     pub const HTTP_CLIENT: u8 = 2;
+    /// Socket path: this side ended the connection (closed it, or shut its
+    /// sending side). What it still reads is counted as `after_close`, never
+    /// as requests; judged again by no match generation.
+    pub const ENDED: u8 = 3;
 }
 
 /// HTTP request methods. `#[repr(u8)]`; 0 is "unknown".
@@ -504,6 +508,18 @@ pub mod conn_event {
     /// A read with `MSG_TRUNC` dropped bytes past a body unseen; the rest
     /// of the stream waits for the next request line.
     pub const DISCARDED_UNSEEN: u16 = 8;
+    /// Socket I/O issued through io_uring on a watched connection: the
+    /// socket path sees its byte count, not its buffer (the syscall's
+    /// registers do not hold it), so its requests are not counted.
+    pub const UNPARSED_IO_URING: u16 = 9;
+    /// Bytes read on a connection after this side ended it (closed, or shut
+    /// its sending side): a server's lingering close reads and discards
+    /// whatever the client had already sent. Not requests: the server never
+    /// took them.
+    pub const AFTER_CLOSE: u16 = 10;
+    /// Socket I/O on a watched connection by a syscall whose buffers the
+    /// socket path does not follow (`recvmmsg`, `sendmmsg`, `splice`).
+    pub const UNPARSED_SYSCALL: u16 = 11;
     // TCP failures the application never reports.
     /// The server reset an established connection.
     pub const FAIL_RESET: u16 = 16;
@@ -523,6 +539,9 @@ pub mod conn_event {
             PARSE_INVALID => "not_http",
             SCAN_LIMIT => "scan_limit",
             DISCARDED_UNSEEN => "discarded_unseen",
+            UNPARSED_IO_URING => "unparsed_io_uring",
+            AFTER_CLOSE => "after_close",
+            UNPARSED_SYSCALL => "unparsed_syscall",
             TENANT_TRUNCATED => "tenant_truncated",
             _ => return None,
         })
@@ -588,7 +607,10 @@ pub mod counter {
     pub const READ_FAULT: u32 = 2;
     /// A connection event could not be counted: `CONN_EVENTS` is full.
     pub const CONN_EVENTS_FULL: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// Socket I/O through io_uring on a TCP socket the agent had not yet
+    /// judged (no connection state): its bytes could not be looked at.
+    pub const IO_URING: u32 = 4;
+    pub const COUNT: u32 = 5;
 
     /// Label value of each counter, indexed by the constants above.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -596,6 +618,7 @@ pub mod counter {
         "conns_map_full",
         "read_fault",
         "conn_events_map_full",
+        "unparsed_io_uring",
     ];
 }
 

@@ -49,7 +49,8 @@ pub struct KernelOffsets {
     pub nr_readv: u32,
     pub nr_recvmsg: u32,
     pub nr_recvfrom: u32,
-    pub _pad: u32,
+    /// `sock.sk_type` (u16): the socket path keeps only stream sockets.
+    pub sk_type: u32,
 }
 
 /// `struct pt_regs` offsets of `di`, `si`, `dx`, `r10` on x86_64: the
@@ -66,3 +67,14 @@ pub const MSG_PEEK: u64 = 2;
 /// `MSG_TRUNC`: on a TCP socket, a `recvfrom`/`recvmsg` that consumes bytes
 /// without copying them (a server skipping a body it does not want).
 pub const MSG_TRUNC: u64 = 0x20;
+
+/// `struct pt_regs` offsets of `orig_ax` (the syscall number) and `cs` on
+/// x86_64. The socket-path programs load them at these constant offsets;
+/// userspace checks the kernel's BTF agrees before it chooses that path.
+pub const X86_64_REGS_ORIG_AX: u32 = 120;
+pub const X86_64_REGS_CS: u32 = 136;
+/// `ip`: 0 in an io_uring worker's copy of its creator's registers.
+pub const X86_64_REGS_IP: u32 = 128;
+/// `cs` of a 64-bit user task (`__USER_CS`): anything else is a 32-bit
+/// compat task (other syscall numbers) or a kernel thread (no user regs).
+pub const X86_64_USER_CS: u64 = 0x33;

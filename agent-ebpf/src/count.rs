@@ -15,7 +15,7 @@ use burnwatch_common::{
     },
 };
 
-use crate::maps::{CONN_EVENTS, COUNTS, SCRATCH, SERIES, bump};
+use crate::maps::{CONN_EVENTS, COUNT_BUF, COUNTS, NESTED, SERIES, bump};
 
 const BPF_NOEXIST: u64 = 1;
 const EEXIST: i32 = 17;
@@ -59,7 +59,11 @@ fn add_or_insert(map: &HashMap<ConnEventKey, u64>, key: &ConnEventKey) {
 /// Counts the oldest pending request of `conn` with `status` (0: none).
 #[inline(always)]
 pub fn count_request(conn: &ConnState, req: &PendingRequest, cfg: &AgentConfig, status: u16) {
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+    let slot = match NESTED.get(0) {
+        Some(&n) => n & 1,
+        None => 0,
+    };
+    let Some(scratch) = COUNT_BUF.get_ptr_mut(slot) else {
         return;
     };
     let scratch = unsafe { &mut *scratch };

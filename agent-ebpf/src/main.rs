@@ -42,6 +42,7 @@ mod frame;
 mod maps;
 mod mem;
 mod parse;
+mod sock;
 mod socket;
 mod spill;
 
@@ -57,6 +58,7 @@ use aya_ebpf::{
         },
     },
     macros::tracepoint,
+    maps::ProgramArray,
     programs::TracePointContext,
 };
 use burnwatch_common::{
@@ -368,11 +370,24 @@ fn finish_read(ctx: &TracePointContext) {
             }
         }
     };
-    let conn = unsafe { &mut *conn };
+    read_known(ctx, &TAIL_CALLS, unsafe { &mut *conn }, key, cfg, scratch);
+}
+
+/// A read on a watched connection (its buffers in `scratch`): a server's
+/// requests go to the parser, a client's responses to `client_read`.
+#[inline(always)]
+fn read_known<C: EbpfContext>(
+    ctx: &C,
+    tails: &ProgramArray,
+    conn: &mut ConnState,
+    key: u64,
+    cfg: &AgentConfig,
+    scratch: *mut Scratch,
+) {
     if conn.role == role::SERVER {
         parse::parse_inbound(conn, key, cfg, scratch);
     } else if conn.role == role::CLIENT {
-        client_read(ctx, conn, key, scratch);
+        client_read(ctx, tails, conn, key, scratch);
     }
 }
 
@@ -416,9 +431,15 @@ fn discard_read(conn: &mut ConnState, n: u64) {
 /// line that may start one (a client reading a line byte by byte), an
 /// interim 1xx (its final response may follow in the same read).
 #[inline(always)]
-fn client_read(ctx: &TracePointContext, conn: &mut ConnState, key: u64, scratch: *mut Scratch) {
+fn client_read<C: EbpfContext>(
+    ctx: &C,
+    tails: &ProgramArray,
+    conn: &mut ConnState,
+    key: u64,
+    scratch: *mut Scratch,
+) {
     if spill::has_several_pending(conn) || !conn.responses.between_responses() {
-        frame_read(ctx, key, scratch);
+        frame_read(ctx, tails, key, scratch);
     }
     if conn.responses.is_done() && !spill::has_pending(conn) {
         // Nothing to answer, and where the stream stands is not known (the
@@ -434,12 +455,14 @@ fn client_read(ctx: &TracePointContext, conn: &mut ConnState, key: u64, scratch:
     };
     let head16 = unsafe { &*(head.as_ptr() as *const [u8; HEAD]) };
     match parse_status_line(head16, n) {
-        Some(status) if status < 200 && status != 101 => frame_read(ctx, key, scratch),
+        Some(status) if status < 200 && status != 101 => frame_read(ctx, tails, key, scratch),
         Some(status) => {
             answer_status(conn, key, status);
             conn.responses.lose_place();
         }
-        None if n < 12 && may_start_status_line(head16, n) => frame_read(ctx, key, scratch),
+        None if n < 12 && may_start_status_line(head16, n) => {
+            frame_read(ctx, tails, key, scratch)
+        }
         None => {}
     }
 }
@@ -447,10 +470,10 @@ fn client_read(ctx: &TracePointContext, conn: &mut ConnState, key: u64, scratch:
 /// Hands a client's read (its buffers in `scratch`) to `frame_responses`.
 /// Returns only if the tail call failed.
 #[inline(always)]
-fn frame_read(ctx: &TracePointContext, key: u64, scratch: *mut Scratch) {
+fn frame_read<C: EbpfContext>(ctx: &C, tails: &ProgramArray, key: u64, scratch: *mut Scratch) {
     unsafe {
         (*scratch).conn_key = key;
-        TAIL_CALLS.tail_call(ctx, TAIL_FRAME_RESPONSES);
+        tails.tail_call(ctx, TAIL_FRAME_RESPONSES);
     }
 }
 
@@ -541,31 +564,50 @@ fn new_connection(
         return None;
     }
     let conn = blank_conn(cfg)?;
+    let sock = if is_request {
+        socket::tcp_socket(&cfg.offsets, fd)
+    } else {
+        None
+    };
+    judge_first_read(cfg, conn, is_request, sock);
+    store_conn(key, conn)
+}
+
+/// A connection's first read (one that starts HTTP) decides what it is:
+/// a request on a TCP socket (`sock`) of a watched service makes `conn` a
+/// server connection; a status line, the client side of an HTTP connection
+/// (ignored until a watched client writes a request on it); anything else
+/// is not ours.
+#[inline(always)]
+fn judge_first_read(
+    cfg: &AgentConfig,
+    conn: &mut ConnState,
+    is_request: bool,
+    sock: Option<socket::TcpSocket>,
+) {
     conn.ignored = if is_request {
         ignored::NOT_OURS
     } else {
         ignored::HTTP_CLIENT
     };
-    if is_request && let Some(sock) = socket::tcp_socket(&cfg.offsets, fd) {
-        if let Some(id) = unsafe { SERVICE_PORTS.get(&sock.local_port) } {
-            conn.service_id = *id;
-            conn.role = role::SERVER;
-        } else if let Some(id) = match_process(cfg, role::SERVER, sock.local_port) {
-            conn.service_id = id;
-            conn.role = role::SERVER;
-        } else if cfg.flags & config_flags::AUTO_SERVICES != 0 {
-            conn.service_id = SERVICE_AUTO;
-            conn.role = role::SERVER;
-        }
-        conn.local_port = sock.local_port;
-        if conn.role == role::SERVER {
-            conn.ignored = ignored::NO;
-            conn.sk = sock.addr();
-            // Remember the port serves HTTP, for resets and refusals.
-            let _ = SERVER_PORTS.insert(&sock.local_port, &conn.service_id, BPF_NOEXIST);
-        }
+    let Some(sock) = sock else { return };
+    if let Some(id) = unsafe { SERVICE_PORTS.get(&sock.local_port) } {
+        conn.service_id = *id;
+        conn.role = role::SERVER;
+    } else if let Some(id) = match_process(cfg, role::SERVER, sock.local_port) {
+        conn.service_id = id;
+        conn.role = role::SERVER;
+    } else if cfg.flags & config_flags::AUTO_SERVICES != 0 {
+        conn.service_id = SERVICE_AUTO;
+        conn.role = role::SERVER;
     }
-    store_conn(key, conn)
+    conn.local_port = sock.local_port;
+    if conn.role == role::SERVER {
+        conn.ignored = ignored::NO;
+        conn.sk = sock.addr();
+        // Remember the port serves HTTP, for resets and refusals.
+        let _ = SERVER_PORTS.insert(&sock.local_port, &conn.service_id, BPF_NOEXIST);
+    }
 }
 
 /// The per-CPU scratch connection, reset: role 0 (ignored) under the
@@ -574,6 +616,14 @@ fn new_connection(
 fn blank_conn(cfg: &AgentConfig) -> Option<&'static mut ConnState> {
     let scratch = SCRATCH.get_ptr_mut(0)?;
     let conn = unsafe { &mut (*scratch).conn };
+    reset_conn(conn, cfg);
+    Some(conn)
+}
+
+/// `conn` reset to a blank connection: role 0 (ignored) under the current
+/// match generation.
+#[inline(always)]
+fn reset_conn(conn: &mut ConnState, cfg: &AgentConfig) {
     conn.service_id = 0;
     conn.local_port = 0;
     conn.role = 0;
@@ -593,7 +643,6 @@ fn blank_conn(cfg: &AgentConfig) -> Option<&'static mut ConnState> {
     };
     conn.requests = RequestStream::new();
     conn.responses = ResponseStream::new();
-    Some(conn)
 }
 
 /// Stores `conn` as the state of `key` (ignored connections too, so later
@@ -673,21 +722,17 @@ fn count_evicted(owner: &SockOwner) {
 pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
     let fd = arg_u64(&ctx, 0) as u32;
     let (buf, len) = (arg_u64(&ctx, 1), arg_u64(&ctx, 2));
+    let w = WriteArgs {
+        kind: read_kind::BUF,
+        buf,
+        vlen: len,
+        iov: 0,
+        cnt: 0,
+        total: len,
+    };
     match write_conn(fd, WriteStart::Buf(buf), len) {
-        Some(Writer::Server(key, conn)) => {
-            if needs_framing(conn) {
-                tail_scan(&ctx, key, read_kind::BUF, buf, len, TAIL_FRAME_RESPONSES);
-            }
-            let mut words = MaybeUninit::uninit();
-            if let Some((head, n)) = read_head(buf, len, &mut words)
-                && on_response_head(conn, key, head, n)
-            {
-                tail_scan(&ctx, key, read_kind::BUF, buf, len, TAIL_FRAME_RESPONSES);
-            }
-        }
-        Some(Writer::Client(key)) => {
-            tail_scan(&ctx, key, read_kind::BUF, buf, len, TAIL_PARSE_WRITE)
-        }
+        Some(Writer::Server(key, conn)) => server_write(&ctx, &TAIL_CALLS, key, conn, &w),
+        Some(Writer::Client(key)) => tail_scan(&ctx, &TAIL_CALLS, key, &w, TAIL_PARSE_WRITE),
         None => {}
     }
     0
@@ -698,18 +743,18 @@ pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
     let (iov, cnt) = (arg_u64(&ctx, 1), arg_u64(&ctx, 2));
+    // Taken whole: the length accepted is known only at the exit.
+    let w = WriteArgs {
+        kind: read_kind::IOVEC,
+        buf: iov,
+        vlen: cnt,
+        iov,
+        cnt,
+        total: u64::MAX,
+    };
     match write_conn(arg_u64(&ctx, 0) as u32, WriteStart::Iovecs(iov, cnt), 8) {
-        Some(Writer::Server(key, conn)) => {
-            if needs_framing(conn) {
-                tail_scan(&ctx, key, read_kind::IOVEC, iov, cnt, TAIL_FRAME_RESPONSES);
-            }
-            if iov_response_head(conn, key, iov, cnt) {
-                tail_scan(&ctx, key, read_kind::IOVEC, iov, cnt, TAIL_FRAME_RESPONSES);
-            }
-        }
-        Some(Writer::Client(key)) => {
-            tail_scan(&ctx, key, read_kind::IOVEC, iov, cnt, TAIL_PARSE_WRITE)
-        }
+        Some(Writer::Server(key, conn)) => server_write(&ctx, &TAIL_CALLS, key, conn, &w),
+        Some(Writer::Client(key)) => tail_scan(&ctx, &TAIL_CALLS, key, &w, TAIL_PARSE_WRITE),
         None => {}
     }
     0
@@ -725,25 +770,67 @@ pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
     let Some(hdr) = read_user_into(msg, &mut hdr) else {
         return 0;
     };
+    let w = WriteArgs {
+        kind: read_kind::MSGHDR,
+        buf: msg,
+        vlen: 0,
+        iov: hdr[2],
+        cnt: hdr[3],
+        total: u64::MAX,
+    };
     match write_conn(
         arg_u64(&ctx, 0) as u32,
         WriteStart::Iovecs(hdr[2], hdr[3]),
         8,
     ) {
-        Some(Writer::Server(key, conn)) => {
-            if needs_framing(conn) {
-                tail_scan(&ctx, key, read_kind::MSGHDR, msg, 0, TAIL_FRAME_RESPONSES);
-            }
-            if iov_response_head(conn, key, hdr[2], hdr[3]) {
-                tail_scan(&ctx, key, read_kind::MSGHDR, msg, 0, TAIL_FRAME_RESPONSES);
-            }
-        }
-        Some(Writer::Client(key)) => {
-            tail_scan(&ctx, key, read_kind::MSGHDR, msg, 0, TAIL_PARSE_WRITE)
-        }
+        Some(Writer::Server(key, conn)) => server_write(&ctx, &TAIL_CALLS, key, conn, &w),
+        Some(Writer::Client(key)) => tail_scan(&ctx, &TAIL_CALLS, key, &w, TAIL_PARSE_WRITE),
         None => {}
     }
     0
+}
+
+/// The buffers of a write: as [`ReadArgs`] names them (`kind`, `buf`,
+/// `vlen`), the iovec array when there is one (`iov`, `cnt`: the msghdr's,
+/// read already), and how many bytes are written (`u64::MAX`: all of them,
+/// as asked).
+pub struct WriteArgs {
+    pub kind: u32,
+    pub buf: u64,
+    pub vlen: u64,
+    pub iov: u64,
+    pub cnt: u64,
+    pub total: u64,
+}
+
+/// A watched server writes: frame the write when it may hold several
+/// responses (or goes on with a status line or body the last one ended
+/// inside of); otherwise its start may be a status line answering the
+/// oldest request (framed when it is an interim one, or too short to tell).
+#[inline(always)]
+fn server_write<C: EbpfContext>(
+    ctx: &C,
+    tails: &ProgramArray,
+    key: u64,
+    conn: &mut ConnState,
+    w: &WriteArgs,
+) {
+    if needs_framing(conn) {
+        tail_scan(ctx, tails, key, w, TAIL_FRAME_RESPONSES);
+    }
+    let frame = if w.kind == read_kind::BUF {
+        let mut words = MaybeUninit::uninit();
+        let len = if w.vlen < w.total { w.vlen } else { w.total };
+        match read_head(w.buf, len, &mut words) {
+            Some((head, n)) => on_response_head(conn, key, head, n),
+            None => false,
+        }
+    } else {
+        iov_response_head(conn, key, w.iov, w.cnt)
+    };
+    if frame {
+        tail_scan(ctx, tails, key, w, TAIL_FRAME_RESPONSES);
+    }
 }
 
 /// `sendfile(out_fd, in_fd, offset, count)`: body bytes of a response whose
@@ -849,57 +936,62 @@ fn new_client(cfg: &AgentConfig, key: u64, fd: u32, buf: u64, len: u64) -> Optio
     }
     let sock = socket::tcp_socket(&cfg.offsets, fd)?;
     let conn = blank_conn(cfg)?;
-    let port = sock.peer(&cfg.offsets, &mut conn.peer_addr)?;
-    match match_process(cfg, role::CLIENT, port) {
-        Some(id) => {
-            conn.service_id = id;
-            conn.role = role::CLIENT;
-            conn.ignored = ignored::NO;
-            conn.local_port = port;
-            conn.peer_port = port;
-            conn.sk = sock.addr();
-            store_conn(key, conn)?;
-            Some(Writer::Client(key))
-        }
-        None => {
-            // Not watched: remember, so later writes cost one lookup.
-            store_conn(key, conn);
-            None
-        }
+    if judge_client(cfg, conn, &sock)? {
+        store_conn(key, conn)?;
+        Some(Writer::Client(key))
+    } else {
+        // Not watched: remember, so later writes cost one lookup.
+        store_conn(key, conn);
+        None
     }
 }
 
-/// Hands a write's whole buffers to a tail-called program (`slot`): a
-/// watched client's requests to the request parser, or a server's write
+/// A request written on TCP socket `sock`: `conn` (blank) becomes a
+/// watched client's connection when the process and upstream port match a
+/// client (`true`), or stays ignored. `None` if the peer cannot be read.
+#[inline(always)]
+fn judge_client(cfg: &AgentConfig, conn: &mut ConnState, sock: &socket::TcpSocket) -> Option<bool> {
+    let port = sock.peer(&cfg.offsets, &mut conn.peer_addr)?;
+    let id = match match_process(cfg, role::CLIENT, port) {
+        Some(id) => id,
+        None => return Some(false),
+    };
+    conn.service_id = id;
+    conn.role = role::CLIENT;
+    conn.ignored = ignored::NO;
+    conn.local_port = port;
+    conn.peer_port = port;
+    conn.sk = sock.addr();
+    Some(true)
+}
+
+/// Hands a write's buffers to a tail-called program (`slot` of `tails`):
+/// a watched client's requests to the request parser, or a server's write
 /// that may hold several responses to the framing. Returns only if the
 /// tail call failed (the caller then goes on as if it had not been tried).
 #[inline(always)]
-fn tail_scan(ctx: &TracePointContext, key: u64, kind: u32, buf: u64, vlen: u64, slot: u32) {
+fn tail_scan<C: EbpfContext>(ctx: &C, tails: &ProgramArray, key: u64, w: &WriteArgs, slot: u32) {
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
     let scratch = unsafe { &mut *scratch };
     let args = ReadArgs {
         fd: 0,
-        kind,
-        buf,
-        vlen,
+        kind: w.kind,
+        buf: w.buf,
+        vlen: w.vlen,
     };
-    // A write's buffers are taken whole (the kernel may accept fewer bytes;
-    // a short write's rest comes again in the next one, which the parser
-    // sees as more bytes of the same stream: rare, and what it costs is a
-    // resync on the next request).
-    let total = if kind == read_kind::BUF {
-        vlen
-    } else {
-        u64::MAX
-    };
-    if !fill_iovecs(scratch, &args, total) {
+    // A write's buffers may be taken whole (`total` unknown at a syscall's
+    // entry: the kernel may accept fewer bytes; a short write's rest comes
+    // again in the next one, which the parser sees as more bytes of the
+    // same stream: rare, and what it costs is a resync on the next
+    // request).
+    if !fill_iovecs(scratch, &args, w.total) {
         return;
     }
     scratch.conn_key = key;
     unsafe {
-        TAIL_CALLS.tail_call(ctx, slot);
+        tails.tail_call(ctx, slot);
     }
 }
 

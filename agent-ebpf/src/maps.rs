@@ -115,8 +115,6 @@ pub struct Scratch {
     pub conn: ConnState,
     /// The connection whose write the tail-called parser scans.
     pub conn_key: u64,
-    pub key: RequestKey,
-    pub stats: RequestStats,
     /// Framing the responses of one buffer (`frame.rs`).
     pub resp: burnwatch_common::http::response::ResponseStream,
     /// The user bytes last read: `win_len` bytes of the iovec being scanned
@@ -138,6 +136,41 @@ const _: () = assert!(
 
 #[map(name = "SCRATCH")]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// A series key and value being built by `count::count_request`.
+#[repr(C)]
+pub struct CountBuf {
+    pub key: RequestKey,
+    pub stats: RequestStats,
+}
+
+/// `count::count_request`'s working memory, per CPU: slot 0 for programs
+/// in process context, slot 1 for the socket-state program while
+/// [`NESTED`] says it runs. BTF tracepoint programs nest (the kernel's
+/// recursion guard is per program): a connection reset in a softirq runs
+/// the socket-state program on top of a socket I/O program of the same
+/// CPU, and must not build its series in the memory the other is using.
+#[map(name = "COUNT_BUF")]
+pub static COUNT_BUF: PerCpuArray<CountBuf> = PerCpuArray::with_max_entries(2, 0);
+
+/// 1 while the socket-state program runs on this CPU (see [`COUNT_BUF`]).
+#[map(name = "NESTED")]
+pub static NESTED: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Runs `f` with [`NESTED`] set, so the counting it does uses its own slot
+/// of [`COUNT_BUF`].
+#[inline(always)]
+pub fn nested<R>(f: impl FnOnce() -> R) -> R {
+    let flag = NESTED.get_ptr_mut(0);
+    if let Some(p) = flag {
+        unsafe { core::ptr::write_volatile(p, 1) };
+    }
+    let r = f();
+    if let Some(p) = flag {
+        unsafe { core::ptr::write_volatile(p, 0) };
+    }
+    r
+}
 
 #[inline(always)]
 pub fn bump(idx: u32) {

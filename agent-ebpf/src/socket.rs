@@ -56,6 +56,28 @@ unsafe fn read_kernel<T>(base: *const u8, offset: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel(base.add(offset as usize) as *const T).ok() }
 }
 
+/// The socket path's `struct sock *` when it is an IPv4 or IPv6 stream
+/// socket: two loads (family, type) before anything else is looked at.
+#[inline(always)]
+pub fn stream_socket(off: &KernelOffsets, sk: *const u8) -> Option<TcpSocket> {
+    unsafe {
+        let family: u16 = read_kernel(sk, off.skc_family)?;
+        if family != AF_INET && family != AF_INET6 {
+            return None;
+        }
+        let ty: u16 = read_kernel(sk, off.sk_type)?;
+        if ty != SOCK_STREAM {
+            return None;
+        }
+        let local_port: u16 = read_kernel(sk, off.skc_num)?;
+        Some(TcpSocket {
+            local_port,
+            family,
+            sk,
+        })
+    }
+}
+
 /// Walks `task->files->fdt->fd[fd]` to the socket when `fd` is an IPv4 or
 /// IPv6 stream socket of the current process.
 #[inline(always)]

@@ -146,6 +146,7 @@ fn apply(mut new: Config, r: Running<'_>) -> Result<()> {
             "api (the token and certificate files' contents are re-read as they change; the paths need a restart)",
             new.api != old.api,
         ),
+        ("capture.mode", new.capture != old.capture),
     ] {
         if changed {
             warn!("config reload: {what} changed; it takes effect at the next restart");
@@ -156,6 +157,7 @@ fn apply(mut new: Config, r: Running<'_>) -> Result<()> {
     new.state.dir = old.state.dir.clone();
     new.state.bpffs_dir = old.state.bpffs_dir.clone();
     new.api = old.api.clone();
+    new.capture = old.capture.clone();
 
     // Everything that can fail first: a half-applied config is not applied.
     let (kcfg, ports) = crate::run::kernel_config(&new)?;

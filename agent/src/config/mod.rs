@@ -49,6 +49,41 @@ pub struct Config {
     /// The HTTP API's authentication and TLS (see `config::api`).
     #[serde(default)]
     pub api: api::Api,
+    /// How socket I/O is captured (see [`CaptureMode`]).
+    #[serde(default)]
+    pub capture: Capture,
+}
+
+/// `capture:`: which kernel front-end counts requests.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Capture {
+    #[serde(default)]
+    pub mode: CaptureMode,
+}
+
+/// `capture.mode`. `auto` (the default) takes the socket path where the
+/// kernel has it (6.4+, x86_64) and the syscall path elsewhere; `socket`
+/// and `syscalls` force one (the agent refuses to start when the forced one
+/// cannot run).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureMode {
+    #[default]
+    Auto,
+    Socket,
+    Syscalls,
+}
+
+impl CaptureMode {
+    /// The mode forced, `None` for `auto`.
+    pub fn forced(self) -> Option<burnwatch_common::programs::CaptureMode> {
+        match self {
+            CaptureMode::Auto => None,
+            CaptureMode::Socket => Some(burnwatch_common::programs::CaptureMode::Socket),
+            CaptureMode::Syscalls => Some(burnwatch_common::programs::CaptureMode::Syscalls),
+        }
+    }
 }
 
 /// Durable state: where the SLO windows are checkpointed.
@@ -257,6 +292,7 @@ impl Default for Config {
             state: State::default(),
             openslo: Vec::new(),
             api: api::Api::default(),
+            capture: Capture::default(),
         }
     }
 }

@@ -258,7 +258,7 @@ impl Btf {
             nr_readv: libc::SYS_readv as u32,
             nr_recvmsg: libc::SYS_recvmsg as u32,
             nr_recvfrom: libc::SYS_recvfrom as u32,
-            _pad: 0,
+            sk_type: self.member_offset("sock", "sk_type")?,
         })
     }
 

@@ -134,10 +134,6 @@ impl KernelFeatures {
 
     /// Whether the socket-layer capture (`tp_btf` on the socket
     /// tracepoints, per-socket state in sk storage) can run here.
-    #[allow(
-        dead_code,
-        reason = "chooses the socket-layer capture front-end once it exists; tested now"
-    )]
     pub fn capture_path_available(&self) -> bool {
         self.tp_btf.available
             && self.sk_storage_from_tp_btf.available

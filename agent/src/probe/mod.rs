@@ -19,12 +19,12 @@ use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     EbpfLoader, VerifierLogLevel,
     maps::{Array, HashMap as BpfHashMap, IterableMap, Map, MapData, PerCpuArray, ProgramArray},
     programs::{
-        ProgramError, TracePoint,
+        BtfTracePoint, ProgramError, TracePoint,
         links::{FdLink, PinnedLink},
         trace_point::TracePointLink,
     },
@@ -32,7 +32,9 @@ use aya::{
 use burnwatch_common::maps::{
     AgentConfig, ConnEventKey, MatchKey, RequestKey, RequestStats, SERIES_ALL, counter, names,
 };
-use burnwatch_common::programs::{CAPABILITIES, TAIL_CALLED, TRACEPOINTS, capability_of, is_core};
+use burnwatch_common::programs::{
+    BTF, CaptureMode, SOCKET_TAIL_TARGET, capability_of, is_core,
+};
 use tracing::{error, info, warn};
 
 use batch::BatchReader;
@@ -64,6 +66,9 @@ pub struct Probe {
     /// What `matches` holds.
     matches_now: std::collections::BTreeMap<MatchKey, u32>,
     pins: Pins,
+    /// The capture path the programs run (`capture.mode`, or chosen by
+    /// what the kernel runs).
+    pub mode: CaptureMode,
     /// The attached programs, held open for their run statistics.
     program_stats: ProgramStatsReader,
     pub attached: Vec<String>,
@@ -158,8 +163,9 @@ impl Probe {
         config: &AgentConfig,
         service_ports: &[(u16, u32)],
         pin_root: &Path,
+        forced: Option<CaptureMode>,
     ) -> Result<Probe> {
-        preflight::run()?;
+        let chosen = preflight::run(forced)?;
         // Kernel memory for maps is charged to the memory cgroup on 5.11+;
         // a failed raise (no CAP_SYS_RESOURCE) is not fatal.
         raise_memlock();
@@ -167,36 +173,35 @@ impl Probe {
         // One agent per pin root (lock.rs), before anything under it is
         // read or changed: a second agent refuses here, naming the first.
         let lock = lock::PinRootLock::acquire(pin_root)?;
-        let build = std::env::var(BUILD_ID_ENV)
+        let object_build = std::env::var(BUILD_ID_ENV)
             .ok()
             .filter(|b| pins::is_build_dir(b))
             .unwrap_or_else(|| pins::build_id(EBPF_OBJECT));
-        let pins = Pins::new(pin_root, &build);
-        pins.create_dirs()?;
-        let mut probe = match Probe::open_pinned(&pins, true, None) {
-            Ok(p) => {
-                info!(pins = %pins.dir.display(), "reusing pinned eBPF programs and maps: counts continue");
-                p
-            }
-            Err(e) => {
-                if std::fs::read_dir(pins.dir.join("links")).is_ok_and(|mut d| d.next().is_some()) {
-                    warn!(pins = %pins.dir.display(), "pinned state unusable, replacing it: {e:#}");
-                }
-                pins.remove()?;
-                pins.create_dirs()?;
-                let loaded = match load_and_pin(&pins) {
-                    Ok(loaded) => loaded,
-                    Err(e) => {
-                        // Unpinning detaches whatever was attached.
-                        let _ = pins.remove();
-                        return Err(e);
-                    }
-                };
-                let mut probe = Probe::open_pinned(&pins, false, Some(&loaded.down))?;
-                probe._held_links = loaded.held;
-                probe
-            }
+        // `auto` falls back to the syscall path when the socket path's core
+        // programs do not load or attach here.
+        let modes: &[CaptureMode] = if forced.is_none() && chosen == CaptureMode::Socket {
+            &[CaptureMode::Socket, CaptureMode::Syscalls]
+        } else if chosen == CaptureMode::Socket {
+            &[CaptureMode::Socket]
+        } else {
+            &[CaptureMode::Syscalls]
         };
+        let mut probe = None;
+        for (i, mode) in modes.iter().enumerate() {
+            match Probe::open_or_load(&object_build, pin_root, *mode) {
+                Ok(p) => {
+                    probe = Some(p);
+                    break;
+                }
+                Err(e) if i + 1 < modes.len() => warn!(
+                    "the socket capture path cannot run on this kernel ({e:#}); \
+                     falling back to the syscall path"
+                ),
+                Err(e) => return Err(e),
+            }
+        }
+        let mut probe = probe.expect("the last mode returns its error");
+        let pins = probe.pins.clone();
         // Upgrade: the old build's counts since its agent's last read are
         // read once its pins are gone and its programs detached; ours count
         // nothing until `configure` writes their config (handoff.rs).
@@ -214,8 +219,49 @@ impl Probe {
             .filter(|(_, up)| !up)
             .map(|(f, _)| *f)
             .collect();
-        info!(probes = ?probe.attached, pins = %pins.dir.display(), ?down, "eBPF programs attached");
+        info!(
+            mode = probe.mode.name(),
+            probes = ?probe.attached,
+            pins = %pins.dir.display(),
+            ?down,
+            "eBPF programs attached"
+        );
         Ok(probe)
+    }
+
+    /// Reuses the pins of this build and capture `mode`, or loads, attaches
+    /// and pins its programs afresh. A mode's pins are a build of their own
+    /// (its own directory): switching modes hands the counts over as an
+    /// upgrade does.
+    fn open_or_load(object_build: &str, pin_root: &Path, mode: CaptureMode) -> Result<Probe> {
+        let build = pins::build_id(format!("{object_build}:{}", mode.name()).as_bytes());
+        let pins = Pins::new(pin_root, &build);
+        pins.create_dirs()?;
+        match Probe::open_pinned(&pins, mode, None) {
+            Ok(p) => {
+                info!(pins = %pins.dir.display(), mode = mode.name(), "reusing pinned eBPF programs and maps: counts continue");
+                Ok(p)
+            }
+            Err(e) => {
+                if std::fs::read_dir(pins.dir.join("links")).is_ok_and(|mut d| d.next().is_some()) {
+                    warn!(pins = %pins.dir.display(), "pinned state unusable, replacing it: {e:#}");
+                }
+                pins.remove()?;
+                pins.create_dirs()?;
+                let loaded = match load_and_pin(&pins, mode) {
+                    Ok(loaded) => loaded,
+                    Err(e) => {
+                        // Unpinning detaches whatever was attached.
+                        let _ = pins.remove();
+                        return Err(e);
+                    }
+                };
+                let mut probe = Probe::open_pinned(&pins, mode, Some(&loaded.down))?;
+                probe.reused = false;
+                probe._held_links = loaded.held;
+                Ok(probe)
+            }
+        }
     }
 
     /// Opens the pins of this build. `down` names the programs that did not
@@ -226,9 +272,10 @@ impl Probe {
     /// pinned last, so a directory an agent left half pinned fails here).
     fn open_pinned(
         pins: &Pins,
-        reused: bool,
+        mode: CaptureMode,
         down: Option<&std::collections::BTreeSet<&'static str>>,
     ) -> Result<Probe> {
+        let reused = down.is_none();
         if down.is_none() {
             // A detached link counts nothing: such a pin set is not reused
             // (its programs and maps are loaded afresh).
@@ -239,7 +286,7 @@ impl Probe {
         }
         let mut attached = Vec::new();
         let mut missing = std::collections::BTreeSet::new();
-        for (category, tracepoint, program) in TRACEPOINTS {
+        for (category, tracepoint, program) in mode.hooks() {
             let up = match down {
                 Some(down) => !down.contains(program),
                 None => {
@@ -255,12 +302,16 @@ impl Probe {
                 }
             };
             if up {
-                attached.push(format!("tracepoint:{category}:{tracepoint}"));
+                attached.push(if *category == BTF {
+                    format!("tp_btf:{tracepoint}")
+                } else {
+                    format!("tracepoint:{category}:{tracepoint}")
+                });
             } else {
                 missing.insert(*program);
             }
         }
-        for (_, program) in TAIL_CALLED {
+        for (_, program) in mode.tail_called() {
             let up = match down {
                 Some(down) => !down.contains(program),
                 None => pins.program(program).exists(),
@@ -269,7 +320,8 @@ impl Probe {
                 missing.insert(*program);
             }
         }
-        let capabilities = CAPABILITIES
+        let capabilities = mode
+            .capabilities()
             .iter()
             .map(|c| (c.feature, c.programs.iter().all(|p| !missing.contains(p))))
             .collect();
@@ -306,7 +358,8 @@ impl Probe {
             matches,
             matches_now,
             pins: pins.clone(),
-            program_stats: ProgramStatsReader::open(pins, &stats_programs()),
+            mode,
+            program_stats: ProgramStatsReader::open(pins, &stats_programs(mode)),
             attached,
             capabilities,
             counts_epoch: counts_epoch(counts_id),
@@ -570,39 +623,69 @@ struct Loaded {
 /// complete). An optional program that fails to verify or attach is logged
 /// and left out (its capability is down); a core program's failure is the
 /// error returned.
-fn load_and_pin(pins: &Pins) -> Result<Loaded> {
-    let mut ebpf = EbpfLoader::new()
-        // On a refusal, aya loads again with a log: the statistics and the
-        // verifier's reason are enough (a verbose log of a program near the
-        // limit is hundreds of MiB, and each retry for a bigger buffer
-        // verifies again).
-        .verifier_log_level(VerifierLogLevel::STATS)
+fn load_and_pin(pins: &Pins, mode: CaptureMode) -> Result<Loaded> {
+    let mut loader = EbpfLoader::new();
+    // On a refusal, aya loads again with a log: the statistics and the
+    // verifier's reason are enough (a verbose log of a program near the
+    // limit is hundreds of MiB, and each retry for a bigger buffer
+    // verifies again).
+    loader.verifier_log_level(VerifierLogLevel::STATS);
+    if mode == CaptureMode::Socket {
+        // The syscall path's connection maps are preallocated (tens of
+        // MiB); the socket path keeps its state in the sockets.
+        for map in [names::CONNS, "SOCKS"] {
+            loader.map_max_entries(map, 1);
+        }
+    }
+    let mut ebpf = loader
         .load(EBPF_OBJECT)
         .context("loading the eBPF object")?;
     let skip: Vec<String> = std::env::var(SKIP_PROGRAMS_ENV)
         .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
         .unwrap_or_default();
+    let btf = if mode == CaptureMode::Socket {
+        Some(aya::Btf::from_sys_fs().context("reading the kernel's BTF")?)
+    } else {
+        None
+    };
+    // The BTF tracepoint each program is verified for (tail-called ones:
+    // the one they are called from).
+    let btf_target = |name: &str| -> Option<&'static str> {
+        mode.hooks()
+            .iter()
+            .find(|h| h.0 == BTF && h.2 == name)
+            .map(|h| h.1)
+            .or_else(|| {
+                (mode == CaptureMode::Socket && mode.tail_called().iter().any(|t| t.1 == name))
+                    .then_some(SOCKET_TAIL_TARGET)
+            })
+    };
     let mut down = std::collections::BTreeSet::new();
     // Verify every program first (seconds), then attach them all in one
     // quick pass: connections are never seen by half the probes.
-    let mut programs: Vec<&'static str> = TRACEPOINTS.iter().map(|t| t.2).collect();
-    programs.extend(TAIL_CALLED.iter().map(|t| t.1));
-    programs.dedup();
-    for name in programs {
-        let prog: &mut TracePoint = ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
-            .try_into()?;
-        if prog.fd().is_ok() {
-            continue; // shared by several tracepoints, already loaded
-        }
+    for name in mode.programs() {
         let loaded = if skip.iter().any(|s| s == name) {
             Err(anyhow!("not loaded: {SKIP_PROGRAMS_ENV} names it"))
         } else {
-            prog.load()
+            let program = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
+            let verified = match (btf_target(name), &btf) {
+                (Some(target), Some(btf)) => {
+                    let prog: &mut BtfTracePoint = program.try_into()?;
+                    prog.load(target, btf)
+                }
+                _ => {
+                    let prog: &mut TracePoint = program.try_into()?;
+                    prog.load()
+                }
+            };
+            verified
                 .map_err(|e| anyhow!("the kernel verifier rejected it: {}", load_reason(&e)))
                 .and_then(|()| {
-                    prog.pin(pins.program(name))
+                    ebpf.program_mut(name)
+                        .expect("loaded above")
+                        .pin(pins.program(name))
                         .with_context(|| format!("pinning program {name}"))
                 })
         };
@@ -611,36 +694,46 @@ fn load_and_pin(pins: &Pins) -> Result<Loaded> {
             down.insert(name);
         }
     }
-    for (slot, name) in TAIL_CALLED {
+    for (slot, name) in mode.tail_called() {
         if down.contains(name) {
             continue;
         }
-        let prog: &mut TracePoint = ebpf
-            .program_mut(name)
+        let fd = ebpf
+            .program(name)
             .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
-            .try_into()?;
-        let fd = prog.fd()?.try_clone()?;
+            .fd()?
+            .try_clone()?;
         let mut tails = ProgramArray::try_from(
-            ebpf.map_mut(names::TAIL_CALLS)
-                .ok_or_else(|| anyhow!("no TAIL_CALLS map"))?,
+            ebpf.map_mut(mode.tail_map())
+                .ok_or_else(|| anyhow!("no {} map", mode.tail_map()))?,
         )?;
-        tails
-            .set(*slot, &fd, 0)
-            .with_context(|| format!("registering {name} for tail calls"))?;
+        if let Err(e) = tails.set(*slot, &fd, 0) {
+            degrade(
+                name,
+                &anyhow::Error::from(e).context(format!("registering {name} for tail calls")),
+            )?;
+            down.insert(name);
+        }
     }
     let mut links = Vec::new();
-    for (category, tracepoint, name) in TRACEPOINTS {
+    for (category, tracepoint, name) in mode.hooks() {
         if down.contains(name) {
             continue;
         }
-        let prog: &mut TracePoint = ebpf
+        let program = ebpf
             .program_mut(name)
-            .ok_or_else(|| anyhow!("program {name} missing"))?
-            .try_into()?;
-        let attached = prog
-            .attach(category, tracepoint)
-            .map_err(anyhow::Error::from)
-            .and_then(|id| Ok(prog.take_link(id)?));
+            .ok_or_else(|| anyhow!("program {name} missing"))?;
+        let attached = if *category == BTF {
+            let prog: &mut BtfTracePoint = program.try_into()?;
+            prog.attach()
+                .map_err(anyhow::Error::from)
+                .and_then(|id| Ok(Link::Btf(FdLink::from(prog.take_link(id)?))))
+        } else {
+            let prog: &mut TracePoint = program.try_into()?;
+            prog.attach(category, tracepoint)
+                .map_err(anyhow::Error::from)
+                .and_then(|id| Ok(Link::Perf(prog.take_link(id)?)))
+        };
         match attached {
             Ok(link) => links.push((category, tracepoint, *name, link)),
             Err(e) => {
@@ -666,15 +759,25 @@ fn load_and_pin(pins: &Pins) -> Result<Loaded> {
             "this kernel cannot pin tracepoint links (needs 5.15+): the programs detach when \
              the agent exits, and requests made while it restarts are not counted"
         );
-        let held = links.into_iter().map(|(_, _, _, link)| link).collect();
+        let mut held = Vec::new();
+        for (category, tracepoint, _, link) in links {
+            match link {
+                Link::Perf(link) => held.push(link),
+                Link::Btf(_) => bail!("tp_btf:{category}:{tracepoint} on a kernel without bpf links"),
+            }
+        }
         return Ok(Loaded { held, down });
     }
     // Core links last: a directory an agent left half pinned lacks one of
     // them, and is loaded again rather than reused.
     links.sort_by_key(|(_, _, name, _)| is_core(name));
     for (category, tracepoint, _, link) in links {
-        let link = FdLink::try_from(link)
-            .with_context(|| format!("tracepoint {category}:{tracepoint} is not a bpf link"))?;
+        let link = match link {
+            Link::Perf(link) => FdLink::try_from(link).with_context(|| {
+                format!("tracepoint {category}:{tracepoint} is not a bpf link")
+            })?,
+            Link::Btf(link) => link,
+        };
         link.pin(pins.link(category, tracepoint))
             .with_context(|| format!("pinning the link of {category}:{tracepoint}"))?;
     }
@@ -682,6 +785,13 @@ fn load_and_pin(pins: &Pins) -> Result<Loaded> {
         held: Vec::new(),
         down,
     })
+}
+
+/// An attached program's link: a tracepoint's perf-event link, or a BTF
+/// tracepoint's bpf link.
+enum Link {
+    Perf(TracePointLink),
+    Btf(FdLink),
 }
 
 /// Why a program did not load, in one line: the syscall's error and the
@@ -723,8 +833,8 @@ fn degrade(program: &'static str, e: &anyhow::Error) -> Result<()> {
 }
 
 /// The programs attached to tracepoints, each once.
-fn stats_programs() -> Vec<&'static str> {
-    let mut names: Vec<&'static str> = TRACEPOINTS.iter().map(|t| t.2).collect();
+fn stats_programs(mode: CaptureMode) -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = mode.hooks().iter().map(|t| t.2).collect();
     names.dedup();
     names
 }

@@ -16,10 +16,13 @@ const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
-use burnwatch_common::programs::{TRACEPOINTS, capability_of};
+use burnwatch_common::programs::{BTF, CaptureMode, capability_of};
 
-/// Runs every check; the error lists everything that is missing at once.
-pub fn run() -> Result<()> {
+/// Runs every check and chooses the capture path: `forced`
+/// (`capture.mode`), or the socket path where this kernel runs it and the
+/// syscall path elsewhere. The error lists everything that is missing at
+/// once.
+pub fn run(forced: Option<CaptureMode>) -> Result<CaptureMode> {
     let mut missing = Vec::new();
 
     match effective_caps() {
@@ -50,8 +53,41 @@ pub fn run() -> Result<()> {
         }
     };
 
+    // Measured, not read off the version: what this kernel loads and
+    // attaches (tp_btf, socket storage, fentry, kprobes, the socket
+    // tracepoints, bpf_loop), in one line of the log. After tracefs is
+    // mounted: the kprobe fact reads it.
+    let features = super::features::probe();
+    info!("{}", features.log_line());
+    let socket_why_not = socket_path_why_not(&features);
+    let mode = match (forced, &socket_why_not) {
+        (Some(CaptureMode::Socket), Some(why)) => {
+            missing.push(format!(
+                "capture.mode is socket, and this kernel cannot run the socket path: {why}"
+            ));
+            CaptureMode::Socket
+        }
+        (Some(mode), _) => mode,
+        (None, None) => CaptureMode::Socket,
+        (None, Some(_)) => CaptureMode::Syscalls,
+    };
+    match (forced, &socket_why_not) {
+        (Some(_), _) => info!(mode = mode.name(), "capture path forced by capture.mode"),
+        (None, None) => info!(
+            mode = mode.name(),
+            "capture path: the socket layer's tracepoints (only socket I/O runs a program)"
+        ),
+        (None, Some(why)) => info!(
+            mode = mode.name(),
+            "capture path: syscall tracepoints, as the socket path cannot run here: {why}"
+        ),
+    }
+
     if let Some(tracefs) = &tracefs {
-        for (cat, name, program) in TRACEPOINTS {
+        for (cat, name, program) in mode.hooks() {
+            if *cat == BTF {
+                continue; // checked by the feature probe above
+            }
             let p = tracefs.join("events").join(cat).join(name);
             if p.exists() {
                 continue;
@@ -76,12 +112,6 @@ pub fn run() -> Result<()> {
         Err(e) => warn!("could not probe the tracepoint program type: {e}"),
     }
 
-    // Measured, not read off the version: what this kernel loads and
-    // attaches (tp_btf, socket storage, fentry, kprobes, the socket
-    // tracepoints, bpf_loop), in one line of the log. After tracefs is
-    // mounted: the kprobe fact reads it.
-    let features = super::features::probe();
-    info!("{}", features.log_line());
     if !features.bpf_loop.available {
         missing.push(format!(
             "the bpf_loop helper (Linux 5.17+), which the parser runs in: {}",
@@ -97,7 +127,51 @@ pub fn run() -> Result<()> {
     }
     let tracefs = tracefs.expect("checked above");
     info!(tracefs = %tracefs.display(), btf = BTF_PATH, "kernel checks passed");
-    Ok(())
+    Ok(mode)
+}
+
+/// Why the socket path cannot run on this kernel, `None` when it can: the
+/// BTF tracepoints on the socket layer with socket storage (6.4+), and the
+/// x86_64 register layout its programs read the syscall's arguments from.
+pub fn socket_path_why_not(features: &super::features::KernelFeatures) -> Option<String> {
+    if !features.capture_path_available() {
+        return Some(format!(
+            "socket tracepoints {}; tp_btf {}; sk_storage from tp_btf {}",
+            features.socket_tracepoints, features.tp_btf, features.sk_storage_from_tp_btf
+        ));
+    }
+    use burnwatch_common::offsets::{
+        X86_64_REGS_CS, X86_64_REGS_IP, X86_64_REGS_ORIG_AX, X86_64_SYSCALL_ARG_REGS,
+    };
+    let btf = match super::btf::Btf::from_file(Path::new(BTF_PATH)) {
+        Ok(btf) => btf,
+        Err(e) => return Some(format!("kernel BTF: {e:#}")),
+    };
+    let at = |m: &str| btf.member_offset("pt_regs", m).ok();
+    let layout = [
+        at("di"),
+        at("si"),
+        at("dx"),
+        at("r10"),
+        at("orig_ax"),
+        at("ip"),
+        at("cs"),
+    ];
+    let want = [
+        Some(X86_64_SYSCALL_ARG_REGS[0]),
+        Some(X86_64_SYSCALL_ARG_REGS[1]),
+        Some(X86_64_SYSCALL_ARG_REGS[2]),
+        Some(X86_64_SYSCALL_ARG_REGS[3]),
+        Some(X86_64_REGS_ORIG_AX),
+        Some(X86_64_REGS_IP),
+        Some(X86_64_REGS_CS),
+    ];
+    if !cfg!(target_arch = "x86_64") || layout != want {
+        return Some(format!(
+            "its programs read x86_64 syscall registers; this kernel's struct pt_regs is not that layout ({layout:?})"
+        ));
+    }
+    None
 }
 
 fn effective_caps() -> Option<u64> {

@@ -74,13 +74,36 @@ fn prog_type(section: &aya_obj::ProgramSection) -> Result<(bpf_prog_type, Option
     match section {
         S::TracePoint => Ok((bpf_prog_type::BPF_PROG_TYPE_TRACEPOINT, None)),
         S::RawTracePoint => Ok((bpf_prog_type::BPF_PROG_TYPE_RAW_TRACEPOINT, None)),
+        S::BtfTracePoint => Ok((
+            bpf_prog_type::BPF_PROG_TYPE_TRACING,
+            Some(aya_obj::generated::bpf_attach_type::BPF_TRACE_RAW_TP as u32),
+        )),
         other => bail!("verifier statistics: section kind {other:?} is not handled"),
     }
 }
 
+/// The BTF tracepoint a `tp_btf` program of the object is verified for
+/// (the tail-called ones: the one they are called from).
+fn btf_target(program: &str) -> Option<&'static str> {
+    use burnwatch_common::programs::{BTF, CaptureMode, SOCKET_TAIL_TARGET};
+    let mode = CaptureMode::Socket;
+    mode.hooks()
+        .iter()
+        .find(|h| h.0 == BTF && h.2 == program)
+        .map(|h| h.1)
+        .or_else(|| {
+            mode.tail_called()
+                .iter()
+                .any(|t| t.1 == program)
+                .then_some(SOCKET_TAIL_TARGET)
+        })
+}
+
 /// Loads every program of `object` with the verifier's statistics and
 /// returns them, in the object's order of names. Maps are created (and
-/// dropped at the end); nothing is attached or pinned.
+/// dropped at the end); nothing is attached or pinned. The socket path's
+/// programs are left out on a kernel without its tracepoints (they never
+/// load there: the agent runs the syscall path).
 pub fn measure(object: &[u8]) -> Result<Vec<VerifierStats>> {
     // aya creates the maps (and their BTF) exactly as the agent does.
     let ebpf = EbpfLoader::new()
@@ -121,6 +144,7 @@ pub fn measure(object: &[u8]) -> Result<Vec<VerifierStats>> {
     obj.relocate_calls(&text_sections)?;
     obj.sanitize_functions(features);
 
+    let vmlinux = aya::Btf::from_sys_fs().ok();
     let mut names: Vec<&String> = obj.programs.keys().collect();
     names.sort();
     let mut out = Vec::new();
@@ -131,10 +155,29 @@ pub fn measure(object: &[u8]) -> Result<Vec<VerifierStats>> {
             .get(&program.function_key())
             .ok_or_else(|| anyhow!("program {name}: no function"))?;
         let (ty, attach) = prog_type(&program.section)?;
+        let attach_btf_id = if ty == bpf_prog_type::BPF_PROG_TYPE_TRACING {
+            let target = btf_target(name)
+                .ok_or_else(|| anyhow!("program {name}: no BTF tracepoint in the hook tables"))?;
+            let vmlinux = match &vmlinux {
+                Some(btf) => btf,
+                None => continue,
+            };
+            match vmlinux.id_by_type_name_kind(
+                &format!("btf_trace_{target}"),
+                aya_obj::btf::BtfKind::Typedef,
+            ) {
+                Ok(id) => Some(id),
+                // Not on this kernel (before 6.4): the syscall path runs.
+                Err(_) => continue,
+            }
+        } else {
+            None
+        };
         out.push(load_with_stats(
             name,
             ty,
             attach,
+            attach_btf_id,
             program,
             function,
             btf_fd.as_ref(),
@@ -175,6 +218,7 @@ fn load_with_stats(
     name: &str,
     ty: bpf_prog_type,
     expected_attach_type: Option<u32>,
+    attach_btf_id: Option<u32>,
     program: &aya_obj::Program,
     function: &aya_obj::Function,
     btf_fd: Option<&OwnedFd>,
@@ -192,6 +236,9 @@ fn load_with_stats(
     u.license = program.license.as_ptr() as u64;
     if let Some(t) = expected_attach_type {
         u.expected_attach_type = t;
+    }
+    if let Some(id) = attach_btf_id {
+        u.attach_btf_id = id;
     }
     for (dst, src) in u.prog_name.iter_mut().zip(name.bytes().take(15)) {
         *dst = src as libc::c_char;
