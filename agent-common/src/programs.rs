@@ -82,6 +82,7 @@ pub const SOCKET_TAIL_TARGET: &str = "sock_send_length";
 /// The socket path's hooks: the socket state first (no connection state
 /// is created before the probe that ends it is in place).
 pub const SOCKET_HOOKS: &[(&str, &str, &str)] = &[
+    (BTF, "tcp_destroy_sock", "sock_destroy"),
     (BTF, "inet_sock_set_state", "sock_state"),
     ("tcp", "tcp_send_reset", "tcp_send_reset"),
     (BTF, "sock_send_length", "sock_send"),
@@ -89,10 +90,8 @@ pub const SOCKET_HOOKS: &[(&str, &str, &str)] = &[
 ];
 
 /// The socket path's tail-called programs (slots as [`TAIL_CALLED`]'s).
-pub const SOCKET_TAIL_CALLED: &[(u32, &str)] = &[
-    (0, "sock_parse_client_write"),
-    (1, "sock_frame_responses"),
-];
+pub const SOCKET_TAIL_CALLED: &[(u32, &str)] =
+    &[(0, "sock_parse_client_write"), (1, "sock_frame_responses")];
 
 /// (category, tracepoint, program): the program attached to each tracepoint.
 /// Syscalls whose arguments line up share one program, verified once.
@@ -213,7 +212,7 @@ pub const SOCKET_CAPABILITIES: &[Capability] = &[
     },
     Capability {
         feature: "open_at_close",
-        programs: &["sock_state"],
+        programs: &["sock_state", "sock_destroy"],
         without: OPEN_AT_CLOSE,
     },
     Capability {

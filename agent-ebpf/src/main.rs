@@ -460,9 +460,7 @@ fn client_read<C: EbpfContext>(
             answer_status(conn, key, status);
             conn.responses.lose_place();
         }
-        None if n < 12 && may_start_status_line(head16, n) => {
-            frame_read(ctx, tails, key, scratch)
-        }
+        None if n < 12 && may_start_status_line(head16, n) => frame_read(ctx, tails, key, scratch),
         None => {}
     }
 }

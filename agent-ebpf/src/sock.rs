@@ -14,10 +14,11 @@
 //!   says which syscall, `si` holds the buffer, the iovec array or the
 //!   msghdr), and the byte count from the tracepoint: exact for writes too
 //!   (the syscall path takes a write's length as asked at its entry).
-//! - A connection ends when this side closes or shuts down sending, or it
-//!   is reset (`inet_sock_set_state`, as a BTF tracepoint so it reaches the
-//!   storage): requests still waiting count as 000, and what the socket
-//!   reads afterwards (a server's lingering close discarding what the
+//! - A connection ends when this side closes or shuts down sending
+//!   (`inet_sock_set_state`, as a BTF tracepoint so it reaches the
+//!   storage), or when a reset socket is destroyed (`tcp_destroy_sock`):
+//!   requests still waiting count as 000, and what the socket reads after
+//!   this side ended it (a server's lingering close discarding what the
 //!   client had sent) is `after_close`, never a request.
 //! - What the registers do not describe is counted, never guessed: I/O
 //!   issued through io_uring (`unparsed_io_uring`), `recvmmsg`/`sendmmsg`
@@ -39,10 +40,13 @@ use aya_ebpf::{
 };
 use burnwatch_common::{
     http::looks_like_request,
-    maps::{AgentConfig, ConnState, ReadArgs, config_flags, conn_event, counter, ignored, read_kind, role},
+    maps::{
+        AgentConfig, ConnState, ReadArgs, config_flags, conn_event, counter, ignored, read_kind,
+        role,
+    },
     offsets::{
-        MSG_PEEK, MSG_TRUNC, X86_64_REGS_CS, X86_64_REGS_IP, X86_64_REGS_ORIG_AX, X86_64_SYSCALL_ARG_REGS,
-        X86_64_USER_CS,
+        MSG_PEEK, MSG_TRUNC, X86_64_REGS_CS, X86_64_REGS_IP, X86_64_REGS_ORIG_AX,
+        X86_64_SYSCALL_ARG_REGS, X86_64_USER_CS,
     },
 };
 
@@ -274,22 +278,34 @@ fn first_read(
     }
     let conn = storage(sk, true)?;
     crate::reset_conn(conn, cfg);
-    crate::judge_first_read(cfg, conn, is_request, if is_request { Some(sock) } else { None });
+    crate::judge_first_read(
+        cfg,
+        conn,
+        is_request,
+        if is_request { Some(sock) } else { None },
+    );
     Some(conn)
 }
 
 // --------------------------------------------------------------- writes
 
+const EINTR: i32 = 4;
+const EAGAIN: i32 = 11;
+
 /// `sock:sock_send_length(sk, ret, flags)`: `ret` bytes were written to
-/// `sk` (after the fact: the count is exact).
+/// `sk` (after the fact: the count is exact). A send that failed because
+/// the peer is gone (`EPIPE`, `ECONNRESET`) still says what the server
+/// answered, as its log does: it is looked at whole, as asked. One that
+/// will be tried again (`EAGAIN`, `EINTR`: nothing was sent) is not.
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn sock_send(ctx: BtfTracePointContext) -> u32 {
     let sk: *mut c_void = ctx.arg(0);
     let ret = ctx.arg::<u64>(1) as i32;
-    if ret <= 0 {
+    if ret == 0 || ret == -EAGAIN || ret == -EINTR {
         return 0;
     }
-    on_send(&ctx, sk, ret as u64);
+    // u64::MAX: failed, take what was asked.
+    on_send(&ctx, sk, if ret > 0 { ret as u64 } else { u64::MAX });
     0
 }
 
@@ -319,14 +335,17 @@ fn on_send(ctx: &BtfTracePointContext, sk: *mut c_void, ret: u64) {
         Issued::Other => return,
     };
     let w = match call.nr {
-        NR_WRITE | NR_SENDTO => WriteArgs {
-            kind: read_kind::BUF,
-            buf: call.a1,
-            vlen: ret,
-            iov: 0,
-            cnt: 0,
-            total: ret,
-        },
+        NR_WRITE | NR_SENDTO => {
+            let len = if ret == u64::MAX { call.a2 } else { ret };
+            WriteArgs {
+                kind: read_kind::BUF,
+                buf: call.a1,
+                vlen: len,
+                iov: 0,
+                cnt: 0,
+                total: len,
+            }
+        }
         NR_WRITEV => WriteArgs {
             kind: read_kind::IOVEC,
             buf: call.a1,
@@ -356,6 +375,7 @@ fn on_send(ctx: &BtfTracePointContext, sk: *mut c_void, ret: u64) {
             if let Some(c) = known
                 && c.role == role::SERVER
                 && c.responses.in_length_body()
+                && ret != u64::MAX
             {
                 c.responses.skip(ret);
             }
@@ -367,7 +387,9 @@ fn on_send(ctx: &BtfTracePointContext, sk: *mut c_void, ret: u64) {
         }
     };
     match known {
-        Some(c) if c.role == role::SERVER => crate::server_write(ctx, &SOCK_TAILS, sk as u64, c, &w),
+        Some(c) if c.role == role::SERVER => {
+            crate::server_write(ctx, &SOCK_TAILS, sk as u64, c, &w)
+        }
         Some(c) if c.role == role::CLIENT => {
             crate::tail_scan(ctx, &SOCK_TAILS, sk as u64, &w, TAIL_PARSE_WRITE)
         }
@@ -459,19 +481,25 @@ const TCP_CLOSE: i32 = 7;
 const TCP_CLOSE_WAIT: i32 = 8;
 const TCP_LAST_ACK: i32 = 9;
 
-/// `sock:inet_sock_set_state(sk, oldstate, newstate)`: this side closes or
-/// shuts down sending (ESTABLISHED -> FIN_WAIT1, CLOSE_WAIT -> LAST_ACK),
-/// or the connection is reset (-> CLOSE). Requests still waiting never get
-/// an answer: each counts with status 000. The state stays with the socket
-/// (marked ended) so what it reads afterwards is `after_close`.
+/// `sock:inet_sock_set_state(sk, oldstate, newstate)`: the connection ends.
+///
+/// - This side closes or shuts down sending (ESTABLISHED -> FIN_WAIT1,
+///   CLOSE_WAIT -> LAST_ACK): requests still waiting never get an answer,
+///   each counts with status 000 now. The state stays with the socket,
+///   marked ended, so what it reads afterwards is `after_close`.
+/// - A reset (-> CLOSE): only marked. On loopback a send's own data
+///   draws the peer's reset inside that very send, before the socket path
+///   sees the send: the server's answer (its log has it) is then counted
+///   by that send when the tracepoint fires, failed or not, and whatever
+///   still waits when the socket is destroyed counts as 000
+///   ([`sock_destroy`]).
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn sock_state(ctx: BtfTracePointContext) -> u32 {
     let old = ctx.arg::<u64>(1) as i32;
     let new = ctx.arg::<u64>(2) as i32;
-    let ends = new == TCP_CLOSE
-        || (old == TCP_ESTABLISHED && new == TCP_FIN_WAIT1)
+    let closing = (old == TCP_ESTABLISHED && new == TCP_FIN_WAIT1)
         || (old == TCP_CLOSE_WAIT && new == TCP_LAST_ACK);
-    if !ends {
+    if !closing && new != TCP_CLOSE {
         return 0;
     }
     let sk: *mut c_void = ctx.arg(0);
@@ -481,10 +509,35 @@ pub fn sock_state(ctx: BtfTracePointContext) -> u32 {
     if conn.role == 0 {
         return 0;
     }
+    if closing {
+        end(conn, sk);
+    } else {
+        conn.ignored = ignored::ENDED;
+    }
+    0
+}
+
+/// `tcp:tcp_destroy_sock(sk)`: the socket is freed. Requests of a watched
+/// connection still waiting (one that was reset, see [`sock_state`]) never
+/// got an answer: each counts with status 000.
+#[btf_tracepoint(function = "tcp_destroy_sock")]
+pub fn sock_destroy(ctx: BtfTracePointContext) -> u32 {
+    let sk: *mut c_void = ctx.arg(0);
+    if let Some(conn) = storage(sk, false)
+        && conn.role != 0
+    {
+        end(conn, sk);
+    }
+    0
+}
+
+/// A watched connection ends: its waiting requests count as 000, and it is
+/// ignored from now on (what it still reads is `after_close`).
+#[inline(always)]
+fn end(conn: &mut ConnState, sk: *mut c_void) {
     if let Some(cfg) = config() {
         nested(|| count::count_abandoned(conn, sk as u64, cfg));
     }
     conn.role = 0;
     conn.ignored = ignored::ENDED;
-    0
 }

@@ -231,7 +231,12 @@ async fn run_async(config: Config, config_path: Option<&Path>, cleanup: bool) ->
     };
     let (mut config, hasher) = crate::export::tenant_hashing(config)?;
     let (kcfg, ports) = kernel_config(&config)?;
-    let mut probe = Probe::load(&kcfg, &ports, &config.state.bpffs_dir, config.capture.mode.forced())?;
+    let mut probe = Probe::load(
+        &kcfg,
+        &ports,
+        &config.state.bpffs_dir,
+        config.capture.mode.forced(),
+    )?;
     // Pod and namespace index (Kubernetes only; logs once and carries on
     // without an API), joined to the kernel's cgroup ids.
     let mut pods = PodDirectory::new(

@@ -21,7 +21,9 @@ use crate::engine::{AlertTransition, TransitionKind};
 pub const CAPABILITY_HELP: &str = "Whether each capability of the capture runs on this kernel (1) or not (0): \
      core (requests and status lines), then the optional ones (pipelined_responses, client_requests, \
      sendfile_bodies, open_at_close, descriptor_reuse, tcp_resets); a program the kernel refuses turns its \
-     capability off, and the agent logs what is not counted.";
+     capability off, and the agent logs what is not counted. Last, socket_capture: 1 when the socket-layer \
+     capture path runs (only socket I/O runs a program), 0 when the syscall-tracepoint path does (kernels \
+     before 6.4, or capture.mode: syscalls).";
 
 pub mod alertmanager;
 pub mod otlp;

@@ -32,9 +32,7 @@ use aya::{
 use burnwatch_common::maps::{
     AgentConfig, ConnEventKey, MatchKey, RequestKey, RequestStats, SERIES_ALL, counter, names,
 };
-use burnwatch_common::programs::{
-    BTF, CaptureMode, SOCKET_TAIL_TARGET, capability_of, is_core,
-};
+use burnwatch_common::programs::{BTF, CaptureMode, SOCKET_TAIL_TARGET, capability_of, is_core};
 use tracing::{error, info, warn};
 
 use batch::BatchReader;
@@ -98,6 +96,9 @@ pub struct Probe {
     /// Checks in a row whose repair failed (`guard::Health::Retry`).
     retries: u32,
 }
+
+/// The capability that says which capture path runs (1: the socket path).
+pub const SOCKET_CAPTURE: &str = "socket_capture";
 
 /// How long the agent answers `/readyz` with 503 before it exits on a
 /// fault of its kernel side it does not repair: long enough for a probe or
@@ -173,10 +174,9 @@ impl Probe {
         // One agent per pin root (lock.rs), before anything under it is
         // read or changed: a second agent refuses here, naming the first.
         let lock = lock::PinRootLock::acquire(pin_root)?;
-        let object_build = std::env::var(BUILD_ID_ENV)
+        let debug_build = std::env::var(BUILD_ID_ENV)
             .ok()
-            .filter(|b| pins::is_build_dir(b))
-            .unwrap_or_else(|| pins::build_id(EBPF_OBJECT));
+            .filter(|b| pins::is_build_dir(b));
         // `auto` falls back to the syscall path when the socket path's core
         // programs do not load or attach here.
         let modes: &[CaptureMode] = if forced.is_none() && chosen == CaptureMode::Socket {
@@ -188,7 +188,14 @@ impl Probe {
         };
         let mut probe = None;
         for (i, mode) in modes.iter().enumerate() {
-            match Probe::open_or_load(&object_build, pin_root, *mode) {
+            // A mode's pins are a build of their own: switching modes hands
+            // the counts over as an upgrade does.
+            let build = debug_build.clone().unwrap_or_else(|| {
+                let mut object = EBPF_OBJECT.to_vec();
+                object.extend_from_slice(mode.name().as_bytes());
+                pins::build_id(&object)
+            });
+            match Probe::open_or_load(&build, pin_root, *mode) {
                 Ok(p) => {
                     probe = Some(p);
                     break;
@@ -229,13 +236,10 @@ impl Probe {
         Ok(probe)
     }
 
-    /// Reuses the pins of this build and capture `mode`, or loads, attaches
-    /// and pins its programs afresh. A mode's pins are a build of their own
-    /// (its own directory): switching modes hands the counts over as an
-    /// upgrade does.
-    fn open_or_load(object_build: &str, pin_root: &Path, mode: CaptureMode) -> Result<Probe> {
-        let build = pins::build_id(format!("{object_build}:{}", mode.name()).as_bytes());
-        let pins = Pins::new(pin_root, &build);
+    /// Reuses the pins of `build` (this eBPF object and capture `mode`), or
+    /// loads, attaches and pins its programs afresh.
+    fn open_or_load(build: &str, pin_root: &Path, mode: CaptureMode) -> Result<Probe> {
+        let pins = Pins::new(pin_root, build);
         pins.create_dirs()?;
         match Probe::open_pinned(&pins, mode, None) {
             Ok(p) => {
@@ -324,6 +328,7 @@ impl Probe {
             .capabilities()
             .iter()
             .map(|c| (c.feature, c.programs.iter().all(|p| !missing.contains(p))))
+            .chain([(SOCKET_CAPTURE, mode == CaptureMode::Socket)])
             .collect();
         let open = |name: &str| -> Result<(Map, u32)> {
             let path = pins.map(name);
@@ -763,7 +768,9 @@ fn load_and_pin(pins: &Pins, mode: CaptureMode) -> Result<Loaded> {
         for (category, tracepoint, _, link) in links {
             match link {
                 Link::Perf(link) => held.push(link),
-                Link::Btf(_) => bail!("tp_btf:{category}:{tracepoint} on a kernel without bpf links"),
+                Link::Btf(_) => {
+                    bail!("tp_btf:{category}:{tracepoint} on a kernel without bpf links")
+                }
             }
         }
         return Ok(Loaded { held, down });
@@ -773,9 +780,8 @@ fn load_and_pin(pins: &Pins, mode: CaptureMode) -> Result<Loaded> {
     links.sort_by_key(|(_, _, name, _)| is_core(name));
     for (category, tracepoint, _, link) in links {
         let link = match link {
-            Link::Perf(link) => FdLink::try_from(link).with_context(|| {
-                format!("tracepoint {category}:{tracepoint} is not a bpf link")
-            })?,
+            Link::Perf(link) => FdLink::try_from(link)
+                .with_context(|| format!("tracepoint {category}:{tracepoint} is not a bpf link"))?,
             Link::Btf(link) => link,
         };
         link.pin(pins.link(category, tracepoint))

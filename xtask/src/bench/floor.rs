@@ -14,13 +14,16 @@
 //!   of `IGNORED`, which the verifier inlines to an address computation),
 //!   then exit: the least such a syscall costs now.
 //!
-//! Then `empty` on every tracepoint the agent attaches to at once: its BPF
-//! time per request at the fixed rates, and at saturation the throughput
-//! and nginx CPU ratios with and without it: the floor under the agent's
-//! own ratio, from tracing the syscalls at all.
+//! Then an empty program on every hook of each capture path at once (the
+//! syscall path: every tracepoint of `TRACEPOINTS`; the socket path: a
+//! `tp_btf` program on each BTF tracepoint of `SOCKET_HOOKS`, `empty` on
+//! its classic one): its BPF time per request at the fixed rates, and at
+//! saturation the throughput and nginx CPU ratios without programs, with
+//! the syscall path's and with the socket path's, interleaved: the floor
+//! under the agent's own ratio on each path, from hooking it at all.
 //!
 //! Loaded with raw `bpf(2)` bytecode rather than through aya and an ELF
-//! object: three programs of 2 to 10 instructions, and xtask stays free of
+//! object: a few programs of 2 to 10 instructions, and xtask stays free of
 //! the eBPF build.
 
 use std::fmt::Write as _;
@@ -29,18 +32,25 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use burnwatch_common::programs::TRACEPOINTS;
+use burnwatch_common::programs::{BTF, CaptureMode, SOCKET_HOOKS, TRACEPOINTS};
 
 use super::overhead;
 use super::procs::{Nginx, WRK_CONNECTIONS, program_fd_stats, set_bpf_stats, sh};
 use super::report::{Headline, Section, Spread};
-use super::{Ctx, TENANTS_OVERHEAD};
+use super::{
+    Ctx, TENANTS_OVERHEAD, VMLINUX_BTF, agent_modes, arm_order, path_name, socket_path_note,
+};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
 const BPF_MAP_TYPE_ARRAY: u32 = 2;
 const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
 const BPF_PROG_TYPE_TRACEPOINT: u32 = 5;
+/// `BPF_PROG_TYPE_TRACING` with expected attach type `BPF_TRACE_RAW_TP`:
+/// a `tp_btf` program, typed by the tracepoint's BTF prototype.
+const BPF_PROG_TYPE_TRACING: u32 = 26;
+const BPF_TRACE_RAW_TP: u32 = 23;
 const PERF_TYPE_TRACEPOINT: u32 = 2;
 const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
 /// `_IOW('$', 8, __u32)` and `_IO('$', 0)`.
@@ -123,16 +133,33 @@ fn create_array_map() -> Result<OwnedFd> {
     bpf(BPF_MAP_CREATE, &mut attr).context("creating the floor's array map")
 }
 
+/// `insns` as a classic tracepoint program (attached through perf events).
 fn load_program(insns: &[Insn]) -> Result<OwnedFd> {
+    load_typed(insns, BPF_PROG_TYPE_TRACEPOINT, 0, 0)
+}
+
+/// `insns` as a program of `prog_type`, with `expected_attach_type` and
+/// `attach_btf_id` (a type id in vmlinux BTF; 0 for none).
+fn load_typed(
+    insns: &[Insn],
+    prog_type: u32,
+    expected_attach_type: u32,
+    attach_btf_id: u32,
+) -> Result<OwnedFd> {
     let license = c"GPL";
     let mut log = vec![0u8; 4096];
     let mut attr = [0u64; 16];
-    // prog_type, insn_cnt; insns; license; log_level, log_size; log_buf.
-    attr[0] = u64::from(BPF_PROG_TYPE_TRACEPOINT) | ((insns.len() as u64) << 32);
+    // prog_type, insn_cnt; insns; license; log_level, log_size; log_buf;
+    // (kern_version, prog_flags; prog_name[16]); prog_ifindex,
+    // expected_attach_type @68; ...; line_info_cnt, attach_btf_id @108
+    // (attach_btf_obj_fd @112 stays 0: vmlinux).
+    attr[0] = u64::from(prog_type) | ((insns.len() as u64) << 32);
     attr[1] = insns.as_ptr() as u64;
     attr[2] = license.as_ptr() as u64;
     attr[3] = 1 | ((log.len() as u64) << 32);
     attr[4] = log.as_mut_ptr() as u64;
+    attr[8] = u64::from(expected_attach_type) << 32;
+    attr[13] = u64::from(attach_btf_id) << 32;
     bpf(BPF_PROG_LOAD, &mut attr).map_err(|e| {
         let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
         anyhow::anyhow!(
@@ -140,6 +167,50 @@ fn load_program(insns: &[Insn]) -> Result<OwnedFd> {
             String::from_utf8_lossy(&log[..end])
         )
     })
+}
+
+/// The BTF type ids of typedefs `btf_trace_<name>` (what a `tp_btf`
+/// program on tracepoint `name` is verified against), in `names`' order.
+///
+/// From `bpftool btf dump` (Debian's bpftool, which `cargo xtask setup`
+/// installs) rather than a parser of the BTF blob here: walking the type
+/// section means knowing every kind's trailing record, which new kernels
+/// extend, and the agent's own reader is not a dependency of xtask.
+fn btf_trace_ids(names: &[&str]) -> Result<Vec<u32>> {
+    let dump = sh("bpftool", &["btf", "dump", "file", VMLINUX_BTF])
+        .context("bpftool btf dump (install Debian's bpftool)")?;
+    let ids = typedef_ids(&dump);
+    names
+        .iter()
+        .map(|name| {
+            let typedef = format!("btf_trace_{name}");
+            ids.get(typedef.as_str())
+                .copied()
+                .with_context(|| format!("no typedef {typedef} in {VMLINUX_BTF}"))
+        })
+        .collect()
+}
+
+/// Every `TYPEDEF` of a `bpftool btf dump` (lines such as `[38218] TYPEDEF
+/// 'btf_trace_sock_recv_length' type_id=38215`), by name.
+fn typedef_ids(dump: &str) -> std::collections::HashMap<&str, u32> {
+    dump.lines()
+        .filter_map(|l| {
+            let (id, rest) = l.strip_prefix('[')?.split_once(']')?;
+            let (name, _) = rest.strip_prefix(" TYPEDEF '")?.split_once('\'')?;
+            Some((name, id.parse().ok()?))
+        })
+        .collect()
+}
+
+/// `prog` (a `tp_btf` program) attached to the tracepoint it was verified
+/// for, until the returned link is closed: `BPF_RAW_TRACEPOINT_OPEN` with
+/// no name (the tracepoint comes from the program's `attach_btf_id`).
+fn raw_tracepoint_open(prog: &OwnedFd) -> Result<OwnedFd> {
+    let mut attr = [0u64; 16];
+    // name (0 for tp_btf); prog_fd.
+    attr[1] = u64::from(prog.as_raw_fd() as u32);
+    bpf(BPF_RAW_TRACEPOINT_OPEN, &mut attr).context("BPF_RAW_TRACEPOINT_OPEN of a tp_btf program")
 }
 
 /// The tracepoints the floor programs attach to: the load generators'
@@ -176,9 +247,17 @@ fn tracepoint_ids<'a>(names: impl IntoIterator<Item = (&'a str, &'a str)>) -> Re
         .collect()
 }
 
-/// `prog` attached to each tracepoint while this lives.
+/// `prog` attached to each tracepoint while this lives (perf events for
+/// classic tracepoints, links for BTF ones).
 struct Attached {
     _events: Vec<OwnedFd>,
+}
+
+impl Attached {
+    /// Adds links or events held for as long as this.
+    fn hold(&mut self, fds: impl IntoIterator<Item = OwnedFd>) {
+        self._events.extend(fds);
+    }
 }
 
 /// `prog` attached to the tracepoints of ids `ids`.
@@ -255,9 +334,21 @@ fn measure(
     ids: &[u64],
     load: Option<u64>,
 ) -> Result<Timed> {
-    let secs = run_secs(ctx);
     let _attached = attach(prog, ids)?;
-    let (t0, r0) = program_fd_stats(prog)?;
+    timed_run(ctx, nginx, std::slice::from_ref(prog), load)
+}
+
+/// One run of `load` (None: wrk at saturation), with what the kernel timed
+/// of `progs` (attached by the caller), summed, over it.
+fn timed_run(ctx: &Ctx, nginx: &Nginx, progs: &[OwnedFd], load: Option<u64>) -> Result<Timed> {
+    let secs = run_secs(ctx);
+    let totals = || -> Result<(u64, u64)> {
+        progs.iter().try_fold((0, 0), |(ns, runs), p| {
+            let (n, r) = program_fd_stats(p)?;
+            Ok((ns + n, runs + r))
+        })
+    };
+    let (t0, r0) = totals()?;
     let requests = match load {
         None => ctx.clients.wrk(nginx.port, secs)?.requests,
         Some(rate) => {
@@ -266,7 +357,7 @@ fn measure(
                 .requests
         }
     };
-    let (t1, r1) = program_fd_stats(prog)?;
+    let (t1, r1) = totals()?;
     if r1 <= r0 {
         bail!("the floor program never ran (is kernel.bpf_stats_enabled on?)");
     }
@@ -277,73 +368,138 @@ fn measure(
     })
 }
 
-/// The empty program on every tracepoint the agent attaches to
-/// (`burnwatch_common::programs::TRACEPOINTS`), no agent: what tracing the
-/// agent's syscalls costs before any of its work.
-struct TracingFloor {
+/// An empty program on every hook of one capture path at once, no agent:
+/// what hooking that path costs before any of the agent's work.
+struct PathFloor {
+    mode: CaptureMode,
+    /// `empty` as a classic tracepoint program, for the path's classic
+    /// tracepoints (first in `progs`), and one empty `tp_btf` program per
+    /// BTF tracepoint (each is verified against its own tracepoint's
+    /// prototype, so one per hook).
+    progs: Vec<OwnedFd>,
+    /// Perf event ids of the classic tracepoints.
+    ids: Vec<u64>,
     /// Per fixed rate, per round: BPF ns per request and runs per request.
     bpf_ns_per_request: Vec<Vec<f64>>,
     runs_per_request: Vec<Vec<f64>>,
-    /// Per saturation round: req/s with / without.
+    /// Per saturation round: req/s with / without (that round's run).
     throughput_ratio: Vec<f64>,
-    /// Per saturation round: nginx's worker CPU ns per request, without
-    /// and with.
-    nginx_ns_without: Vec<f64>,
+    /// Per saturation round: nginx's worker CPU ns per request, with.
     nginx_ns_with: Vec<f64>,
 }
 
-impl TracingFloor {
-    /// `rounds` runs at each fixed rate (timed), then the overhead phase's
-    /// number of saturation rounds (untimed), with `empty` on every
-    /// tracepoint of the agent.
-    fn measure(ctx: &Ctx, nginx: &Nginx, empty: &OwnedFd, rounds: usize) -> Result<TracingFloor> {
+impl PathFloor {
+    /// Loads the path's empty programs (`rates`: how many fixed rates the
+    /// results are kept for).
+    fn new(mode: CaptureMode, rates: usize) -> Result<PathFloor> {
+        let hooks = mode.hooks();
         let ids = tracepoint_ids(
-            TRACEPOINTS
+            hooks
                 .iter()
+                .filter(|h| h.0 != BTF)
                 .map(|&(category, name, _)| (category, name)),
         )?;
-        let rates = &ctx.plan.fixed_rates;
-        let mut floor = TracingFloor {
-            bpf_ns_per_request: vec![Vec::new(); rates.len()],
-            runs_per_request: vec![Vec::new(); rates.len()],
+        let btf_names: Vec<&str> = hooks.iter().filter(|h| h.0 == BTF).map(|h| h.1).collect();
+        let mut progs = vec![load_program(&empty_program())?];
+        for (name, id) in btf_names.iter().zip(btf_trace_ids(&btf_names)?) {
+            progs.push(
+                load_typed(
+                    &empty_program(),
+                    BPF_PROG_TYPE_TRACING,
+                    BPF_TRACE_RAW_TP,
+                    id,
+                )
+                .with_context(|| format!("tp_btf/{name}"))?,
+            );
+        }
+        Ok(PathFloor {
+            mode,
+            progs,
+            ids,
+            bpf_ns_per_request: vec![Vec::new(); rates],
+            runs_per_request: vec![Vec::new(); rates],
             throughput_ratio: Vec::new(),
-            nginx_ns_without: Vec::new(),
             nginx_ns_with: Vec::new(),
-        };
+        })
+    }
+
+    /// Every program on its hook, while the result lives.
+    fn attach(&self) -> Result<Attached> {
+        let mut attached = attach(&self.progs[0], &self.ids)?;
+        for prog in &self.progs[1..] {
+            attached.hold([raw_tracepoint_open(prog)?]);
+        }
+        Ok(attached)
+    }
+}
+
+/// The floor of each capture path (the socket path where this kernel has
+/// it, and the syscall path), measured in the same interleaved rounds.
+struct TracingFloor {
+    paths: Vec<PathFloor>,
+    /// Per saturation round: nginx's worker CPU ns per request without
+    /// any program.
+    nginx_ns_without: Vec<f64>,
+}
+
+impl TracingFloor {
+    /// `rounds` runs at each fixed rate (timed) with each path's programs,
+    /// then the overhead phase's number of saturation rounds (untimed),
+    /// each without programs then with each path's, the paths' order
+    /// alternating between rounds.
+    fn measure(ctx: &Ctx, nginx: &Nginx, rounds: usize) -> Result<TracingFloor> {
+        let rates = &ctx.plan.fixed_rates;
+        let mut paths = agent_modes()
+            .into_iter()
+            .map(|mode| PathFloor::new(mode, rates.len()))
+            .collect::<Result<Vec<_>>>()?;
         for round in 0..rounds {
             eprintln!(
-                "floor: the agent's tracepoints, round {}/{rounds}",
+                "floor: every hook of each capture path, round {}/{rounds}",
                 round + 1
             );
             for (ri, &rate) in rates.iter().enumerate() {
-                let t = measure(ctx, nginx, empty, &ids, Some(rate))?;
-                let requests = t.requests as f64;
-                floor.bpf_ns_per_request[ri].push(t.ns as f64 / requests);
-                floor.runs_per_request[ri].push(t.runs as f64 / requests);
+                for pi in arm_order(paths.len(), round) {
+                    let path = &mut paths[pi];
+                    let attached = path.attach()?;
+                    let t = timed_run(ctx, nginx, &path.progs, Some(rate));
+                    drop(attached);
+                    let t = t?;
+                    let requests = t.requests as f64;
+                    path.bpf_ns_per_request[ri].push(t.ns as f64 / requests);
+                    path.runs_per_request[ri].push(t.runs as f64 / requests);
+                }
             }
         }
+        let mut nginx_ns_without = Vec::new();
         // Throughput as users run: the kernel's per-run timing off (it
         // costs nginx's core two clock reads per run).
         set_bpf_stats(false)?;
         let saturation = (|| {
             for round in 0..ctx.plan.rounds {
                 eprintln!(
-                    "floor: saturation with and without the empty programs, round {}/{}",
+                    "floor: saturation without programs and with each path's empty programs, round {}/{}",
                     round + 1,
                     ctx.plan.rounds
                 );
                 let without = overhead::drive(ctx, nginx, None)?;
-                let _attached = attach(empty, &ids)?;
-                let with = overhead::drive(ctx, nginx, None)?;
-                floor.throughput_ratio.push(with.rps / without.rps);
-                floor.nginx_ns_without.push(without.server_ns_per_req);
-                floor.nginx_ns_with.push(with.server_ns_per_req);
+                nginx_ns_without.push(without.server_ns_per_req);
+                for pi in arm_order(paths.len(), round) {
+                    let path = &mut paths[pi];
+                    let _attached = path.attach()?;
+                    let with = overhead::drive(ctx, nginx, None)?;
+                    path.throughput_ratio.push(with.rps / without.rps);
+                    path.nginx_ns_with.push(with.server_ns_per_req);
+                }
             }
             Ok::<_, anyhow::Error>(())
         })();
         set_bpf_stats(true)?;
         saturation?;
-        Ok(floor)
+        Ok(TracingFloor {
+            paths,
+            nginx_ns_without,
+        })
     }
 
     /// Appends its subsection to `md` and its summary lines to `headlines`.
@@ -354,69 +510,107 @@ impl TracingFloor {
         md: &mut String,
         headlines: &mut Vec<Headline>,
     ) -> Result<()> {
+        let btf_hooks: Vec<String> = SOCKET_HOOKS
+            .iter()
+            .filter(|h| h.0 == BTF)
+            .map(|h| format!("`{}`", h.1))
+            .collect();
         writeln!(
             md,
-            "\n### The empty program on every tracepoint the agent uses\n\n\
-Method: no agent; the `empty` program attached at once to each of the agent's {n} tracepoints \
-(`burnwatch_common::programs::TRACEPOINTS`: the read and write syscalls, accept, connect, close and the TCP \
-state changes), so every syscall the agent would trace runs a program that does nothing. At the fixed rates \
-({rounds} rounds of {secs:.0} s): its BPF time per request, the least the agent's BPF time per request can \
-be. At saturation ({sat} interleaved rounds of {run:.0} s, wrk without then with the programs, \
-`kernel.bpf_stats_enabled=0` as users run): the throughput ratio and nginx's CPU per request (its worker's \
-time on CPU, which includes the tracepoints' own cost outside the programs: attaching any syscall tracepoint \
-puts every syscall of every process on the kernel's traced, slower path, which BPF time does not show), the \
-most the agent's ratio can be.\n",
+            "\n### An empty program on every hook of each capture path\n\n\
+Method: no agent. Syscall path: the `empty` program attached at once to each of the agent's {n} syscall-path \
+tracepoints (`burnwatch_common::programs::TRACEPOINTS`: the read and write syscalls, accept, connect, close \
+and the TCP state changes), so every syscall the agent would trace runs a program that does nothing. Socket \
+path: an empty `tp_btf` program (`BPF_PROG_TYPE_TRACING`, verified against the tracepoint's BTF prototype \
+`btf_trace_<name>`, attached with `BPF_RAW_TRACEPOINT_OPEN`) on each of its BTF tracepoints ({btf}) and \
+`empty` on `tcp:tcp_send_reset` (`SOCKET_HOOKS`), so every socket send and receive of the node runs one. At \
+the fixed rates ({rounds} rounds of {secs:.0} s, the paths interleaved): BPF time per request, the least the \
+agent's BPF time per request can be on that path. At saturation ({sat} interleaved rounds of {run:.0} s, wrk \
+without programs, then with each path's (their order alternating between rounds), \
+`kernel.bpf_stats_enabled=0` as users run): the throughput ratio and nginx's CPU per request, each paired \
+with its round's run without programs (nginx's CPU is its worker's time on CPU, which includes the hooks' \
+own cost outside the programs: attaching any syscall tracepoint puts every syscall of every process on the \
+kernel's traced, slower path, which BPF time does not show; a BTF tracepoint costs only the calls that reach \
+it), the most the agent's ratio can be on that path.\n",
             n = TRACEPOINTS.len(),
+            btf = btf_hooks.join(", "),
             secs = run_secs(ctx),
             sat = ctx.plan.rounds,
             run = ctx.plan.run_secs,
         )?;
-        writeln!(
-            md,
-            "| load | BPF ns per request | program runs per request |\n|---|---|---|"
-        )?;
-        for (ri, rate) in ctx.plan.fixed_rates.iter().enumerate() {
-            writeln!(
+        md.push_str(socket_path_note());
+        write!(md, "| load |")?;
+        for path in &self.paths {
+            let name = path_name(path.mode);
+            write!(
                 md,
-                "| {rate} req/s | {} | {} |",
-                Spread::of(&self.bpf_ns_per_request[ri]).show(0),
-                Spread::of(&self.runs_per_request[ri]).show(1)
+                " {name}: BPF ns per request | {name}: program runs per request |"
             )?;
         }
-        let ratio = Spread::of(&self.throughput_ratio);
-        let cpu_ratio: Vec<f64> = self
-            .nginx_ns_without
-            .iter()
-            .zip(&self.nginx_ns_with)
-            .map(|(without, with)| without / with)
-            .collect();
-        let cpu_ratio = Spread::of(&cpu_ratio);
+        writeln!(md, "\n|---|{}", "---|---|".repeat(self.paths.len()))?;
+        for (ri, rate) in ctx.plan.fixed_rates.iter().enumerate() {
+            write!(md, "| {rate} req/s |")?;
+            for path in &self.paths {
+                write!(
+                    md,
+                    " {} | {} |",
+                    Spread::of(&path.bpf_ns_per_request[ri]).show(0),
+                    Spread::of(&path.runs_per_request[ri]).show(1)
+                )?;
+            }
+            writeln!(md)?;
+        }
         writeln!(
             md,
-            "\nAt saturation: throughput ratio with / without {}; nginx CPU per request without / with {} / {} \
-ns (ratio {}).",
-            ratio.show(3),
-            Spread::of(&self.nginx_ns_without).show(0),
-            Spread::of(&self.nginx_ns_with).show(0),
-            cpu_ratio.show(3),
+            "\nAt saturation:\n\n| programs | throughput ratio with / without | nginx CPU ns per request | nginx CPU ratio without / with |\n|---|---|---|---|"
         )?;
-        headlines.push(Headline::new(
-            "floor of the throughput ratio and of nginx's CPU ratio (saturation): an empty program on each of the agent's tracepoints, no agent",
-            format!("{}; nginx CPU {}", ratio.show(3), cpu_ratio.show(3)),
-            "",
-            None,
-        ));
-        if let Some(ri) = ctx.plan.fixed_rates.iter().position(|&r| r == 1_000) {
+        writeln!(
+            md,
+            "| none | 1 | {} | 1 |",
+            Spread::of(&self.nginx_ns_without).show(0)
+        )?;
+        for path in &self.paths {
+            let name = path_name(path.mode);
+            let ratio = Spread::of(&path.throughput_ratio);
+            let cpu_ratio: Vec<f64> = self
+                .nginx_ns_without
+                .iter()
+                .zip(&path.nginx_ns_with)
+                .map(|(without, with)| without / with)
+                .collect();
+            let cpu_ratio = Spread::of(&cpu_ratio);
+            writeln!(
+                md,
+                "| empty, every hook of the {name} | {} | {} | {} |",
+                ratio.show(3),
+                Spread::of(&path.nginx_ns_with).show(0),
+                cpu_ratio.show(3),
+            )?;
             headlines.push(Headline::new(
-                "floor of BPF time per request (1000 req/s): the same empty programs",
-                format!(
-                    "{} ns in {} runs",
-                    Spread::of(&self.bpf_ns_per_request[ri]).show(0),
-                    Spread::of(&self.runs_per_request[ri]).show(1)
+                &format!(
+                    "floor of the throughput ratio and of nginx's CPU ratio (saturation): an empty program on each of the agent's hooks, no agent; {name}"
                 ),
+                format!("{}; nginx CPU {}", ratio.show(3), cpu_ratio.show(3)),
                 "",
                 None,
             ));
+        }
+        if let Some(ri) = ctx.plan.fixed_rates.iter().position(|&r| r == 1_000) {
+            for path in &self.paths {
+                headlines.push(Headline::new(
+                    &format!(
+                        "floor of BPF time per request (1000 req/s): the same empty programs; {}",
+                        path_name(path.mode)
+                    ),
+                    format!(
+                        "{} ns in {} runs",
+                        Spread::of(&path.bpf_ns_per_request[ri]).show(0),
+                        Spread::of(&path.runs_per_request[ri]).show(1)
+                    ),
+                    "",
+                    None,
+                ));
+            }
         }
         Ok(())
     }
@@ -461,7 +655,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
             }
         }
     }
-    let tracing = TracingFloor::measure(ctx, &nginx, &programs[0].1, rounds)?;
+    let tracing = TracingFloor::measure(ctx, &nginx, rounds)?;
 
     let load_name = |l: &Option<u64>| match l {
         Some(r) => format!("{r} req/s"),
@@ -524,4 +718,22 @@ work the agent does.",
         markdown: md,
         headlines,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// The typedef ids come from bpftool's dump lines, and only typedefs.
+    #[test]
+    fn typedef_ids_from_a_bpftool_dump() {
+        let dump = "[38204] TYPEDEF 'btf_trace_inet_sock_set_state' type_id=38205\n\
+[38205] PTR '(anon)' type_id=38206\n\
+[38218] TYPEDEF 'btf_trace_sock_recv_length' type_id=38215\n\
+[38219] STRUCT 'btf_trace_x' size=8 vlen=1\n\
+\t'a' type_id=1 bits_offset=0\n";
+        let ids = super::typedef_ids(dump);
+        assert_eq!(ids.get("btf_trace_sock_recv_length"), Some(&38218));
+        assert_eq!(ids.get("btf_trace_inet_sock_set_state"), Some(&38204));
+        assert_eq!(ids.get("btf_trace_x"), None);
+        assert_eq!(ids.len(), 2);
+    }
 }

@@ -2,14 +2,17 @@
 //! written to BENCHMARKS.md with the machine, kernel and method.
 //!
 //! Phases (each its own module): the verifier's cost of every program
-//! ([`verifier`]); overhead on nginx with and without the
-//! agent ([`overhead`]); what an eBPF program that does nothing costs per
-//! run at each of those loads ([`floor`]); agent CPU and RSS by rate and tenant count
-//! ([`tenants`]); `/metrics` at 10,000 tenants x 2 SLOs ([`scrape`]);
-//! detection time against the simulator's floor ([`detection`]); zero loss
-//! against nginx's access log ([`loss`]); the SLO engine at 100,000 series
-//! (`burnwatch bench-engine`). `--quick` runs all of them, shorter, as a
-//! smoke test (about 6 minutes instead of about 24, on this 2-core machine).
+//! ([`verifier`]); overhead on nginx without the agent, with it on the
+//! socket path and with it on the syscall path, interleaved ([`overhead`]);
+//! what the agent costs a process it does not watch, on either path
+//! ([`unwatched`]); what an eBPF program that does nothing costs per run at
+//! each of those loads, and on every hook of each path ([`floor`]); agent
+//! CPU and RSS by rate and tenant count ([`tenants`]); `/metrics` at 10,000
+//! tenants x 2 SLOs ([`scrape`]); detection time against the simulator's
+//! floor ([`detection`]); zero loss against nginx's access log ([`loss`]);
+//! the SLO engine at 100,000 series (`burnwatch bench-engine`). `--quick`
+//! runs all of them, shorter, as a smoke test (about 8 minutes instead of
+//! about 40, on this 2-core machine).
 
 mod detection;
 mod floor;
@@ -21,14 +24,16 @@ mod procs;
 mod report;
 mod scrape;
 mod tenants;
+mod unwatched;
 mod verifier;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use burnwatch_common::programs::CaptureMode;
 
-use procs::{Clients, cpu_steal, foreign_pins, loadavg, other_agents, sh, steal_percent};
+use procs::{Agent, Clients, cpu_steal, foreign_pins, loadavg, other_agents, sh, steal_percent};
 use report::{Headline, Section};
 
 /// Tenants cycled by the fixed-rate overhead runs.
@@ -38,7 +43,9 @@ pub const TENANTS_OVERHEAD: u32 = 10;
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub quick: bool,
-    /// Interleaved with/without rounds of the overhead phase.
+    /// Interleaved rounds (no agent, then the agent on each capture path)
+    /// of the overhead and unwatched phases, and of the floor's saturation
+    /// runs.
     pub rounds: usize,
     /// Seconds per measured run.
     pub run_secs: f64,
@@ -51,13 +58,16 @@ pub struct Plan {
     pub engine_series: usize,
     /// Seconds of libFuzzer on the parser.
     pub fuzz_secs: u64,
+    /// Seconds each unwatched workload runs without the agent (its size is
+    /// calibrated to it once, then fixed for every arm).
+    pub unwatched_secs: f64,
 }
 
 impl Plan {
     pub fn new(quick: bool) -> Plan {
         let base = Plan {
             quick,
-            rounds: 5,
+            rounds: 7,
             run_secs: 8.0,
             fixed_rates: vec![1_000, 10_000],
             tenant_counts: vec![10, 1_000, 100_000],
@@ -67,6 +77,7 @@ impl Plan {
             loss_secs: 10.0,
             engine_series: 100_000,
             fuzz_secs: 180,
+            unwatched_secs: 3.0,
         };
         if quick {
             Plan {
@@ -77,6 +88,7 @@ impl Plan {
                 detection_rounds: 1,
                 loss_secs: 3.0,
                 fuzz_secs: 20,
+                unwatched_secs: 1.0,
                 ..base
             }
         } else {
@@ -105,6 +117,92 @@ tenant:\n  max_per_service: {max_tenants}\n\
 slos:\n  - name: availability\n    service: bench\n    objective: 99.9\n  - name: latency\n    service: bench\n    objective: 99\n    \
 sli:\n      latency:\n        threshold: 100ms\n"
     )
+}
+
+/// The kernel BTF, where the socket path's tracepoints are described.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Whether this kernel has the socket path's tracepoints: the BTF typedef
+/// `btf_trace_sock_recv_length` (kernel 6.4+), looked for by its name in
+/// the BTF string section (NUL-delimited, so the match is exact).
+pub fn socket_path_available() -> bool {
+    const NEEDLE: &[u8] = b"\0btf_trace_sock_recv_length\0";
+    std::fs::read(VMLINUX_BTF).is_ok_and(|btf| btf.windows(NEEDLE.len()).any(|w| w == NEEDLE))
+}
+
+/// The capture paths the agent arms run, in their order within a round:
+/// the socket path first where the kernel has it (what `capture.mode:
+/// auto` picks, so the one with the targets), then the syscall path.
+pub fn agent_modes() -> Vec<CaptureMode> {
+    let mut modes = Vec::new();
+    if socket_path_available() {
+        modes.push(CaptureMode::Socket);
+    }
+    modes.push(CaptureMode::Syscalls);
+    modes
+}
+
+/// How a report names the arm of the agent on `mode`.
+pub fn path_name(mode: CaptureMode) -> &'static str {
+    match mode {
+        CaptureMode::Socket => "socket path",
+        CaptureMode::Syscalls => "syscall path",
+    }
+}
+
+/// The sentence a section prints when the kernel has no socket path (its
+/// arm is skipped), or nothing.
+pub fn socket_path_note() -> &'static str {
+    if socket_path_available() {
+        ""
+    } else {
+        "This kernel has no socket path (no `btf_trace_sock_recv_length` in its BTF: kernels before 6.4): the \
+socket-path arm was skipped; the agent runs the syscall path here.\n\n"
+    }
+}
+
+/// The order of `arms` interleaved arms in round `round`: reversed every
+/// other round, so no arm always runs right after the baseline.
+pub fn arm_order(arms: usize, round: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..arms).collect();
+    if round % 2 == 1 {
+        order.reverse();
+    }
+    order
+}
+
+/// A config body (services, tenants, SLOs) with `capture.mode` forced to
+/// `mode` (the agent refuses to start when it cannot run that path).
+pub fn with_capture(body: &str, mode: CaptureMode) -> String {
+    format!("{body}capture:\n  mode: {}\n", mode.name())
+}
+
+/// Starts the agent on `body` with its capture forced to `mode`, and fails
+/// unless it reports that path (`burnwatch_capability{feature=
+/// "socket_capture"}`; agents without that series are taken at their word).
+pub fn start_agent(ctx: &Ctx, body: &str, mode: CaptureMode) -> Result<Agent> {
+    let agent = Agent::start(&ctx.bin, &with_capture(body, mode))?;
+    let metrics = agent.get("/metrics")?;
+    let socket = metrics.lines().find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        (series.starts_with("burnwatch_capability{")
+            && procs::label(series, "feature") == Some("socket_capture"))
+        .then(|| value.trim() == "1")
+    });
+    if let Some(socket) = socket
+        && socket != (mode == CaptureMode::Socket)
+    {
+        bail!(
+            "the agent started with capture.mode {} runs the {}",
+            mode.name(),
+            if socket {
+                "socket path"
+            } else {
+                "syscall path"
+            }
+        );
+    }
+    Ok(agent)
 }
 
 fn machine() -> Result<String> {
@@ -232,9 +330,10 @@ arms. Stop that agent, or remove its pins (`burnwatch uninstall --bpffs-dir DIR`
     sh("sysctl", &["-q", "-w", "kernel.bpf_stats_enabled=1"])?;
     // A phase that fails is reported in its place; the others still run.
     type Phase = fn(&Ctx) -> Result<Section>;
-    let phases: [(&str, &str, Phase); 9] = [
+    let phases: [(&str, &str, Phase); 10] = [
         ("verifier", "verifier cost", verifier::run),
         ("overhead", "overhead", overhead::run),
+        ("unwatched", "unwatched processes", unwatched::run),
         ("floor", "floor", floor::run),
         ("tenants", "CPU and RSS by rate and tenants", tenants::run),
         ("scrape", "/metrics scrape", scrape::run),
@@ -274,7 +373,7 @@ arms. Stop that agent, or remove its pins (`burnwatch uninstall --bpffs-dir DIR`
     writeln!(md, "# Benchmarks\n")?;
     writeln!(
         md,
-        "Reproduce: `cargo xtask bench` as root (about 24 minutes; `cargo xtask bench --quick` is a 6-minute smoke \
+        "Reproduce: `cargo xtask bench` as root (about 40 minutes; `cargo xtask bench --quick` is an 8-minute smoke \
 run with one round per figure). It starts its own nginx, agents and load generators on free loopback ports, and \
 rewrites this file.\n"
     )?;
@@ -306,9 +405,9 @@ before quoting them.\n"
         md,
         "Core layout (2 cores): nginx's worker on CPU 0; the load generator (wrk or `cargo xtask loadgen`) on CPU 1; \
 the agent's userspace on CPU 1 as well (no third core; it shares with the client, not the server). eBPF \
-programs run in the context of the syscalls they trace, on whichever core made them. The eBPF programs trace \
-every process's read/write syscalls on the node, so BPF time also includes other processes' syscalls during \
-a run (background).\n"
+programs run in the context of the syscalls they trace, on whichever core made them. They trace every \
+process on the node (on the socket path, every socket send and receive; on the syscall path, every read and \
+write syscall), so BPF time also includes other processes' I/O during a run (background).\n"
     )?;
     writeln!(md, "## Summary\n")?;
     writeln!(
@@ -356,5 +455,32 @@ mod tests {
             c.contains("\n    sli:\n      latency:\n        threshold: 100ms\n"),
             "{c}"
         );
+    }
+
+    /// The capture block follows the body at the top level, as the agent's
+    /// `capture: {mode: ...}` reads it.
+    #[test]
+    fn capture_mode_is_a_top_level_block() {
+        use burnwatch_common::programs::CaptureMode;
+        let c = super::with_capture(&super::two_slo_config(8080, 10), CaptureMode::Syscalls);
+        assert!(c.ends_with("\ncapture:\n  mode: syscalls\n"), "{c}");
+        let c = super::with_capture("", CaptureMode::Socket);
+        assert_eq!(c, "capture:\n  mode: socket\n");
+    }
+
+    /// Every agent arm runs once a round; the order alternates.
+    #[test]
+    fn arm_order_alternates() {
+        assert_eq!(super::arm_order(2, 0), vec![0, 1]);
+        assert_eq!(super::arm_order(2, 1), vec![1, 0]);
+        assert_eq!(super::arm_order(1, 1), vec![0]);
+    }
+
+    /// Seven paired rounds by default (the throughput target is on their
+    /// median), one with `--quick`.
+    #[test]
+    fn seven_rounds_one_quick() {
+        assert_eq!(super::Plan::new(false).rounds, 7);
+        assert_eq!(super::Plan::new(true).rounds, 1);
     }
 }

@@ -187,7 +187,9 @@ async function refresh() {
   document.getElementById("probes").replaceChildren(...data.probes_attached.map((p) => el("li", "", p)));
   const caps = Object.entries(data.capabilities || {});
   document.getElementById("capabilities").replaceChildren(...caps.map(([feature, up]) =>
-    el("li", up ? "" : "bad", `${feature}: ${up ? "up" : "DOWN (not counted on this kernel, see the agent's log)"}`)));
+    feature === "socket_capture"
+      ? el("li", "", `capture path: ${up ? "socket layer (only socket I/O runs a program)" : "syscall tracepoints (fallback)"}`)
+      : el("li", up ? "" : "bad", `${feature}: ${up ? "up" : "DOWN (not counted on this kernel, see the agent's log)"}`)));
   document.body.dataset.loaded = String(data.now);
 }
 
