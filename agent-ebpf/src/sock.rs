@@ -50,7 +50,7 @@ use burnwatch_common::{
     },
 };
 
-use crate::maps::{SCRATCH, TAIL_PARSE_WRITE, bump, config, nested};
+use crate::maps::{SCRATCH, SERVICE_PORTS, TAIL_PARSE_WRITE, bump, config, nested};
 use crate::{WriteArgs, count, frame, parse, socket};
 
 /// Connection state, in each socket's local storage.
@@ -223,6 +223,22 @@ fn on_recv(ctx: &BtfTracePointContext, sk: *mut c_void, ret: u64, flags: u64) {
         }
         return;
     }
+    if let Some(c) = &known
+        && c.role == 0
+    {
+        // Judged under an older match generation: judged again.
+        known = None;
+    }
+    // A socket not yet judged: a stream socket that some rule may watch,
+    // before any user memory is read.
+    let sock = if known.is_none() {
+        match judgeable(cfg, sk) {
+            Some(sock) => Some(sock),
+            None => return,
+        }
+    } else {
+        None
+    };
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -235,38 +251,55 @@ fn on_recv(ctx: &BtfTracePointContext, sk: *mut c_void, ret: u64, flags: u64) {
     if !crate::fill_iovecs(unsafe { &mut *scratch }, &args, ret) {
         return;
     }
-    if let Some(c) = &known
-        && c.role == 0
-    {
-        // Judged under an older match generation: judged again.
-        known = None;
-    }
-    let conn = match known {
-        Some(c) => c,
-        None => {
+    let conn = match (known, sock) {
+        (Some(c), _) => c,
+        (None, Some(sock)) => {
             let (buf, len) = unsafe { ((*scratch).iov_base[0], (*scratch).iov_len[0]) };
-            match first_read(cfg, sk, buf, len) {
+            match first_read(cfg, sk, sock, buf, len) {
                 Some(c) => c,
                 None => return,
             }
         }
+        (None, None) => return,
     };
     if conn.role != 0 {
         crate::read_known(ctx, &SOCK_TAILS, conn, sk as u64, cfg, scratch);
     }
 }
 
-/// A read on a socket with no state (or state judged under an older match
-/// generation): when it starts HTTP on a TCP socket, the socket gets its
-/// state, judged as the syscall path judges a connection's first read.
+/// A socket with no state (or state judged under an older match
+/// generation), before any of its user memory is read: `None` unless it is
+/// an IPv4 or IPv6 stream socket that some rule may watch. One that no rule
+/// can make a watched server's (no automatic services, no process matchers,
+/// not a service port) nor a watched client's is judged not ours at once,
+/// so its next reads cost one lookup.
+#[inline(always)]
+fn judgeable(cfg: &AgentConfig, sk: *mut c_void) -> Option<socket::TcpSocket> {
+    let sock = socket::stream_socket(&cfg.offsets, sk as *const u8)?;
+    let any_port = config_flags::AUTO_SERVICES
+        | config_flags::MATCH_TGID
+        | config_flags::MATCH_CGROUP
+        | config_flags::MATCH_COMM
+        | config_flags::CLIENTS;
+    if cfg.flags & any_port == 0 && unsafe { SERVICE_PORTS.get(&sock.local_port) }.is_none() {
+        let conn = storage(sk, true)?;
+        crate::reset_conn(conn, cfg);
+        return None;
+    }
+    Some(sock)
+}
+
+/// A read on a socket [`judgeable`] let through: when it starts HTTP, the
+/// socket gets its state, judged as the syscall path judges a connection's
+/// first read.
 #[inline(always)]
 fn first_read(
     cfg: &AgentConfig,
     sk: *mut c_void,
+    sock: socket::TcpSocket,
     buf: u64,
     len: u64,
 ) -> Option<&'static mut ConnState> {
-    let sock = socket::stream_socket(&cfg.offsets, sk as *const u8)?;
     let mut head = [0u8; 8];
     if !crate::read_user(buf, &mut head) {
         return None;

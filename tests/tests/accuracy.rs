@@ -335,13 +335,26 @@ fn drive_mix(server: &dyn Server) -> usize {
 /// the server's log exactly. Every server is checked before the test fails.
 #[test]
 fn mix_matches_every_server_log() {
+    mix_matches_every_server_log_on("");
+}
+
+/// The same on the syscall path (the fallback for kernels before 6.4).
+#[test]
+fn mix_matches_every_server_log_on_the_syscall_path() {
+    mix_matches_every_server_log_on(SYSCALL_PATH);
+}
+
+/// Appended to an agent config: the syscall-tracepoint capture path.
+const SYSCALL_PATH: &str = "capture:\n  mode: syscalls\n";
+
+fn mix_matches_every_server_log_on(capture: &str) {
     require_root();
     let all: Vec<Box<dyn Server>> = ["nginx", "python", "node", "go"]
         .into_iter()
         .map(servers::start)
         .collect();
     let services: Vec<(&str, u16)> = all.iter().map(|s| (s.kind(), s.port())).collect();
-    let agent = Agent::start(&agent::config(&services));
+    let agent = Agent::start(&(agent::config(&services) + capture));
     for s in &all {
         let sent = drive_mix(&**s);
         s.wait_for_log_lines(sent);
@@ -706,6 +719,16 @@ fn long_tenants_are_cut_to_64_bytes() {
 /// skipped by count.
 #[test]
 fn syscall_variants_match_request_log() {
+    syscall_variants_match_request_log_on("");
+}
+
+/// The same on the syscall path.
+#[test]
+fn syscall_variants_match_request_log_on_the_syscall_path() {
+    syscall_variants_match_request_log_on(SYSCALL_PATH);
+}
+
+fn syscall_variants_match_request_log_on(capture: &str) {
     require_root();
     let modes = [
         ("read", "write"),
@@ -729,7 +752,7 @@ fn syscall_variants_match_request_log() {
         })
         .collect();
     let services: Vec<(&str, u16)> = all.iter().map(|(n, s)| (n.as_str(), s.port)).collect();
-    let agent = Agent::start(&agent::config(&services));
+    let agent = Agent::start(&(agent::config(&services) + capture));
     for (name, s) in &all {
         let mut sent = drive_small_mix(s.port, name);
         if name == "discard-write" {

@@ -22,8 +22,9 @@ fn an_optional_program_that_fails_leaves_the_rest_counting_exactly() {
         None,
         "",
         &[],
-        // Framing of several responses per buffer, and TCP resets.
-        &[(SKIP, "frame_responses,tcp_send_reset")],
+        // Framing of several responses per buffer (either capture path's),
+        // and TCP resets.
+        &[(SKIP, "frame_responses,sock_frame_responses,tcp_send_reset")],
     );
     // One request at a time per connection: the core path alone counts it.
     let tenants = [Some("acme"), Some("globex"), None];
@@ -106,7 +107,9 @@ fn a_core_program_that_fails_stops_the_agent_with_the_reason() {
     let mut child = std::process::Command::new(burnwatch_e2e::agent::binary())
         .args(["run", "--config"])
         .arg(&config)
-        .env(SKIP, "sys_exit_read")
+        // Both paths' read program: the socket path's refusal makes the
+        // agent fall back to the syscall path (`auto`), whose refusal ends it.
+        .env(SKIP, "sock_recv,sys_exit_read")
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -129,6 +132,12 @@ fn a_core_program_that_fails_stops_the_agent_with_the_reason() {
         stderr.contains("sys_exit_read") && stderr.contains("core") && stderr.contains(SKIP),
         "the reason names the program and why:\n{stderr}"
     );
+    if kernel_has_socket_path() {
+        assert!(
+            stderr.contains("sock_recv") && stderr.contains("falling back to the syscall path"),
+            "the socket path was tried first:\n{stderr}"
+        );
+    }
     // Nothing is left attached or pinned.
     let left: Vec<_> = walk(&pins);
     assert!(left.is_empty(), "pins left behind: {left:?}");
@@ -148,4 +157,56 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// Whether this kernel has the socket path's tracepoints (6.4+).
+fn kernel_has_socket_path() -> bool {
+    let btf = std::fs::read("/sys/kernel/btf/vmlinux").expect("kernel BTF");
+    let needle = b"btf_trace_sock_recv_length\0";
+    btf.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The socket path's core program refused (`auto`): the agent falls back to
+/// the syscall path, says so, reports `socket_capture` 0, and counts
+/// exactly there.
+#[test]
+fn a_socket_path_that_cannot_load_falls_back_to_the_syscall_path() {
+    require_root();
+    if !kernel_has_socket_path() {
+        eprintln!("this kernel has no socket path (before 6.4): nothing to fall back from");
+        return;
+    }
+    let nginx = Nginx::start();
+    let agent = Agent::start_with_env(
+        &format!(
+            "services:\n  - name: shop\n    match:\n      port: {}\n",
+            nginx.port
+        ),
+        None,
+        "",
+        &[],
+        &[(SKIP, "sock_send")],
+    );
+    let mut c = Conn::open(nginx.port);
+    for i in 0..10 {
+        c.request(
+            "GET",
+            if i % 3 == 0 { "/error" } else { "/ok" },
+            Some("acme"),
+        );
+    }
+    drop(c);
+    nginx.wait_for_log_lines(10);
+    let expected = nginx.counts("unknown");
+    assert_eq!(agent.counts("shop"), expected, "log:\n{}", agent.log());
+    let e = agent.scrape();
+    assert_eq!(
+        e.sum("burnwatch_capability", &[("feature", "socket_capture")]),
+        0.0
+    );
+    let log = agent.log();
+    assert!(
+        log.contains("sock_send") && log.contains("falling back to the syscall path"),
+        "{log}"
+    );
 }

@@ -245,7 +245,8 @@ fn pins_removed_mid_traffic_are_pinned_again_and_counts_stay_exact() {
         .path()
         .join("links");
     assert!(
-        links.read_dir().unwrap().count() >= 10,
+        // One per hook: 5 on the socket path, 15 on the syscall path.
+        links.read_dir().unwrap().count() >= 5,
         "links not pinned again"
     );
 }

@@ -179,7 +179,8 @@ fn sigterm_keeps_pins_uninstall_and_cleanup_remove_them() {
     let agent = Agent::start_with_state(&config(nginx.port), Some(state.path()));
     let pins = agent.pins.clone();
     let links = pinned_link_ids(&pins);
-    assert!(links.len() >= 10, "links pinned: {links:?}");
+    // One per hook: 5 on the socket path, 15 on the syscall path.
+    assert!(links.len() >= 5, "links pinned: {links:?}");
     assert!(links.is_subset(&all_link_ids()));
     agent.stop_keeping_pins();
     assert!(

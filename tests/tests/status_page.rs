@@ -165,9 +165,9 @@ slos:\n  - name: shop-availability\n    service: shop\n    objective: 99.9\n    
     let probes = seen["probes"].as_array().expect("probes");
     assert!(
         !probes.is_empty()
-            && probes
-                .iter()
-                .all(|p| p.as_str().is_some_and(|p| p.starts_with("tracepoint:"))),
+            && probes.iter().all(|p| p
+                .as_str()
+                .is_some_and(|p| p.starts_with("tracepoint:") || p.starts_with("tp_btf:"))),
         "{seen}"
     );
     let png = std::fs::metadata(&screenshot).expect("screenshot written");

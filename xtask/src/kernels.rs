@@ -726,7 +726,7 @@ main() {
             [ $i -ge 3 ] && [ "$got" -ge "$want" ] && break
         done
         mark "scraped after=${i}s agent=$got nginx=$want"
-        grep -E '^burnwatch_(http_requests_total|dropped_events)' /tmp/metrics > /tmp/requests
+        grep -E '^burnwatch_(http_requests_total|dropped_events|capability)' /tmp/metrics > /tmp/requests
         block metrics /tmp/requests
     fi
     block access-log /var/log/nginx/access.log
@@ -1068,6 +1068,28 @@ struct KernelResult {
     nginx: Tally,
     /// The agent's metrics; `None` when it never served them.
     agent_counts: Option<Tally>,
+    /// The capture path the agent chose (`socket` or `syscalls`), from its
+    /// `burnwatch_capability{feature="socket_capture"}`.
+    capture: Option<&'static str>,
+}
+
+/// The capture path the agent's metrics say it runs.
+fn capture_path(metrics: &[String]) -> Option<&'static str> {
+    metrics.iter().find_map(|l| {
+        let rest = l.strip_prefix("burnwatch_capability{feature=\"socket_capture\"} ")?;
+        Some(if rest.trim() == "1" {
+            "socket"
+        } else {
+            "syscalls"
+        })
+    })
+}
+
+/// Whether kernel `release` (e.g. `6.12.118+deb12-cloud-amd64`) has the
+/// socket path's tracepoints (6.4+): `capture.mode: auto` must take it.
+fn has_socket_path(release: &str) -> bool {
+    let v = version_key(release.split(['-', '+']).next().unwrap_or(release));
+    v >= vec![6, 4]
 }
 
 fn test_kernel(
@@ -1120,13 +1142,24 @@ fn test_kernel(
         .map(|(s, e)| e.saturating_sub(s));
     let nginx = access_log_tally(guest.blocks.get("access-log").map_or(&[][..], |v| v));
     let agent_counts = guest.blocks.get("metrics").map(|m| agent_tally(m));
-    let outcome = verdict(
+    let capture = guest.blocks.get("metrics").and_then(|m| capture_path(m));
+    let mut outcome = verdict(
         &guest,
         &b.end,
         &intended_tally(),
         &nginx,
         agent_counts.as_ref().unwrap_or(&Tally::new()),
     );
+    let want = if has_socket_path(&k.release) {
+        "socket"
+    } else {
+        "syscalls"
+    };
+    if outcome.is_ok() && capture != Some(want) {
+        outcome = Err(format!(
+            "capture path {capture:?}, where this kernel should run the {want} path"
+        ));
+    }
     Ok(KernelResult {
         release: k.release.clone(),
         console: k.dir.join("console.log"),
@@ -1139,6 +1172,7 @@ fn test_kernel(
         guest,
         nginx,
         agent_counts,
+        capture,
     })
 }
 
@@ -1548,8 +1582,8 @@ fn result_table(results: &[KernelResult]) -> String {
         .max()
         .unwrap_or(6);
     let mut s = format!(
-        "{:<w$} {:<5} {:>7} {:>9} {:>11} {:>8} {:>7}  result\n",
-        "kernel", "accel", "boot", "verifier", "agent load", "total", "nginx"
+        "{:<w$} {:<5} {:>7} {:>9} {:>11} {:>8} {:>7} {:<8}  result\n",
+        "kernel", "accel", "boot", "verifier", "agent load", "total", "nginx", "capture"
     );
     for r in results {
         let logged = if r.guest.blocks.contains_key("access-log") {
@@ -1558,13 +1592,14 @@ fn result_table(results: &[KernelResult]) -> String {
             "-".into()
         };
         s.push_str(&format!(
-            "{:<w$} {:<5} {:>7} {:>9} {:>11} {:>8} {logged:>7}  {}\n",
+            "{:<w$} {:<5} {:>7} {:>9} {:>11} {:>8} {logged:>7} {:<8}  {}\n",
             r.release,
             format!("{:?}", r.accel).to_lowercase(),
             secs(r.boot),
             secs(r.verifier),
             secs(r.agent),
             secs(Some(r.wall)),
+            r.capture.unwrap_or("-"),
             if r.outcome.is_ok() { "PASS" } else { "FAIL" },
         ));
         if let Err(e) = &r.outcome {
@@ -1584,6 +1619,23 @@ mod tests {
 
     fn key(t: &str, m: &str, s: u16) -> (String, String, u16) {
         (t.into(), m.into(), s)
+    }
+
+    #[test]
+    fn knows_which_kernels_have_the_socket_path() {
+        assert!(has_socket_path("6.12.118+deb12-cloud-amd64"));
+        assert!(has_socket_path("6.18.44-fc-v1300"));
+        assert!(has_socket_path("6.4.0"));
+        assert!(!has_socket_path("6.1.0-57-cloud-amd64"));
+        assert!(!has_socket_path("5.15.0"));
+        let m = |v: &str| {
+            vec![format!(
+                "burnwatch_capability{{feature=\"socket_capture\"}} {v}"
+            )]
+        };
+        assert_eq!(capture_path(&m("1")), Some("socket"));
+        assert_eq!(capture_path(&m("0")), Some("syscalls"));
+        assert_eq!(capture_path(&[]), None);
     }
 
     #[test]

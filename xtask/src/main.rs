@@ -76,12 +76,12 @@ enum Cmd {
     Test,
     /// Measure the agent's overhead and write BENCHMARKS.md (as root).
     Bench {
-        /// A short smoke run: every figure, one round each (about 6 minutes).
+        /// A short smoke run: every figure, one round each (about 8 minutes).
         #[arg(long)]
         quick: bool,
-        /// Run only these phases (comma-separated: overhead, floor,
-        /// tenants, scrape, detection, loss, engine) and print them; BENCHMARKS.md is
-        /// left alone.
+        /// Run only these phases (comma-separated: verifier, overhead,
+        /// unwatched, floor, tenants, scrape, detection, loss, engine, fuzz)
+        /// and print them; BENCHMARKS.md is left alone.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
