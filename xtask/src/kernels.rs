@@ -1879,6 +1879,7 @@ b GET 503
             },
             nginx: nginx.clone(),
             agent_counts: None,
+            capture: Some("syscalls"),
         };
         let table = result_table(&[
             result(
@@ -1890,10 +1891,10 @@ b GET 503
         assert_eq!(
             table,
             "\
-kernel                     accel    boot  verifier  agent load    total   nginx  result
-6.1.0-57-cloud-amd64       tcg      5.1s         -        1.8s    18.4s   37/37  FAIL
+kernel                     accel    boot  verifier  agent load    total   nginx capture   result
+6.1.0-57-cloud-amd64       tcg      5.1s         -        1.8s    18.4s   37/37 syscalls  FAIL
     agent exited (status 1): why
-6.12.118+deb12-cloud-amd64 tcg      5.1s         -        1.8s    18.4s   37/37  PASS
+6.12.118+deb12-cloud-amd64 tcg      5.1s         -        1.8s    18.4s   37/37 syscalls  PASS
 "
         );
     }
