@@ -306,10 +306,20 @@ while True:
 "#,
         log = log.display()
     );
-    let mut server = Command::new("python3")
-        .args(["-c", &script])
-        .spawn()
-        .expect("python3");
+    // Killed however the test ends.
+    struct Killed(Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Killed(
+        Command::new("python3")
+            .args(["-c", &script])
+            .spawn()
+            .expect("python3"),
+    );
     wait_for(Duration::from_secs(5), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).ok()
     })
@@ -348,6 +358,4 @@ while True:
         e.text
     );
     agent.stop();
-    let _ = server.kill();
-    let _ = server.wait();
 }
