@@ -91,7 +91,7 @@ fn a_core_program_that_fails_stops_the_agent_with_the_reason() {
     let config = dir.path().join("burnwatch.yaml");
     // bpffs is mounted by the harness's other agents; this one is its own.
     let pins = std::path::PathBuf::from(format!(
-        "/sys/fs/bpf/burnwatch-tests/core-fails-{}",
+        "/sys/fs/bpf/burnwatch-tests/p{}-core-fails",
         std::process::id()
     ));
     std::fs::write(
