@@ -1010,7 +1010,12 @@ fn boot(k: &Kernel, initramfs: &Path, accel: Accel, timeout: u64) -> Result<Boot
                 }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
-            // Both pipes closed: qemu is gone.
+            // Both pipes closed: qemu is gone. Before init under the KVM
+            // probe, KVM failed (on AMD EPYC hosts qemu aborts at once:
+            // "failed to set MSR 0x10a"): TCG is tried instead.
+            Err(mpsc::RecvTimeoutError::Disconnected) if probe && marks.is_empty() => {
+                break End::KvmFailed("qemu exited before init".into());
+            }
             Err(mpsc::RecvTimeoutError::Disconnected) => break End::Exited,
         }
     };
