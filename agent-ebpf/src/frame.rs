@@ -85,9 +85,7 @@ pub fn frame_buffer(conn: *mut ConnState, conn_key: u64, cfg: &AgentConfig, scra
             write_volatile(to.add(w), if resume { *from.add(w) } else { 0 });
             w += 1;
         }
-        write_volatile(&mut (*scratch).iov_idx, 0);
-        (*scratch).off = 0;
-        write_volatile(&mut (*scratch).win_len, 0);
+        crate::parse::begin_scan(&mut *scratch);
     }
     let mut fc = FrameCtx {
         conn,
@@ -123,6 +121,11 @@ pub fn frame_buffer(conn: *mut ConnState, conn_key: u64, cfg: &AgentConfig, scra
             (s.resp.state == state::STATUS && s.iov_idx != STOPPED)
                 || (framed_whole && s.resp.in_length_body() && spill::has_pending(&*conn))
         };
+        // `closes` is set only by a final response's headers, and cleared
+        // when the next response starts (framing stopped before).
+        if !persist && s.resp.closes != 0 {
+            close_after(&mut *conn);
+        }
         let from = &s.resp as *const ResponseStream as *const u64;
         let to = &mut (*conn).responses as *mut ResponseStream as *mut u64;
         let mut w = 0;
@@ -174,7 +177,9 @@ extern "C" fn frame_step(_index: u64, ctx: *mut c_void) -> i64 {
         n,
     );
     scratch.off += i as u64;
-    if ev == event::DONE {
+    if ev == event::DONE || (ev == event::CLOSE && fc.persist == 0) {
+        // A server's response closing the connection: `frame_buffer` ends
+        // it (`close_after`) once the loop is over.
         return stop(scratch);
     }
     if ev == event::STATUS {
@@ -209,6 +214,32 @@ extern "C" fn frame_step(_index: u64, ctx: *mut c_void) -> i64 {
         }
     }
     0
+}
+
+/// A server's response said `Connection: close`: the server takes no
+/// request after the one it answered (RFC 9112 9.6). Requests still queued
+/// behind it were read by the server and dropped, never taken: each counts
+/// as `after_close`, not as a request. The connection is ended: what the
+/// server still reads (a lingering close discarding what the client sent)
+/// is `after_close` too. (A client's pipelined requests behind such a
+/// response stay queued: the client saw no answer to them, 000 at close.)
+#[inline(always)]
+fn close_after(conn: &mut ConnState) {
+    let queued = conn.spilled as u64 + conn.requests.len as u64;
+    if queued > 0 {
+        count::conn_event_n(
+            conn.service_id,
+            conn.local_port,
+            conn_event::AFTER_CLOSE,
+            queued,
+        );
+    }
+    // Spilled requests left in `SPILL` are overwritten before they could
+    // be read again (a connection's next spill starts at its head).
+    conn.requests = burnwatch_common::http::RequestStream::new();
+    conn.spilled = 0;
+    conn.role = 0;
+    conn.ignored = burnwatch_common::maps::ignored::ENDED;
 }
 
 #[inline(always)]

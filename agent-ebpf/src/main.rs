@@ -74,9 +74,9 @@ use burnwatch_common::{
 };
 
 use maps::{
-    CONNS, MATCHES, MAX_IOV, SCRATCH, SERVER_PORTS, SERVICE_PORTS, SOCKS, Scratch, TAIL_CALLS,
-    TAIL_FRAME_RESPONSES, TAIL_PARSE_WRITE, bump, cache_ignored, cached_ignored, config,
-    uncache_ignored,
+    CONNS, IOV_MAX, MATCHES, MAX_IOV, SCRATCH, SERVER_PORTS, SERVICE_PORTS, SOCKS, Scratch,
+    TAIL_CALLS, TAIL_FRAME_RESPONSES, TAIL_PARSE_WRITE, bump, cache_ignored, cached_ignored,
+    config, uncache_ignored,
 };
 
 const BPF_NOEXIST: u64 = 1;
@@ -244,7 +244,9 @@ fn read_args(ctx: &TracePointContext, cfg: &AgentConfig) -> Option<ReadArgs> {
 }
 
 /// Fills `scratch.iov_*` with the buffers of a read that returned `ret`
-/// bytes, each length cut so they add up to `ret`.
+/// bytes (or a write of `ret` bytes; `u64::MAX`: as many as asked): the
+/// first `MAX_IOV` iovecs, each length cut so they add up to `ret`; the
+/// scan reads the others as it reaches them (`parse::cursor`).
 #[inline(always)]
 fn fill_iovecs(scratch: &mut Scratch, args: &ReadArgs, ret: u64) -> bool {
     let (iov_addr, vlen) = match args.kind {
@@ -252,6 +254,9 @@ fn fill_iovecs(scratch: &mut Scratch, args: &ReadArgs, ret: u64) -> bool {
             scratch.iov_base[0] = args.buf;
             scratch.iov_len[0] = ret;
             scratch.iov_cnt = 1;
+            scratch.iov_cached = 1;
+            scratch.iov_addr = 0;
+            scratch.left_init = 0;
             scratch.unseen = 0;
             return true;
         }
@@ -265,22 +270,22 @@ fn fill_iovecs(scratch: &mut Scratch, args: &ReadArgs, ret: u64) -> bool {
             (hdr[2], hdr[3])
         }
     };
-    let cnt = if vlen < MAX_IOV as u64 {
-        vlen
-    } else {
-        MAX_IOV as u64
-    };
+    let cnt = if vlen < IOV_MAX { vlen } else { IOV_MAX };
     if cnt == 0 {
         return false;
     }
     let mut iov_buf = MaybeUninit::uninit();
-    let Some(iov) = read_iovecs(iov_addr, &mut iov_buf) else {
+    let Some((iov, cached)) = read_iovecs(iov_addr, &mut iov_buf) else {
         return false;
     };
     let mut left = ret;
     let mut i = 0;
     while i < MAX_IOV {
-        let len = if (i as u64) < cnt { iov[2 * i + 1] } else { 0 };
+        let len = if (i as u64) < cnt && i < cached {
+            iov[2 * i + 1]
+        } else {
+            0
+        };
         let take = if len < left { len } else { left };
         scratch.iov_base[i] = iov[2 * i];
         scratch.iov_len[i] = take;
@@ -288,34 +293,32 @@ fn fill_iovecs(scratch: &mut Scratch, args: &ReadArgs, ret: u64) -> bool {
         i += 1;
     }
     scratch.iov_cnt = cnt;
-    // A write's length is taken whole (`ret` is u64::MAX): what is unseen
-    // then is any iovec past `MAX_IOV`.
-    scratch.unseen = if ret == u64::MAX {
-        (vlen > cnt) as u64
-    } else {
-        left
-    };
+    scratch.iov_cached = cached as u64;
+    scratch.iov_addr = iov_addr;
+    scratch.left_init = left;
+    scratch.unseen = (vlen > cnt) as u64;
     true
 }
 
 /// The first `MAX_IOV` iovecs (`struct iovec { base, len }`) of the array
-/// at `iov_addr`, read whole into `buf` (not zeroed first). A short array
-/// at a page end gives its first iovec alone: the failed whole read left the
-/// rest zeroed (the helper zero-fills on failure), i.e. empty iovecs.
+/// at `iov_addr`, read whole into `buf` (not zeroed first), and how many
+/// of them were read. A short array at a page end gives its first iovec
+/// alone (the scan reads the others one by one as it reaches them).
 #[inline(always)]
 fn read_iovecs(
     iov_addr: u64,
     buf: &mut MaybeUninit<[u64; 2 * MAX_IOV]>,
-) -> Option<&[u64; 2 * MAX_IOV]> {
+) -> Option<(&[u64; 2 * MAX_IOV], usize)> {
     let ok = read_user_into(iov_addr, buf).is_some();
     let iov = unsafe { &mut *buf.as_mut_ptr() };
-    if !ok {
-        let mut first = MaybeUninit::<[u64; 2]>::uninit();
-        let first = read_user_into(iov_addr, &mut first)?;
-        iov[0] = first[0];
-        iov[1] = first[1];
+    if ok {
+        return Some((iov, MAX_IOV));
     }
-    Some(iov)
+    let mut first = MaybeUninit::<[u64; 2]>::uninit();
+    let first = read_user_into(iov_addr, &mut first)?;
+    iov[0] = first[0];
+    iov[1] = first[1];
+    Some((iov, 1))
 }
 
 #[inline(always)]
@@ -337,6 +340,14 @@ fn finish_read(ctx: &TracePointContext) {
     if let Some(c) = known
         && unsafe { (*c).role } == 0
     {
+        if unsafe { (*c).ignored } == ignored::ENDED {
+            // The server ended the connection (a `Connection: close`
+            // response, or it shut down sending): a lingering close reads
+            // what the client sent, and never takes it.
+            let c = unsafe { &*c };
+            count::conn_event(c.service_id, c.local_port, conn_event::AFTER_CLOSE);
+            return;
+        }
         if unsafe { (*c).generation } == cfg.match_generation {
             // Known not to be ours: the next read of it need not look here.
             cache_ignored(key, unsafe { &*c });
@@ -1045,7 +1056,7 @@ fn iov_response_head(conn: &mut ConnState, conn_key: u64, iov_addr: u64, cnt: u6
         return false;
     }
     let mut iov_buf = MaybeUninit::uninit();
-    let Some(iov) = read_iovecs(iov_addr, &mut iov_buf) else {
+    let Some((iov, cached)) = read_iovecs(iov_addr, &mut iov_buf) else {
         return false;
     };
     // A third HEAD of room: the verifier sees an offset below HEAD plus a
@@ -1056,7 +1067,7 @@ fn iov_response_head(conn: &mut ConnState, conn_key: u64, iov_addr: u64, cnt: u6
     let mut n = 0usize;
     let mut i = 0;
     while i < MAX_IOV {
-        if i as u64 >= cnt || n >= HEAD {
+        if i as u64 >= cnt || i >= cached || n >= HEAD {
             break;
         }
         // `get`, not indexing: a bounds check would link a panic path the
@@ -1241,7 +1252,21 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
             return 0;
         }
     };
-    end_connection(key, conn);
+    if new == TCP_CLOSE {
+        end_connection(key, conn);
+    } else {
+        // This side shut down sending: the descriptor stays open, and what
+        // it still reads (a lingering close) is `after_close`. The state
+        // stays, ended (role 0, never cached in `IGNORED`), until `close`
+        // or a new socket on the descriptor forgets it.
+        if conn.role != 0
+            && let Some(cfg) = config()
+        {
+            count::count_abandoned(conn, key, cfg);
+        }
+        conn.role = 0;
+        conn.ignored = ignored::ENDED;
+    }
     0
 }
 

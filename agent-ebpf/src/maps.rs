@@ -92,8 +92,15 @@ pub const WINDOW: usize = burnwatch_common::http::window::WINDOW;
 /// scans at least 64 KiB of headers (or of chunk-size lines) per read.
 /// Reads with bodies cost little more: body bytes are skipped, not scanned.
 pub const MAX_STEPS: u32 = 1 << 16;
-/// iovecs of one readv/recvmsg that are parsed.
+/// iovecs of a readv/writev/recvmsg/sendmsg read in one helper call when
+/// the syscall is first looked at (a status line or a request's start are
+/// in them). The scans walk every iovec (`parse::cursor`): those past
+/// these are read one at a time, as the scan reaches them.
 pub const MAX_IOV: usize = 4;
+/// iovecs of one syscall walked at most: the kernel's `UIO_MAXIOV`, so a
+/// syscall that succeeded never has more. Servers commonly pass 16 to 64
+/// (Apache's pipelined answers, Varnish's requests, nginx up to 64).
+pub const IOV_MAX: u64 = 1024;
 
 /// Per-CPU working memory: the eBPF stack is 512 bytes, too small for a
 /// connection's state or a map value.
@@ -105,12 +112,25 @@ pub struct Scratch {
     pub iov_idx: u64,
     pub off: u64,
     pub iov_cnt: u64,
+    /// The first `iov_cached` iovecs, each cut so that all add up to the
+    /// bytes the syscall moved.
     pub iov_base: [u64; MAX_IOV],
     pub iov_len: [u64; MAX_IOV],
-    /// Bytes the syscall moved beyond `iov_len` (iovecs past `MAX_IOV`):
-    /// never scanned, so a stream framed across reads loses its place. For
-    /// a write, whose length is taken whole: 1 if it has iovecs past
-    /// `MAX_IOV`.
+    pub iov_cached: u64,
+    /// The user address of the iovec array (0: one buffer), for iovecs
+    /// past `iov_cached`.
+    pub iov_addr: u64,
+    /// Bytes the syscall moved past the cached iovecs (`u64::MAX` on: a
+    /// write taken whole), and what of them the scan has not yet assigned
+    /// to an iovec (`left`, from `left_init` at the scan's start).
+    pub left_init: u64,
+    pub left: u64,
+    /// The iovec at the scan's cursor (`iov_idx`), cut as the others.
+    pub cur_base: u64,
+    pub cur_len: u64,
+    /// 1 when the syscall has more iovecs than `IOV_MAX` (only a failed
+    /// write, taken whole, can): those past it are never scanned, so a
+    /// stream framed across writes loses its place.
     pub unseen: u64,
     pub conn: ConnState,
     /// The connection whose write the tail-called parser scans.
@@ -199,6 +219,10 @@ pub fn cached_ignored(key: u64, generation: u32) -> Option<bool> {
 /// so a hit leaves its cache line clean).
 #[inline(always)]
 pub fn cache_ignored(key: u64, conn: &ConnState) {
+    if conn.ignored == ignored::ENDED {
+        // Its reads are counted as `after_close`: they must find the state.
+        return;
+    }
     let http_client = conn.ignored == ignored::HTTP_CLIENT;
     let (Some(verdict), Some(word)) = (
         ignored_cache::verdict(key, conn.generation, http_client),

@@ -44,10 +44,7 @@ pub fn parse_inbound(
 ) {
     unsafe {
         (*conn).requests.begin_read();
-        // Volatile: two adjacent zero stores become a memset call otherwise.
-        core::ptr::write_volatile(&mut (*scratch).iov_idx, 0);
-        (*scratch).off = 0;
-        core::ptr::write_volatile(&mut (*scratch).win_len, 0);
+        begin_scan(&mut *scratch);
     }
     let mut pc = ParseCtx {
         conn,
@@ -88,24 +85,69 @@ pub enum Cursor {
     At { src: u64, rest: u64 },
 }
 
-/// The scan's position in the iovecs of `scratch`.
+/// Puts the scan's cursor at the first byte of the buffers in `scratch`.
+#[inline(always)]
+pub fn begin_scan(scratch: &mut Scratch) {
+    // Volatile: adjacent zero stores become a memset call otherwise.
+    unsafe {
+        core::ptr::write_volatile(&mut scratch.iov_idx, 0);
+        core::ptr::write_volatile(&mut scratch.off, 0);
+        core::ptr::write_volatile(&mut scratch.win_len, 0);
+    }
+    scratch.left = scratch.left_init;
+    scratch.cur_base = scratch.iov_base[0];
+    scratch.cur_len = scratch.iov_len[0];
+}
+
+/// The scan's position in the iovecs of `scratch`, moving on to the next
+/// iovec when the current one is done: one of the first `iov_cached`, or
+/// one read from the user's array now (every iovec is walked, up to
+/// `IOV_MAX`; none once the bytes the syscall moved are all assigned).
 #[inline(always)]
 pub fn cursor(scratch: &mut Scratch) -> Cursor {
     let idx = scratch.iov_idx;
-    if idx >= scratch.iov_cnt || idx >= MAX_IOV as u64 {
+    // `STOPPED` is above any count.
+    if idx >= scratch.iov_cnt {
         return Cursor::Done;
     }
-    let base = scratch.iov_base[idx as usize % MAX_IOV];
-    let len = scratch.iov_len[idx as usize % MAX_IOV];
-    if scratch.off >= len {
-        scratch.iov_idx += 1;
-        scratch.off = 0;
+    if scratch.off < scratch.cur_len {
+        return Cursor::At {
+            src: scratch.cur_base + scratch.off,
+            rest: scratch.cur_len - scratch.off,
+        };
+    }
+    let next = idx + 1;
+    scratch.iov_idx = next;
+    scratch.off = 0;
+    scratch.cur_len = 0;
+    if next >= scratch.iov_cnt {
+        return Cursor::Done;
+    }
+    if next < scratch.iov_cached {
+        scratch.cur_base = scratch.iov_base[next as usize % MAX_IOV];
+        scratch.cur_len = scratch.iov_len[next as usize % MAX_IOV];
         return Cursor::NextIovec;
     }
-    Cursor::At {
-        src: base + scratch.off,
-        rest: len - scratch.off,
+    if scratch.left == 0 {
+        // Every byte moved is in the iovecs walked: the rest are unused.
+        scratch.iov_idx = scratch.iov_cnt;
+        return Cursor::Done;
     }
+    let mut iov = core::mem::MaybeUninit::<[u64; 2]>::uninit();
+    let Some(iov) = crate::read_user_into(scratch.iov_addr + 16 * next, &mut iov) else {
+        bump(counter::READ_FAULT);
+        scratch.iov_idx = STOPPED;
+        return Cursor::Done;
+    };
+    let take = if iov[1] < scratch.left {
+        iov[1]
+    } else {
+        scratch.left
+    };
+    scratch.left -= take;
+    scratch.cur_base = iov[0];
+    scratch.cur_len = take;
+    Cursor::NextIovec
 }
 
 /// The bytes at the scan's cursor (user address `src`, `rest` left in the

@@ -62,6 +62,11 @@ pub mod event {
     pub const STATUS: u8 = 1;
     /// Framing stopped at this byte (see [`super::state::DONE`]).
     pub const DONE: u8 = 2;
+    /// The headers of a final response that says `Connection: close`
+    /// ended at this byte: the server takes no request after this one
+    /// (RFC 9112 9.6), so requests still queued behind it were never taken.
+    /// Framing goes on (the body is framed as usual).
+    pub const CLOSE: u8 = 3;
 }
 
 /// What a header value means to the framing.
@@ -69,10 +74,32 @@ mod value_kind {
     pub const OTHER: u8 = 0;
     pub const CONTENT_LENGTH: u8 = 1;
     pub const TRANSFER_ENCODING: u8 = 2;
+    pub const CONNECTION: u8 = 3;
 }
 
 /// The fixed start of a status line.
 const VERSION: &[u8; 7] = b"HTTP/1.";
+
+const CONNECTION: u64 = super::header_hash(b"connection");
+const CLOSE: &[u8; 5] = b"close";
+
+/// One byte of a `Connection` value: progress `m` of matching `close` as
+/// its last token becomes the returned progress (`CLOSE.len()` when the
+/// value so far ends in `close`), as `chunked_step` does for
+/// Transfer-Encoding.
+#[inline(always)]
+fn close_step(m: u8, b: u8) -> u8 {
+    let i = m as usize;
+    if b == b' ' || b == b'\t' {
+        m
+    } else if i < CLOSE.len() && b.to_ascii_lowercase() == CLOSE[i % 5] {
+        m + 1
+    } else if b.eq_ignore_ascii_case(&b'c') {
+        1
+    } else {
+        0
+    }
+}
 
 /// Frames a buffer of responses, one byte at a time.
 #[repr(C)]
@@ -93,10 +120,16 @@ pub struct ResponseStream {
     /// Set by the caller when the request this response answers was a HEAD:
     /// the response has no body, whatever its headers say.
     pub no_body: u8,
-    pub _pad: u8,
+    /// Whether this response has `Connection: close` (`close` as the last
+    /// token of a Connection header). Set by the header; cleared at an
+    /// interim response's end and when the next response starts, so after
+    /// [`event::CLOSE`] it stays set until the next status line.
+    pub closes: u8,
     /// The status code of the current response (valid from [`event::STATUS`]).
     pub status: u16,
-    pub _pad2: [u8; 6],
+    /// `close` suffix match progress inside a Connection value.
+    pub close_match: u8,
+    pub _pad2: [u8; 5],
     /// Running hash of the current header name.
     pub acc: u64,
     /// Body bytes to skip, or the size being parsed.
@@ -120,9 +153,10 @@ impl ResponseStream {
             is_chunked: 0,
             has_length: 0,
             no_body: 0,
-            _pad: 0,
+            closes: 0,
             status: 0,
-            _pad2: [0; 6],
+            close_match: 0,
+            _pad2: [0; 5],
             acc: 0,
             remaining: 0,
         }
@@ -250,6 +284,8 @@ impl ResponseStream {
         self.is_chunked = 0;
         self.has_length = 0;
         self.no_body = 0;
+        self.closes = 0;
+        self.close_match = 0;
         self.status = 0;
         self.acc = 0;
         self.remaining = 0;
@@ -261,13 +297,20 @@ impl ResponseStream {
         event::DONE
     }
 
-    /// The blank line after the headers: how the body is framed.
+    /// The blank line after the headers: how the body is framed, and
+    /// [`event::CLOSE`] for a final response that closes the connection
+    /// (its `closes` stays set until the next response starts).
     fn headers_done(&mut self) -> u8 {
         let s = self.status;
         if s == 101 {
             // Switching protocols: what follows is not HTTP/1.x.
             return self.done();
         }
+        let ev = if s >= 200 && self.closes != 0 {
+            event::CLOSE
+        } else {
+            event::NONE
+        };
         if s < 200 || s == 204 || s == 304 || self.no_body != 0 {
             // Interim (the final response follows), or no body by definition.
             self.next_response();
@@ -282,10 +325,15 @@ impl ResponseStream {
                 self.next_response();
             }
         } else {
-            // Delimited by the connection's end: nothing after it is framed.
+            // Delimited by the connection's end: nothing after it is framed
+            // (`closes`, when set, stays: the caller reads it at DONE).
             return self.done();
         }
-        event::NONE
+        if ev == event::CLOSE {
+            // `next_response` above cleared it; the caller reads it.
+            self.closes = 1;
+        }
+        ev
     }
 
     /// Feeds one byte.
@@ -329,6 +377,9 @@ impl ResponseStream {
                     } else if self.acc == TRANSFER_ENCODING {
                         self.chunked_match = 0;
                         value_kind::TRANSFER_ENCODING
+                    } else if self.acc == CONNECTION {
+                        self.close_match = 0;
+                        value_kind::CONNECTION
                     } else {
                         value_kind::OTHER
                     };
@@ -453,6 +504,10 @@ impl ResponseStream {
         if b == b'\n' {
             if self.value_kind == value_kind::TRANSFER_ENCODING {
                 self.is_chunked = (self.chunked_match as usize == super::CHUNKED.len()) as u8;
+            } else if self.value_kind == value_kind::CONNECTION
+                && self.close_match as usize == CLOSE.len()
+            {
+                self.closes = 1;
             }
             self.value_kind = value_kind::OTHER;
             self.state = state::HEADER_LINE_START;
@@ -475,6 +530,9 @@ impl ResponseStream {
             }
             value_kind::TRANSFER_ENCODING => {
                 self.chunked_match = chunked_step(self.chunked_match, b);
+            }
+            value_kind::CONNECTION => {
+                self.close_match = close_step(self.close_match, b);
             }
             _ => {}
         }

@@ -549,3 +549,46 @@ fn a_response_body_discarded_by_a_client_is_skipped_by_count() {
     s.discard(1 << 20);
     assert!(s.is_done());
 }
+
+/// Steps `buf` byte by byte (bodies too): the statuses found, and the
+/// statuses of the responses whose headers ended with `event::CLOSE`.
+fn closing_statuses(buf: &[u8]) -> (Vec<u16>, Vec<u16>) {
+    use super::response::{ResponseStream, event as rev};
+    let mut s = ResponseStream::new();
+    let (mut found, mut closing) = (Vec::new(), Vec::new());
+    for &b in buf {
+        match s.step(b) {
+            rev::STATUS => found.push(s.status),
+            rev::CLOSE => {
+                // The status may be cleared already (a response without a
+                // body ends with its headers): `closes` stays.
+                assert_eq!(s.closes, 1);
+                closing.push(*found.last().unwrap());
+            }
+            rev::DONE => {
+                if s.closes != 0 {
+                    closing.push(*found.last().unwrap());
+                }
+                break;
+            }
+            _ => {}
+        }
+    }
+    (found, closing)
+}
+
+#[test]
+fn a_final_response_with_connection_close_says_so_at_its_headers_end() {
+    let buf = b"HTTP/1.1 100 Continue\r\nConnection: close\r\n\r\n\
+HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok\
+HTTP/1.1 404 Not Found\r\ncontent-length: 3\r\nCONNECTION:  Upgrade, Close \r\n\r\nnot\
+HTTP/1.1 200 OK\r\nConnection: closed\r\nContent-Length: 0\r\n\r\n\
+HTTP/1.1 503 x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n\
+HTTP/1.1 500 x\r\nConnection: close\r\n\r\nto the end";
+    // The interim 100 never closes; `closed` is not `close`; framing goes
+    // on past a closing response; one without a length ends the framing.
+    assert_eq!(
+        closing_statuses(buf),
+        (vec![100, 200, 404, 200, 503, 500], vec![404, 503, 500])
+    );
+}
