@@ -9,6 +9,9 @@ READ, how request bytes come in:
   readv     os.readv into buffers of 64, 4096 and 65536 bytes (a request
             spans several iovecs)
   recvmsg   socket.recvmsg_into into buffers of 64, 4096 and 65536 bytes
+  readv_many
+            os.readv into 40 buffers of 8 bytes, then one of 65536 (a
+            request spans dozens of iovecs)
   peek      before every socket.recv, a peek (recvfrom with MSG_PEEK) at
             what is waiting, and at a new connection's first bytes a
             recvmsg with MSG_PEEK too, as servers that sniff the protocol
@@ -30,6 +33,11 @@ WRITE, how a response goes out:
             one writev whose iovecs are the status line's fields, as
             Varnish writes them: "HTTP/1.1", " ", "200", " ", "OK", "\\r\\n",
             then the headers and the body
+  writev_many
+            as `batched`, but the gathered responses go out in one writev
+            whose iovecs are each response's status line fields, header
+            lines, blank line and body, as Apache writes pipelined answers
+            (dozens of iovecs)
   batched   the responses of pipelined requests gathered and written
             together by one os.write once no whole request is left unread
             (as asyncio transports under back-pressure, hyper's
@@ -66,6 +74,7 @@ class Conn:
         self.body_dir = body_dir
         self.buf = b""
         self.batch = b""
+        self.parts = []
         self.peeked = False
         # One read buffer, reused, as C servers do: a dropped read leaves in
         # it the bytes of an earlier one.
@@ -89,6 +98,10 @@ class Conn:
         elif m == "discard":
             n = self.sock.recv_into(self.rbuf, 512)
             data = bytes(self.rbuf[:n])
+        elif m == "readv_many":
+            bufs = [bytearray(8) for _ in range(40)] + [bytearray(65536)]
+            n = os.readv(self.fd, bufs)
+            data = b"".join(bytes(b) for b in bufs)[:n]
         elif m in ("readv", "recvmsg"):
             bufs = [bytearray(64), bytearray(4096), bytearray(65536)]
             if m == "readv":
@@ -159,6 +172,12 @@ class Conn:
         if m == "batched":
             self.batch += head + body
             self.flush_batch()
+        elif m == "writev_many":
+            self.parts += fields + [l + b"\r\n" for l in headers.split(b"\r\n")[:-2]]
+            self.parts.append(b"\r\n")
+            if body:
+                self.parts.append(body)
+            self.flush_parts()
         elif m == "write":
             self.write_all(head, lambda v: os.write(self.fd, v))
             self.write_all(body, lambda v: os.write(self.fd, v))
@@ -206,6 +225,15 @@ class Conn:
         if self.batch and (force or b"\r\n\r\n" not in self.buf):
             self.write_all(self.batch, lambda v: os.write(self.fd, v))
             self.batch = b""
+
+    def flush_parts(self):
+        """`flush_batch` for `writev_many`: one writev of every part
+        gathered (the rest of a short write with plain writes)."""
+        if self.parts and b"\r\n\r\n" not in self.buf:
+            parts, self.parts = self.parts, []
+            n = os.writev(self.fd, parts)
+            rest = b"".join(parts)[n:]
+            self.write_all(rest, lambda v: os.write(self.fd, v))
 
     def respond_chunked(self, status, body, head_only):
         head = (b"HTTP/1.1 %d %s\r\nTransfer-Encoding: chunked\r\n"

@@ -13,6 +13,7 @@ pub mod exposition;
 pub mod kube_api;
 pub mod nginx;
 pub mod peers;
+pub mod real_servers;
 pub mod servers;
 
 use std::net::TcpListener;

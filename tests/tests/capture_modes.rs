@@ -264,12 +264,20 @@ impl Drop for UringServer {
 }
 
 /// A server that ends each connection as Apache or gunicorn do: it
-/// answers with `Connection: close`, shuts down its sending side, then
+/// answers the first request it reads with `Connection: close`, then
 /// reads and discards whatever the client still sends (a lingering close)
-/// until the client closes. The client sends a second request after the
-/// response: the server never takes it (its log has one line per
-/// connection). On the socket path that read is `after_close`, never a
-/// request that got no answer (000).
+/// until the client closes, having shut down its sending side first
+/// (Apache, nginx) or not (`/no-shutdown`). Its log has one line per
+/// connection.
+///
+/// - A request sent after the response: read after the server ended the
+///   connection, never taken.
+/// - Three pipelined requests in one write (the first `/no-shutdown`):
+///   the server reads all three, answers the first, and drops the others
+///   (RFC 9112 9.6): a `Connection: close` response ends the connection,
+///   so the two requests queued behind it were never taken.
+///
+/// Neither is a request that got no answer (000): each is `after_close`.
 #[test]
 fn bytes_read_after_the_server_closed_are_not_requests() {
     require_root();
@@ -277,6 +285,17 @@ fn bytes_read_after_the_server_closed_are_not_requests() {
         eprintln!("this kernel has no socket path (before 6.4)");
         return;
     }
+    lingering_close_on("socket");
+}
+
+/// The same on the syscall path.
+#[test]
+fn bytes_read_after_the_server_closed_are_not_requests_on_the_syscall_path() {
+    require_root();
+    lingering_close_on("syscalls");
+}
+
+fn lingering_close_on(mode: &str) {
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
@@ -299,7 +318,8 @@ while True:
         continue
     c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
     log.write("200\n")
-    c.shutdown(socket.SHUT_WR)
+    if not data.startswith(b"GET /no-shutdown "):
+        c.shutdown(socket.SHUT_WR)
     while c.recv(4096):
         pass
     c.close()
@@ -324,37 +344,39 @@ while True:
         std::net::TcpStream::connect(("127.0.0.1", port)).ok()
     })
     .expect("server listens");
-    let agent = Agent::start(&config(port, ""));
+    let agent = Agent::start(&config(port, mode));
     let lines = || {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
             .lines()
             .count()
     };
+    let req = |path: &str| burnwatch_e2e::client::request_bytes("GET", path, Some("acme"), &[]);
     let before = lines();
     for _ in 0..5 {
         let mut c = Conn::open(port);
         let r = c.request("GET", "/ok", Some("acme"));
         assert_eq!(r.status, 200);
-        c.send(&burnwatch_e2e::client::request_bytes(
-            "GET",
-            "/late",
-            Some("acme"),
-            &[],
-        ));
+        c.send(&req("/late"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for _ in 0..5 {
+        let mut c = Conn::open(port);
+        c.send(&[req("/no-shutdown"), req("/second"), req("/third")].concat());
+        assert_eq!(c.read_response(false).status, 200);
         std::thread::sleep(Duration::from_millis(50));
     }
     wait_for(Duration::from_secs(5), || {
-        (lines() >= before + 5).then_some(())
+        (lines() >= before + 10).then_some(())
     });
     let e = agent.settle_and_scrape();
     let got = counts_of(&e, "shop");
     let want: burnwatch_e2e::servers::Counts =
-        [(("acme".to_string(), "200".to_string()), 5)].into();
-    assert_same_counts("lingering close", &got, &want, &agent);
+        [(("acme".to_string(), "200".to_string()), 10)].into();
+    assert_same_counts(&format!("lingering close ({mode})"), &got, &want, &agent);
     assert!(
-        capture_counter(&e, "after_close") >= 5,
-        "each late request is read after the close:\n{}",
+        capture_counter(&e, "after_close") >= 5 + 2 * 5,
+        "{mode}: each late request, and each request behind a closing response, is after_close:\n{}",
         e.text
     );
     agent.stop();
