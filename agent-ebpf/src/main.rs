@@ -862,24 +862,9 @@ pub fn sys_enter_sendfile64(ctx: TracePointContext) -> u32 {
 /// Where the bytes of a write start: one buffer, or the first iovec of an
 /// array (read only when needed: most writes are on sockets already known).
 #[derive(Clone, Copy)]
-enum WriteStart {
+pub enum WriteStart {
     Buf(u64),
     Iovecs(u64, u64),
-}
-
-impl WriteStart {
-    /// The address of the first byte written (0 if unreadable).
-    #[inline(always)]
-    fn addr(self) -> u64 {
-        match self {
-            WriteStart::Buf(addr) => addr,
-            WriteStart::Iovecs(_, 0) => 0,
-            WriteStart::Iovecs(iov, _) => {
-                let mut first = MaybeUninit::<[u64; 2]>::uninit();
-                read_user_into(iov, &mut first).map_or(0, |first| first[0])
-            }
-        }
-    }
 }
 
 /// Who writes on a descriptor: a watched server (its responses; the
@@ -921,7 +906,7 @@ fn write_conn(fd: u32, start: WriteStart, len: u64) -> Option<Writer> {
     if !clients {
         return None;
     }
-    new_client(cfg, key, fd, start.addr(), len)
+    new_client(cfg, key, fd, start, len)
 }
 
 /// A write on a socket we have no client state for (or one ignored under
@@ -929,18 +914,14 @@ fn write_conn(fd: u32, start: WriteStart, len: u64) -> Option<Writer> {
 /// starts a request to a watched upstream from a watched process, the
 /// socket becomes a client connection.
 #[inline(always)]
-fn new_client(cfg: &AgentConfig, key: u64, fd: u32, buf: u64, len: u64) -> Option<Writer> {
+fn new_client(cfg: &AgentConfig, key: u64, fd: u32, start: WriteStart, len: u64) -> Option<Writer> {
     if let Some(c) = unsafe { CONNS.get(&key) }
         && c.ignored != ignored::HTTP_CLIENT
         && c.generation == cfg.match_generation
     {
         return None;
     }
-    let mut head = [0u8; 8];
-    if len == 0 || !read_user(buf, &mut head) {
-        return None;
-    }
-    if !looks_like_request(&head, if len < 8 { len as usize } else { 8 }) {
+    if !write_starts_request(start, len) {
         return None;
     }
     let sock = socket::tcp_socket(&cfg.offsets, fd)?;
@@ -1052,17 +1033,36 @@ const HEAD: usize = 16;
 /// True as [`on_response_head`] says.
 #[inline(always)]
 fn iov_response_head(conn: &mut ConnState, conn_key: u64, iov_addr: u64, cnt: u64) -> bool {
-    if cnt == 0 {
-        return false;
-    }
-    let mut iov_buf = MaybeUninit::uninit();
-    let Some((iov, cached)) = read_iovecs(iov_addr, &mut iov_buf) else {
+    let mut words = MaybeUninit::<[u64; 3 * HEAD / 8]>::uninit();
+    let Some((head, n)) = gather_iov_head(iov_addr, cnt, &mut words) else {
         return false;
     };
+    on_response_head(
+        conn,
+        conn_key,
+        unsafe { &*(head.as_ptr() as *const [u8; 2 * HEAD]) },
+        n,
+    )
+}
+
+/// The first `HEAD` bytes (or fewer: all there are) of the buffers of an
+/// iovec array, gathered from its first `MAX_IOV` iovecs: a status line or
+/// a request line written in pieces (Varnish writes each field as its own
+/// iovec) is whole again. In `words`, zeroed first.
+#[inline(always)]
+fn gather_iov_head(
+    iov_addr: u64,
+    cnt: u64,
+    words: &mut MaybeUninit<[u64; 3 * HEAD / 8]>,
+) -> Option<(&[u8; 3 * HEAD], usize)> {
+    if cnt == 0 {
+        return None;
+    }
+    let mut iov_buf = MaybeUninit::uninit();
+    let (iov, cached) = read_iovecs(iov_addr, &mut iov_buf)?;
     // A third HEAD of room: the verifier sees an offset below HEAD plus a
     // length below 2 * HEAD (it cannot tie the length to the offset).
-    let mut words = MaybeUninit::<[u64; 3 * HEAD / 8]>::uninit();
-    mem::zero_words(&mut words);
+    mem::zero_words(words);
     let head = unsafe { &mut *(words.as_mut_ptr() as *mut [u8; 3 * HEAD]) };
     let mut n = 0usize;
     let mut i = 0;
@@ -1087,17 +1087,38 @@ fn iov_response_head(conn: &mut ConnState, conn_key: u64, iov_addr: u64, cnt: u6
                 )
             } != 0
         {
-            return false;
+            return None;
         }
         n += take as usize;
         i += 1;
     }
-    on_response_head(
-        conn,
-        conn_key,
-        unsafe { &*(head.as_ptr() as *const [u8; 2 * HEAD]) },
-        n,
-    )
+    Some((head, n))
+}
+
+/// Whether the bytes a write starts with (`len` of them at least) start a
+/// request: a watched client's connection is recognised by it. An iovec
+/// array's first bytes are gathered over its iovecs (Varnish writes the
+/// method alone in the first).
+#[inline(always)]
+fn write_starts_request(start: WriteStart, len: u64) -> bool {
+    match start {
+        WriteStart::Buf(addr) => {
+            let mut head = [0u8; 8];
+            len > 0
+                && read_user(addr, &mut head)
+                && looks_like_request(&head, if len < 8 { len as usize } else { 8 })
+        }
+        WriteStart::Iovecs(iov, cnt) => {
+            let mut words = MaybeUninit::<[u64; 3 * HEAD / 8]>::uninit();
+            match gather_iov_head(iov, cnt, &mut words) {
+                Some((head, n)) => looks_like_request(
+                    unsafe { &*(head.as_ptr() as *const [u8; 8]) },
+                    if n < 8 { n } else { 8 },
+                ),
+                None => false,
+            }
+        }
+    }
 }
 
 /// The first `n` bytes a watched server writes: a status line answers the

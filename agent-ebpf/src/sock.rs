@@ -441,22 +441,11 @@ fn on_send(ctx: &BtfTracePointContext, sk: *mut c_void, ret: u64) {
 #[inline(always)]
 fn new_client(cfg: &AgentConfig, sk: *mut c_void, w: &WriteArgs) -> bool {
     let start = if w.kind == read_kind::BUF {
-        w.buf
-    } else if w.cnt == 0 {
-        return false;
+        crate::WriteStart::Buf(w.buf)
     } else {
-        let mut first = MaybeUninit::<[u64; 2]>::uninit();
-        match crate::read_user_into(w.iov, &mut first) {
-            Some(first) => first[0],
-            None => return false,
-        }
+        crate::WriteStart::Iovecs(w.iov, w.cnt)
     };
-    let mut head = [0u8; 8];
-    if !crate::read_user(start, &mut head) {
-        return false;
-    }
-    let n = if w.total < 8 { w.total as usize } else { 8 };
-    if !looks_like_request(&head, n) {
+    if !crate::write_starts_request(start, w.total) {
         return false;
     }
     let Some(sock) = socket::stream_socket(&cfg.offsets, sk as *const u8) else {

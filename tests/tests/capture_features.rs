@@ -917,6 +917,88 @@ fn responses_written_and_read_together_each_answer_their_request() {
     w.assert_both_sides_match_the_log(sent, "responses together");
 }
 
+/// A request as Varnish writes its backend requests: iovecs of the request
+/// line's fields and of each header's name, separator, value and line end
+/// (about 30 per request).
+fn request_fields(method: &str, path: &str, tenant: &str, body: &[u8]) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = [method, " ", path, " ", "HTTP/1.1", "\r\n"]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+    let length = body.len().to_string();
+    let mut headers = vec![
+        ("Host", "localhost"),
+        ("X-Tenant-ID", tenant),
+        ("User-Agent", "burnwatch-e2e"),
+        ("Accept", "*/*"),
+        ("X-Forwarded-For", "127.0.0.1"),
+        ("X-Varnish", "32770"),
+    ];
+    if !body.is_empty() {
+        headers.push(("Content-Length", &length));
+    }
+    for (name, value) in headers {
+        for piece in [name, ": ", value, "\r\n"] {
+            out.push(piece.as_bytes().to_vec());
+        }
+    }
+    out.push(b"\r\n".to_vec());
+    if !body.is_empty() {
+        out.push(body.to_vec());
+    }
+    out
+}
+
+/// A watched client writes its requests as Varnish does, one writev of
+/// dozens of iovecs per request, and up to three pipelined requests in one
+/// writev (about 90 iovecs): the client side walks every iovec, and both
+/// sides count what the server logs.
+#[test]
+fn requests_written_in_dozens_of_iovecs_are_each_counted() {
+    requests_in_dozens_of_iovecs_on("");
+}
+
+/// The same on the syscall path.
+#[test]
+fn requests_written_in_dozens_of_iovecs_are_each_counted_on_the_syscall_path() {
+    requests_in_dozens_of_iovecs_on("capture:\n  mode: syscalls\n");
+}
+
+fn requests_in_dozens_of_iovecs_on(capture: &str) {
+    use std::io::{IoSlice, Write};
+    require_root();
+    let w = server_watched_both_sides_on("write", capture);
+    let mut c = Conn::open(w.server.port);
+    let codes = [200, 404, 503, 201, 500];
+    let mut sent = 0;
+    for round in 0..6 {
+        let depth = 1 + round % 3;
+        let mut pieces = Vec::new();
+        let mut want = Vec::new();
+        for j in 0..depth {
+            let code = codes[(round + j) % codes.len()];
+            let method = ["GET", "POST", "HEAD"][(round + j) % 3];
+            let body: &[u8] = if method == "POST" { b"iovec body" } else { b"" };
+            let tenant = format!("iov-{}", (round + j) % 4);
+            pieces.extend(request_fields(method, &status_path(code), &tenant, body));
+            want.push((code, method == "HEAD"));
+        }
+        assert!(pieces.len() > 25 * depth, "{} iovecs", pieces.len());
+        let mut slices: Vec<IoSlice> = pieces.iter().map(|p| IoSlice::new(p)).collect();
+        let mut slices = &mut slices[..];
+        while !slices.is_empty() {
+            let n = (&*c.stream()).write_vectored(slices).expect("writev");
+            IoSlice::advance_slices(&mut slices, n);
+        }
+        for (code, head) in want {
+            assert_eq!(c.read_response(head).status, code, "round {round}");
+            sent += 1;
+        }
+    }
+    drop(c);
+    w.assert_both_sides_match_the_log(sent, "requests in dozens of iovecs");
+}
+
 /// The syscall server and an agent watching it from both sides: as a
 /// service, and as client `upstream` for the test's own connections to it.
 struct WatchedBothSides {
@@ -929,12 +1011,18 @@ struct WatchedBothSides {
 /// The syscall server in write mode `write_mode`, watched as service
 /// `write_mode` and client `upstream`; a missing tenant is `unknown`.
 fn server_watched_both_sides(write_mode: &'static str) -> WatchedBothSides {
+    server_watched_both_sides_on(write_mode, "")
+}
+
+/// [`server_watched_both_sides`] with `capture` appended to the config
+/// (`capture: {mode: syscalls}` for the syscall path).
+fn server_watched_both_sides_on(write_mode: &'static str, capture: &str) -> WatchedBothSides {
     let server = ScriptServer::start(Kind::Syscalls("read", write_mode));
     let port = server.port;
     let agent = Agent::start(&format!(
         "services:\n  - name: {write_mode}\n    match: {{port: {port}}}\n\
          clients:\n  - name: upstream\n    match: {{port: {port}}}\n\
-         tenant:\n  header: X-Tenant-ID\n  missing: unknown\n"
+         tenant:\n  header: X-Tenant-ID\n  missing: unknown\n{capture}"
     ));
     WatchedBothSides {
         server,

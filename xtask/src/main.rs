@@ -48,10 +48,36 @@ const APT_PACKAGES: &[&str] = &[
     // `test-kernels` boots Debian's kernels in qemu with a busybox initramfs.
     "qemu-system-x86",
     "busybox-static",
+    // tests/tests/real_servers.rs: the servers and proxies people run
+    // (Apache, Varnish, haproxy, lighttpd, `php -S`, WEBrick, puma, Caddy,
+    // h2o; gunicorn and uvicorn from PyPI, see REAL_SERVERS_PIP) under the
+    // clients people use (ab, h2load, siege).
+    "apache2",
+    "apache2-utils",
+    "varnish",
+    "haproxy",
+    "lighttpd",
+    "php-cli",
+    "ruby",
+    "ruby-webrick",
+    "puma",
+    "caddy",
+    "h2o",
+    "nghttp2-client",
+    "siege",
 ];
 /// PyPI `rotel` ships `rotel-agent`, the OTLP collector the exporter tests
 /// send to (its debug log prints what it receives).
 const ROTEL_VERSION: &str = "0.0.1a15";
+/// The Python app servers of tests/tests/real_servers.rs: gunicorn (sync and
+/// gthread workers) and uvicorn on both its HTTP implementations, as
+/// (module, pinned requirement).
+const REAL_SERVERS_PIP: &[(&str, &str)] = &[
+    ("gunicorn", "gunicorn==23.0.0"),
+    ("uvicorn", "uvicorn==0.34.3"),
+    ("h11", "h11==0.16.0"),
+    ("httptools", "httptools==0.6.4"),
+];
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Build, run and test burnwatch")]
@@ -226,6 +252,7 @@ fn setup() -> Result<()> {
     setup_bpf_linker()?;
     setup_apt()?;
     setup_rotel()?;
+    setup_python_servers()?;
     k8s_tools::setup(&workspace_root())?;
     setup_browser_driver()?;
     Ok(())
@@ -255,6 +282,43 @@ fn setup_rotel() -> Result<()> {
             &format!("rotel=={ROTEL_VERSION}"),
         ],
     )
+}
+
+/// `pip install` the pinned REAL_SERVERS_PIP unless each is importable at
+/// that version.
+fn setup_python_servers() -> Result<()> {
+    let missing: Vec<&str> = REAL_SERVERS_PIP
+        .iter()
+        .filter(|(module, req)| {
+            let want = req.split("==").nth(1).unwrap_or_default();
+            let have = output(
+                "python3",
+                &[
+                    "-c",
+                    &format!("import {module}; print({module}.__version__)"),
+                ],
+            );
+            have.is_none_or(|v| v.trim() != want)
+        })
+        .map(|(_, req)| *req)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    step(&format!(
+        "installing {} (app servers for the tests)",
+        missing.join(" ")
+    ));
+    let mut args = vec![
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        // Debian's Python is "externally managed"; these are test tools.
+        "--break-system-packages",
+    ];
+    args.extend(&missing);
+    cmd("python3", &args)
 }
 
 /// The status page test drives Debian's chromium with playwright-core (npm), installed
