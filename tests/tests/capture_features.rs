@@ -987,7 +987,7 @@ fn requests_in_dozens_of_iovecs_on(capture: &str) {
         let mut slices: Vec<IoSlice> = pieces.iter().map(|p| IoSlice::new(p)).collect();
         let mut slices = &mut slices[..];
         while !slices.is_empty() {
-            let n = (&*c.stream()).write_vectored(slices).expect("writev");
+            let n = c.stream().write_vectored(slices).expect("writev");
             IoSlice::advance_slices(&mut slices, n);
         }
         for (code, head) in want {
