@@ -149,14 +149,31 @@ fn pinned_link_ids(pins: &Path) -> BTreeSet<u64> {
     ids
 }
 
-/// Every link the kernel has, by id.
+/// Every link the kernel has, by id. `bpftool link show` lists the ids,
+/// then asks for each: a link another test's agent detaches in between
+/// fails the whole listing ("can't get link by id (N): Resource
+/// temporarily unavailable"), so the listing is taken again.
 fn all_link_ids() -> BTreeSet<u64> {
-    bpftool(&["link", "show"])
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter_map(|l| l["id"].as_u64())
-        .collect()
+    for _ in 0..20 {
+        let out = Command::new("bpftool")
+            .args(["-j", "link", "show"])
+            .output()
+            .expect("bpftool not found: install it (cargo xtask setup installs Debian's bpftool)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() && text.contains("can't get link by id") {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            continue;
+        }
+        assert!(out.status.success(), "bpftool link show: {out:?}");
+        let links: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+        return links
+            .as_array()
+            .expect("array")
+            .iter()
+            .filter_map(|l| l["id"].as_u64())
+            .collect();
+    }
+    panic!("bpftool link show kept racing with detaching links");
 }
 
 fn bpftool(args: &[&str]) -> serde_json::Value {
