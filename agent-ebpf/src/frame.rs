@@ -38,7 +38,7 @@ use burnwatch_common::{
 };
 
 use crate::maps::{MAX_STEPS, Scratch};
-use crate::parse::{Cursor, STOPPED, copy_chunk, cursor, view};
+use crate::parse::{Cursor, STOPPED, ahead_at, cursor, view};
 use crate::{count, spill};
 
 /// Shared with the `bpf_loop` callback (lives on the caller's stack).
@@ -167,15 +167,8 @@ extern "C" fn frame_step(_index: u64, ctx: *mut c_void) -> i64 {
         return 1;
     };
     let byte = scratch.win[at];
-    let (win, buf) = (&scratch.win, &mut scratch.buf);
-    let (i, ev) = scratch.resp.scan_step(
-        byte,
-        || {
-            copy_chunk(win, at, buf);
-            buf
-        },
-        n,
-    );
+    let win = &scratch.win;
+    let (i, ev) = scratch.resp.scan_step(byte, || ahead_at(win, at), n);
     scratch.off += i as u64;
     if ev == event::DONE || (ev == event::CLOSE && fc.persist == 0) {
         // A server's response closing the connection: `frame_buffer` ends

@@ -144,15 +144,7 @@ pub struct Scratch {
     pub win_base: u64,
     pub win_len: u64,
     pub win: [u8; WINDOW + CHUNK],
-    /// The 16 bytes a step looks ahead at, copied out of the window: the
-    /// shared parser reads them at constant offsets.
-    pub buf: [u8; CHUNK],
 }
-
-// `copy_chunk` moves words between `win` and `buf`.
-const _: () = assert!(
-    core::mem::offset_of!(Scratch, win) % 8 == 0 && core::mem::offset_of!(Scratch, buf) % 8 == 0
-);
 
 #[map(name = "SCRATCH")]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);

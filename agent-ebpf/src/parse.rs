@@ -219,17 +219,10 @@ extern "C" fn parse_step(_index: u64, ctx: *mut c_void) -> i64 {
     };
     let cfg = unsafe { &(*pc.cfg).parser };
     let byte = scratch.win[at];
-    let (win, buf) = (&scratch.win, &mut scratch.buf);
-    let (taken, ev) = conn.requests.scan_step(
-        byte,
-        || {
-            copy_chunk(win, at, buf);
-            buf
-        },
-        n,
-        cfg,
-        pc.now,
-    );
+    let win = &scratch.win;
+    let (taken, ev) = conn
+        .requests
+        .scan_step(byte, || ahead_at(win, at), n, cfg, pc.now);
     scratch.off += taken as u64;
     match ev {
         // A deep pipeline: make room for the next request.
@@ -254,33 +247,13 @@ extern "C" fn parse_step(_index: u64, ctx: *mut c_void) -> i64 {
     0
 }
 
-/// Copies the `CHUNK` bytes of the window from `at`, for a step that looks
-/// ahead. Volatile, because a plain copy becomes a call to a byte-at-a-time
-/// `memcpy` (see `mem.rs`). At a window's start (a version or a header
-/// value right after a fill) `at` is 0: two word moves; elsewhere byte
-/// moves.
+/// The `CHUNK` bytes of the window from `at`, for a step that looks ahead,
+/// in place: `at` is below `WINDOW` (the mask kept), so the verifier sees
+/// every load of them inside `win` (`WINDOW + CHUNK` bytes). No copy: the
+/// copy moved 16 bytes one at a time at unaligned offsets, on every step
+/// that looked ahead.
 #[inline(always)]
-pub fn copy_chunk(win: &[u8; WINDOW + CHUNK], at: usize, out: &mut [u8; CHUNK]) {
-    if at.is_multiple_of(8) {
-        // `at & (WINDOW - 8)` is `at`, in a form the verifier sees is
-        // 8-aligned and below `WINDOW`.
-        let src = unsafe { win.as_ptr().add(at & (WINDOW - 8)) } as *const u64;
-        let dst = out.as_mut_ptr() as *mut u64;
-        unsafe {
-            core::ptr::write_volatile(dst, core::ptr::read_volatile(src));
-            core::ptr::write_volatile(dst.add(1), core::ptr::read_volatile(src.add(1)));
-        }
-        return;
-    }
-    let src = unsafe { win.as_ptr().add(at % WINDOW) };
-    let mut j = 0;
-    while j < CHUNK {
-        unsafe {
-            core::ptr::write_volatile(
-                out.as_mut_ptr().add(j),
-                core::ptr::read_volatile(src.add(j)),
-            )
-        };
-        j += 1;
-    }
+pub fn ahead_at(win: &[u8; WINDOW + CHUNK], at: usize) -> &[u8; CHUNK] {
+    let at = mem::bounded(at as u64, WINDOW as u64 - 1) as usize;
+    unsafe { &*(win.as_ptr().add(at) as *const [u8; CHUNK]) }
 }
