@@ -36,12 +36,13 @@ pub fn conn_event(service_id: u32, local_port: u16, kind: u16) {
         local_port,
         kind,
     };
-    add_or_insert(&CONN_EVENTS, &key);
+    // The first value as a constant, not a stored `n`: the verifier then
+    // has no stack slot to track, and the framing loop, which counts
+    // events per step, keeps half the states.
+    add_or_insert(&CONN_EVENTS, &key, 1, &1);
 }
 
-/// +`n` on a per-service connection event. (Not the body of
-/// `conn_event`: a stored `n` instead of the constant 1 doubles the
-/// verifier's states in the framing loop, which counts events per step.)
+/// +`n` on a per-service connection event.
 #[inline(always)]
 pub fn conn_event_n(service_id: u32, local_port: u16, kind: u16, n: u64) {
     let key = ConnEventKey {
@@ -49,32 +50,21 @@ pub fn conn_event_n(service_id: u32, local_port: u16, kind: u16, n: u64) {
         local_port,
         kind,
     };
-    if let Some(v) = CONN_EVENTS.get_ptr_mut(&key) {
-        xadd(v, n);
-        return;
-    }
-    match CONN_EVENTS.insert(&key, &n, BPF_NOEXIST) {
-        Ok(()) => {}
-        Err(e) if e == -EEXIST => {
-            if let Some(v) = CONN_EVENTS.get_ptr_mut(&key) {
-                xadd(v, n);
-            }
-        }
-        Err(_) => bump(counter::CONN_EVENTS_FULL),
-    }
+    add_or_insert(&CONN_EVENTS, &key, n, &n);
 }
 
 #[inline(always)]
-fn add_or_insert(map: &HashMap<ConnEventKey, u64>, key: &ConnEventKey) {
+/// +`n` on `key`, inserted as `first` (`n` itself, by reference) when new.
+fn add_or_insert(map: &HashMap<ConnEventKey, u64>, key: &ConnEventKey, n: u64, first: &u64) {
     if let Some(v) = map.get_ptr_mut(key) {
-        xadd(v, 1);
+        xadd(v, n);
         return;
     }
-    match map.insert(key, &1, BPF_NOEXIST) {
+    match map.insert(key, first, BPF_NOEXIST) {
         Ok(()) => {}
         Err(e) if e == -EEXIST => {
             if let Some(v) = map.get_ptr_mut(key) {
-                xadd(v, 1);
+                xadd(v, n);
             }
         }
         Err(_) => bump(counter::CONN_EVENTS_FULL),
