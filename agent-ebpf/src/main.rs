@@ -739,7 +739,7 @@ pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
         cnt: 0,
         total: len,
     };
-    match write_conn(fd, WriteStart::Buf(buf), len) {
+    match write_conn(fd, w.start(), len) {
         Some(Writer::Server(key, conn)) => server_write(&ctx, &TAIL_CALLS, key, conn, &w),
         Some(Writer::Client(key)) => tail_scan(&ctx, &TAIL_CALLS, key, &w, TAIL_PARSE_WRITE),
         None => {}
@@ -761,7 +761,7 @@ pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
         cnt,
         total: u64::MAX,
     };
-    match write_conn(arg_u64(&ctx, 0) as u32, WriteStart::Iovecs(iov, cnt), 8) {
+    match write_conn(arg_u64(&ctx, 0) as u32, w.start(), 8) {
         Some(Writer::Server(key, conn)) => server_write(&ctx, &TAIL_CALLS, key, conn, &w),
         Some(Writer::Client(key)) => tail_scan(&ctx, &TAIL_CALLS, key, &w, TAIL_PARSE_WRITE),
         None => {}
@@ -787,11 +787,7 @@ pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
         cnt: hdr[3],
         total: u64::MAX,
     };
-    match write_conn(
-        arg_u64(&ctx, 0) as u32,
-        WriteStart::Iovecs(hdr[2], hdr[3]),
-        8,
-    ) {
+    match write_conn(arg_u64(&ctx, 0) as u32, w.start(), 8) {
         Some(Writer::Server(key, conn)) => server_write(&ctx, &TAIL_CALLS, key, conn, &w),
         Some(Writer::Client(key)) => tail_scan(&ctx, &TAIL_CALLS, key, &w, TAIL_PARSE_WRITE),
         None => {}
@@ -810,6 +806,18 @@ pub struct WriteArgs {
     pub iov: u64,
     pub cnt: u64,
     pub total: u64,
+}
+
+impl WriteArgs {
+    /// Where the write's bytes start: its buffer, or its iovec array.
+    #[inline(always)]
+    pub fn start(&self) -> WriteStart {
+        if self.kind == read_kind::BUF {
+            WriteStart::Buf(self.buf)
+        } else {
+            WriteStart::Iovecs(self.iov, self.cnt)
+        }
+    }
 }
 
 /// A watched server writes: frame the write when it may hold several

@@ -440,12 +440,7 @@ fn on_send(ctx: &BtfTracePointContext, sk: *mut c_void, ret: u64) {
 /// verdict is kept so later writes cost one lookup.
 #[inline(always)]
 fn new_client(cfg: &AgentConfig, sk: *mut c_void, w: &WriteArgs) -> bool {
-    let start = if w.kind == read_kind::BUF {
-        crate::WriteStart::Buf(w.buf)
-    } else {
-        crate::WriteStart::Iovecs(w.iov, w.cnt)
-    };
-    if !crate::write_starts_request(start, w.total) {
+    if !crate::write_starts_request(w.start(), w.total) {
         return false;
     }
     let Some(sock) = socket::stream_socket(&cfg.offsets, sk as *const u8) else {
